@@ -1,0 +1,546 @@
+"""cluster.yaml → a running Ray cluster: load and validate the spec; up, down and status.
+
+The embedded default is a local Ray head on this machine (``ray start --head``), with the dashboard and
+Jobs API on 127.0.0.1 and token auth on. What ``up`` started is recorded in ``$ATOLL_HOME/cluster.json``
+(PIDs and Ray session) so that ``down`` stops exactly that and nothing else. A cloud cluster is Ray's
+cluster launcher on the same file (``ray up cluster.yaml``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from atoll import auth
+from atoll.config import load_model, read_yaml
+from atoll.errors import ClusterError, ClusterNotUpError, ConfigError
+from atoll.specs import AtollSettings, ClusterSpec
+
+DEFAULT_CONFIG = "cluster.yaml"
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading and validating cluster.yaml
+
+
+def find_config(path: str | Path | None = None) -> Path | None:
+    """The cluster.yaml to use: ``path``, ``$ATOLL_CLUSTER_CONFIG``, or ./cluster.yaml if present."""
+    if path:
+        return Path(path).expanduser()
+    if os.environ.get("ATOLL_CLUSTER_CONFIG"):
+        return Path(os.environ["ATOLL_CLUSTER_CONFIG"]).expanduser()
+    local = Path.cwd() / DEFAULT_CONFIG
+    return local if local.exists() else None
+
+
+def _ray_schema_error(exc: Exception, config: dict[str, Any], source: str) -> ConfigError:
+    """Turn a jsonschema error from Ray's schema into one line naming the field."""
+    path = ".".join(str(p) for p in getattr(exc, "absolute_path", [])) or "(top level)"
+    message = getattr(exc, "message", str(exc)).splitlines()[0]
+    validator = getattr(exc, "validator", "")
+    if validator == "additionalProperties":
+        import re
+
+        bad = re.findall(r"'([^']+)'", message.split("(")[-1]) if "(" in message else []
+        node: Any = config
+        for part in getattr(exc, "absolute_path", []):
+            node = node[part]
+        schema_props = list((getattr(exc, "schema", {}) or {}).get("properties", {}))
+        hints = []
+        for key in bad:
+            close = difflib.get_close_matches(key, schema_props, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        where = f"{path}: " if path != "(top level)" else ""
+        return ConfigError(f"{source}: {where}unknown key {', '.join(hints)}; Ray's cluster-launcher schema "
+                           f"does not allow it. Atoll's own settings go under metadata.atoll.")
+    if validator == "required":
+        return ConfigError(f"{source}: {path}: {message}; add it.")
+    return ConfigError(f"{source}: {path}: {message}.")
+
+
+def _check_node_types(config: dict[str, Any], source: str) -> None:
+    """Semantic checks Ray's schema leaves out, each with the field and the fix."""
+    types = config.get("available_node_types")
+    if not isinstance(types, dict) or not types:
+        raise ConfigError(f"{source}: available_node_types: missing or empty; declare at least a head node type.")
+    head = config.get("head_node_type")
+    if head is None:
+        raise ConfigError(f"{source}: head_node_type: missing; set it to one of {sorted(types)}.")
+    if head not in types:
+        close = difflib.get_close_matches(str(head), list(types), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose one of {sorted(types)}"
+        raise ConfigError(f"{source}: head_node_type: {head!r} is not in available_node_types; {hint}")
+    total_max = config.get("max_workers")
+    if total_max is not None and total_max < 0:
+        raise ConfigError(f"{source}: max_workers: must be >= 0 (got {total_max}).")
+    for name, node in types.items():
+        lo, hi = node.get("min_workers", 0), node.get("max_workers")
+        if lo < 0:
+            raise ConfigError(f"{source}: available_node_types.{name}.min_workers: must be >= 0 (got {lo}).")
+        if hi is not None and hi < 0:
+            raise ConfigError(f"{source}: available_node_types.{name}.max_workers: must be >= 0 (got {hi}).")
+        if hi is not None and hi < lo:
+            raise ConfigError(f"{source}: available_node_types.{name}.max_workers: must be >= min_workers "
+                              f"({hi} < {lo}); raise max_workers or lower min_workers.")
+        for res, amount in (node.get("resources") or {}).items():
+            if amount < 0:
+                raise ConfigError(f"{source}: available_node_types.{name}.resources.{res}: must be >= 0 "
+                                  f"(got {amount}).")
+    mins = sum(n.get("min_workers", 0) for n in types.values())
+    if total_max is not None and mins > total_max:
+        raise ConfigError(f"{source}: max_workers: {total_max} is less than the sum of min_workers ({mins}); "
+                          f"raise max_workers.")
+
+
+def validate_ray_config(config: dict[str, Any], source: str = "cluster.yaml") -> dict[str, Any]:
+    """Validate against Ray's own schema, the way ``ray up`` does; return Ray's filled-out config."""
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+    try:
+        jsonschema.validate(config, json.loads(schema_path.read_text()))
+    except jsonschema.ValidationError as exc:
+        raise _ray_schema_error(exc, config, source) from None
+    _check_node_types(config, source)
+    try:
+        filled = prepare_config(copy.deepcopy(config))
+        validate_config(filled)
+    except jsonschema.ValidationError as exc:
+        raise _ray_schema_error(exc, config, source) from None
+    except (ValueError, RuntimeError, KeyError, NotImplementedError) as exc:
+        raise ConfigError(f"{source}: Ray's cluster launcher rejects it: {exc}") from None
+    return filled
+
+
+def project_root(spec: ClusterSpec | None = None) -> Path:
+    """The project a job ships by default: the folder of cluster.yaml, else the current folder."""
+    found = Path(spec.source) if spec and spec.source and not spec.source.startswith("(") else find_config()
+    return found.resolve().parent if found and found.exists() else Path.cwd()
+
+
+def load_spec(path: str | Path | None = None) -> ClusterSpec:
+    """Load cluster.yaml into a typed :class:`ClusterSpec`, validating Ray's part and Atoll's part.
+
+    Without a file (no ``path``, no ``$ATOLL_CLUSTER_CONFIG``, no ./cluster.yaml) the local defaults
+    apply. ``$ATOLL_STORAGE`` overrides ``metadata.atoll.storage``.
+
+    Raises:
+        ConfigError: naming the field and the fix.
+    """
+    found = find_config(path)
+    if found is None:
+        data: dict[str, Any] = {
+            "cluster_name": "atoll-local", "provider": {"type": "local", "head_ip": "127.0.0.1"},
+            "head_node_type": "head", "max_workers": 0,
+            "available_node_types": {"head": {"node_config": {}, "resources": {}, "max_workers": 0}},
+        }
+        source = "(built-in local defaults)"
+    else:
+        data = read_yaml(found)
+        source = str(found)
+        validate_ray_config(data, source)
+    metadata = data.get("metadata") or {}
+    atoll_raw = metadata.get("atoll") or {}
+    if not isinstance(atoll_raw, dict):
+        raise ConfigError(f"{source}: metadata.atoll: expected a mapping of Atoll settings.")
+    settings = load_model(AtollSettings, atoll_raw, source, prefix=("metadata", "atoll"))
+    if os.environ.get("ATOLL_STORAGE"):
+        settings.storage = os.environ["ATOLL_STORAGE"]
+    fields = {k: v for k, v in data.items() if k != "metadata"}
+    return ClusterSpec.model_validate({**fields, "atoll": settings, "source": source})
+
+
+# ------------------------------------------------------------------------------------------------
+# Where things are: the state file and the addresses of a running cluster
+
+
+def atoll_home() -> Path:
+    """Atoll's local state directory (``$ATOLL_HOME`` or ``~/.atoll``)."""
+    return Path(os.environ.get("ATOLL_HOME") or "~/.atoll").expanduser()
+
+
+def state_path() -> Path:
+    return atoll_home() / "cluster.json"
+
+
+@dataclasses.dataclass
+class ClusterInfo:
+    """A running cluster as Atoll knows it (what ``up`` recorded, or an address the user gave)."""
+
+    mode: str  # "local" | "remote" | "cloud"
+    dashboard_url: str
+    gcs_address: str | None = None
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    session_name: str | None = None
+    session_dir: str | None = None
+    processes: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # pid + create_time
+    config_path: str | None = None
+    started_at: float | None = None
+    already_up: bool = False
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://{self.serve_host}:{self.serve_port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _read_state() -> ClusterInfo | None:
+    path = state_path()
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        data.pop("already_up", None)
+        return ClusterInfo(**data)
+    except (json.JSONDecodeError, TypeError):
+        return None
+
+
+def _write_state(info: ClusterInfo) -> None:
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info.to_dict(), indent=2))
+    os.replace(tmp, path)  # atomic: a reader never sees half a state file
+
+
+def _ping(dashboard_url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The dashboard's /api/version (with the token), or None when nothing answers."""
+    try:
+        resp = httpx.get(f"{dashboard_url}/api/version", headers=auth.headers(), timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code in (401, 403):
+        raise ClusterError(f"the cluster at {dashboard_url} refused Atoll's token ({resp.status_code}). "
+                           f"Check {auth.token_path()} (or RAY_AUTH_TOKEN) holds this cluster's token.")
+    return resp.json() if resp.status_code == 200 else None
+
+
+def current(spec: ClusterSpec | None = None) -> ClusterInfo:
+    """The cluster to talk to: ``$ATOLL_ADDRESS`` (a dashboard URL), else what ``atoll up`` recorded.
+
+    Raises:
+        ClusterNotUpError: when no cluster answers.
+    """
+    address = os.environ.get("ATOLL_ADDRESS") or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if address:
+        address = address.rstrip("/")
+        if not address.startswith("http"):
+            address = f"http://{address}"
+        serve = spec.atoll.serve if spec else None
+        info = ClusterInfo(mode="remote", dashboard_url=address,
+                           serve_host=os.environ.get("ATOLL_SERVE_HOST", serve.host if serve else "127.0.0.1"),
+                           serve_port=int(os.environ.get("ATOLL_SERVE_PORT", serve.port if serve else 8000)))
+        version = _ping(address)
+        if version is None:
+            raise ClusterNotUpError(f"no Ray cluster answers at {address} (from $ATOLL_ADDRESS). Start one "
+                                    f"with `atoll up`, or fix the address (port-forward the head's 8265).")
+        info.session_name = version.get("session_name")
+        return info
+    info = _read_state()
+    if info is None:
+        raise ClusterNotUpError("no cluster is up. Start one with `atoll up` (or set ATOLL_ADDRESS to a "
+                                "running cluster's dashboard URL).")
+    version = _ping(info.dashboard_url)
+    if version is None or (info.session_name and version.get("session_name") != info.session_name):
+        raise ClusterNotUpError(f"the cluster recorded in {state_path()} is not running any more "
+                                f"(no answer at {info.dashboard_url}). Run `atoll down` to clear it, then `atoll up`.")
+    return info
+
+
+# ------------------------------------------------------------------------------------------------
+# Local lifecycle
+
+
+def _ray_executable() -> str:
+    candidate = Path(sys.executable).parent / "ray"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("ray")
+    if not found:
+        raise ClusterError("the `ray` command is not installed; run `pip install -e .` in the Atoll repo.")
+    return found
+
+
+def local_start_command(spec: ClusterSpec, num_cpus: int | None = None) -> list[str]:
+    """The ``ray start --head`` command for the embedded local cluster."""
+    local = spec.atoll.local
+    cmd = [_ray_executable(), "start", "--head", f"--port={local.port}",
+           f"--dashboard-host={local.host}", f"--dashboard-port={local.dashboard_port}",
+           "--disable-usage-stats", "--include-dashboard=true"]
+    cpus = num_cpus or local.num_cpus
+    if cpus:
+        cmd.append(f"--num-cpus={cpus}")
+    if local.num_gpus is not None:
+        cmd.append(f"--num-gpus={local.num_gpus}")
+    if local.object_store_memory_mb:
+        cmd.append(f"--object-store-memory={local.object_store_memory_mb * 1024 * 1024}")
+    return cmd
+
+
+def cloud_up_command(spec: ClusterSpec) -> list[str]:
+    """What ``atoll up --cloud`` runs: Ray's cluster launcher on the same file."""
+    if not spec.source or spec.source.startswith("("):
+        raise ConfigError("`atoll up --cloud` needs a cluster.yaml with a cloud provider; pass -c FILE.")
+    return [_ray_executable(), "up", spec.source, "-y", "--no-config-cache"]
+
+
+def cloud_down_command(spec: ClusterSpec) -> list[str]:
+    """What ``atoll down --cloud`` runs."""
+    return [_ray_executable(), "down", spec.source, "-y"]
+
+
+def _ray_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["cmdline"]) if _is_ray_cmdline(p.info.get("cmdline"))}
+
+
+def _is_ray_cmdline(cmdline: list[str] | None) -> bool:
+    text = " ".join(cmdline or [])
+    return "/ray/" in text or text.startswith("ray::") or "-m ray." in text
+
+
+def _new_ray_processes(before: set[int]) -> list[dict[str, Any]]:
+    """Ray processes that appeared since ``before`` (``ray start`` also starts some, like the Ray client
+    server, whose command line does not name the session)."""
+    import psutil
+
+    found = []
+    for pid in _ray_pids() - before:
+        try:
+            found.append({"pid": pid, "create_time": psutil.Process(pid).create_time()})
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _session_processes(session_dir: str) -> list[dict[str, Any]]:
+    """Top-level Ray processes of one session (their cmdline names the session directory)."""
+    import psutil
+
+    name = Path(session_dir).name
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if name in cmdline:
+            found.append({"pid": proc.info["pid"], "create_time": proc.info["create_time"]})
+    return found
+
+
+def _wait_for_dashboard(url: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        version = _ping(url)
+        if version is not None:
+            # The Jobs API is served by a dashboard module that can come up a moment after /api/version.
+            try:
+                resp = httpx.get(f"{url}/api/jobs/", headers=auth.headers(), timeout=2)
+                if resp.status_code == 200:
+                    return version
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.5)
+    raise ClusterError(f"the dashboard at {url} did not answer within {timeout_s:.0f} s; "
+                       f"see the logs under /tmp/ray/session_latest/logs.")
+
+
+def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.0) -> ClusterInfo:
+    """Start the embedded local cluster (or return the one already up, with ``already_up=True``).
+
+    Raises:
+        ClusterError: when Ray cannot start (the message carries Ray's own reason).
+    """
+    existing = _read_state()
+    if existing is not None:
+        try:
+            version = _ping(existing.dashboard_url)
+        except ClusterError:
+            version = None
+        if version is not None and version.get("session_name") == existing.session_name:
+            existing.already_up = True
+            return existing
+        _stop_processes(existing.processes, existing.session_dir)  # stale record: clear leftovers
+        state_path().unlink(missing_ok=True)
+
+    local = spec.atoll.local
+    dashboard_url = f"http://{local.host}:{local.dashboard_port}"
+    if _reachable(dashboard_url):
+        raise ClusterError(f"something else already listens on {dashboard_url} (a Ray cluster not started by "
+                           f"Atoll?). Stop it (`ray stop`) or set metadata.atoll.local.dashboard_port.")
+    auth.ensure_token()
+    env = {**os.environ, **auth.client_env()}
+    cmd = local_start_command(spec, num_cpus)
+    before = _ray_pids()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise ClusterError(f"`ray start` failed (exit {proc.returncode}):\n{tail}")
+    version = _wait_for_dashboard(dashboard_url, timeout_s)
+    session_name = version.get("session_name")
+    session_dir = str(Path("/tmp/ray") / session_name) if session_name else None
+    info = ClusterInfo(
+        mode="local", dashboard_url=dashboard_url, gcs_address=f"127.0.0.1:{local.port}",
+        serve_host=spec.atoll.serve.host, serve_port=spec.atoll.serve.port, session_name=session_name,
+        session_dir=session_dir, processes=_merge(_new_ray_processes(before),
+                                                   _session_processes(session_dir) if session_dir else []),
+        config_path=spec.source, started_at=time.time())
+    _write_state(info)
+    return info
+
+
+def _merge(*lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list({e["pid"]: e for lst in lists for e in lst}.values())
+
+
+def _reachable(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=1)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def _stop_processes(recorded: list[dict[str, Any]], session_dir: str | None, grace_s: float = 10.0) -> list[int]:
+    """SIGTERM then SIGKILL the recorded processes, their descendants and the session's processes."""
+    import psutil
+
+    procs: dict[int, psutil.Process] = {}
+
+    def add(proc: psutil.Process) -> None:
+        if proc.pid != os.getpid():
+            procs[proc.pid] = proc
+
+    for entry in recorded + (_session_processes(session_dir) if session_dir else []):
+        try:
+            proc = psutil.Process(entry["pid"])
+            # A recycled PID belongs to someone else: only stop the process we recorded.
+            if abs(proc.create_time() - entry["create_time"]) > 1.0:
+                continue
+            add(proc)
+            for child in proc.children(recursive=True):
+                add(child)
+        except psutil.NoSuchProcess:
+            continue
+    for proc in procs.values():
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return sorted(procs)
+
+
+def down() -> list[int] | None:
+    """Stop the local cluster that ``up`` started, by PID; return the PIDs stopped (None if none was up)."""
+    info = _read_state()
+    if info is None:
+        return None
+    stopped = _stop_processes(info.processes, info.session_dir)
+    state_path().unlink(missing_ok=True)
+    return stopped
+
+
+def ray_processes_of(info: ClusterInfo) -> list[int]:
+    """PIDs still alive that belong to ``info``'s cluster (for tests and `atoll down` checks)."""
+    import psutil
+
+    alive = []
+    for entry in info.processes + (_session_processes(info.session_dir) if info.session_dir else []):
+        try:
+            if abs(psutil.Process(entry["pid"]).create_time() - entry["create_time"]) <= 1.0:
+                alive.append(entry["pid"])
+        except psutil.NoSuchProcess:
+            pass
+    return sorted(set(alive))
+
+
+# ------------------------------------------------------------------------------------------------
+# Status
+
+
+def status(info: ClusterInfo | None = None) -> dict[str, Any]:
+    """Nodes, total vs available resources, pending demand, running jobs and Serve apps, as a dict."""
+    info = info or current()
+    result: dict[str, Any] = {"mode": info.mode, "dashboard_url": info.dashboard_url,
+                              "session": info.session_name, "nodes": [], "resources": {},
+                              "pending_demand": [], "jobs": [], "serve_apps": {}}
+    if info.gcs_address:
+        result.update(_autoscaler_status(info.gcs_address))
+    from atoll import jobs  # late import: jobs imports cluster
+
+    result["jobs"] = [j for j in jobs.list_jobs(info) if j["status"] in ("PENDING", "RUNNING")]
+    result["serve_apps"] = serve_applications(info)
+    return result
+
+
+def _autoscaler_status(gcs_address: str) -> dict[str, Any]:
+    auth.enable_for_this_process()
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    try:
+        st = get_cluster_status(gcs_address)
+    except Exception as exc:  # gRPC errors carry no stable type across Ray releases
+        raise ClusterError(f"cannot read the cluster status from the GCS at {gcs_address}: {exc}") from None
+    nodes = []
+    for node in list(st.active_nodes) + list(st.idle_nodes):
+        usage = {u.resource_name: {"total": u.total, "used": u.used}
+                 for u in node.resource_usage.usage if not u.resource_name.startswith("node:")}
+        is_head = any(u.resource_name == "node:__internal_head__" for u in node.resource_usage.usage)
+        # A plain `ray start` node has no launcher type; Ray names it node_<id>.
+        node_type = node.ray_node_type_name
+        if not node_type or node_type.startswith("node_"):
+            node_type = "head" if is_head else "worker"
+        nodes.append({"node_id": node.node_id, "type": node_type,
+                      "ip": node.ip_address, "status": node.node_status, "alive": True,
+                      "head": is_head,
+                      "resources": usage})
+    for node in st.failed_nodes:
+        nodes.append({"node_id": node.node_id, "type": node.ray_node_type_name, "ip": node.ip_address,
+                      "status": "DEAD", "alive": False, "head": False, "resources": {}})
+    resources = {u.resource_name: {"total": u.total, "available": u.total - u.used}
+                 for u in st.cluster_resource_usage if not u.resource_name.startswith("node:")}
+    demand = [{"shape": dict(d.bundles_by_count[0].bundle) if d.bundles_by_count else {},
+               "count": sum(b.count for b in d.bundles_by_count)}
+              for d in st.resource_demands.ray_task_actor_demand]
+    demand += [{"shape": "placement group", "bundles": [dict(b.bundle) for b in d.bundles_by_count]}
+               for d in st.resource_demands.placement_group_demand]
+    pending = [{"type": p.ray_node_type_name, "count": p.count} for p in st.pending_launches]
+    pending += [{"type": p.ray_node_type_name, "status": p.details} for p in st.pending_nodes]
+    return {"nodes": nodes, "resources": resources, "pending_demand": demand, "pending_nodes": pending}
+
+
+def serve_applications(info: ClusterInfo) -> dict[str, Any]:
+    """Serve's applications on the cluster (status, route prefix), via the dashboard's REST API."""
+    try:
+        resp = httpx.get(f"{info.dashboard_url}/api/serve/applications/", headers=auth.headers(), timeout=10)
+    except httpx.HTTPError as exc:
+        raise ClusterNotUpError(f"cannot reach the dashboard at {info.dashboard_url}: {exc}") from None
+    if resp.status_code != 200:
+        return {}
+    apps = resp.json().get("applications") or {}
+    return {name: {"status": app.get("status"), "route_prefix": app.get("route_prefix"),
+                   "message": app.get("message", "")} for name, app in apps.items()}

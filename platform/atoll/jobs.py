@@ -1,0 +1,159 @@
+"""Ray jobs through Ray's own Jobs API (``JobSubmissionClient``): submit, list, status, logs, stop.
+
+There is no Atoll job queue: a job submitted here is a Ray job, visible to ``ray job list``, and a job
+submitted with ``ray job submit`` is visible here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from atoll import auth
+from atoll.cluster import ClusterInfo, current
+from atoll.errors import ClusterNotUpError, ConfigError, JobNotFoundError
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+# Never shipped with a job: environments, caches, data and build outputs (on top of .gitignore,
+# which Ray's working_dir upload honours by itself).
+DEFAULT_EXCLUDES = [".venv", "venv", ".git", "**/__pycache__", "*.pyc", ".pytest_cache", "data", "*.parquet",
+                    "*.egg-info", "build", "dist", ".atoll", "node_modules", ".mypy_cache", ".ruff_cache"]
+
+# Environment variables forwarded from the submitting shell to the job, so that the job writes where
+# the user's CLI reads (e.g. a test's temporary storage root).
+FORWARDED_ENV = ("ATOLL_STORAGE", "ATOLL_CLUSTER_CONFIG", "ATOLL_API_KEY")
+
+
+def _client(info: ClusterInfo):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(info.dashboard_url, headers=auth.headers())
+    except ConnectionError as exc:
+        raise ClusterNotUpError(f"cannot reach the Jobs API at {info.dashboard_url}: {exc}. "
+                                f"Is the cluster up? (`atoll status`)") from None
+
+
+def _call(info: ClusterInfo, job_id: str | None, fn: Callable[[Any], Any]) -> Any:
+    """Run ``fn(client)``, turning Ray's HTTP errors into Atoll errors."""
+    client = _client(info)
+    try:
+        return fn(client)
+    except RuntimeError as exc:
+        text = str(exc)
+        if "404" in text or "does not exist" in text:
+            raise JobNotFoundError(f"no job {job_id!r} on the cluster at {info.dashboard_url}; "
+                                   f"`atoll jobs list` shows the jobs it knows.") from None
+        raise
+    except ConnectionError as exc:
+        raise ClusterNotUpError(f"lost the Jobs API at {info.dashboard_url}: {exc}") from None
+
+
+def package_dir() -> Path:
+    """The directory of the installed ``atoll`` package (shipped with every job as a py_module)."""
+    return Path(__file__).resolve().parent
+
+
+def runtime_env(working_dir: str | Path | None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The job's runtime_env: the working dir (minus data/caches) plus this very ``atoll`` package,
+    so the cluster runs the same Atoll code as the client that submitted the job."""
+    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env_vars.update(env or {})
+    renv: dict[str, Any] = {"py_modules": [str(package_dir())], "env_vars": env_vars}
+    if working_dir is not None:
+        renv["working_dir"] = str(Path(working_dir).resolve())
+        renv["excludes"] = list(DEFAULT_EXCLUDES)
+    return renv
+
+
+def submit(entrypoint: list[str] | str, *, info: ClusterInfo | None = None,
+           working_dir: str | Path | None = None, env: dict[str, str] | None = None,
+           submission_id: str | None = None, metadata: dict[str, str] | None = None,
+           entrypoint_num_cpus: float | None = None) -> str:
+    """Submit a job through the Jobs API; returns its submission id.
+
+    Args:
+        entrypoint: the command, as a list of arguments (quoted for the shell) or one string.
+        working_dir: shipped to the cluster as the job's working directory (default: none).
+        env: extra environment variables for the job.
+    """
+    info = info or current()
+    command = entrypoint if isinstance(entrypoint, str) else shlex.join(entrypoint)
+    if working_dir is not None and not Path(working_dir).is_dir():
+        raise ConfigError(f"--working-dir {working_dir}: not a directory; pass an existing folder.")
+    kwargs: dict[str, Any] = {}
+    if entrypoint_num_cpus is not None:
+        kwargs["entrypoint_num_cpus"] = entrypoint_num_cpus
+    return _call(info, submission_id, lambda c: c.submit_job(
+        entrypoint=command, runtime_env=runtime_env(working_dir, env), submission_id=submission_id,
+        metadata={"submitted_by": "atoll", **(metadata or {})}, **kwargs))
+
+
+def _job_dict(job: Any) -> dict[str, Any]:
+    data = job.dict() if hasattr(job, "dict") else dict(job)
+    status = data.get("status")
+    data["status"] = getattr(status, "value", status)
+    data["id"] = data.get("submission_id") or data.get("job_id")
+    return {k: data.get(k) for k in ("id", "type", "status", "entrypoint", "message", "start_time",
+                                      "end_time", "job_id", "submission_id", "metadata", "driver_exit_code")}
+
+
+def list_jobs(info: ClusterInfo | None = None, include_drivers: bool = False) -> list[dict[str, Any]]:
+    """All jobs the Jobs API knows (submitted with Atoll or with ``ray job submit``), newest first."""
+    info = info or current()
+    jobs = [_job_dict(j) for j in _call(info, None, lambda c: c.list_jobs())]
+    if not include_drivers:
+        jobs = [j for j in jobs if str(j["type"]).upper().endswith("SUBMISSION")]
+    return sorted(jobs, key=lambda j: j.get("start_time") or 0, reverse=True)
+
+
+def status(job_id: str, info: ClusterInfo | None = None) -> dict[str, Any]:
+    """One job's details (status, entrypoint, times, message)."""
+    info = info or current()
+    return _job_dict(_call(info, job_id, lambda c: c.get_job_info(job_id)))
+
+
+def logs(job_id: str, info: ClusterInfo | None = None) -> str:
+    """Everything the job has printed so far."""
+    info = info or current()
+    return _call(info, job_id, lambda c: c.get_job_logs(job_id))
+
+
+def stop(job_id: str, info: ClusterInfo | None = None, wait_s: float = 30.0) -> str:
+    """Stop a job and wait (up to ``wait_s``) until it has stopped; returns its final status."""
+    info = info or current()
+    _call(info, job_id, lambda c: c.stop_job(job_id))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        state = status(job_id, info)["status"]
+        if state in TERMINAL:
+            return state
+        time.sleep(0.5)
+    return status(job_id, info)["status"]
+
+
+def follow(job_id: str, on_text: Callable[[str], None], info: ClusterInfo | None = None) -> dict[str, Any]:
+    """Stream the job's logs to ``on_text`` until it ends; return its final details."""
+    info = info or current()
+    client = _client(info)
+    status(job_id, info)  # unknown id → JobNotFoundError before streaming
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            on_text(chunk)
+
+    try:
+        asyncio.run(tail())
+    except Exception:  # the log stream can drop (e.g. the dashboard restarts): fall back to polling
+        pass
+    while True:
+        details = status(job_id, info)
+        if details["status"] in TERMINAL:
+            return details
+        time.sleep(0.5)

@@ -1,0 +1,104 @@
+"""Pydantic models for every config file a user writes.
+
+One model per file (or per section), ``extra="forbid"`` and a description on every field: the same
+class is the schema, the validator and the constructor. Loading goes through :mod:`atoll.config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# cluster.yaml: Atoll's own part lives under metadata.atoll; Ray's part is checked by Ray's schema.
+
+
+class LocalSettings(Strict):
+    """How `atoll up` runs the embedded local cluster on this machine."""
+
+    host: str = Field("127.0.0.1", description="Address the dashboard/Jobs API binds to. Keep loopback "
+                      "unless other machines must reach it (they still need the token).")
+    port: int = Field(6379, ge=1024, le=65535, description="GCS port of the local head.")
+    dashboard_port: int = Field(8265, ge=1024, le=65535, description="Dashboard and Jobs API port.")
+    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of the local head (default: all cores).")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs of the local head (default: detected).")
+    object_store_memory_mb: int | None = Field(None, ge=64, description="Object store size in MiB "
+                                               "(default: Ray's choice).")
+
+
+class ServeSettings(Strict):
+    """Defaults for every Serve deployment; `atoll serve deploy` options override them."""
+
+    host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds to.")
+    port: int = Field(8000, ge=1024, le=65535, description="Serve HTTP port.")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling lower bound.")
+    max_replicas: int = Field(2, ge=1, description="Autoscaling upper bound.")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="Autoscaling target per replica.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica holds at once (also "
+                                      "caps the batch size).")
+    max_queued_requests: int = Field(256, ge=-1, description="Requests queued per caller before 503s "
+                                     "(-1: unbounded).")
+    max_batch_size: int = Field(32, ge=1, description="Largest batch @serve.batch gathers.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill up.")
+    max_rows: int = Field(1024, ge=1, description="Most rows accepted in one request.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    api_key_env: str = Field("ATOLL_API_KEY", description="Environment variable holding the API key; "
+                             "when it is set, every route but /healthz needs 'Authorization: Bearer KEY'.")
+    num_gpus_per_replica: float | None = Field(None, ge=0, description="GPUs per replica "
+                                               "(default: 1 when the cluster has GPUs, else 0).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ServeSettings":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas must be <= max_replicas ({self.min_replicas} > {self.max_replicas})")
+        if self.max_batch_size > self.max_ongoing_requests:
+            raise ValueError(f"max_batch_size ({self.max_batch_size}) cannot exceed max_ongoing_requests "
+                             f"({self.max_ongoing_requests}): Serve caps each batch at max_ongoing_requests")
+        return self
+
+
+class AtollSettings(Strict):
+    """The `metadata.atoll` section of cluster.yaml."""
+
+    storage: str = Field("~/.atoll/storage", description="Root for checkpoints, sweeps and the model "
+                         "registry: a local directory or an s3:// / gs:// URI. ATOLL_STORAGE overrides it.")
+    local: LocalSettings = Field(default_factory=LocalSettings, description="The embedded local cluster.")
+    serve: ServeSettings = Field(default_factory=ServeSettings, description="Ray Serve defaults.")
+
+
+class NodeType(BaseModel):
+    """One entry of `available_node_types` (Ray's schema is the authority; this is a typed view)."""
+
+    model_config = ConfigDict(extra="allow")
+    node_config: dict[str, Any] = Field(default_factory=dict)
+    resources: dict[str, float] = Field(default_factory=dict)
+    min_workers: int = 0
+    max_workers: int | None = None
+
+
+class ClusterSpec(BaseModel):
+    """cluster.yaml as a whole: Ray's cluster-launcher config plus Atoll's settings."""
+
+    model_config = ConfigDict(extra="allow")
+    cluster_name: str
+    provider: dict[str, Any]
+    max_workers: int = 2
+    upscaling_speed: float = 1.0
+    idle_timeout_minutes: float = 5.0
+    head_node_type: str
+    available_node_types: dict[str, NodeType]
+    atoll: AtollSettings = Field(default_factory=AtollSettings)
+    source: str = Field("", description="Where the spec was read from.")
+
+    def worker_types(self) -> dict[str, NodeType]:
+        return {k: v for k, v in self.available_node_types.items() if k != self.head_node_type}
+
+    @property
+    def has_gpu_nodes(self) -> bool:
+        return any(t.resources.get("GPU", 0) > 0 for t in self.available_node_types.values())

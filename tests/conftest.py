@@ -1,0 +1,55 @@
+"""Shared fixtures: one real local Ray cluster per test session, started the way a user starts it.
+
+The cluster, its state file and the storage root live in a temporary ATOLL_HOME / ATOLL_STORAGE, so
+the tests never touch a developer's own cluster records or registry. Subprocesses (the `atoll` CLI,
+Ray jobs) inherit these variables.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ATOLL = str(Path(sys.executable).parent / "atoll")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def atoll_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("atoll_home")
+    env = {"ATOLL_HOME": str(home), "ATOLL_STORAGE": str(home / "storage"),
+           "ATOLL_CLUSTER_CONFIG": str(REPO / "cluster.yaml")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.environ.pop("ATOLL_ADDRESS", None)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(atoll_env):
+    """A real local cluster started by `atoll.cluster.up` (4 logical CPUs), stopped by PID at the end."""
+    from atoll import cluster
+
+    spec = cluster.load_spec()
+    info = cluster.up(spec, num_cpus=4)
+    assert not info.already_up, "a cluster from an earlier run is still recorded; run `atoll down`"
+    yield info
+    cluster.down()
+    leftover = cluster.ray_processes_of(info)
+    assert leftover == [], f"`atoll down` left Ray processes running: {leftover}"
+
+
+def run_cli(*args: str, timeout: float = 300, cwd: Path = REPO, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """Run the real `atoll` console script as a user would."""
+    return subprocess.run([ATOLL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})

@@ -1,0 +1,96 @@
+"""Jobs through Ray's Jobs API on a real local cluster, driven through the real `atoll` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.cluster
+
+
+def test_status_shows_the_head_node(ray_cluster):
+    result = run_cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    st = json.loads(result.stdout)
+    heads = [n for n in st["nodes"] if n["head"]]
+    assert len(heads) == 1 and heads[0]["alive"] and heads[0]["type"] == "head"
+    assert st["resources"]["CPU"]["total"] == 4
+    assert st["dashboard_url"] == "http://127.0.0.1:8265"
+
+
+def test_up_again_says_already_up(ray_cluster):
+    result = run_cli("up")
+    assert result.returncode == 0
+    assert "already up" in result.stdout
+
+
+def test_submit_wait_success_and_logs(ray_cluster):
+    result = run_cli("submit", "--wait", "--", "python", "-c", "print('hello from a job')")
+    assert result.returncode == 0, result.stderr
+    assert "hello from a job" in result.stdout
+    job_id = result.stderr.split("Submitted job ")[1].split()[0]
+    logs = run_cli("jobs", "logs", job_id)
+    assert "hello from a job" in logs.stdout
+    st = json.loads(run_cli("jobs", "status", job_id, "--json").stdout)
+    assert st["status"] == "SUCCEEDED"
+
+
+def test_submit_wait_failure_exits_nonzero(ray_cluster):
+    result = run_cli("submit", "--wait", "--", "python", "-c", "import sys; print('bye'); sys.exit(1)")
+    assert result.returncode != 0
+    assert "FAILED" in result.stderr
+
+
+def test_job_gets_the_project_and_env(ray_cluster):
+    code = "import os, pathlib; print('cfg', pathlib.Path('cluster.yaml').exists(), os.environ['GREETING'])"
+    result = run_cli("submit", "--wait", "--env", "GREETING=hi", "--", "python", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert "cfg True hi" in result.stdout
+
+
+def test_stop_a_long_job(ray_cluster):
+    result = run_cli("submit", "--json", "--", "python", "-c", "import time; time.sleep(600)")
+    job_id = json.loads(result.stdout)["id"]
+    deadline = time.time() + 60
+    while json.loads(run_cli("jobs", "status", job_id, "--json").stdout)["status"] != "RUNNING":
+        assert time.time() < deadline, "job never started"
+        time.sleep(0.5)
+    stopped = run_cli("jobs", "stop", job_id)
+    assert stopped.returncode == 0 and "STOPPED" in stopped.stdout
+
+
+def test_unknown_job_id_is_one_clear_line(ray_cluster):
+    result = run_cli("jobs", "status", "raysubmit_nope")
+    assert result.returncode == 1
+    assert "no job 'raysubmit_nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_jobs_from_rays_own_cli_are_listed(ray_cluster):
+    ray = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ray_cluster.dashboard_url}
+    out = subprocess.run([ray, "job", "submit", "--submission-id", "from-ray-cli", "--no-wait", "--",
+                          "python", "-c", "print(1)"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(run_cli("jobs", "list", "--json").stdout)
+    assert "from-ray-cli" in [j["id"] for j in listed]
+    # …and Atoll's jobs show up in Ray's own listing: one Jobs API.
+    ray_list = subprocess.run([ray, "job", "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert "submitted_by" in ray_list.stdout and "atoll" in ray_list.stdout
+
+
+def test_jobs_api_refuses_requests_without_the_token(ray_cluster):
+    url = f"{ray_cluster.dashboard_url}/api/jobs/"
+    assert httpx.get(url, timeout=10).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code in (401, 403)
+    from atoll import auth
+
+    assert httpx.get(url, headers=auth.headers(), timeout=10).status_code == 200
