@@ -15,12 +15,14 @@ from rich.console import Console
 from rich.table import Table
 
 from atoll import auth, cluster, jobs
+from atoll.cli_models import models_app
 from atoll.errors import AtollError
 
 app = typer.Typer(help="Atoll: the whole ML lifecycle on one Ray cluster.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 jobs_app = typer.Typer(help="Ray jobs on the cluster (one Jobs API with `ray job`).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -220,6 +222,106 @@ def jobs_stop(job_id: str) -> None:
     """Stop a running job."""
     state = jobs.stop(job_id)
     console.print(f"Job {job_id}: {state}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+
+
+class TrainProgress:
+    """Renders a training job's progress events (epoch, loss, accuracy) as a live rich progress bar."""
+
+    def __init__(self, progress) -> None:
+        self.progress, self.task, self.events = progress, None, []
+
+    def __call__(self, text: str) -> None:
+        from atoll.train import parse_events
+
+        for ev in parse_events(text):
+            self.events.append(ev)
+            if ev["event"] == "start":
+                self.progress.console.print(
+                    f"Training on {ev['workers']} {'GPU' if ev['use_gpu'] else 'CPU'} workers ({ev['backend']}), "
+                    f"{ev['rows'] or '?'} rows x {ev['features']} features, {ev['classes']} classes")
+                self.task = self.progress.add_task("epochs", total=ev["epochs"], metrics="")
+            elif ev["event"] == "resumed":
+                self.progress.console.print(f"Resumed run {ev['run']} at epoch {ev['epoch']}")
+            elif ev["event"] == "epoch" and self.task is not None:
+                self.progress.update(self.task, completed=ev["epoch"] + 1, metrics=(
+                    f"loss {ev['train_loss']:.3f}  val_loss {ev['val_loss']:.3f}  "
+                    f"val_acc {ev['val_accuracy']:.3f}  {ev['samples_per_s'] or 0:.0f} samples/s"))
+            elif ev["event"] == "error":
+                self.progress.console.print(f"[red]error:[/] {ev['message']}", highlight=False, soft_wrap=True)
+
+    def last(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in reversed(self.events) if e["event"] == name), None)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), console=err_console)
+
+
+def _job_failed_hint(job_id: str) -> None:
+    tail = "\n".join(jobs.logs(job_id).strip().splitlines()[-15:])
+    err_console.print(f"[dim]{tail}[/]", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]Job {job_id} failed[/]; full logs: atoll jobs logs {job_id}", soft_wrap=True)
+
+
+@app.command("train")
+def train_cmd(config: Path = typer.Option(Path("jobs/configs/train.yaml"), "--config", "-c", help="Training spec."),
+              set_: list[str] = typer.Option([], "--set", help="Override a field: --set epochs=5 (repeat)."),
+              run_name: Optional[str] = typer.Option(None, "--run-name", help="Name of the run."),
+              resume: Optional[str] = typer.Option(None, "--resume", help="Resume this run from its checkpoint."),
+              wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
+              as_json: bool = JsonOpt) -> None:
+    """Train a model on the cluster (a Ray job running jobs/train.py) and register it."""
+    from atoll import train as train_lib
+    from atoll.config import load_file
+    from atoll.specs import TrainSpec
+
+    load_file(TrainSpec, config, set_)  # fail fast, before anything is submitted
+    root = cluster.project_root()
+    spec_arg = _inside_project(config, root)
+    cmd = ["python", "jobs/train.py", "-c", spec_arg]
+    for item in set_:
+        cmd += ["--set", item]
+    if run_name:
+        cmd += ["--run-name", run_name]
+    if resume:
+        cmd += ["--resume", resume]
+    submission_id = f"atoll-train-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    env = {"ATOLL_JOB_ID": submission_id, "ATOLL_GIT_COMMIT": train_lib.git_commit(root) or ""}
+    job_id = jobs.submit(cmd, working_dir=root, env=env, submission_id=submission_id)
+    err_console.print(f"Submitted training job [bold]{job_id}[/]", soft_wrap=True)
+    if not wait:
+        if as_json:
+            print_json({"id": job_id})
+        return
+    with _progress() as progress:
+        view = TrainProgress(progress)
+        details = jobs.follow(job_id, view)
+    registered = view.last("registered")
+    if as_json:
+        print_json({"job": details, "registered": registered, "finished": view.last("finished")})
+    if details["status"] != "SUCCEEDED":
+        _job_failed_hint(job_id)
+        raise typer.Exit(1)
+    if registered and not as_json:
+        m = registered["metrics"]
+        console.print(f"[green]Registered[/] {registered['name']}:{registered['version']}  "
+                      f"val_accuracy {m.get('val_accuracy', 0):.4f}  val_loss {m.get('val_loss', 0):.4f}\n"
+                      f"  atoll models show {registered['name']}:{registered['version']}")
+
+
+def _inside_project(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        raise typer.BadParameter(f"{path} is outside the project folder {root}, which is what the job ships; "
+                                 f"move the spec into it.") from None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -386,7 +386,10 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
         raise ClusterError(f"something else already listens on {dashboard_url} (a Ray cluster not started by "
                            f"Atoll?). Stop it (`ray stop`) or set metadata.atoll.local.dashboard_port.")
     auth.ensure_token()
-    env = {**os.environ, **auth.client_env()}
+    # Jobs run `python ...` through the raylet's PATH: make that this interpreter (the venv Atoll
+    # is installed in), not whichever `python` happens to come first.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, **auth.client_env(), "PATH": path}
     cmd = local_start_command(spec, num_cpus)
     before = _ray_pids()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -139,3 +139,9 @@ def load_model(model: type[M], data: dict[str, Any], source: str = "", prefix: t
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
         raise ConfigError(format_validation_error(exc, model, source, prefix)) from None
+
+
+def load_file(model: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
+    """Read a YAML file, apply ``--set`` overrides, validate: the one way every spec file is loaded."""
+    data = apply_overrides(read_yaml(path), overrides)
+    return load_model(model, data, str(path))

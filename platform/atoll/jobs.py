@@ -31,7 +31,14 @@ FORWARDED_ENV = ("ATOLL_STORAGE", "ATOLL_CLUSTER_CONFIG", "ATOLL_API_KEY")
 
 
 def _client(info: ClusterInfo):
+    import logging
+
     from ray.job_submission import JobSubmissionClient
+
+    # Ray's packaging chatter (uploads, default excludes) is noise to a user of the Jobs API.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("ray.dashboard", "ray._private.runtime_env")):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
     try:
         return JobSubmissionClient(info.dashboard_url, headers=auth.headers())
@@ -96,7 +103,7 @@ def submit(entrypoint: list[str] | str, *, info: ClusterInfo | None = None,
 
 
 def _job_dict(job: Any) -> dict[str, Any]:
-    data = job.dict() if hasattr(job, "dict") else dict(job)
+    data = job.model_dump() if hasattr(job, "model_dump") else dict(job)
     status = data.get("status")
     data["status"] = getattr(status, "value", status)
     data["id"] = data.get("submission_id") or data.get("job_id")

@@ -6,7 +6,7 @@ class is the schema, the validator and the constructor. Loading goes through :mo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -102,3 +102,59 @@ class ClusterSpec(BaseModel):
     @property
     def has_gpu_nodes(self) -> bool:
         return any(t.resources.get("GPU", 0) > 0 for t in self.available_node_types.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# Training spec (jobs/configs/train.yaml)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class DatasetSpec(Strict):
+    path: str = Field(..., description="Parquet/CSV file or folder, local or s3:// / gs://; "
+                      "`demo:digits` exports the built-in demo on first use.")
+    format: Literal["auto", "parquet", "csv"] = Field("auto", description="File format (auto: by suffix).")
+    features: list[str] | None = Field(None, description="Feature columns (default: every column but the label).")
+    label: str = Field("label", description="Label column (classes are encoded as 0..K-1).")
+    validation_fraction: float = Field(0.2, gt=0, lt=1, description="Share of rows held out for validation.")
+    cache: Literal["auto", True, False] = Field("auto", description="Keep preprocessed rows in the object "
+                                                "store across epochs (auto: when they take < 512 MiB).")
+
+
+class ModelSpec(Strict):
+    type: str = Field("mlp", description="`mlp`, `cnn`, or an import path `mypkg.models:build`.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model "
+                                   "(mlp: hidden, dropout; cnn: channels, image_shape, dropout).")
+
+
+class OptimizerSpec(Strict):
+    name: Literal["adam", "adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    lr: float = Field(3e-3, gt=0, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+
+
+class TrainSpec(Strict):
+    """A training run: data, model, optimiser, schedule, resources, and the registry name."""
+
+    name: str = Field(..., pattern=NAME_PATTERN, description="Registry name of the trained model.")
+    dataset: DatasetSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    epochs: int = Field(10, ge=1, le=10_000, description="Passes over the training split.")
+    batch_size: int = Field(64, ge=1, description="Batch size per worker.")
+    num_workers: int = Field(2, ge=1, description="Data-parallel training workers.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
+    gpus_per_worker: float = Field(1, ge=0, description="GPUs per worker when training on GPU.")
+    use_gpu: Literal["auto", True, False] = Field("auto", description="auto: on GPU when the cluster has GPUs.")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data-parallel strategy.")
+    keep_checkpoints: int = Field(2, ge=1, description="Best N checkpoints kept (by validation accuracy).")
+    max_failures: int = Field(1, ge=0, description="Worker-group restarts from the last checkpoint.")
+    seed: int = Field(0, description="Seed for weights, shuffling and the split.")
+    register_model: bool = Field(True, description="Register the best checkpoint in the model registry.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> "TrainSpec":
+        if self.dataset.features is not None and not self.dataset.features:
+            raise ValueError("dataset.features: empty list; leave it out to use every column but the label")
+        return self

@@ -1,0 +1,126 @@
+"""`atoll models ...`: the model registry from the command line. Parse, call atoll.registry, render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from atoll import cluster, registry
+from atoll.errors import RegistryError
+
+models_app = typer.Typer(help="The model registry: versions, metrics, lineage and aliases.",
+                         no_args_is_help=True)
+
+console = Console()
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="cluster.yaml to use (default: ./cluster.yaml).")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+def _print_json(data: Any) -> None:
+    # Not atoll.cli.print_json: atoll.cli imports this module.
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _open(config: Optional[Path]) -> registry.Registry:
+    return registry.open_registry(cluster.load_spec(config).atoll.storage)
+
+
+def _versioned(ref: str, command: str) -> tuple[str, int]:
+    name, version, _ = registry.parse_ref(ref)
+    if version is None:
+        raise RegistryError(f"`atoll models {command}` needs an explicit version, NAME:VERSION "
+                            f"(e.g. {name}:1), not {ref!r}.")
+    return name, version
+
+
+def _flat(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _section(title: str, data: dict[str, Any] | None) -> Group:
+    # A heading line, not a table title: rich wraps a title to the width of a narrow table.
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="cyan", no_wrap=True)
+    table.add_column()
+    for key, value in (data or {}).items():
+        table.add_row(str(key), _flat(value))
+    if not data:
+        table.add_row("-", "")
+    return Group(Text(title, style="bold"), table)
+
+
+@models_app.command("list")
+def list_(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Registered models: latest version, number of versions and aliases."""
+    rows = _open(config).list_models()
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        console.print("No models registered yet.")
+        return
+    table = Table("name", "latest", "versions", "aliases", title=f"Models ({len(rows)})")
+    for row in rows:
+        aliases = ", ".join(f"@{a} → {v}" for a, v in sorted(row["aliases"].items())) or "-"
+        table.add_row(row["name"], str(row["latest_version"]), str(row["versions"]), aliases)
+    console.print(table)
+
+
+@models_app.command()
+def show(ref: str = typer.Argument(..., help="NAME (latest), NAME:VERSION or NAME@ALIAS."),
+         config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """One version: metrics, aliases, input schema, lineage and files."""
+    reg = _open(config)
+    mv = reg.get(ref)
+    aliases = sorted(a for a, v in reg.aliases(mv.name).items() if v == mv.version)
+    if as_json:
+        _print_json({**mv.to_dict(), "aliases": aliases})
+        return
+    head = _section("Version", {"ref": mv.ref, "created": mv.created_at or "-",
+                                 "aliases": ", ".join(f"@{a}" for a in aliases) or "-", "uri": mv.uri})
+    files = Table("file", "size", "sha256")
+    for name, meta in sorted(mv.files.items()):
+        files.add_row(name, f"{meta.get('size', 0):,}", str(meta.get("sha256", ""))[:16] + "…")
+    schema = mv.input_schema if isinstance(mv.input_schema, dict) else \
+        ({"schema": mv.input_schema} if mv.input_schema is not None else None)
+    body = Group(head, "", _section("Metrics", mv.metrics), "", _section("Input schema", schema), "",
+                 _section("Lineage", mv.lineage), "", Text("Files", style="bold"), files)
+    console.print(Panel(body, title=f"[bold]{mv.ref}", expand=False))
+
+
+@models_app.command()
+def promote(ref: str = typer.Argument(..., help="NAME:VERSION to promote (NAME@ALIAS also works)."),
+            alias: str = typer.Argument(..., help="Alias to point at it, e.g. production."),
+            config: Optional[Path] = ConfigOpt) -> None:
+    """Point ALIAS at a version (moving it from the version it pointed at)."""
+    _, version, source_alias = registry.parse_ref(ref)
+    if version is None and source_alias is None:  # a bare name would silently mean "latest"
+        _versioned(ref, "promote")
+    reg = _open(config)
+    mv = reg.get(ref)
+    before = reg.aliases(mv.name).get(alias)
+    reg.set_alias(mv.name, mv.version, alias)
+    was = "" if before is None else f" (was {mv.name}:{before})"
+    console.print(f"[green]{mv.name}@{alias}[/] → {mv.ref}{was}", highlight=False)
+
+
+@models_app.command()
+def delete(ref: str = typer.Argument(..., help="NAME:VERSION to delete."),
+           yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+           config: Optional[Path] = ConfigOpt) -> None:
+    """Delete one version (refused while an alias points at it); its number is never reused."""
+    name, version = _versioned(ref, "delete")
+    reg = _open(config)
+    reg.get(f"{name}:{version}")  # fail on an unknown version before asking
+    if not yes:
+        typer.confirm(f"Delete {name}:{version}?", abort=True)
+    reg.delete(name, version)
+    console.print(f"Deleted {name}:{version}.", highlight=False)

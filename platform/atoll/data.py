@@ -1,0 +1,338 @@
+"""Datasets through Ray Data: read Parquet/CSV (local or s3:// / gs://), check, split, preprocess.
+
+Everything streams: the driver reads only file metadata and a few aggregates (mean, std, classes of the
+training split); rows flow from the files through ``map_batches`` straight into the training workers'
+shards. The :class:`Preprocessor` fitted here is saved with every checkpoint and model version, and
+Serve applies the very same transform to requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atoll.errors import DataError
+
+DEMO_PREFIX = "demo:"
+DEMO_DATASETS = ("digits",)
+
+
+# ------------------------------------------------------------------------------------------------
+# Files
+
+
+def _filesystem(uri: str):
+    """(pyarrow filesystem, path within it) for a local path or a URI."""
+    import pyarrow.fs as pafs
+
+    if "://" in uri:
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for bad URIs and credentials
+            raise DataError(f"dataset {uri}: cannot open its filesystem: {exc}") from None
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def _files(uri: str) -> list[Any]:
+    """FileInfos of the dataset's data files (one file, or every file of a folder)."""
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"dataset {uri}: not found. Check dataset.path in the training spec "
+                        f"(or use `demo:digits` for the built-in demo).")
+    if info.type == pafs.FileType.File:
+        return [info]
+    found = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+             if f.type == pafs.FileType.File and not Path(f.path).name.startswith((".", "_"))]
+    if not found:
+        raise DataError(f"dataset {uri}: the folder holds no data files.")
+    return found
+
+
+def detect_format(uri: str, fmt: str = "auto") -> str:
+    if fmt != "auto":
+        return fmt
+    name = uri.rstrip("/").lower()
+    if name.endswith(".csv") or name.endswith(".csv.gz"):
+        return "csv"
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return "parquet"
+    # A folder: look at its files.
+    suffixes = {Path(f.path).suffix.lower() for f in _files(uri)}
+    return "csv" if suffixes <= {".csv", ".gz"} else "parquet"
+
+
+def fingerprint(uri: str) -> str:
+    """A stable id of the dataset's contents as stored: paths, sizes and modification times."""
+    digest = hashlib.sha256()
+    for info in sorted(_files(uri), key=lambda f: f.path):
+        digest.update(f"{info.path}|{info.size}|{info.mtime_ns}".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def read_schema(uri: str, fmt: str) -> tuple[dict[str, str], int | None]:
+    """Column types and (for Parquet) the row count, from file metadata only."""
+    import pyarrow.dataset as pads
+
+    fs, path = _filesystem(uri)
+    try:
+        dataset = pads.dataset(path, filesystem=fs, format=fmt)
+        schema = dataset.schema
+        rows = dataset.count_rows() if fmt == "parquet" else None
+    except Exception as exc:  # malformed files: pyarrow's message is the useful part
+        raise DataError(f"dataset {uri}: cannot read it as {fmt}: {exc}") from None
+    return {f.name: str(f.type) for f in schema}, rows
+
+
+def read(uri: str, fmt: str):
+    """A lazy Ray Dataset over the files (nothing is read until it is consumed)."""
+    import ray.data
+
+    fs, path = _filesystem(uri)
+    reader = ray.data.read_csv if fmt == "csv" else ray.data.read_parquet
+    return reader(path, filesystem=fs)
+
+
+# ------------------------------------------------------------------------------------------------
+# The demo dataset: scikit-learn's handwritten digits (1,797 real 8x8 images, shipped with the package)
+
+
+def demo_paths(storage_root: str, name: str = "digits") -> dict[str, str]:
+    root = Path(storage_root).expanduser() / "datasets"
+    return {"train": str(root / f"{name}.parquet"), "holdout": str(root / f"{name}_holdout.parquet")}
+
+
+def prepare_demo(storage_root: str, name: str = "digits", holdout: int = 180) -> dict[str, str]:
+    """Export the demo dataset to Parquet on first use (train file + a held-out file); return paths.
+
+    The held-out rows (a fixed, seeded sample) never reach training: they are what the quickstart sends
+    to the live endpoint.
+    """
+    if name not in DEMO_DATASETS:
+        raise DataError(f"unknown demo dataset {name!r}; available: {', '.join(DEMO_DATASETS)}")
+    paths = demo_paths(storage_root, name)
+    if all(Path(p).exists() for p in paths.values()):
+        return paths
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data.astype("float32"), columns=[f"px{i}" for i in range(64)])
+    frame["label"] = digits.target.astype("int64")
+    rng = np.random.default_rng(1234)
+    held = np.zeros(len(frame), dtype=bool)
+    held[rng.choice(len(frame), size=holdout, replace=False)] = True
+    Path(paths["train"]).parent.mkdir(parents=True, exist_ok=True)
+    for key, part in (("train", frame[~held]), ("holdout", frame[held])):
+        tmp = paths[key] + ".tmp"
+        part.reset_index(drop=True).to_parquet(tmp, index=False)
+        Path(tmp).replace(paths[key])  # atomic: a half-written file is never visible
+    return paths
+
+
+def resolve_path(path: str, storage_root: str) -> str:
+    """``demo:digits`` → the exported Parquet file; anything else is returned as is."""
+    if path.startswith(DEMO_PREFIX):
+        return prepare_demo(storage_root, path[len(DEMO_PREFIX):])["train"]
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Checking a dataset against a spec, before any worker starts
+
+
+@dataclasses.dataclass
+class DatasetPlan:
+    """What the training run will read: resolved path, format, columns, fingerprint."""
+
+    uri: str
+    format: str
+    features: list[str]
+    label: str
+    rows: int | None
+    fingerprint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+NUMERIC_PREFIXES = ("int", "uint", "float", "double", "halffloat", "bool", "decimal")
+
+
+def plan(uri: str, fmt: str, features: list[str] | None, label: str) -> DatasetPlan:
+    """Check the dataset exists, has the label and numeric features, and is not empty.
+
+    Raises:
+        DataError: naming the column or file and the fix.
+    """
+    _files(uri)  # a missing path fails here, with the fix
+    fmt = detect_format(uri, fmt)
+    columns, rows = read_schema(uri, fmt)
+    if label not in columns:
+        raise DataError(f"dataset {uri}: label column {label!r} does not exist; columns are "
+                        f"{', '.join(columns)}. Set dataset.label.")
+    chosen = features or [c for c in columns if c != label]
+    missing = [c for c in chosen if c not in columns]
+    if missing:
+        raise DataError(f"dataset {uri}: feature column(s) {', '.join(missing)} do not exist; "
+                        f"columns are {', '.join(columns)}. Fix dataset.features.")
+    if label in chosen:
+        raise DataError(f"dataset {uri}: the label {label!r} is also listed as a feature; remove it.")
+    bad = [f"{c} ({columns[c]})" for c in chosen if not columns[c].startswith(NUMERIC_PREFIXES)]
+    if bad:
+        raise DataError(f"dataset {uri}: feature column(s) {', '.join(bad)} are not numeric; "
+                        f"encode them as numbers or leave them out of dataset.features.")
+    if rows == 0:
+        raise DataError(f"dataset {uri}: it is empty (0 rows).")
+    return DatasetPlan(uri=uri, format=fmt, features=chosen, label=label, rows=rows, fingerprint=fingerprint(uri))
+
+
+# ------------------------------------------------------------------------------------------------
+# Split and preprocessing
+
+
+def _row_bucket(frame) -> np.ndarray:
+    """A stable bucket 0..9999 per row from its contents: the same row lands in the same split on every
+    run and every machine, with no shuffle and no materialisation."""
+    import pandas as pd
+
+    return (pd.util.hash_pandas_object(frame, index=False).to_numpy() % 10_000).astype(np.int64)
+
+
+class SplitFilter:
+    """``map_batches`` callable keeping the training or the validation part of each batch."""
+
+    def __init__(self, columns: list[str], validation_fraction: float, keep: str, salt: int = 0):
+        self.columns, self.keep, self.salt = columns, keep, salt
+        self.threshold = int(validation_fraction * 10_000)
+
+    def __call__(self, batch):
+        bucket = (_row_bucket(batch[self.columns]) + self.salt * 7919) % 10_000
+        mask = bucket < self.threshold if self.keep == "validation" else bucket >= self.threshold
+        return batch[mask]
+
+
+def split(ds, plan: DatasetPlan, validation_fraction: float, seed: int = 0):
+    """Deterministic train/validation split of a Ray Dataset (streaming; seed changes the split)."""
+    columns = plan.features + [plan.label]
+    train = ds.map_batches(SplitFilter(columns, validation_fraction, "train", seed), batch_format="pandas")
+    val = ds.map_batches(SplitFilter(columns, validation_fraction, "validation", seed), batch_format="pandas")
+    return train, val
+
+
+@dataclasses.dataclass
+class Preprocessor:
+    """Standardisation (fitted on the training split) and label encoding; JSON-serialisable."""
+
+    features: list[str]
+    label: str
+    mean: list[float]
+    std: list[float]
+    classes: list[Any]
+
+    @property
+    def input_dim(self) -> int:
+        return len(self.features)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessor":
+        return cls(**data)
+
+    def transform_features(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        return (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+
+    def encode_labels(self, y: np.ndarray) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        try:
+            return np.fromiter((index[v] for v in y.tolist()), dtype=np.int64, count=len(y))
+        except KeyError as exc:
+            raise DataError(f"label {exc.args[0]!r} was not seen in the training split") from None
+
+    def __call__(self, batch) -> dict[str, np.ndarray]:
+        """``map_batches`` transform: a pandas batch → ``{"x": float32 [n, d], "y": int64 [n]}``."""
+        x = self.transform_features(batch[self.features].to_numpy())
+        return {"x": x, "y": self.encode_labels(batch[self.label].to_numpy())}
+
+
+class _PartialStats:
+    """Per-batch sums for mean/std and the labels seen: one streaming pass fits the preprocessor."""
+
+    def __init__(self, features: list[str], label: str):
+        self.features, self.label = features, label
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        x = batch[self.features].to_numpy(dtype=np.float64)
+        return pd.DataFrame({"n": [len(x)], "sum": [x.sum(0).tolist()], "sumsq": [(x * x).sum(0).tolist()],
+                             "labels": [sorted(set(batch[self.label].tolist()), key=str)]})
+
+
+def fit_preprocessor(train_ds, plan: DatasetPlan) -> Preprocessor:
+    """Fit standardisation and the label classes on the training split (one streaming pass)."""
+    parts = train_ds.map_batches(_PartialStats(plan.features, plan.label), batch_format="pandas").take_all()
+    n = sum(p["n"] for p in parts)
+    if n == 0:
+        raise DataError(f"dataset {plan.uri}: the training split is empty; add rows or lower "
+                        f"dataset.validation_fraction.")
+    total = np.sum([np.asarray(p["sum"]) for p in parts if p["n"]], axis=0)
+    total_sq = np.sum([np.asarray(p["sumsq"]) for p in parts if p["n"]], axis=0)
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
+    # A constant feature has std 0: divide by 1 instead, so it becomes 0 rather than NaN.
+    std[std < 1e-8] = 1.0
+    classes = sorted({v for p in parts for v in p["labels"]}, key=lambda v: (str(type(v)), v))
+    return Preprocessor(features=plan.features, label=plan.label, mean=mean.tolist(), std=std.tolist(),
+                        classes=[v.item() if hasattr(v, "item") else v for v in classes])
+
+
+def to_training(ds, pre: Preprocessor, cache: bool = False):
+    """The dataset as model inputs ``{"x", "y"}`` (streaming ``map_batches``).
+
+    With ``cache``, the preprocessed rows are kept in the cluster's object store (not on the driver) so
+    that epochs after the first skip reading and preprocessing: worth it when the data fits easily.
+    """
+    out = ds.map_batches(pre, batch_format="pandas")
+    return out.materialize() if cache else out
+
+
+CACHE_LIMIT_BYTES = 512 * 2**20
+
+
+def should_cache(plan: DatasetPlan, setting: bool | str = "auto") -> bool:
+    """Cache in the object store when asked, or (auto) when the float32 inputs take < 512 MiB."""
+    if setting != "auto":
+        return bool(setting)
+    return plan.rows is not None and plan.rows * (len(plan.features) + 1) * 4 < CACHE_LIMIT_BYTES
+
+
+def quiet_progress() -> None:
+    """Ray Data's progress bars flood job logs; Atoll reports its own progress."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def describe(uri: str) -> dict[str, Any]:
+    """Size and schema of a dataset, for people (the quickstart shows it)."""
+    fmt = detect_format(uri)
+    columns, rows = read_schema(uri, fmt)
+    size = sum(f.size for f in _files(uri))
+    return {"uri": uri, "format": fmt, "rows": rows, "bytes": size, "columns": columns}
+

@@ -1,0 +1,673 @@
+"""The model registry: immutable, numbered versions of trained models, with aliases and checksums.
+
+Layout under the storage root (a local directory or an ``s3://`` / ``gs://`` URI)::
+
+    <root>/registry/<name>/versions/<N>/model.pt       weights (a state dict saved with torch.save)
+    <root>/registry/<name>/versions/<N>/...            every other file of the checkpoint (atoll.json, ...)
+    <root>/registry/<name>/versions/<N>/manifest.json  written last: metrics, spec, lineage, file sha256s
+    <root>/registry/<name>/aliases.json                {"production": 3, ...}
+
+A version is visible only once its ``manifest.json`` exists and says ``"status": "READY"``, so a crash in
+the middle of a registration never shows a half-written version. Files are first written to
+``<root>/registry/<name>/.staging/<uuid>/`` and then published:
+
+* on a local filesystem by ``os.rename(staging, versions/N)``, which fails when ``versions/N`` already
+  exists; the writer then retries with N+1, so concurrent registrations (threads or processes) get distinct,
+  consecutive versions;
+* on an object store (no atomic rename) by copying the files to ``versions/N/`` and writing the manifest
+  last. Concurrent registrations of the same name from several writers are best effort there: a version
+  number whose folder already holds objects is skipped, and the recorded sha256 catches any clobbered file.
+
+Deleting a version keeps its manifest as a tombstone (``"status": "DELETED"``) and removes its files, so a
+version number is never reused. All IO goes through :mod:`pyarrow.fs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import difflib
+import errno
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from atoll.errors import RegistryError
+
+try:  # POSIX only; without it (Windows) concurrent alias updates are last-writer-wins.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.pt"
+CHECKPOINT_META = "atoll.json"
+READY = "READY"
+DELETED = "DELETED"
+STALE_STAGING_S = 3600.0
+_CHUNK = 1 << 20
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_REF_HELP = "use NAME, NAME:VERSION or NAME@ALIAS, e.g. digits, digits:3, digits@production"
+
+
+# ------------------------------------------------------------------------------------------------
+# References and names
+
+
+def _check_name(value: str, what: str, ref: str | None = None) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        where = f"in {ref!r}: " if ref is not None and ref != value else ""
+        raise RegistryError(f"{where}invalid {what} {value!r}: it must start with a letter or digit and "
+                            f"contain only letters, digits, '_', '.' and '-'.")
+    return value
+
+
+def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """Split a model reference into ``(name, version, alias)``.
+
+    ``"digits"`` → ``("digits", None, None)`` (the latest version), ``"digits:3"`` → ``("digits", 3, None)``,
+    ``"digits@production"`` → ``("digits", None, "production")``.
+
+    Raises:
+        RegistryError: an empty reference, a bad name or alias, or a version that is not a positive integer.
+    """
+    if not isinstance(ref, str) or not ref:
+        raise RegistryError(f"empty model reference; {_REF_HELP}.")
+    if ":" in ref and "@" in ref:
+        raise RegistryError(f"model reference {ref!r} has both a version and an alias; {_REF_HELP}.")
+    if ":" in ref:
+        name, _, raw = ref.partition(":")
+        if not re.fullmatch(r"[0-9]+", raw) or int(raw) < 1:
+            raise RegistryError(f"in {ref!r}: the version must be a positive integer ({_REF_HELP}).")
+        return _check_name(name, "model name", ref), int(raw), None
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        return _check_name(name, "model name", ref), None, _check_name(alias, "alias", ref)
+    return _check_name(ref, "model name"), None, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Model versions
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVersion:
+    """One registered version: where it lives and its manifest (metrics, spec, lineage, files)."""
+
+    name: str
+    version: int
+    uri: str
+    manifest: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest.get("metrics") or {}
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.manifest.get("spec") or {}
+
+    @property
+    def input_schema(self) -> dict[str, Any] | None:
+        return self.manifest.get("input_schema")
+
+    @property
+    def lineage(self) -> dict[str, Any]:
+        return self.manifest.get("lineage") or {}
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        return self.manifest.get("files") or {}
+
+    @property
+    def created_at(self) -> str | None:
+        return self.manifest.get("created_at")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest plus ``ref`` and ``uri``, ready for ``json.dumps``."""
+        return {"ref": self.ref, "uri": self.uri, **self.manifest, "name": self.name, "version": self.version}
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """A filesystem and a path in it for a local path (``~`` allowed) or a URI."""
+    text = os.fspath(location)
+    if "://" not in text:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... depending on the scheme
+        raise RegistryError(f"cannot open storage {text!r}: {exc}. Check the URI (a local path, "
+                            f"s3://bucket/prefix or gs://bucket/prefix) and the credentials.") from None
+    return fs, path.rstrip("/") or path
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        try:
+            return obj.item()
+        except (ValueError, RuntimeError):
+            pass
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, (dt.datetime, dt.date)):
+        return obj.isoformat()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(type(obj).__name__)
+
+
+def _jsonable(value: Any, field: str) -> Any:
+    try:
+        return json.loads(json.dumps(value, default=_json_default))
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"register: {field} is not JSON-serializable ({exc}); pass numbers, strings, "
+                            f"lists and dicts.") from None
+
+
+def _sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry
+
+
+class Registry:
+    """Numbered, immutable model versions under ``<root>/registry/``.
+
+    Args:
+        root: The storage root: a local directory (``~`` allowed) or an ``s3://`` / ``gs://`` URI.
+        filesystem: Use this pyarrow filesystem, with ``root`` a path inside it, instead of resolving
+            ``root`` (for tests and custom stores). A non-local filesystem gets the object-store protocol.
+    """
+
+    def __init__(self, root: str, *, filesystem: pafs.FileSystem | None = None) -> None:
+        self.root = os.fspath(root)
+        if filesystem is not None:
+            self._fs, base = filesystem, self.root.rstrip("/")
+            self._uri_prefix = base
+        else:
+            self._fs, base = _resolve(self.root)
+            if "://" in self.root and not isinstance(self._fs, pafs.LocalFileSystem):
+                self._uri_prefix = f"{self.root.split('://', 1)[0]}://{base}"
+            else:
+                self._uri_prefix = base
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        self._base = posixpath.join(base, "registry") if base else "registry"
+
+    def __repr__(self) -> str:
+        return f"Registry({self.root!r})"
+
+    # -- paths ------------------------------------------------------------------------------------
+
+    def _model_dir(self, name: str) -> str:
+        return posixpath.join(self._base, name)
+
+    def _versions_dir(self, name: str) -> str:
+        return posixpath.join(self._model_dir(name), "versions")
+
+    def _version_dir(self, name: str, version: int) -> str:
+        return posixpath.join(self._versions_dir(name), str(version))
+
+    def _uri(self, name: str, version: int) -> str:
+        rel = f"registry/{name}/versions/{version}"
+        return f"{self._uri_prefix}/{rel}" if self._uri_prefix else rel
+
+    # -- low-level IO -----------------------------------------------------------------------------
+
+    def _read_bytes(self, path: str) -> bytes:
+        with self._fs.open_input_stream(path, compression=None) as f:
+            return f.read()
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        self._fs.create_dir(posixpath.dirname(path), recursive=True)
+        with self._fs.open_output_stream(path, compression=None) as f:
+            f.write(data)
+
+    def _write_json_atomic(self, path: str, data: Any) -> None:
+        """Replace a small JSON file so that readers see the old or the new content, never half."""
+        payload = json.dumps(data, indent=2, sort_keys=True).encode()
+        if not self._local:
+            self._write_bytes(path, payload)  # an object PUT is atomic on its own
+            return
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        self._write_bytes(tmp, payload)
+        os.replace(tmp, path)
+
+    def _read_json(self, path: str) -> Any | None:
+        """Parsed JSON, or None when the file is missing or unreadable (half-written, foreign)."""
+        try:
+            return json.loads(self._read_bytes(path))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _list(self, path: str, recursive: bool = False) -> list[pafs.FileInfo]:
+        return self._fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
+
+    def _copy_in(self, src_fs: pafs.FileSystem, src: str, dst: str) -> dict[str, Any]:
+        """Stream one file into the registry; return its sha256 and size."""
+        digest, size = hashlib.sha256(), 0
+        self._fs.create_dir(posixpath.dirname(dst), recursive=True)
+        with src_fs.open_input_stream(src, compression=None) as fin, \
+                self._fs.open_output_stream(dst, compression=None) as fout:
+            while chunk := fin.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                fout.write(chunk)
+        return {"sha256": digest.hexdigest(), "size": size}
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        """Serialize alias updates and deletes of one model (local filesystems; object stores: no-op)."""
+        if not self._local or fcntl is None:
+            yield
+            return
+        path = posixpath.join(self._model_dir(name), ".lock")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _version_numbers(self, name: str) -> list[int]:
+        """Every version folder, visible or not (tombstones and half uploads included)."""
+        return sorted(int(i.base_name) for i in self._list(self._versions_dir(name))
+                      if i.type == pafs.FileType.Directory and i.base_name.isdigit())
+
+    def _manifest(self, name: str, version: int) -> dict[str, Any] | None:
+        """The manifest of a visible (READY) version, else None."""
+        data = self._read_json(posixpath.join(self._version_dir(name, version), MANIFEST))
+        if isinstance(data, dict) and data.get("status") == READY:
+            return data
+        return None
+
+    def _model_version(self, name: str, version: int, manifest: dict[str, Any]) -> ModelVersion:
+        return ModelVersion(name=name, version=version, uri=self._uri(name, version), manifest=manifest)
+
+    def _candidate_names(self) -> list[str]:
+        return sorted(i.base_name for i in self._list(self._base)
+                      if i.type == pafs.FileType.Directory and _NAME_RE.match(i.base_name))
+
+    def _latest(self, name: str) -> ModelVersion | None:
+        for version in reversed(self._version_numbers(name)):
+            if (manifest := self._manifest(name, version)) is not None:
+                return self._model_version(name, version, manifest)
+        return None
+
+    def _unknown_model(self, name: str) -> RegistryError:
+        names = [n for n in self._candidate_names() if self._latest(n) is not None]
+        msg = f"no model named {name!r} in the registry at {self._uri_prefix or self.root}."
+        close = difflib.get_close_matches(name, names, n=1)
+        if close:
+            msg += f" Did you mean {close[0]!r}?"
+        if names:
+            msg += f" Models: {', '.join(names)}."
+        else:
+            msg += " The registry is empty: register a model first."
+        return RegistryError(msg)
+
+    def _unknown_alias(self, name: str, alias: str, aliases: dict[str, int]) -> RegistryError:
+        if self._latest(name) is None:
+            return self._unknown_model(name)
+        known = ", ".join(f"@{a} → {v}" for a, v in sorted(aliases.items()))
+        hint = f"aliases: {known}" if known else \
+            f"it has none yet; create one with `atoll models promote {name}:N {alias}`"
+        return RegistryError(f"model {name!r} has no alias {alias!r}; {hint}.")
+
+    def _visible(self, name: str) -> list[ModelVersion]:
+        return [self._model_version(name, v, m) for v in self._version_numbers(name)
+                if (m := self._manifest(name, v)) is not None]
+
+    def _read_aliases(self, name: str) -> dict[str, int]:
+        data = self._read_json(posixpath.join(self._model_dir(name), "aliases.json"))
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """The aliases of a model, ``{alias: version}`` (empty when it has none)."""
+        return self._read_aliases(_check_name(name, "model name"))
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """The visible versions of ``name``, oldest first.
+
+        Raises:
+            RegistryError: when no model of that name exists (the message lists the models).
+        """
+        _check_name(name, "model name")
+        versions = self._visible(name)
+        if not versions:
+            raise self._unknown_model(name)
+        return versions
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """One summary per model: ``{name, latest_version, versions, aliases}``, by name."""
+        rows = []
+        for name in self._candidate_names():
+            versions = self._visible(name)
+            if versions:
+                rows.append({"name": name, "latest_version": versions[-1].version, "versions": len(versions),
+                             "aliases": self._read_aliases(name)})
+        return rows
+
+    def get(self, ref: str) -> ModelVersion:
+        """Resolve ``name`` (latest version), ``name:N`` or ``name@alias`` to a visible version.
+
+        Raises:
+            RegistryError: an unknown model, version or alias; the message lists what exists.
+        """
+        name, version, alias = parse_ref(ref)
+        if alias is not None:
+            aliases = self._read_aliases(name)
+            if alias not in aliases:
+                raise self._unknown_alias(name, alias, aliases)
+            version = aliases[alias]
+        if version is None:
+            latest = self._latest(name)
+            if latest is None:
+                raise self._unknown_model(name)
+            return latest
+        if (manifest := self._manifest(name, version)) is not None:
+            return self._model_version(name, version, manifest)
+        existing = ", ".join(str(mv.version) for mv in self.list_versions(name))  # unknown model raises
+        via = f" (alias @{alias} points at it)" if alias else ""
+        raise RegistryError(f"model {name!r} has no version {version}{via}; versions: {existing}.")
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def register(self, name: str, checkpoint_dir: str | os.PathLike[str], *, metrics: dict[str, Any],
+                 spec: dict[str, Any], lineage: dict[str, Any] | None = None,
+                 input_schema: dict[str, Any] | None = None,
+                 files_from_checkpoint: bool = True) -> ModelVersion:
+        """Register a checkpoint as the next version of ``name`` (immutable once published).
+
+        Args:
+            name: Model name (letters, digits, ``_ . -``).
+            checkpoint_dir: A local directory or URI holding ``model.pt`` and usually ``atoll.json``.
+            metrics: Evaluation metrics to record (e.g. ``{"val_accuracy": 0.97}``).
+            spec: The training spec that produced the model.
+            lineage: Where it came from: dataset fingerprint, Ray job id, git commit, run name, ...
+            input_schema: The serving input schema; defaults to ``input_schema`` of ``atoll.json``.
+            files_from_checkpoint: Copy every file of the checkpoint (default); False copies only
+                ``model.pt`` and ``atoll.json``.
+
+        Returns:
+            The new version.
+
+        Raises:
+            RegistryError: a bad name, a missing checkpoint or ``model.pt``, unserializable metadata.
+        """
+        _check_name(name, "model name")
+        if not isinstance(metrics, dict) or not isinstance(spec, dict):
+            raise RegistryError("register: metrics and spec must be dicts, e.g. metrics={'accuracy': 0.97}.")
+        src_fs, src = _resolve(checkpoint_dir)
+        files = self._checkpoint_files(src_fs, src, os.fspath(checkpoint_dir))
+        if not files_from_checkpoint:
+            files = [f for f in files if f in (WEIGHTS, CHECKPOINT_META)]
+        meta: dict[str, Any] = {}
+        if CHECKPOINT_META in files:
+            try:
+                with src_fs.open_input_stream(posixpath.join(src, CHECKPOINT_META), compression=None) as f:
+                    meta = json.loads(f.read())
+            except ValueError as exc:
+                raise RegistryError(f"{posixpath.join(src, CHECKPOINT_META)}: invalid JSON ({exc}); "
+                                    f"rewrite it or remove it from the checkpoint.") from None
+        manifest: dict[str, Any] = {
+            "format": 1, "name": name, "version": None, "status": READY, "created_at": _now(),
+            "metrics": _jsonable(metrics, "metrics"), "spec": _jsonable(spec, "spec"),
+            "input_schema": _jsonable(input_schema if input_schema is not None else meta.get("input_schema"),
+                                      "input_schema"),
+            "lineage": _jsonable(lineage or {}, "lineage"), "files": {},
+            "source": src if isinstance(src_fs, pafs.LocalFileSystem) else os.fspath(checkpoint_dir),
+        }
+        self._clean_stale_staging(name)
+        staging = posixpath.join(self._model_dir(name), ".staging", uuid.uuid4().hex)
+        try:
+            for rel in files:
+                manifest["files"][rel] = self._copy_in(src_fs, posixpath.join(src, rel),
+                                                       posixpath.join(staging, rel))
+            version = self._publish_local(name, staging, manifest) if self._local else \
+                self._publish_remote(name, staging, manifest)
+        finally:
+            # After a local publish the staging folder is gone (renamed); otherwise drop what is left.
+            with contextlib.suppress(OSError):
+                if self._fs.get_file_info(staging).type != pafs.FileType.NotFound:
+                    self._fs.delete_dir(staging)
+        return self._model_version(name, version, manifest)
+
+    def _checkpoint_files(self, src_fs: pafs.FileSystem, src: str, shown: str) -> list[str]:
+        info = src_fs.get_file_info(src)
+        if info.type != pafs.FileType.Directory:
+            what = "is a file, not a directory" if info.type == pafs.FileType.File else "does not exist"
+            raise RegistryError(f"checkpoint directory {shown} {what}; pass the folder a training run wrote "
+                                f"(it holds {WEIGHTS} and {CHECKPOINT_META}).")
+        listing = src_fs.get_file_info(pafs.FileSelector(src, recursive=True))
+        files = sorted(posixpath.relpath(i.path, src) for i in listing if i.type == pafs.FileType.File)
+        if WEIGHTS not in files:
+            raise RegistryError(f"checkpoint directory {shown} has no {WEIGHTS}; save the weights there with "
+                                f"torch.save(model.state_dict(), '{posixpath.join(src, WEIGHTS)}').")
+        if MANIFEST in files:
+            raise RegistryError(f"checkpoint directory {shown} holds a {MANIFEST}, a name the registry "
+                                f"reserves for its own manifest; rename or remove that file.")
+        return files
+
+    def _next_version(self, name: str) -> int:
+        # Counting tombstones and half uploads too: a version number is never reused.
+        numbers = self._version_numbers(name)
+        return numbers[-1] + 1 if numbers else 1
+
+    def _publish_local(self, name: str, staging: str, manifest: dict[str, Any]) -> int:
+        """Rename the staging folder to ``versions/N``; the rename fails if N is taken, then try N+1."""
+        os.makedirs(self._versions_dir(name), exist_ok=True)
+        version = self._next_version(name)
+        for _ in range(10_000):
+            manifest["version"] = version
+            self._write_bytes(posixpath.join(staging, MANIFEST), json.dumps(manifest, indent=2).encode())
+            try:
+                os.rename(staging, self._version_dir(name, version))
+                return version
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            version = max(version + 1, self._next_version(name))
+        raise RegistryError(f"could not publish a new version of {name!r}: too many concurrent writers.")
+
+    def _publish_remote(self, name: str, staging: str, manifest: dict[str, Any]) -> int:
+        """Copy the staged files to the first empty ``versions/N/``, then write the manifest."""
+        version = self._next_version(name)
+        while self._list(self._version_dir(name, version)):
+            version += 1
+        dest = self._version_dir(name, version)
+        self._fs.create_dir(dest, recursive=True)  # claims N for concurrent writers (marker object)
+        for rel in manifest["files"]:
+            target = posixpath.join(dest, rel)
+            self._fs.create_dir(posixpath.dirname(target), recursive=True)
+            self._fs.copy_file(posixpath.join(staging, rel), target)
+        manifest["version"] = version
+        self._write_bytes(posixpath.join(dest, MANIFEST), json.dumps(manifest, indent=2).encode())
+        return version
+
+    def _clean_stale_staging(self, name: str) -> None:
+        """Remove staging folders of crashed registrations (untouched for an hour); ignore the rest."""
+        now = time.time()
+        for entry in self._list(posixpath.join(self._model_dir(name), ".staging")):
+            if entry.type != pafs.FileType.Directory:
+                continue
+            with contextlib.suppress(OSError):  # a concurrent cleaner may get there first
+                stamps = [i.mtime for i in [entry, *self._list(entry.path, recursive=True)] if i.mtime]
+                if stamps and now - max(s.timestamp() for s in stamps) > STALE_STAGING_S:
+                    self._fs.delete_dir(entry.path)
+
+    def set_alias(self, name: str, version: int, alias: str) -> None:
+        """Point ``alias`` at ``name:version`` (moving it if it pointed elsewhere), atomically.
+
+        Raises:
+            RegistryError: an unknown model or version, or an invalid alias.
+        """
+        _check_name(alias, "alias")
+        self._require_version(name, version)  # before locking: no lock file for a mistyped name
+        with self._lock(name):
+            self._require_version(name, version)  # a concurrent delete may have won the lock first
+            aliases = self._read_aliases(name)
+            aliases[alias] = int(version)
+            self._write_json_atomic(posixpath.join(self._model_dir(name), "aliases.json"), aliases)
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        """Remove ``alias`` from ``name``.
+
+        Raises:
+            RegistryError: an unknown model or alias.
+        """
+        _check_name(name, "model name")
+        if alias not in self._read_aliases(name):
+            raise self._unknown_alias(name, alias, self._read_aliases(name))
+        with self._lock(name):
+            aliases = self._read_aliases(name)
+            aliases.pop(alias, None)
+            self._write_json_atomic(posixpath.join(self._model_dir(name), "aliases.json"), aliases)
+
+    def _require_version(self, name: str, version: int) -> ModelVersion:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise RegistryError(f"version must be a positive integer (got {version!r}).")
+        return self.get(f"{name}:{version}")
+
+    def delete(self, name: str, version: int) -> None:
+        """Delete ``name:version``; its number is never reused.
+
+        Raises:
+            RegistryError: an unknown version, or an alias still points at it (move the alias first).
+        """
+        self._require_version(name, version)
+        with self._lock(name):
+            mv = self._require_version(name, version)
+            pointing = sorted(a for a, v in self._read_aliases(name).items() if v == version)
+            if pointing:
+                shown = ", ".join(f"@{a}" for a in pointing)
+                raise RegistryError(f"cannot delete {mv.ref}: {shown} points at it. Move the alias first "
+                                    f"(`atoll models promote {name}:OTHER {pointing[0]}`).")
+            # The tombstone goes first: from then on readers no longer see the version.
+            tombstone = {**mv.manifest, "status": DELETED, "deleted_at": _now()}
+            vdir = self._version_dir(name, version)
+            self._write_json_atomic(posixpath.join(vdir, MANIFEST), tombstone)
+            for entry in self._list(vdir):
+                if entry.base_name == MANIFEST:
+                    continue
+                if entry.type == pafs.FileType.Directory:
+                    self._fs.delete_dir(entry.path)
+                else:
+                    self._fs.delete_file(entry.path)
+
+    # -- files ------------------------------------------------------------------------------------
+
+    def _file_meta(self, mv: ModelVersion, filename: str) -> dict[str, Any]:
+        files = mv.files
+        if filename not in files:
+            raise RegistryError(f"{mv.ref} has no file {filename!r}; files: {', '.join(sorted(files))}.")
+        return files[filename]
+
+    def read_file(self, mv: ModelVersion, filename: str) -> bytes:
+        """The bytes of one file of a version, checked against the sha256 in its manifest.
+
+        Raises:
+            RegistryError: an unknown file, a missing file or a checksum mismatch.
+        """
+        expected = self._file_meta(mv, filename)["sha256"]
+        path = posixpath.join(self._version_dir(mv.name, mv.version), filename)
+        try:
+            data = self._read_bytes(path)
+        except FileNotFoundError:
+            raise RegistryError(f"{mv.ref}: {filename} is missing from {mv.uri} (deleted?); "
+                                f"register the model again.") from None
+        actual = _sha256_of(data)
+        if actual != expected:
+            raise RegistryError(f"{mv.ref}: {filename} does not match the sha256 recorded at registration "
+                                f"(expected {expected[:12]}…, got {actual[:12]}…): the file was changed or "
+                                f"corrupted. Register the model again from its checkpoint.")
+        return data
+
+    def load_weights(self, mv: ModelVersion) -> dict[str, Any]:
+        """The state dict of a version, verified against its sha256, loaded on the CPU.
+
+        Raises:
+            RegistryError: a checksum mismatch, or a file that is not a plain state dict.
+        """
+        import pickle
+
+        import torch  # late: listing and promoting need no torch
+
+        data = self.read_file(mv, WEIGHTS)
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise RegistryError(f"{mv.ref}: {WEIGHTS} is not a loadable state dict ({exc}). Save it with "
+                                f"torch.save(model.state_dict(), path).") from None
+        if not isinstance(state, dict):
+            raise RegistryError(f"{mv.ref}: {WEIGHTS} holds a {type(state).__name__}, not a state dict.")
+        return state
+
+    def local_copy(self, mv: ModelVersion, dest_dir: str | os.PathLike[str]) -> str:
+        """Download a version's files (checked against their sha256) and manifest into a local folder.
+
+        Returns:
+            The absolute path of ``dest_dir``.
+
+        Raises:
+            RegistryError: a missing file or a checksum mismatch (nothing half-written stays behind).
+        """
+        dest = Path(dest_dir).expanduser().resolve()
+        vdir = self._version_dir(mv.name, mv.version)
+        for rel, meta in sorted(mv.files.items()):
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+            digest = hashlib.sha256()
+            try:
+                with self._fs.open_input_stream(posixpath.join(vdir, rel), compression=None) as fin, \
+                        open(tmp, "wb") as fout:
+                    while chunk := fin.read(_CHUNK):
+                        digest.update(chunk)
+                        fout.write(chunk)
+                if digest.hexdigest() != meta["sha256"]:
+                    raise RegistryError(f"{mv.ref}: {rel} does not match the sha256 recorded at "
+                                        f"registration: the file was changed or corrupted. Register the "
+                                        f"model again.")
+                os.replace(tmp, target)
+            except FileNotFoundError:
+                raise RegistryError(f"{mv.ref}: {rel} is missing from {mv.uri}; register the model again.") \
+                    from None
+            finally:
+                tmp.unlink(missing_ok=True)
+        (dest / MANIFEST).write_text(json.dumps(mv.manifest, indent=2))
+        return str(dest)
+
+
+def open_registry(storage_root: str) -> Registry:
+    """The registry under a storage root (cluster.yaml's ``metadata.atoll.storage``, ``$ATOLL_STORAGE``)."""
+    return Registry(storage_root)

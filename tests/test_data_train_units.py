@@ -1,0 +1,176 @@
+"""Data checks, preprocessing, the training spec and the scaling policy: no Ray needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from atoll import data, models, train
+from atoll.config import apply_overrides, load_file, load_model
+from atoll.errors import ConfigError, DataError
+from atoll.specs import TrainSpec
+from conftest import REPO
+
+
+@pytest.fixture()
+def table(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(5, 2, 200), "b": rng.normal(-1, 0.5, 200), "const": 1.0,
+                          "name": ["x"] * 200, "label": rng.choice(["cat", "dog"], 200)})
+    path = tmp_path / "t.parquet"
+    frame.to_parquet(path)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    return path, frame
+
+
+def test_plan_accepts_numeric_features_and_fingerprints(table):
+    path, _ = table
+    plan = data.plan(str(path), "auto", ["a", "b"], "label")
+    assert plan.format == "parquet" and plan.rows == 200 and plan.features == ["a", "b"]
+    assert plan.fingerprint == data.fingerprint(str(path)) and plan.fingerprint.startswith("sha256:")
+    assert data.detect_format(str(path.with_suffix(".csv"))) == "csv"
+
+
+@pytest.mark.parametrize("features,label,message", [
+    (["a"], "species", "label column 'species' does not exist"),
+    (["a", "nope"], "label", "feature column(s) nope do not exist"),
+    (["a", "name"], "label", "name (large_string) are not numeric"),
+    (["a", "label"], "label", "is also listed as a feature"),
+])
+def test_plan_rejects_bad_columns(table, features, label, message):
+    with pytest.raises(DataError) as err:
+        data.plan(str(table[0]), "auto", features, label)
+    assert message in str(err.value)
+
+
+def test_plan_rejects_missing_and_empty(tmp_path, table):
+    with pytest.raises(DataError, match="not found.*dataset.path"):
+        data.plan(str(tmp_path / "missing.parquet"), "auto", None, "label")
+    table[1].iloc[:0].to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match="empty"):
+        data.plan(str(tmp_path / "empty.parquet"), "auto", ["a"], "label")
+
+
+def test_split_is_deterministic_disjoint_and_complete(table):
+    _, frame = table
+    cols = ["a", "b", "label"]
+    train_part = data.SplitFilter(cols, 0.25, "train")(frame)
+    val_part = data.SplitFilter(cols, 0.25, "validation")(frame)
+    assert len(train_part) + len(val_part) == len(frame)
+    assert set(train_part.index).isdisjoint(val_part.index)
+    assert 20 < len(val_part) < 80
+    # Same rows in the same split in any batch order (it hashes contents, not positions).
+    again = data.SplitFilter(cols, 0.25, "validation")(frame.iloc[::-1])
+    assert sorted(again.index) == sorted(val_part.index)
+    other_seed = data.SplitFilter(cols, 0.25, "validation", salt=1)(frame)
+    assert sorted(other_seed.index) != sorted(val_part.index)
+
+
+def test_preprocessor_fits_on_train_and_round_trips(table):
+    _, frame = table
+    parts = [data._PartialStats(["a", "b", "const"], "label")(frame.iloc[i:i + 50]) for i in range(0, 200, 50)]
+
+    class FakeDs:  # the aggregation's only contract: map_batches(fn).take_all()
+        def map_batches(self, fn, batch_format):
+            return self
+
+        def take_all(self):
+            return [p.iloc[0].to_dict() for p in parts]
+
+    plan = data.DatasetPlan("x", "parquet", ["a", "b", "const"], "label", 200, "fp")
+    pre = data.fit_preprocessor(FakeDs(), plan)
+    assert np.allclose(pre.mean, frame[["a", "b", "const"]].mean().to_numpy())
+    assert np.allclose(pre.std[:2], frame[["a", "b"]].std(ddof=0).to_numpy())
+    assert pre.std[2] == 1.0  # constant feature: no division by zero
+    assert pre.classes == ["cat", "dog"]
+    out = pre(frame)
+    assert out["x"].dtype == np.float32 and out["x"].shape == (200, 3)
+    assert abs(out["x"][:, 0].mean()) < 1e-5 and set(out["y"].tolist()) == {0, 1}
+    assert data.Preprocessor.from_dict(pre.to_dict()) == pre
+    with pytest.raises(DataError, match="not seen"):
+        pre.encode_labels(np.array(["bird"]))
+
+
+def test_demo_dataset_is_real_digits(tmp_path):
+    paths = data.prepare_demo(str(tmp_path))
+    train_df, hold = pd.read_parquet(paths["train"]), pd.read_parquet(paths["holdout"])
+    assert len(train_df) + len(hold) == 1797 and len(hold) == 180
+    assert train_df.shape[1] == 65 and sorted(train_df.label.unique()) == list(range(10))
+    assert data.prepare_demo(str(tmp_path)) == paths  # exported once
+
+
+def test_train_spec_demo_and_overrides():
+    spec = load_file(TrainSpec, REPO / "jobs/configs/train.yaml", ["epochs=3", "optimizer.lr=1e-2",
+                                                                   "model.params.hidden=[32]"])
+    assert spec.name == "digits" and spec.epochs == 3 and spec.optimizer.lr == 0.01
+    assert spec.model.params["hidden"] == [32]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["epoch=3"], "epoch: unknown key; did you mean 'epochs'?"),
+    (["optimizer.lrr=0.1"], "optimizer.lrr: unknown key; did you mean 'lr'?"),
+    (["epochs=many"], "epochs: Input should be a valid integer"),
+    (["num_workers=0"], "num_workers: Input should be greater than or equal to 1"),
+    (["optimizer.name=adagrad"], "optimizer.name:"),
+])
+def test_train_spec_errors_name_the_field(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_file(TrainSpec, REPO / "jobs/configs/train.yaml", overrides)
+    assert message in str(err.value)
+
+
+def test_set_needs_key_value():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["epochs"])
+
+
+def _spec(**kw) -> TrainSpec:
+    return load_model(TrainSpec, {"name": "m", "dataset": {"path": "x"}, **kw})
+
+
+def test_scaling_policy_cpu_gpu_and_feasibility():
+    cpu = train.choose_scaling(_spec(num_workers=2), cluster_cpus=4, cluster_gpus=0)
+    assert (cpu.use_gpu, cpu.backend, cpu.precision) == (False, "gloo", "fp32")
+    gpu = train.choose_scaling(_spec(num_workers=4), cluster_cpus=32, cluster_gpus=8)
+    assert (gpu.use_gpu, gpu.backend, gpu.precision) == (True, "nccl", "bf16")
+    assert gpu.resources_per_worker == {"CPU": 1, "GPU": 1}
+    # GPUs only reachable through autoscaling still select the GPU path.
+    assert train.choose_scaling(_spec(), cluster_cpus=4, cluster_gpus=0, max_gpus=2).use_gpu
+    assert not train.choose_scaling(_spec(use_gpu=False), cluster_cpus=4, cluster_gpus=8).use_gpu
+    with pytest.raises(ConfigError, match="no GPU"):
+        train.choose_scaling(_spec(use_gpu=True), cluster_cpus=4, cluster_gpus=0)
+    with pytest.raises(ConfigError, match="num_workers: 8 workers x 1 CPU need 8 CPUs; the cluster can hold at most 4"):
+        train.choose_scaling(_spec(num_workers=8), cluster_cpus=4, cluster_gpus=0)
+    with pytest.raises(ConfigError, match="need 3 GPUs"):
+        train.choose_scaling(_spec(num_workers=3), cluster_cpus=32, cluster_gpus=2)
+
+
+def test_models_build_and_user_import_paths():
+    mlp = models.build("mlp", 64, 10, {"hidden": [16]})
+    cnn = models.build("cnn", 64, 10, {})
+    x = torch.randn(5, 64)
+    assert mlp(x).shape == (5, 10) and cnn(x).shape == (5, 10)
+    user = models.build("atoll.models:MLP", 8, 3, {})  # any importable builder works
+    assert user(torch.randn(2, 8)).shape == (2, 3)
+    with pytest.raises(ConfigError, match="cannot import 'nopkg.models'"):
+        models.resolve("nopkg.models:build")
+    with pytest.raises(ConfigError, match="neither a built-in"):
+        models.resolve("transformer")
+    with pytest.raises(ConfigError, match="not a square image"):
+        models.build("cnn", 10, 2, {})
+
+
+def test_event_lines_survive_ray_log_prefixes():
+    line = '(RayTrainWorker pid=1) ATOLL_EVENT {"event": "epoch", "epoch": 2}\nnoise\nATOLL_EVENT {bad'
+    assert train.parse_events(line) == [{"event": "epoch", "epoch": 2}]
+
+
+def test_run_names_are_never_silently_reused(tmp_path):
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="already exists.*--resume old"):
+        train.check_run_name(str(tmp_path), "old", resume=False)
+    train.check_run_name(str(tmp_path), "old", resume=True)
+    with pytest.raises(ConfigError, match="no such run"):
+        train.check_run_name(str(tmp_path), "new", resume=True)

@@ -1,0 +1,487 @@
+"""The model registry (atoll.registry) and its CLI (atoll.cli_models): no Ray, no cluster, tmp_path only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import pytest
+
+from atoll.errors import RegistryError
+from atoll.registry import ModelVersion, Registry, open_registry, parse_ref
+
+# torch and the CLI are imported inside the tests that need them: the multiprocessing test spawns
+# children that import this module, and they should start fast.
+
+SCHEMA = {"features": 64, "dtype": "float32"}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    """A tiny checkpoint: a Linear state dict, atoll.json and one extra file in a subfolder."""
+    import torch
+
+    torch.manual_seed(0)
+    d = tmp_path / "ckpt"
+    (d / "extra").mkdir(parents=True)
+    torch.save(torch.nn.Linear(4, 3).state_dict(), d / "model.pt")
+    (d / "atoll.json").write_text(json.dumps({"preprocess": {"scale": 16.0}, "input_schema": SCHEMA,
+                                              "model": {"type": "linear"}, "spec": {"epochs": 1}}))
+    (d / "extra" / "notes.txt").write_text("hello")
+    return d
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    return Registry(str(tmp_path / "store"))
+
+
+def _register(reg: Registry, ckpt: Path, name: str = "digits", **kw: Any) -> ModelVersion:
+    kw.setdefault("metrics", {"val_accuracy": 0.9})
+    kw.setdefault("spec", {"epochs": 1})
+    return reg.register(name, str(ckpt), **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registering and reading
+
+
+def test_register_creates_consecutive_immutable_versions(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
+    lineage = {"dataset_fingerprint": "sha256:abc", "ray_job_id": "raysubmit_1", "git_commit": "deadbeef",
+               "run_name": "run-1"}
+    v1 = _register(reg, ckpt, metrics={"val_accuracy": 0.91}, lineage=lineage)
+    v2 = _register(reg, ckpt, metrics={"val_accuracy": 0.95})
+    assert (v1.version, v2.version) == (1, 2)
+    vdir = tmp_path / "store" / "registry" / "digits" / "versions" / "1"
+    assert v1.uri == str(vdir)
+    assert sorted(p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()) == \
+        ["atoll.json", "extra/notes.txt", "manifest.json", "model.pt"]
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    assert manifest["name"] == "digits" and manifest["version"] == 1 and manifest["status"] == "READY"
+    assert manifest["metrics"] == {"val_accuracy": 0.91}
+    assert manifest["spec"] == {"epochs": 1}
+    assert manifest["lineage"] == lineage
+    assert manifest["input_schema"] == SCHEMA  # taken from atoll.json
+    assert manifest["files"]["model.pt"]["sha256"] == _sha(ckpt / "model.pt")
+    assert manifest["files"]["extra/notes.txt"] == {"sha256": _sha(ckpt / "extra" / "notes.txt"), "size": 5}
+    assert abs(time.time() - dt.datetime.fromisoformat(manifest["created_at"]).timestamp()) < 60
+    assert v1.manifest == manifest and v1.metrics == {"val_accuracy": 0.91}
+    assert v1.to_dict()["ref"] == "digits:1" and v1.to_dict()["files"] == manifest["files"]
+    assert [mv.version for mv in reg.list_versions("digits")] == [1, 2]
+
+
+def test_register_options(reg: Registry, ckpt: Path) -> None:
+    import torch
+
+    mv = _register(reg, ckpt, input_schema={"rows": "list"}, files_from_checkpoint=False,
+                   metrics={"loss": torch.tensor(0.25), "steps": (1, 2)})
+    assert mv.input_schema == {"rows": "list"}
+    assert sorted(mv.files) == ["atoll.json", "model.pt"]
+    assert mv.metrics == {"loss": 0.25, "steps": [1, 2]}  # tensors and tuples become JSON
+    with pytest.raises(RegistryError, match="metrics is not JSON-serializable"):
+        _register(reg, ckpt, metrics={"bad": object()})
+
+
+def test_get_by_name_version_and_alias(reg: Registry, ckpt: Path) -> None:
+    for _ in range(3):
+        _register(reg, ckpt)
+    reg.set_alias("digits", 2, "production")
+    assert reg.get("digits").version == 3
+    assert reg.get("digits:1").version == 1
+    assert reg.get("digits@production").version == 2
+    assert open_registry(reg.root).get("digits:2").manifest == reg.get("digits@production").manifest
+
+
+def test_weights_round_trip(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
+    import torch
+
+    original = torch.load(ckpt / "model.pt", weights_only=True)
+    mv = _register(reg, ckpt)
+    loaded = reg.load_weights(reg.get("digits"))
+    assert loaded.keys() == original.keys()
+    assert all(torch.equal(loaded[k], original[k]) for k in original)
+    assert json.loads(reg.read_file(mv, "atoll.json"))["input_schema"] == SCHEMA
+    out = Path(reg.local_copy(mv, str(tmp_path / "copy")))
+    assert _sha(out / "model.pt") == _sha(ckpt / "model.pt")
+    assert (out / "extra" / "notes.txt").read_text() == "hello"
+    assert json.loads((out / "manifest.json").read_text())["version"] == 1
+    with pytest.raises(RegistryError, match="no file 'nope.txt'; files: atoll.json, extra/notes.txt"):
+        reg.read_file(mv, "nope.txt")
+
+
+def test_tampered_weights_are_detected(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
+    mv = _register(reg, ckpt)
+    weights = Path(mv.uri) / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[-20] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RegistryError, match="does not match the sha256"):
+        reg.load_weights(mv)
+    with pytest.raises(RegistryError, match="does not match the sha256"):
+        reg.local_copy(mv, str(tmp_path / "copy"))
+    assert not (tmp_path / "copy" / "model.pt").exists()  # no unverified file left behind
+
+
+def test_non_state_dict_weights_are_refused(reg: Registry, ckpt: Path) -> None:
+    import torch
+
+    torch.save(torch.zeros(3), ckpt / "model.pt")
+    with pytest.raises(RegistryError, match="not a state dict"):
+        reg.load_weights(_register(reg, ckpt))
+
+
+# ------------------------------------------------------------------------------------------------
+# Aliases and deletion
+
+
+def test_alias_moves_atomically(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
+    _register(reg, ckpt)
+    _register(reg, ckpt)
+    reg.set_alias("digits", 1, "production")
+    reg.set_alias("digits", 1, "staging")
+    reg.set_alias("digits", 2, "production")
+    assert reg.get("digits@production").version == 2
+    assert reg.aliases("digits") == {"production": 2, "staging": 1}
+    stored = json.loads((tmp_path / "store" / "registry" / "digits" / "aliases.json").read_text())
+    assert stored == {"production": 2, "staging": 1}
+    assert not list((tmp_path / "store" / "registry" / "digits").glob("*.tmp"))
+    with pytest.raises(RegistryError, match="no version 9; versions: 1, 2"):
+        reg.set_alias("digits", 9, "production")
+    with pytest.raises(RegistryError, match="invalid alias"):
+        reg.set_alias("digits", 1, "bad alias")
+    reg.remove_alias("digits", "staging")
+    assert reg.aliases("digits") == {"production": 2}
+
+
+def test_delete_refused_while_aliased_then_allowed(reg: Registry, ckpt: Path) -> None:
+    _register(reg, ckpt)
+    _register(reg, ckpt)
+    reg.set_alias("digits", 2, "production")
+    with pytest.raises(RegistryError, match=r"cannot delete digits:2: @production points at it"):
+        reg.delete("digits", 2)
+    assert reg.get("digits:2").version == 2  # still there
+    reg.set_alias("digits", 1, "production")
+    reg.delete("digits", 2)
+    assert [mv.version for mv in reg.list_versions("digits")] == [1]
+    assert reg.get("digits").version == 1
+    with pytest.raises(RegistryError, match="no version 2; versions: 1"):
+        reg.get("digits:2")
+    assert _register(reg, ckpt).version == 3  # a deleted number is never reused
+    with pytest.raises(RegistryError, match="no version 2"):
+        reg.delete("digits", 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Concurrency and crashes
+
+
+def test_concurrent_threads_get_distinct_consecutive_versions(reg: Registry, ckpt: Path) -> None:
+    n = 8
+    barrier = threading.Barrier(n)
+    results: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = _register(reg, ckpt, lineage={"run_name": f"t{i}"}).version
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert sorted(results.values()) == list(range(1, n + 1))
+    versions = reg.list_versions("digits")
+    assert [mv.version for mv in versions] == list(range(1, n + 1))
+    # Each version holds the manifest of the writer that got it, with intact files.
+    assert {mv.lineage["run_name"]: mv.version for mv in versions} == {f"t{i}": v for i, v in results.items()}
+    assert all(reg.read_file(mv, "model.pt") for mv in versions)
+
+
+def _register_in_process(root: str, ckpt: str, tag: str, barrier: Any, queue: Any) -> None:
+    """Child process body for the multiprocessing test (module level so that spawn can import it)."""
+    try:
+        barrier.wait(timeout=60)
+        reg = Registry(root)
+        got = [reg.register("digits", ckpt, metrics={}, spec={}, lineage={"run_name": f"{tag}-{i}"}).version
+               for i in range(2)]
+        queue.put((tag, got))
+    except BaseException as exc:
+        queue.put((tag, repr(exc)))
+
+
+def test_concurrent_processes_get_distinct_consecutive_versions(reg: Registry, ckpt: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with pyarrow/torch threads
+    n = 4
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_register_in_process, args=(reg.root, str(ckpt), f"p{i}", barrier, queue))
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in range(n))
+    for p in procs:
+        p.join(timeout=30)
+    assert all(isinstance(v, list) for v in results.values()), results
+    got = sorted(v for vs in results.values() for v in vs)
+    assert got == list(range(1, 2 * n + 1))
+    versions = reg.list_versions("digits")
+    assert len(versions) == 2 * n
+    assert {mv.lineage["run_name"] for mv in versions} == {f"p{i}-{j}" for i in range(n) for j in range(2)}
+
+
+def test_concurrent_alias_updates_lose_nothing(reg: Registry, ckpt: Path) -> None:
+    _register(reg, ckpt)
+    _register(reg, ckpt)
+    n = 8
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            reg.set_alias("digits", 1 + i % 2, f"a{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert reg.aliases("digits") == {f"a{i}": 1 + i % 2 for i in range(n)}
+
+
+def test_crash_mid_register_leaves_nothing_visible(reg: Registry, ckpt: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _register(reg, ckpt)
+    real_copy = Registry._copy_in
+    calls = []
+
+    def failing_copy(self: Registry, *args: Any) -> dict[str, Any]:
+        calls.append(args)
+        if len(calls) > 1:
+            raise OSError("disk full (simulated)")
+        return real_copy(self, *args)
+
+    monkeypatch.setattr(Registry, "_copy_in", failing_copy)
+    with pytest.raises(OSError, match="simulated"):
+        _register(reg, ckpt)
+    assert len(calls) == 2  # it did fail midway, after one file
+    model_dir = tmp_path / "store" / "registry" / "digits"
+    assert [mv.version for mv in reg.list_versions("digits")] == [1]
+    assert reg.get("digits").version == 1
+    assert sorted(p.name for p in (model_dir / "versions").iterdir()) == ["1"]
+    assert not any((model_dir / ".staging").iterdir())  # the failed staging folder was removed
+    monkeypatch.undo()
+    assert _register(reg, ckpt).version == 2
+
+
+def test_half_published_version_is_invisible(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
+    """What a crash during an object-store publish leaves: files in versions/N but no manifest."""
+    _register(reg, ckpt)
+    half = tmp_path / "store" / "registry" / "digits" / "versions" / "2"
+    half.mkdir()
+    (half / "model.pt").write_bytes(b"partial")
+    (half / "manifest.json").write_text('{"status": "REA')  # torn write
+    assert [mv.version for mv in reg.list_versions("digits")] == [1]
+    assert reg.get("digits").version == 1
+    with pytest.raises(RegistryError, match="no version 2; versions: 1"):
+        reg.get("digits:2")
+    assert _register(reg, ckpt).version == 3
+
+
+def test_stale_staging_is_cleaned_and_fresh_one_ignored(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
+    _register(reg, ckpt)
+    staging = tmp_path / "store" / "registry" / "digits" / ".staging"
+    old, fresh = staging / "old", staging / "fresh"
+    for d in (old, fresh):
+        d.mkdir(parents=True)
+        (d / "model.pt").write_bytes(b"half")
+    past = time.time() - 2 * 3600
+    os.utime(old / "model.pt", (past, past))
+    os.utime(old, (past, past))
+    assert [mv.version for mv in reg.list_versions("digits")] == [1]
+    assert _register(reg, ckpt).version == 2
+    assert not old.exists()
+    assert fresh.exists()  # maybe a registration in progress elsewhere
+
+
+def test_object_store_protocol(ckpt: Path, tmp_path: Path) -> None:
+    """A non-local pyarrow filesystem takes the copy-then-manifest path (no rename, no flock)."""
+    fs = pafs.SubTreeFileSystem(str(tmp_path / "bucket"), pafs.LocalFileSystem())
+    reg = Registry("store", filesystem=fs)
+    assert _register(reg, ckpt).version == 1
+    assert _register(reg, ckpt).version == 2
+    vdir = tmp_path / "bucket" / "store" / "registry" / "digits" / "versions" / "2"
+    assert (vdir / "extra" / "notes.txt").read_text() == "hello"
+    assert not any((vdir.parent.parent / ".staging").iterdir())
+    reg.set_alias("digits", 1, "production")
+    mv = reg.get("digits@production")
+    assert mv.uri == "store/registry/digits/versions/1"
+    assert set(reg.load_weights(mv)) == {"weight", "bias"}
+    # A crashed upload (files, no manifest) is skipped, not overwritten.
+    (vdir.parent / "3").mkdir()
+    (vdir.parent / "3" / "model.pt").write_bytes(b"partial")
+    assert reg.get("digits").version == 2
+    assert _register(reg, ckpt).version == 4
+    reg.delete("digits", 2)
+    assert [m.version for m in reg.list_versions("digits")] == [1, 4]
+
+
+def test_root_forms(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    mv = Registry("~/store").register("digits", str(ckpt), metrics={}, spec={})
+    assert mv.uri == str(tmp_path / "home" / "store" / "registry" / "digits" / "versions" / "1")
+    by_uri = Registry(f"file://{tmp_path / 'home' / 'store'}")
+    assert by_uri.get("digits").manifest == mv.manifest
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_unknown_model_lists_models_and_suggests(reg: Registry, ckpt: Path) -> None:
+    with pytest.raises(RegistryError, match="The registry is empty"):
+        reg.get("digits")
+    assert reg.list_models() == []
+    _register(reg, ckpt, name="digits")
+    _register(reg, ckpt, name="iris")
+    with pytest.raises(RegistryError, match=r"no model named 'digit'.*Did you mean 'digits'\? "
+                                            r"Models: digits, iris"):
+        reg.get("digit")
+    with pytest.raises(RegistryError, match="Models: digits, iris"):
+        reg.list_versions("mnist")
+    with pytest.raises(RegistryError, match="no model named 'mnist'"):
+        reg.set_alias("mnist", 1, "production")
+    assert not (Path(reg.root) / "registry" / "mnist").exists()  # no litter for a mistyped name
+
+
+def test_unknown_version_and_alias_list_what_exists(reg: Registry, ckpt: Path) -> None:
+    _register(reg, ckpt)
+    _register(reg, ckpt)
+    with pytest.raises(RegistryError, match="model 'digits' has no version 5; versions: 1, 2"):
+        reg.get("digits:5")
+    with pytest.raises(RegistryError, match="has no alias 'production'; it has none yet"):
+        reg.get("digits@production")
+    reg.set_alias("digits", 2, "staging")
+    with pytest.raises(RegistryError, match="has no alias 'production'; aliases: @staging → 2"):
+        reg.get("digits@production")
+
+
+def test_missing_checkpoint_errors_name_path_and_fix(reg: Registry, tmp_path: Path, ckpt: Path) -> None:
+    with pytest.raises(RegistryError, match=r"nowhere does not exist; pass the folder a training run wrote"):
+        reg.register("digits", str(tmp_path / "nowhere"), metrics={}, spec={})
+    with pytest.raises(RegistryError, match="is a file, not a directory"):
+        reg.register("digits", str(ckpt / "model.pt"), metrics={}, spec={})
+    (ckpt / "model.pt").unlink()
+    with pytest.raises(RegistryError, match=r"has no model.pt; save the weights there with torch.save"):
+        reg.register("digits", str(ckpt), metrics={}, spec={})
+    assert reg.list_models() == []
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("digits", ("digits", None, None)),
+    ("digits:3", ("digits", 3, None)),
+    ("digits:012", ("digits", 12, None)),
+    ("digits@production", ("digits", None, "production")),
+    ("my.model_v2-b@canary-1", ("my.model_v2-b", None, "canary-1")),
+])
+def test_parse_ref_valid(ref: str, expected: tuple[str, int | None, str | None]) -> None:
+    assert parse_ref(ref) == expected
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("", "empty model reference"),
+    ("digits:", "version must be a positive integer"),
+    ("digits:0", "version must be a positive integer"),
+    ("digits:x", "version must be a positive integer"),
+    ("digits:-1", "version must be a positive integer"),
+    ("digits:1@prod", "both a version and an alias"),
+    ("digits@", "invalid alias ''"),
+    ("digits@bad alias", "invalid alias 'bad alias'"),
+    ("_digits", "invalid model name '_digits'"),
+    ("../etc", "invalid model name '../etc'"),
+    ("a/b:1", "invalid model name 'a/b'"),
+])
+def test_parse_ref_invalid(ref: str, message: str) -> None:
+    with pytest.raises(RegistryError, match=message):
+        parse_ref(ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reg: Registry, ckpt: Path) -> Any:
+    """Invoke `atoll models ...` against the tmp registry, holding digits:1 and digits:2."""
+    from typer.testing import CliRunner
+
+    from atoll.cli_models import models_app
+
+    monkeypatch.setenv("ATOLL_STORAGE", reg.root)
+    monkeypatch.delenv("ATOLL_CLUSTER_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./cluster.yaml here: the built-in defaults apply
+    _register(reg, ckpt, metrics={"val_accuracy": 0.91}, lineage={"git_commit": "deadbeef"})
+    _register(reg, ckpt, metrics={"val_accuracy": 0.95})
+    runner = CliRunner()
+    return lambda *args, **kw: runner.invoke(models_app, list(args), **kw)
+
+
+def test_cli_list_json(cli: Any) -> None:
+    result = cli("list", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == [{"name": "digits", "latest_version": 2, "versions": 2,
+                                          "aliases": {}}]
+    table = cli("list")
+    assert table.exit_code == 0 and "digits" in table.output
+
+
+def test_cli_show(cli: Any) -> None:
+    result = cli("show", "digits:1")
+    assert result.exit_code == 0, result.output
+    for text in ("digits:1", "val_accuracy", "0.91", "git_commit", "deadbeef", "features", "model.pt"):
+        assert text in result.output
+    as_json = json.loads(cli("show", "digits", "--json").output)
+    assert as_json["version"] == 2 and as_json["metrics"] == {"val_accuracy": 0.95}
+    assert as_json["aliases"] == []
+    missing = cli("show", "digits:7")
+    assert missing.exit_code != 0 and isinstance(missing.exception, RegistryError)
+    assert "versions: 1, 2" in str(missing.exception)
+
+
+def test_cli_promote_and_delete(cli: Any, reg: Registry) -> None:
+    result = cli("promote", "digits:1", "production")
+    assert result.exit_code == 0, result.output
+    assert reg.aliases("digits") == {"production": 1}
+    moved = cli("promote", "digits:2", "production")
+    assert "was digits:1" in moved.output and reg.get("digits@production").version == 2
+    assert json.loads(cli("show", "digits@production", "--json").output)["aliases"] == ["production"]
+
+    refused = cli("delete", "digits:2", "--yes")
+    assert isinstance(refused.exception, RegistryError)
+    assert "@production points at it" in str(refused.exception)
+    aborted = cli("delete", "digits:1", input="n\n")
+    assert aborted.exit_code != 0 and reg.get("digits:1").version == 1
+    deleted = cli("delete", "digits:1", "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert [mv.version for mv in reg.list_versions("digits")] == [2]
+    bare = cli("delete", "digits", "--yes")
+    assert isinstance(bare.exception, RegistryError) and "explicit version" in str(bare.exception)
