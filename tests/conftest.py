@@ -7,6 +7,7 @@ Ray jobs) inherit these variables.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,19 @@ def run_cli(*args: str, timeout: float = 300, cwd: Path = REPO, env: dict[str, s
     """Run the real `atoll` console script as a user would."""
     return subprocess.run([ATOLL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def trained_digits(ray_cluster) -> dict:
+    """The digits demo trained for real by `atoll train` (3 epochs, 2 workers, run `t-resume`), once per
+    session: the training tests resume it, the Serve tests deploy it. Returns the CLI's JSON answer."""
+    result = run_cli("train", "--set", "epochs=3", "--run-name", "t-resume", "--json", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert out["registered"], out
+    return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end quickstart ends with `--down`, which stops the shared cluster: it runs last."""
+    items.sort(key=lambda item: item.get_closest_marker("quickstart") is not None)

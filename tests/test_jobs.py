@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 pytestmark = pytest.mark.cluster
 

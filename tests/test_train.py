@@ -30,27 +30,25 @@ def _history(name: str, version: int) -> list[dict]:
     return json.loads(reg.read_file(mv, "atoll.json"))["history"]
 
 
-def test_train_registers_then_resume_continues(ray_cluster):
-    first = _registered(run_cli("train", "--set", "epochs=2", "--run-name", "t-resume", "--json"))
-    version = first["registered"]["version"]
+def test_train_registers_then_resume_continues(trained_digits):
+    version = trained_digits["registered"]["version"]
     history = _history("digits", version)
-    assert [h["epoch"] for h in history] == [0, 1]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
     assert history[-1]["train_loss"] < history[0]["train_loss"]  # it learns
     show = json.loads(run_cli("models", "show", f"digits:{version}", "--json").stdout)
     lineage = show["manifest"]["lineage"] if "manifest" in show else show["lineage"]
     assert lineage["run_name"] == "t-resume" and lineage["job_id"].startswith("atoll-train-")
     assert lineage["dataset_fingerprint"].startswith("sha256:") and lineage["num_workers"] == 2
 
-    # Same run name without --resume is refused; with --resume it continues from epoch 2.
-    refused = run_cli("train", "--set", "epochs=3", "--run-name", "t-resume")
+    # Same run name without --resume is refused; with --resume it continues from epoch 3.
+    refused = run_cli("train", "--set", "epochs=4", "--run-name", "t-resume")
     assert refused.returncode != 0 and "--resume t-resume" in refused.stdout + refused.stderr
-    resumed = _registered(run_cli("train", "--set", "epochs=3", "--resume", "t-resume", "--json"))
+    resumed = _registered(run_cli("train", "--set", "epochs=4", "--resume", "t-resume", "--json"))
     logs = jobs.logs(resumed["job"]["id"])
-    assert [e for e in train.parse_events(logs) if e["event"] == "resumed"][0]["epoch"] == 2
+    assert [e for e in train.parse_events(logs) if e["event"] == "resumed"][0]["epoch"] == 3
     # (Ray may echo a worker's line twice in the job log: compare the set of epochs run.)
-    epochs_run = {e["epoch"] for e in train.parse_events(logs) if e["event"] == "epoch"}
-    assert epochs_run == {2}
-    assert [h["epoch"] for h in _history("digits", resumed["registered"]["version"])] == [0, 1, 2]
+    assert {e["epoch"] for e in train.parse_events(logs) if e["event"] == "epoch"} == {3}
+    assert [h["epoch"] for h in _history("digits", resumed["registered"]["version"])] == [0, 1, 2, 3]
 
 
 def _train_workers() -> list[psutil.Process]:

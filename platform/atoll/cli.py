@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,11 +10,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from atoll import auth, cluster, jobs
+from atoll import auth, cli_views, cluster, jobs
+from atoll.cli_common import ConfigOpt, JsonOpt, console, err_console, print_json
 from atoll.cli_models import models_app
+from atoll.cli_serve import query, serve_app
 from atoll.errors import AtollError
 
 app = typer.Typer(help="Atoll: the whole ML lifecycle on one Ray cluster.", no_args_is_help=True,
@@ -23,16 +23,8 @@ app = typer.Typer(help="Atoll: the whole ML lifecycle on one Ray cluster.", no_a
 jobs_app = typer.Typer(help="Ray jobs on the cluster (one Jobs API with `ray job`).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
-
-console = Console()
-err_console = Console(stderr=True)
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="cluster.yaml to use (default: ./cluster.yaml).")
-JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+app.add_typer(serve_app, name="serve")
+app.command("query")(query)
 
 
 def _fmt_time(ms: Any) -> str:
@@ -228,48 +220,6 @@ def jobs_stop(job_id: str) -> None:
 # Training
 
 
-class TrainProgress:
-    """Renders a training job's progress events (epoch, loss, accuracy) as a live rich progress bar."""
-
-    def __init__(self, progress) -> None:
-        self.progress, self.task, self.events = progress, None, []
-
-    def __call__(self, text: str) -> None:
-        from atoll.train import parse_events
-
-        for ev in parse_events(text):
-            self.events.append(ev)
-            if ev["event"] == "start":
-                self.progress.console.print(
-                    f"Training on {ev['workers']} {'GPU' if ev['use_gpu'] else 'CPU'} workers ({ev['backend']}), "
-                    f"{ev['rows'] or '?'} rows x {ev['features']} features, {ev['classes']} classes")
-                self.task = self.progress.add_task("epochs", total=ev["epochs"], metrics="")
-            elif ev["event"] == "resumed":
-                self.progress.console.print(f"Resumed run {ev['run']} at epoch {ev['epoch']}")
-            elif ev["event"] == "epoch" and self.task is not None:
-                self.progress.update(self.task, completed=ev["epoch"] + 1, metrics=(
-                    f"loss {ev['train_loss']:.3f}  val_loss {ev['val_loss']:.3f}  "
-                    f"val_acc {ev['val_accuracy']:.3f}  {ev['samples_per_s'] or 0:.0f} samples/s"))
-            elif ev["event"] == "error":
-                self.progress.console.print(f"[red]error:[/] {ev['message']}", highlight=False, soft_wrap=True)
-
-    def last(self, name: str) -> dict[str, Any] | None:
-        return next((e for e in reversed(self.events) if e["event"] == name), None)
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), console=err_console)
-
-
-def _job_failed_hint(job_id: str) -> None:
-    tail = "\n".join(jobs.logs(job_id).strip().splitlines()[-15:])
-    err_console.print(f"[dim]{tail}[/]", highlight=False, soft_wrap=True)
-    err_console.print(f"[red]Job {job_id} failed[/]; full logs: atoll jobs logs {job_id}", soft_wrap=True)
-
-
 @app.command("train")
 def train_cmd(config: Path = typer.Option(Path("jobs/configs/train.yaml"), "--config", "-c", help="Training spec."),
               set_: list[str] = typer.Option([], "--set", help="Override a field: --set epochs=5 (repeat)."),
@@ -278,61 +228,89 @@ def train_cmd(config: Path = typer.Option(Path("jobs/configs/train.yaml"), "--co
               wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
               as_json: bool = JsonOpt) -> None:
     """Train a model on the cluster (a Ray job running jobs/train.py) and register it."""
-    from atoll import train as train_lib
     from atoll.config import load_file
     from atoll.specs import TrainSpec
 
     load_file(TrainSpec, config, set_)  # fail fast, before anything is submitted
-    root = cluster.project_root()
-    spec_arg = _inside_project(config, root)
-    cmd = ["python", "jobs/train.py", "-c", spec_arg]
-    for item in set_:
-        cmd += ["--set", item]
-    if run_name:
-        cmd += ["--run-name", run_name]
-    if resume:
-        cmd += ["--resume", resume]
-    submission_id = f"atoll-train-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-    env = {"ATOLL_JOB_ID": submission_id, "ATOLL_GIT_COMMIT": train_lib.git_commit(root) or ""}
-    job_id = jobs.submit(cmd, working_dir=root, env=env, submission_id=submission_id)
-    err_console.print(f"Submitted training job [bold]{job_id}[/]", soft_wrap=True)
+    extra = (["--run-name", run_name] if run_name else []) + (["--resume", resume] if resume else [])
+    job_id = _submit_entrypoint("train", config, set_, extra)
     if not wait:
         if as_json:
             print_json({"id": job_id})
         return
-    with _progress() as progress:
-        view = TrainProgress(progress)
-        details = jobs.follow(job_id, view)
+    details, view = cli_views.follow_training(job_id)
     registered = view.last("registered")
     if as_json:
         print_json({"job": details, "registered": registered, "finished": view.last("finished")})
     if details["status"] != "SUCCEEDED":
-        _job_failed_hint(job_id)
+        cli_views.job_failed_hint(job_id)
         raise typer.Exit(1)
     if registered and not as_json:
-        m = registered["metrics"]
-        console.print(f"[green]Registered[/] {registered['name']}:{registered['version']}  "
-                      f"val_accuracy {m.get('val_accuracy', 0):.4f}  val_loss {m.get('val_loss', 0):.4f}\n"
-                      f"  atoll models show {registered['name']}:{registered['version']}")
+        cli_views.print_registered(registered)
 
 
-def _inside_project(path: Path, root: Path) -> str:
+def _submit_entrypoint(kind: str, config: Path, overrides: list[str], extra: list[str]) -> str:
     try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        raise typer.BadParameter(f"{path} is outside the project folder {root}, which is what the job ships; "
-                                 f"move the spec into it.") from None
+        job_id = jobs.submit_atoll_job(kind, config, overrides, extra)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    err_console.print(f"Submitted {kind} job [bold]{job_id}[/]", soft_wrap=True)
+    return job_id
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweeps
+
+
+@app.command("tune")
+def tune_cmd(config: Path = typer.Option(Path("jobs/configs/sweep.yaml"), "--config", "-c", help="Sweep spec."),
+             set_: list[str] = typer.Option([], "--set", help="Override a field: --set num_samples=4, "
+                                            "--set overrides.epochs=4 (training spec) (repeat)."),
+             resume: bool = typer.Option(False, "--resume", help="Continue the interrupted sweep of this name."),
+             wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the trials until it ends."),
+             as_json: bool = JsonOpt) -> None:
+    """Sweep hyperparameters with Ray Tune + ASHA (a Ray job running jobs/tune.py); register the best."""
+    from atoll.tune import load_sweep
+
+    load_sweep(config, set_)  # fail fast, before anything is submitted
+    job_id = _submit_entrypoint("tune", config, set_, ["--resume"] if resume else [])
+    if not wait:
+        if as_json:
+            print_json({"id": job_id})
+        return
+    details, view = cli_views.follow_sweep(job_id)
+    done, registered = view.last("sweep_done"), view.last("registered")
+    if as_json:
+        print_json({"job": details, "summary": done, "registered": registered})
+    if details["status"] != "SUCCEEDED":
+        cli_views.job_failed_hint(job_id)
+        raise typer.Exit(1)
+    if not as_json:
+        if done:
+            cli_views.print_sweep_summary(done)
+        if registered:
+            cli_views.print_registered(registered, f" from trial {registered['trial']}")
 
 
 # ------------------------------------------------------------------------------------------------
 
 
 @app.command()
-def quickstart() -> None:
-    """The whole lifecycle on this machine, end to end (data → train → sweep → registry → serve)."""
-    err_console.print("atoll quickstart is not built yet: it will start the local cluster, train the digits "
-                      "demo, sweep it, register and serve the best model. Meanwhile: `atoll up`, `atoll submit`.")
-    raise typer.Exit(1)
+def quickstart(fast: bool = typer.Option(False, "--fast", help="Fewest epochs and trials (CI, smoke tests)."),
+               down: bool = typer.Option(False, "--down/--keep", help="Stop the cluster at the end (default: keep "
+                                         "the cluster and the endpoint running)."),
+               config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """The whole lifecycle on this machine: cluster, data, training, sweep, registry, Serve, queries."""
+    import contextlib
+
+    from atoll import quickstart as qs
+
+    if not as_json:
+        qs.run(fast=fast, down=down, config=config)
+        return
+    with contextlib.redirect_stdout(sys.stderr):  # the display goes to stderr, the JSON alone to stdout
+        result = qs.run(fast=fast, down=down, config=config)
+    print_json(result)
 
 
 def main() -> None:

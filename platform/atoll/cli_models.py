@@ -7,27 +7,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console, Group
+from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from atoll import cluster, registry
+from atoll.cli_common import ConfigOpt, JsonOpt, console
+from atoll.cli_common import print_json as _print_json
 from atoll.errors import RegistryError
 
 models_app = typer.Typer(help="The model registry: versions, metrics, lineage and aliases.",
                          no_args_is_help=True)
-
-console = Console()
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="cluster.yaml to use (default: ./cluster.yaml).")
-JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
-
-
-def _print_json(data: Any) -> None:
-    # Not atoll.cli.print_json: atoll.cli imports this module.
-    print(json.dumps(data, indent=2, default=str))
-
 
 def _open(config: Optional[Path]) -> registry.Registry:
     return registry.open_registry(cluster.load_spec(config).atoll.storage)

@@ -279,12 +279,23 @@ def _ray_executable() -> str:
     return found
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
 def local_start_command(spec: ClusterSpec, num_cpus: int | None = None) -> list[str]:
     """The ``ray start --head`` command for the embedded local cluster."""
     local = spec.atoll.local
     cmd = [_ray_executable(), "start", "--head", f"--port={local.port}",
            f"--dashboard-host={local.host}", f"--dashboard-port={local.dashboard_port}",
-           "--disable-usage-stats", "--include-dashboard=true"]
+           "--disable-usage-stats", "--include-dashboard=true",
+           # The job agent's fixed default (52365) collides with any other Ray on the machine (a
+           # `ray.init()` in a notebook): then no job can be submitted. A free port avoids that.
+           f"--dashboard-agent-listen-port={_free_port()}"]
     cpus = num_cpus or local.num_cpus
     if cpus:
         cmd.append(f"--num-cpus={cpus}")

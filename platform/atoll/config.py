@@ -7,9 +7,11 @@ Every config file Atoll reads (cluster.yaml, training specs, sweep specs) goes t
 
 from __future__ import annotations
 
+import copy
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,26 +57,37 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to a nested dict (returns a new dict)."""
-    import copy
+def apply_values(data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted paths (``optimizer.lr``) in a nested dict to already-parsed values; returns a new dict.
 
-    data = copy.deepcopy(data)
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=5 or --set model.hidden=[64,64].")
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
+    Raises:
+        ConfigError: a path goes through a value rather than a section.
+    """
+    out = copy.deepcopy(dict(data))
+    for key, value in values.items():
+        parts = key.split(".")
+        node = out
+        for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section; cannot set {key!r}.")
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"{key}: {where!r} is a value, not a section; cannot set {key!r}.")
             node = child
-        node[parts[-1]] = parse_value(raw)
-    return data
+        node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``--set key.sub=value`` texts (values parsed as YAML) to a nested dict; returns a new dict."""
+    values = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=5 or --set model.hidden=[64,64].")
+        values[key.strip()] = parse_value(raw)
+    return apply_values(data, values)
 
 
 def _is_model(tp: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from atoll import auth
 from atoll.cluster import ClusterInfo, current
-from atoll.errors import ClusterNotUpError, ConfigError, JobNotFoundError
+from atoll.errors import ClusterError, ClusterNotUpError, ConfigError, JobNotFoundError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -27,6 +27,9 @@ DEFAULT_EXCLUDES = [".venv", "venv", ".git", "**/__pycache__", "*.pyc", ".pytest
 
 # Environment variables forwarded from the submitting shell to the job, so that the job writes where
 # the user's CLI reads (e.g. a test's temporary storage root).
+#: How long a request waits for a freshly started head's job agent before giving up.
+AGENT_WAIT_S = 60
+
 FORWARDED_ENV = ("ATOLL_STORAGE", "ATOLL_CLUSTER_CONFIG", "ATOLL_API_KEY")
 
 
@@ -50,16 +53,23 @@ def _client(info: ClusterInfo):
 def _call(info: ClusterInfo, job_id: str | None, fn: Callable[[Any], Any]) -> Any:
     """Run ``fn(client)``, turning Ray's HTTP errors into Atoll errors."""
     client = _client(info)
-    try:
-        return fn(client)
-    except RuntimeError as exc:
-        text = str(exc)
-        if "404" in text or "does not exist" in text:
-            raise JobNotFoundError(f"no job {job_id!r} on the cluster at {info.dashboard_url}; "
-                                   f"`atoll jobs list` shows the jobs it knows.") from None
-        raise
-    except ConnectionError as exc:
-        raise ClusterNotUpError(f"lost the Jobs API at {info.dashboard_url}: {exc}") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return fn(client)
+        except RuntimeError as exc:
+            text = str(exc)
+            if "404" in text or "does not exist" in text:
+                raise JobNotFoundError(f"no job {job_id!r} on the cluster at {info.dashboard_url}; "
+                                       f"`atoll jobs list` shows the jobs it knows.") from None
+            # A head that has just started answers 500 until its job agent registers (a few seconds).
+            if "No available agent" in text and time.monotonic() < deadline:
+                time.sleep(1)
+                continue
+            raise ClusterError(f"the Jobs API at {info.dashboard_url} refused the request: "
+                               f"{text.removeprefix('Request failed with ')}") from None
+        except ConnectionError as exc:
+            raise ClusterNotUpError(f"lost the Jobs API at {info.dashboard_url}: {exc}") from None
 
 
 def package_dir() -> Path:
@@ -100,6 +110,33 @@ def submit(entrypoint: list[str] | str, *, info: ClusterInfo | None = None,
     return _call(info, submission_id, lambda c: c.submit_job(
         entrypoint=command, runtime_env=runtime_env(working_dir, env), submission_id=submission_id,
         metadata={"submitted_by": "atoll", **(metadata or {})}, **kwargs))
+
+
+def submit_atoll_job(kind: str, config: str | Path, overrides: list[str] | None = None,
+                     extra_args: list[str] | None = None, *, info: ClusterInfo | None = None) -> str:
+    """Submit one of the project's entry points, ``jobs/<kind>.py -c CONFIG [--set K=V ...]``, as a job.
+
+    The project folder is its working dir; the job id and git commit go along as lineage, and Ray's log
+    de-duplication is off so that no progress event of one trial/worker is folded into another's.
+
+    Raises:
+        ValueError: the config file is outside the project folder (the job could not see it).
+    """
+    from atoll.cluster import project_root
+    from atoll.train import git_commit
+
+    root = project_root()
+    try:
+        config_arg = str(Path(config).resolve().relative_to(root.resolve()))
+    except ValueError:
+        raise ValueError(f"{config} is outside the project folder {root}, which is what the job ships; "
+                         f"move the spec into it.") from None
+    cmd = ["python", f"jobs/{kind}.py", "-c", config_arg]
+    for item in overrides or []:
+        cmd += ["--set", item]
+    submission_id = f"atoll-{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    env = {"ATOLL_JOB_ID": submission_id, "ATOLL_GIT_COMMIT": git_commit(root) or "", "RAY_DEDUP_LOGS": "0"}
+    return submit(cmd + list(extra_args or []), info=info, working_dir=root, env=env, submission_id=submission_id)
 
 
 def _job_dict(job: Any) -> dict[str, Any]:

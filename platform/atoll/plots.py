@@ -15,6 +15,12 @@ def _pyplot():
     return plt
 
 
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def training_curve(history: list[dict[str, Any]], path: str | Path, title: str = "") -> str:
     """Loss and accuracy per epoch (train vs validation) side by side."""
     plt = _pyplot()
@@ -25,6 +31,8 @@ def training_curve(history: list[dict[str, Any]], path: str | Path, title: str =
         ax_acc.plot(epochs, [h[f"{key}_accuracy"] for h in history], style, marker="o", label=key)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(_integer_ticks())
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -43,6 +51,7 @@ def sweep_curves(trials: dict[str, list[dict[str, Any]]], metric: str, path: str
     for trial, history in sorted(trials.items()):
         ax.plot([h["epoch"] for h in history], [h[metric] for h in history], marker="o", ms=3, label=trial)
     ax.set(xlabel="epoch", ylabel=metric, title=title or f"{metric} per epoch, all trials")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -6,7 +6,7 @@ class is the schema, the validator and the constructor. Loading goes through :mo
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -50,6 +50,13 @@ class ServeSettings(Strict):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
     api_key_env: str = Field("ATOLL_API_KEY", description="Environment variable holding the API key; "
                              "when it is set, every route but /healthz needs 'Authorization: Bearer KEY'.")
+    #: Settings one app may override at deploy time (the rest is the proxy's or the client's).
+    PER_APP: ClassVar[tuple[str, ...]] = (
+        "min_replicas", "max_replicas", "target_ongoing_requests", "max_ongoing_requests", "max_queued_requests",
+        "max_batch_size", "batch_wait_timeout_s", "max_rows", "max_body_bytes", "num_cpus_per_replica",
+        "num_gpus_per_replica")
+
+    num_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs each replica holds.")
     num_gpus_per_replica: float | None = Field(None, ge=0, description="GPUs per replica "
                                                "(default: 1 when the cluster has GPUs, else 0).")
 

@@ -306,7 +306,7 @@ def check_run_name(storage: str, run_name: str, resume: bool) -> None:
                           f"check the name (the runs folder lists them).")
 
 
-def _cluster_capacity() -> tuple[float, float, float, float]:
+def cluster_capacity() -> tuple[float, float, float, float]:
     """CPUs/GPUs now, and at most (with the autoscaler's node types from cluster.yaml, if any)."""
     import ray
 
@@ -338,6 +338,32 @@ def prepare(spec: TrainSpec, storage: str):
     return dplan, pre, data.to_training(train_raw, pre, cache), data.to_training(val_raw, pre, cache)
 
 
+def build_trainer(plan: ScalingPlan, train_config: dict[str, Any], *, storage: str, run_name: str,
+                  datasets: dict[str, Any], callbacks: list | None = None, keep: int = 2,
+                  metric: str = "val_accuracy", mode: str = "max", max_failures: int = 1):
+    """The TorchTrainer running :func:`train_loop_per_worker`, for ``atoll train`` and sweeps alike.
+
+    Checkpoints go to ``<storage>/runs/<run_name>`` (re-running the name resumes it); the best ``keep``
+    by ``metric`` are kept; a failed worker group restarts from the last one up to ``max_failures`` times.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=train_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+                                               resources_per_worker=plan.resources_per_worker),
+        torch_config=TorchConfig(backend=plan.backend),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=runs_root(storage), callbacks=callbacks,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=metric,
+                                                         checkpoint_score_order=mode),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures)),
+        datasets=datasets,
+    )
+
+
 def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
         callbacks: list | None = None, report_events: bool = True):
     """Train on the connected Ray cluster. Returns (ray.train.Result, DatasetPlan, Preprocessor, plan).
@@ -345,31 +371,17 @@ def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
     Raises:
         ConfigError / DataError: before any worker starts.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     check_run_name(storage, run_name, resume)
-    cpus, gpus, max_cpus, max_gpus = _cluster_capacity()
+    cpus, gpus, max_cpus, max_gpus = cluster_capacity()
     plan = choose_scaling(spec, cluster_cpus=cpus, cluster_gpus=gpus, max_cpus=max_cpus, max_gpus=max_gpus)
     dplan, pre, train_ds, val_ds = prepare(spec, storage)
     if report_events:
         emit("start", run=run_name, workers=plan.num_workers, use_gpu=plan.use_gpu, backend=plan.backend,
              dataset=dplan.uri, rows=dplan.rows, features=len(dplan.features), classes=pre.num_classes,
              epochs=spec.epochs)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config(spec, pre, run_name, plan.precision),
-        scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
-                                               resources_per_worker=plan.resources_per_worker),
-        torch_config=TorchConfig(backend=plan.backend),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=runs_root(storage), callbacks=callbacks,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.keep_checkpoints,
-                                                         checkpoint_score_attribute="val_accuracy",
-                                                         checkpoint_score_order="max"),
-            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures)),
-        datasets={"train": train_ds, "validation": val_ds},
-    )
+    trainer = build_trainer(plan, loop_config(spec, pre, run_name, plan.precision), storage=storage,
+                            run_name=run_name, datasets={"train": train_ds, "validation": val_ds},
+                            callbacks=callbacks, keep=spec.keep_checkpoints, max_failures=spec.max_failures)
     result = trainer.fit()
     return result, dplan, pre, plan
 

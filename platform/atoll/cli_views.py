@@ -1,0 +1,141 @@
+"""Live views of Atoll's jobs, rendered from their progress events: a training progress bar, a sweep's
+trial table, and the summaries printed at the end. Used by `atoll train`, `atoll tune` and the quickstart."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.live import Live
+from rich.table import Table
+
+from atoll import jobs
+from atoll.cli_common import console, err_console
+from atoll.train import parse_events
+
+
+class TrainProgress:
+    """Renders a training job's progress events (epoch, loss, accuracy) as a live rich progress bar."""
+
+    def __init__(self, progress) -> None:
+        self.progress, self.task, self.events = progress, None, []
+
+    def __call__(self, text: str) -> None:
+        for ev in parse_events(text):
+            self.events.append(ev)
+            if ev["event"] == "start":
+                self.progress.console.print(
+                    f"Training on {ev['workers']} {'GPU' if ev['use_gpu'] else 'CPU'} workers ({ev['backend']}), "
+                    f"{ev['rows'] or '?'} rows x {ev['features']} features, {ev['classes']} classes")
+                self.task = self.progress.add_task("epochs", total=ev["epochs"], metrics="")
+            elif ev["event"] == "resumed":
+                self.progress.console.print(f"Resumed run {ev['run']} at epoch {ev['epoch']}")
+            elif ev["event"] == "epoch" and self.task is not None:
+                self.progress.update(self.task, completed=ev["epoch"] + 1, metrics=(
+                    f"loss {ev['train_loss']:.3f}  val_loss {ev['val_loss']:.3f}  "
+                    f"val_acc {ev['val_accuracy']:.3f}  {ev['samples_per_s'] or 0:.0f} samples/s"))
+            elif ev["event"] == "error":
+                self.progress.console.print(f"[red]error:[/] {ev['message']}", highlight=False, soft_wrap=True)
+
+    def last(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in reversed(self.events) if e["event"] == name), None)
+
+
+def training_progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), console=err_console)
+
+
+def job_failed_hint(job_id: str) -> None:
+    tail = "\n".join(jobs.logs(job_id).strip().splitlines()[-15:])
+    err_console.print(f"[dim]{tail}[/]", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]Job {job_id} failed[/]; full logs: atoll jobs logs {job_id}", soft_wrap=True)
+
+
+class SweepView:
+    """Renders a sweep job's events as a live table of trials (config, epoch, metric, status)."""
+
+    def __init__(self, live) -> None:
+        self.live, self.events, self.start = live, [], None
+        self.trials: dict[str, dict[str, Any]] = {}
+        self.final: dict[str, str] = {}  # statuses from the sweep's end: they win over late trial lines
+
+    def __call__(self, text: str) -> None:
+        changed = False
+        for ev in parse_events(text):
+            self.events.append(ev)
+            if ev["event"] == "sweep_start":
+                self.start = ev
+            elif ev["event"] == "trial":
+                self.trials[ev["trial"]] = {**self.trials.get(ev["trial"], {}), **ev}
+            elif ev["event"] == "sweep_done":
+                self.final = dict(ev.get("statuses") or {})
+            elif ev["event"] == "error":
+                self.live.console.print(f"[red]error:[/] {ev['message']}", highlight=False, soft_wrap=True)
+            changed = True
+        if changed:
+            self.live.update(self.table())
+
+    def last(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in reversed(self.events) if e["event"] == name), None)
+
+    def table(self) -> Table:
+        start = self.start or {}
+        metric = start.get("metric", "metric")
+        title = (f"sweep {start['sweep']}: {len(self.trials)}/{start['trials']} trials, {start['scheduler']}, "
+                 f"{start['algorithm']} search" if start else "sweep")
+        table = Table(title=title, title_justify="left")
+        for col in ("trial", "config", "epoch", metric, "status"):
+            table.add_column(col, justify="right" if col in ("epoch", metric) else "left")
+        for trial_id, t in self.trials.items():
+            value = t.get("value")
+            table.add_row(trial_id, short_config(t.get("config")), f"{(t.get('epoch') or 0) + 1}/{t.get('epochs', '?')}",
+                          "-" if value is None else f"{value:.4f}", self.final.get(trial_id, t.get("status", "")))
+        return table
+
+
+def short_config(config: dict[str, Any] | None) -> str:
+    """``optimizer.lr=0.00564 batch_size=32`` as ``lr=0.00564 batch_size=32``: the table stays narrow."""
+    def short(value: Any) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else json.dumps(value).replace(" ", "")
+
+    return "  ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in (config or {}).items())
+
+
+def print_sweep_summary(done: dict[str, Any]) -> None:
+    metric = done["metric"]
+    table = Table(title=f"\nTop trials by best {metric} ({done['mode']}), at epoch, epochs ran", title_justify="left")
+    for col in ("trial", "best", "epoch", "ran", "status", "config"):
+        table.add_column(col, no_wrap=col != "config")
+    for row in done.get("top") or []:
+        table.add_row(row["trial_id"], f"{row[f'best_{metric}']:.4f}", str(row["best_epoch"]), str(row["epochs"]),
+                      row["status"], short_config(row["config"]))
+    console.print(table)
+    console.print(f"{done['trials']} trials, {done['trial_epochs']} trial-epochs of {done['trials'] * done['max_t']}"
+                  f" possible, {done['stopped_early']} stopped early, {done['errors']} failed\n"
+                  f"results: {done.get('results_csv')}\nplot:    {done.get('plot')}", soft_wrap=True)
+
+
+def follow_training(job_id: str) -> tuple[dict[str, Any], TrainProgress]:
+    """Follow a training job to its end with a live progress bar; (final job details, the view)."""
+    with training_progress() as progress:
+        view = TrainProgress(progress)
+        details = jobs.follow(job_id, view)
+    return details, view
+
+
+def follow_sweep(job_id: str) -> tuple[dict[str, Any], SweepView]:
+    """Follow a sweep job to its end with a live trial table; (final job details, the view)."""
+    with Live(Table(title="waiting for the sweep to start"), console=err_console, auto_refresh=False) as live:
+        view = SweepView(live)
+        details = jobs.follow(job_id, lambda text: (view(text), live.refresh()))
+    return details, view
+
+
+def print_registered(registered: dict[str, Any], source: str = "") -> None:
+    m = registered["metrics"]
+    console.print(f"[green]Registered[/] {registered['name']}:{registered['version']}{source}  "
+                  f"val_accuracy {m.get('val_accuracy', 0):.4f}  val_loss {m.get('val_loss', 0):.4f}\n"
+                  f"  atoll models show {registered['name']}:{registered['version']}", highlight=False)

@@ -1,0 +1,216 @@
+"""Model endpoints, from the client's side: deploy, list, delete and query Serve applications.
+
+Deploys go through the dashboard's Serve REST API, the very one `serve deploy` and `serve status` use, so
+the cluster's Serve config is one declarative document: Atoll reads it, adds or replaces one application
+(``atoll.serving:app`` with the model's arguments) and writes it back. Redeploying an application with a
+new version makes Serve roll its replicas over; requests keep being answered meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from typing import Any
+
+import httpx
+
+from atoll import auth, cluster, registry
+from atoll.cluster import ClusterInfo
+from atoll.errors import ClusterNotUpError, ConfigError, ServingError
+from atoll.specs import ClusterSpec, ServeSettings
+
+IMPORT_PATH = "atoll.serving:app"
+DEPLOYMENT_NAME = "ModelServer"
+APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+def _serve_api(info: ClusterInfo) -> str:
+    return f"{info.dashboard_url}/api/serve/applications/"
+
+
+def _request(method: str, info: ClusterInfo, **kwargs: Any) -> httpx.Response:
+    try:
+        return httpx.request(method, _serve_api(info), headers=auth.headers(), timeout=30, **kwargs)
+    except httpx.HTTPError as exc:
+        raise ClusterNotUpError(f"cannot reach the dashboard at {info.dashboard_url} ({exc}); is the cluster "
+                                f"up? (`atoll status`)") from None
+
+
+def _details(info: ClusterInfo) -> dict[str, Any]:
+    resp = _request("GET", info)
+    if resp.status_code != 200:
+        raise ServingError(f"the Serve API at {_serve_api(info)} answered {resp.status_code}: {resp.text[:300]}")
+    return resp.json()
+
+
+def _put(info: ClusterInfo, config: dict[str, Any]) -> None:
+    resp = _request("PUT", info, json=config)
+    if resp.status_code != 200:
+        text = resp.text.strip()
+        if "imperative" in text.lower() or "serve.run" in text:
+            raise ServingError("this cluster's Serve apps were deployed from Python (serve.run), which cannot "
+                               "be mixed with declarative deploys; `serve shutdown` them or deploy with Ray.")
+        raise ServingError(f"Serve refused the config ({resp.status_code}): {text[:500]}")
+
+
+def _apps(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return details.get("applications") or {}
+
+
+def serve_config(spec: ClusterSpec, applications: list[dict[str, Any]]) -> dict[str, Any]:
+    """A whole Serve config (the format of ``serve deploy``): the proxy's address and the applications."""
+    return {"proxy_location": "EveryNode",
+            "http_options": {"host": spec.atoll.serve.host, "port": spec.atoll.serve.port},
+            "applications": applications}
+
+
+def app_config(app: str, model: str, *, storage: str, requested: str | None = None,
+               settings: dict[str, Any] | None = None, api_key: str | None = None) -> dict[str, Any]:
+    """One model application: ``atoll.serving:app`` at route ``/<app>`` with its arguments."""
+    args: dict[str, Any] = {"model": model, "storage": storage, "requested": requested or model,
+                            "settings": dict(settings or {})}
+    if api_key:
+        args["api_key_sha256"] = hashlib.sha256(api_key.encode()).hexdigest()  # never the key itself
+    return {"name": app, "route_prefix": f"/{app}", "import_path": IMPORT_PATH, "args": args}
+
+
+def parse_replicas(text: str) -> tuple[int, int]:
+    """``2`` or ``1:4`` → (min, max)."""
+    lo, sep, hi = text.partition(":")
+    try:
+        low, high = int(lo), int(hi) if sep else int(lo)
+    except ValueError:
+        raise ConfigError(f"--replicas {text!r}: expected MIN:MAX or N, e.g. --replicas 1:4.") from None
+    if low < 0 or high < 1 or low > high:
+        raise ConfigError(f"--replicas {text!r}: need 0 <= MIN <= MAX and MAX >= 1.")
+    return low, high
+
+
+def endpoint_url(spec: ClusterSpec, app: str) -> str:
+    serve = spec.atoll.serve
+    return f"http://{serve.host}:{serve.port}/{app}"
+
+
+def api_key(settings: ServeSettings) -> str | None:
+    return os.environ.get(settings.api_key_env) or None
+
+
+def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None = None,
+           settings: dict[str, Any] | None = None, spec: ClusterSpec | None = None,
+           info: ClusterInfo | None = None, wait: bool = True, timeout: float = 300) -> dict[str, Any]:
+    """Deploy (or roll over) a registered version as the Serve application ``app`` (default: its name).
+
+    The version is resolved now (``digits@production`` → ``digits:3``) and pinned, so the app serves exactly
+    the version reported here. Other applications on the cluster are left as they are.
+
+    Raises:
+        RegistryError: unknown model, version or alias (listing what exists).
+        ServingError: Serve refused the app, or it failed to start (with Serve's reason).
+    """
+    spec = spec or cluster.load_spec()
+    info = info or cluster.current()
+    version = registry.Registry(spec.atoll.storage).get(ref)
+    app = app or version.name
+    if not APP_NAME.match(app):
+        raise ConfigError(f"--app {app!r}: use letters, digits, '-' and '_' (it becomes the URL path /{app}).")
+    overrides = {k: v for k, v in (settings or {}).items() if k in ServeSettings.PER_APP}
+    if replicas:
+        overrides["min_replicas"], overrides["max_replicas"] = replicas
+    merged = ServeSettings.model_validate({**spec.atoll.serve.model_dump(), **overrides})  # fail here, not in Serve
+    new = app_config(app, version.ref, storage=spec.atoll.storage, requested=ref, settings=overrides,
+                     api_key=api_key(merged))
+    details = _details(info)
+    others = [a["deployed_app_config"] for name, a in _apps(details).items()
+              if name != app and a.get("deployed_app_config")]
+    started = time.time()
+    _put(info, serve_config(spec, [*others, new]))
+    result = {"app": app, "model": version.name, "version": version.version, "requested": ref,
+              "url": endpoint_url(spec, app), "status": "DEPLOYING"}
+    if wait:
+        result["status"] = _wait_running(info, app, started, timeout)
+    return result
+
+
+def _wait_running(info: ClusterInfo, app: str, since: float, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = _apps(_details(info)).get(app) or {}
+        status = state.get("status")
+        fresh = (state.get("last_deployed_time_s") or 0) >= since - 1
+        if fresh and status == "RUNNING":
+            return status
+        if fresh and status == "DEPLOY_FAILED":
+            message = (state.get("message") or "").strip().splitlines()
+            reason = next((line for line in reversed(message) if line.strip()), "no reason given")
+            raise ServingError(f"app {app!r} failed to deploy: {reason[:400]}\n"
+                               f"  details: `atoll serve status` or Ray's logs in /tmp/ray/session_latest/logs/serve")
+        if time.monotonic() > deadline:
+            raise ServingError(f"app {app!r} is not RUNNING after {timeout:.0f} s (status {status}); the cluster "
+                               f"may lack resources for its replicas: see `atoll status`.")
+        time.sleep(1)
+
+
+def status(info: ClusterInfo | None = None, spec: ClusterSpec | None = None) -> list[dict[str, Any]]:
+    """Every Serve application: status, URL, the model version it serves, replicas by state."""
+    info = info or cluster.current()
+    spec = spec or cluster.load_spec()
+    rows = []
+    for name, state in sorted(_apps(_details(info)).items()):
+        args = (state.get("deployed_app_config") or {}).get("args") or {}
+        deployment = (state.get("deployments") or {}).get(DEPLOYMENT_NAME) or {}
+        replicas: dict[str, int] = {}
+        for replica in deployment.get("replicas") or []:
+            replicas[replica.get("state", "?")] = replicas.get(replica.get("state", "?"), 0) + 1
+        rows.append({"app": name, "status": state.get("status"), "route_prefix": state.get("route_prefix"),
+                     "url": endpoint_url(spec, name), "model": args.get("model"), "requested": args.get("requested"),
+                     "replicas": replicas, "message": (state.get("message") or "").strip()[:300]})
+    return rows
+
+
+def delete(app: str, *, info: ClusterInfo | None = None, spec: ClusterSpec | None = None,
+           timeout: float = 120) -> None:
+    """Remove one application (its replicas stop); the others keep serving."""
+    info = info or cluster.current()
+    spec = spec or cluster.load_spec()
+    apps = _apps(_details(info))
+    if app not in apps:
+        raise ServingError(f"no Serve app {app!r}; apps: {', '.join(sorted(apps)) or 'none'}.")
+    _put(info, serve_config(spec, [a["deployed_app_config"] for name, a in apps.items()
+                                   if name != app and a.get("deployed_app_config")]))
+    deadline = time.monotonic() + timeout
+    while app in _apps(_details(info)):
+        if time.monotonic() > deadline:
+            raise ServingError(f"app {app!r} is still being deleted after {timeout:.0f} s; see `atoll serve status`.")
+        time.sleep(1)
+
+
+def query(app: str, payload: dict[str, Any], *, spec: ClusterSpec | None = None, path: str = "predict",
+          timeout: float = 30) -> dict[str, Any]:
+    """POST ``payload`` to ``/<app>/<path>`` (with the API key when one is set) and return the JSON answer.
+
+    Raises:
+        ServingError: no proxy listening, no such app, or a refused request (with the endpoint's message).
+    """
+    spec = spec or cluster.load_spec()
+    url = f"{endpoint_url(spec, app)}/{path}"
+    headers = {}
+    if key := api_key(spec.atoll.serve):
+        headers["Authorization"] = f"Bearer {key}"
+    try:
+        resp = httpx.post(url, json=payload, headers=headers, timeout=timeout)
+    except httpx.ConnectError:
+        raise ServingError(f"nothing listens on {endpoint_url(spec, '')}: no model is deployed (or the cluster "
+                           f"is down). Deploy one with `atoll serve deploy NAME`.") from None
+    except httpx.HTTPError as exc:
+        raise ServingError(f"{url}: {exc}") from None
+    if resp.status_code == 404:
+        raise ServingError(f"no Serve app {app!r} at {url}; `atoll serve status` lists the apps.")
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {"error": resp.text.strip()[:300]}
+    if resp.status_code >= 400:
+        raise ServingError(f"{app} refused the request ({resp.status_code}): {body.get('error') or body}")
+    return body

@@ -1,0 +1,175 @@
+"""`atoll quickstart`: the whole lifecycle on this machine, through the paths a team uses in production.
+
+cluster up → demo data → training job → sweep job → `production` alias → Serve endpoint → held-out
+predictions over HTTP. Every step is a library call of its own module; this one orders them, shows
+them, and stops at the first failure with the step's name, the cause and the log to read.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.panel import Panel
+from rich.table import Table
+
+from atoll import cli_views, cluster, data, endpoints, jobs, registry
+from atoll.cli_common import console
+from atoll.errors import AtollError
+
+ALIAS = "production"
+
+
+class StepFailed(AtollError):
+    """A quickstart step failed: which one, why, and where to look."""
+
+
+def _step(number: int, title: str) -> None:
+    console.rule(f"[bold]{number}/7  {title}", align="left")
+
+
+def _job_outcome(kind: str, job_id: str, details: dict[str, Any], registered: dict[str, Any] | None) -> dict:
+    if details["status"] != "SUCCEEDED":
+        tail = "\n".join(jobs.logs(job_id).strip().splitlines()[-8:])
+        raise StepFailed(f"{kind} job {job_id} ended {details['status']}: {details.get('message') or ''}\n{tail}\n"
+                         f"  full logs: atoll jobs logs {job_id}")
+    if registered is None:
+        raise StepFailed(f"{kind} job {job_id} registered no model; see `atoll jobs logs {job_id}`.")
+    return registered
+
+
+def _digit_art(row: np.ndarray) -> list[str]:
+    """An 8x8 digit (pixel values 0..16) as 4 lines of half-block characters."""
+    img = row.reshape(8, 8) / 16.0
+    chars = " ░▒▓█"
+    return ["".join(chars[min(4, int(v * 4.99))] * 2 for v in line) for line in img[::2]]
+
+
+def run(*, fast: bool = False, down: bool = False, config: str | Path | None = None) -> dict[str, Any]:
+    """Run the quickstart; returns what each step produced (versions, app, accuracy, paths, timings).
+
+    Args:
+        fast: Fewest epochs and trials (CI, smoke tests).
+        down: Stop the cluster at the end (default: leave the cluster and endpoint running).
+    """
+    started = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    timings: dict[str, float] = {}
+    out: dict[str, Any] = {"timings_s": timings}
+
+    def lap(name: str, since: float) -> float:
+        timings[name] = round(time.monotonic() - since, 1)
+        return time.monotonic()
+
+    t = time.monotonic()
+    _step(1, "Cluster")
+    spec = cluster.load_spec(config)
+    info = cluster.up(spec)
+    console.print(f"{'Reusing' if info.already_up else 'Started'} the local Ray cluster: dashboard "
+                  f"{info.dashboard_url} (token auth on)")
+    t = lap("cluster", t)
+
+    _step(2, "Data")
+    storage = spec.atoll.storage
+    paths = data.prepare_demo(storage)
+    summary = data.describe(paths["train"])
+    console.print(f"scikit-learn's handwritten digits as Parquet: {paths['train']}\n"
+                  f"{summary['rows']} rows x {len(summary['columns'])} columns (px0..px63: 8x8 pixels 0-16, "
+                  f"label: 0-9); {paths['holdout']} keeps 180 images back for the endpoint test", highlight=False)
+    t = lap("data", t)
+
+    _step(3, "Training job (Ray Train, 2 workers, through the Jobs API)")
+    epochs = 3 if fast else 10
+    configs = cluster.project_root(spec) / "jobs" / "configs"
+    if not (configs / "train.yaml").is_file():
+        raise StepFailed(f"no {configs / 'train.yaml'}: run the quickstart from the Atoll project folder (the "
+                         f"one holding cluster.yaml and jobs/), or pass -c path/to/cluster.yaml.")
+    job_id = jobs.submit_atoll_job("train", configs / "train.yaml", [f"epochs={epochs}"],
+                                   ["--run-name", f"quickstart-{stamp}"])
+    console.print(f"job {job_id}")
+    details, view = cli_views.follow_training(job_id)
+    trained = _job_outcome("training", job_id, details, view.last("registered"))
+    cli_views.print_registered(trained)
+    out["trained"] = trained
+    t = lap("train", t)
+
+    _step(4, "Sweep job (Ray Tune + ASHA over the same training loop)")
+    sweep_set = [f"name=quickstart-{stamp}", f"num_samples={4 if fast else 8}", f"overrides.epochs={4 if fast else 8}"]
+    job_id = jobs.submit_atoll_job("tune", configs / "sweep.yaml", sweep_set)
+    console.print(f"job {job_id}")
+    details, view = cli_views.follow_sweep(job_id)
+    swept = _job_outcome("sweep", job_id, details, view.last("registered"))
+    if done := view.last("sweep_done"):
+        cli_views.print_sweep_summary(done)
+        out["sweep"] = {k: done.get(k) for k in ("trials", "trial_epochs", "stopped_early", "results_csv", "plot")}
+    cli_views.print_registered(swept, f" from trial {swept.get('trial')}")
+    t = lap("sweep", t)
+
+    _step(5, f"Registry: point @{ALIAS} at the best version")
+    best = max((trained, swept), key=lambda r: r["metrics"].get("val_accuracy", 0))
+    reg = registry.Registry(storage)
+    reg.set_alias(best["name"], best["version"], ALIAS)
+    out["production"] = {"name": best["name"], "version": best["version"],
+                         "val_accuracy": best["metrics"].get("val_accuracy")}
+    console.print(f"{best['name']}@{ALIAS} → version {best['version']} "
+                  f"(val_accuracy {best['metrics'].get('val_accuracy', 0):.4f}, the better of the trained and "
+                  f"swept versions)", highlight=False)
+    t = lap("registry", t)
+
+    _step(6, "Serve: deploy it as an HTTP endpoint")
+    with console.status(f"deploying {best['name']}@{ALIAS} …"):
+        deployed = endpoints.deploy(f"{best['name']}@{ALIAS}", spec=spec, info=info)
+    out["deployed"] = deployed
+    console.print(f"{deployed['app']} is {deployed['status']} at {deployed['url']}/predict "
+                  f"(serving {deployed['model']}:{deployed['version']})", highlight=False)
+    t = lap("serve", t)
+
+    _step(7, "Query the endpoint with held-out images")
+    import pandas as pd
+
+    holdout = pd.read_parquet(paths["holdout"])
+    features = [c for c in holdout.columns if c != "label"]
+    rows, labels = holdout[features].to_numpy(dtype=np.float32), holdout["label"].to_numpy()
+    predictions: list[Any] = []
+    for start in range(0, len(rows), 60):
+        answer = endpoints.query(deployed["app"], {"inputs": rows[start:start + 60].tolist()}, spec=spec)
+        predictions += answer["predictions"]
+    accuracy = float((np.asarray(predictions) == labels).mean())
+    out["holdout_accuracy"] = accuracy
+    shown = range(max(3, min(8, console.width // 20)))  # as many 8x8 images as the terminal fits
+    table = Table.grid(padding=(0, 3))
+    for _ in shown:
+        table.add_column(min_width=16, no_wrap=True)
+    table.add_row(*["\n".join(_digit_art(rows[i])) for i in shown])
+    table.add_row(*[f"true      {labels[i]}\npredicted [{'green' if predictions[i] == labels[i] else 'red'}]"
+                    f"{predictions[i]}[/]" for i in shown])
+    console.print(table)
+    console.print(f"Endpoint accuracy on the {len(rows)} held-out images: [bold]{accuracy:.3f}[/]")
+    lap("query", t)
+
+    timings["total"] = round(time.monotonic() - started, 1)
+    _finish(out, info, deployed, storage, down)
+    return out
+
+
+def _finish(out: dict[str, Any], info, deployed: dict[str, Any], storage: str, down: bool) -> None:
+    url = deployed["url"]
+    sweep = out.get("sweep") or {}
+    lines = [f"Done in {out['timings_s']['total']:.0f} s.",
+             f"Dashboard     {info.dashboard_url}",
+             f"Query it      atoll query {deployed['app']} --json '{{\"inputs\": [[...64 pixel values...]]}}'",
+             f"  with curl   curl -s {url}/predict -H 'Content-Type: application/json' -d @rows.json",
+             f"API docs      {url}/docs",
+             "Look around   atoll status | atoll models list | atoll models show digits@production",
+             "              atoll serve status | atoll jobs list",
+             f"Models        {storage}/registry/digits/ (training_curve.png in each version)"]
+    if sweep.get("plot"):
+        lines.append(f"Sweep         {sweep['plot']}")
+    if down:
+        cluster.down()
+        lines.append("The cluster is stopped (--down): `atoll quickstart` starts it again.")
+    else:
+        lines.append("Stop it all   atoll down")
+    console.print(Panel("\n".join(lines), title="What next", title_align="left"), highlight=False)

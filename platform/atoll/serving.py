@@ -1,0 +1,285 @@
+"""The Serve deployment: load a registered version, validate requests, batch them, predict.
+
+One Serve application per deployed model (``atoll serve deploy`` / ``serve deploy serve/config.yaml``):
+its import path is ``atoll.serving:app``, an application builder that takes the arguments below, so it
+runs wherever Atoll is installed (every node of a cluster.yaml cluster) without shipping files.
+
+Routes under the app's prefix: ``POST /predict``, ``GET /`` (model card), ``GET /healthz``, and FastAPI's
+``/openapi.json`` and ``/docs``. Request bodies are parsed as JSON (never unpickled) and validated
+against the version's input schema; a bad request is a 4xx that names the problem.
+"""
+
+
+import hashlib
+import hmac
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pydantic
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ConfigDict, Field
+from ray import serve
+
+from atoll.endpoints import DEPLOYMENT_NAME
+from atoll.errors import AtollError
+from atoll.specs import ServeSettings
+
+log = logging.getLogger("ray.serve")
+
+
+
+class AppArgs(pydantic.BaseModel):
+    """The arguments of one model application (``args:`` in a Serve config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="Registered version: NAME, NAME:VERSION or NAME@ALIAS (resolved "
+                       "when the replica starts; `atoll serve deploy` pins the version first).")
+    storage: str | None = Field(None, description="Storage root of the registry (default: cluster.yaml's).")
+    requested: str | None = Field(None, description="What the user asked to deploy, e.g. digits@production.")
+    api_key_sha256: str | None = Field(None, description="SHA-256 of the API key; unset: no key needed.")
+    settings: dict[str, Any] = Field(default_factory=dict, description="Overrides of cluster.yaml's Serve "
+                                     "settings: " + ", ".join(ServeSettings.PER_APP) + ".")
+
+    def serve_settings(self) -> ServeSettings:
+        from atoll import cluster
+
+        try:
+            base = cluster.load_spec().atoll.serve
+        except AtollError:  # an unreadable cluster.yaml next to the replica: Atoll's defaults
+            base = ServeSettings()
+        return ServeSettings.model_validate({**base.model_dump(), **self.settings})
+
+    def storage_root(self) -> str:
+        from atoll import cluster
+
+        return self.storage or cluster.load_spec().atoll.storage
+
+
+# ------------------------------------------------------------------------------------------------
+# The model, in any process
+
+
+class Predictor:
+    """A registered version ready to predict: weights (checksum-verified, ``weights_only``), preprocessing
+    and input schema. Used by the Serve replica, and in-process by tests and benchmarks."""
+
+    def __init__(self, storage: str, ref: str, device: str | None = None) -> None:
+        import torch
+
+        from atoll import models, registry
+        from atoll.data import Preprocessor
+
+        reg = registry.Registry(storage)
+        self.version = reg.get(ref)
+        meta = json.loads(reg.read_file(self.version, "atoll.json"))
+        self.pre = Preprocessor.from_dict(meta["preprocess"])
+        self.schema = self.version.input_schema or meta["input_schema"]
+        model_spec = self.version.spec["model"]
+        model = models.build(model_spec["type"], self.pre.input_dim, self.pre.num_classes, model_spec["params"])
+        model.load_state_dict(reg.load_weights(self.version))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+
+    def predict(self, rows: np.ndarray) -> tuple[list[Any], list[list[float]]]:
+        """Class labels and class probabilities for raw (unstandardised) feature rows ``[n, d]``."""
+        import torch
+
+        x = torch.from_numpy(self.pre.transform_features(rows)).to(self.device)
+        with torch.inference_mode():
+            probs = torch.softmax(self.model(x).float(), dim=-1).cpu().numpy()
+        classes = self.pre.classes
+        return [classes[i] for i in probs.argmax(axis=1)], probs.round(6).tolist()
+
+    def card(self) -> dict[str, Any]:
+        v = self.version
+        return {"model": v.name, "version": v.version, "input_schema": self.schema, "metrics": v.metrics,
+                "lineage": v.lineage, "created_at": v.created_at}
+
+
+# ------------------------------------------------------------------------------------------------
+# Requests
+
+
+class RequestError(Exception):
+    """A request the endpoint refuses: an HTTP status and a message that says what to fix."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class PredictRequest(pydantic.BaseModel):
+    """``{"inputs": [[x0, x1, ...], ...]}`` or ``{"inputs": [{"feature": x, ...}, ...]}``."""
+
+    # strict: no "1.5" strings or booleans taken for numbers; no NaN/inf (JSON's NaN literal included).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    inputs: list[list[float]] | list[dict[str, float]] = Field(
+        ..., min_length=1, description="Rows of feature values, positional or by feature name.")
+
+
+_ROW_KINDS = ("list[list[float]]", "list[dict[str,float]]")  # pydantic's names for the union's branches
+
+
+def _validation_message(exc: pydantic.ValidationError, payload: Any) -> str:
+    """pydantic's errors as one line; of the union's two branches, only the one the rows look like."""
+    if not isinstance(payload, dict):
+        return 'the body must be a JSON object like {"inputs": [[...feature values...]]}.'
+    rows = payload.get("inputs")
+    branch = _ROW_KINDS[1] if isinstance(rows, list) and rows and isinstance(rows[0], dict) else _ROW_KINDS[0]
+    parts = []
+    for err in exc.errors():
+        loc = err["loc"]
+        if len(loc) > 1 and loc[1] in _ROW_KINDS and loc[1] != branch:
+            continue
+        parts.append(f"{'.'.join(str(p) for p in loc if p not in _ROW_KINDS) or 'body'}: {err['msg']}")
+    return "; ".join(list(dict.fromkeys(parts))[:3])
+
+
+def parse_rows(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_bytes: int) -> np.ndarray:
+    """Validate a ``/predict`` body against a version's input schema; the rows as float32 ``[n, d]``.
+
+    Raises:
+        RequestError: 400 (not JSON), 413 (too large), 422 (wrong shape or values).
+    """
+    if len(body) > max_body_bytes:
+        raise RequestError(413, f"request body is {len(body)} bytes; the limit is {max_body_bytes} "
+                                f"(max_body_bytes): send fewer rows per request.")
+    if not body.strip():
+        raise RequestError(400, 'empty body: send JSON like {"inputs": [[...feature values...]]}.')
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"body is not valid JSON ({exc}); send {{\"inputs\": [[...]]}}.") from None
+    if isinstance(payload, dict) and isinstance(payload.get("inputs"), list) and len(payload["inputs"]) > max_rows:
+        raise RequestError(413, f"{len(payload['inputs'])} rows in one request; the limit is {max_rows} "
+                                f"(max_rows): split the request.")
+    try:
+        request = PredictRequest.model_validate(payload)
+    except pydantic.ValidationError as exc:
+        raise RequestError(422, _validation_message(exc, payload)) from None
+
+    features, width = schema["features"], schema["num_features"]
+    if isinstance(request.inputs[0], dict):
+        rows = []
+        for i, row in enumerate(request.inputs):
+            missing = [f for f in features if f not in row]
+            unknown = [k for k in row if k not in set(features)]
+            if missing or unknown:
+                what = "; ".join(filter(None, [
+                    f"missing {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}" if missing else "",
+                    f"unknown {', '.join(unknown[:5])}" if unknown else ""]))
+                raise RequestError(422, f"inputs.{i}: {what} (this model takes {width} features: "
+                                        f"{', '.join(features[:4])}, …).")
+            rows.append([row[f] for f in features])
+    else:
+        rows = request.inputs
+        for i, row in enumerate(rows):
+            if len(row) != width:
+                raise RequestError(422, f"inputs.{i} has {len(row)} values; this model takes {width} "
+                                        f"({features[0]} … {features[-1]}).")
+    return np.asarray(rows, dtype=np.float32)
+
+
+def key_matches(authorization: str | None, expected_sha256: str) -> bool:
+    """Constant-time check of an ``Authorization: Bearer KEY`` header against the key's SHA-256."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        return False
+    return hmac.compare_digest(hashlib.sha256(key.strip().encode()).hexdigest(), expected_sha256)
+
+
+# ------------------------------------------------------------------------------------------------
+# The Serve deployment
+
+
+api = FastAPI(title="Atoll model endpoint",
+              description="Predictions from a registered Atoll model version. POST rows to /predict.")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress(api)
+class ModelServer:
+    """One replica: the model in memory, batched prediction, request validation and the API key."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = AppArgs.model_validate(args)
+        self.settings = self.args.serve_settings()
+        self.predictor = Predictor(self.args.storage_root(), self.args.model)
+        self.predict_batch.set_max_batch_size(self.settings.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        log.info("serving %s on %s", self.predictor.version.ref, self.predictor.device)
+
+    def _refused(self, request: Request) -> JSONResponse | None:
+        if self.args.api_key_sha256 and not key_matches(request.headers.get("authorization"),
+                                                        self.args.api_key_sha256):
+            return _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'.")
+        return None
+
+    @api.get("/healthz")
+    def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.predictor.version.name, "version": self.predictor.version.version}
+
+    @api.get("/")
+    def card(self, request: Request):
+        return self._refused(request) or {**self.predictor.card(), "requested": self.args.requested}
+
+    @api.post("/predict")
+    async def predict(self, request: Request):
+        if refused := self._refused(request):
+            return refused
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+            return _error(413, f"request body is {declared} bytes; the limit is {self.settings.max_body_bytes} "
+                               f"(max_body_bytes): send fewer rows per request.")
+        try:
+            rows = parse_rows(await request.body(), self.predictor.schema, max_rows=self.settings.max_rows,
+                              max_body_bytes=self.settings.max_body_bytes)
+        except RequestError as exc:
+            return _error(exc.status, exc.message)
+        predictions, probabilities = await self.predict_batch(rows)
+        v = self.predictor.version
+        return {"predictions": predictions, "probabilities": probabilities, "model": v.name, "version": v.version}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def predict_batch(self, requests: list[np.ndarray]) -> list[tuple[list[Any], list[list[float]]]]:
+        """Many requests' rows through the model at once; each request gets its own slice back."""
+        predictions, probabilities = self.predictor.predict(np.concatenate(requests))
+        out, start = [], 0
+        for rows in requests:
+            end = start + len(rows)
+            out.append((predictions[start:end], probabilities[start:end]))
+            start = end
+        return out
+
+
+def replica_resources(settings: ServeSettings, cluster_gpus: float) -> dict[str, float]:
+    """Ray resources of one replica: a GPU when the cluster has GPUs (unless set), CPUs as configured."""
+    gpus = settings.num_gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus >= 1 else 0.0
+    return {"num_cpus": settings.num_cpus_per_replica, "num_gpus": gpus}
+
+
+def app(args: dict[str, Any]):
+    """Serve application builder (``import_path: atoll.serving:app``): one model, autoscaled replicas."""
+    import ray
+
+    parsed = AppArgs.model_validate(args)
+    settings = parsed.serve_settings()
+    return ModelServer.options(
+        autoscaling_config={"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
+                            "target_ongoing_requests": settings.target_ongoing_requests},
+        # Serve caps a batch at max_ongoing_requests: it must be at least the batch size (checked in specs).
+        max_ongoing_requests=settings.max_ongoing_requests,
+        max_queued_requests=settings.max_queued_requests,
+        ray_actor_options=replica_resources(settings, ray.cluster_resources().get("GPU", 0.0)),
+    ).bind(parsed.model_dump())

@@ -1,0 +1,195 @@
+"""Model endpoints on the shared local cluster: a trained, registered digits model deployed with
+`atoll serve deploy`, queried over real HTTP, fed bad input, protected by an API key, rolled over."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from atoll import data, endpoints, models, registry
+from conftest import run_cli
+
+pytestmark = pytest.mark.cluster
+
+# Half a CPU per replica: a rollover briefly runs old and new replicas side by side on the 4-CPU cluster.
+SMALL = ["--replicas", "1:1", "--set", "num_cpus_per_replica=0.5"]
+
+
+def _storage() -> str:
+    return os.environ["ATOLL_STORAGE"]
+
+
+@pytest.fixture(scope="module")
+def deployed(trained_digits):
+    """digits trained for real (3 epochs), promoted to production, deployed by alias."""
+    version = trained_digits["registered"]["version"]
+    promoted = run_cli("models", "promote", f"digits:{version}", "production")
+    assert promoted.returncode == 0, promoted.stderr
+    result = run_cli("serve", "deploy", "digits@production", *SMALL, "--json", timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    info = json.loads(result.stdout)
+    assert (info["app"], info["version"], info["status"]) == ("digits", version, "RUNNING")
+    yield info
+    for app in endpoints.status():
+        endpoints.delete(app["app"])
+
+
+@pytest.fixture(scope="module")
+def holdout() -> pd.DataFrame:
+    return pd.read_parquet(data.prepare_demo(_storage())["holdout"])
+
+
+def _in_process_predictions(ref: str, rows: np.ndarray) -> np.ndarray:
+    """The registered model run directly with torch: what the endpoint must agree with."""
+    reg = registry.Registry(_storage())
+    mv = reg.get(ref)
+    meta = json.loads(reg.read_file(mv, "atoll.json"))
+    pre = data.Preprocessor.from_dict(meta["preprocess"])
+    model = models.build(mv.spec["model"]["type"], pre.input_dim, pre.num_classes, mv.spec["model"]["params"])
+    model.load_state_dict(reg.load_weights(mv))
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(pre.transform_features(rows)))
+    return np.asarray(pre.classes)[logits.argmax(dim=1).numpy()]
+
+
+def test_http_predictions_match_the_model_in_process(deployed, holdout):
+    features = [c for c in holdout.columns if c != "label"]
+    rows = holdout[features].to_numpy(dtype=np.float32)[:25]
+    resp = httpx.post(f"{deployed['url']}/predict", json={"inputs": rows.tolist()}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["model"], body["version"]) == ("digits", deployed["version"])
+    assert len(body["predictions"]) == 25 and np.asarray(body["probabilities"]).shape == (25, 10)
+    assert np.allclose(np.asarray(body["probabilities"]).sum(axis=1), 1.0, atol=1e-4)
+    expected = _in_process_predictions(f"digits:{deployed['version']}", rows)
+    assert body["predictions"] == expected.tolist()
+    # A model trained for 3 epochs reads held-out digits it never saw.
+    assert (np.asarray(body["predictions"]) == holdout["label"].to_numpy()[:25]).mean() >= 0.8
+
+    card = httpx.get(f"{deployed['url']}/", timeout=10).json()
+    assert card["version"] == deployed["version"] and card["requested"] == "digits@production"
+    assert card["input_schema"]["num_features"] == 64
+    assert httpx.get(f"{deployed['url']}/healthz", timeout=10).json()["status"] == "ok"
+    assert "/predict" in httpx.get(f"{deployed['url']}/openapi.json", timeout=10).json()["paths"]
+
+
+def test_atoll_query_sends_json_and_csv_rows(deployed, holdout, tmp_path):
+    features = [c for c in holdout.columns if c != "label"]
+    one = holdout[features].iloc[:1]
+    result = run_cli("query", "digits", "--json", json.dumps({"inputs": one.to_numpy().tolist()}))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["predictions"] == _in_process_predictions(
+        f"digits:{deployed['version']}", one.to_numpy(dtype=np.float32)).tolist()
+
+    csv_file = tmp_path / "rows.csv"
+    holdout[features].iloc[:3].to_csv(csv_file, index=False)  # named features, by header
+    result = run_cli("query", "digits", "--file", str(csv_file))
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["predictions"]) == 3
+
+
+ROW = [0.0] * 64
+
+
+@pytest.mark.parametrize("body,status,message", [
+    (b'{"inputs": [[1, 2,', 400, "not valid JSON"),
+    (b"", 400, "empty body"),
+    (json.dumps({"inputs": [[1.0, 2.0, 3.0]]}).encode(), 422, "inputs.0 has 3 values; this model takes 64"),
+    (b'{"inputs": [[' + b", ".join([b"0"] * 63 + [b"NaN"]) + b"]]}", 422, "finite number"),
+    (json.dumps({"inputs": [ROW[:63] + ["7"]]}).encode(), 422, "valid number"),
+    (json.dumps({"inputs": [ROW] * 1025}).encode(), 413, "the limit is 1024 (max_rows)"),
+    (json.dumps({"inputs": [{"px0": 1.0, "colour": 2.0}]}).encode(), 422, "unknown colour"),
+    (json.dumps({"rows": [ROW]}).encode(), 422, "inputs: Field required"),
+    (b" " * 1_100_000, 413, "max_body_bytes"),
+])
+def test_bad_requests_get_a_4xx_that_names_the_problem(deployed, body, status, message):
+    resp = httpx.post(f"{deployed['url']}/predict", content=body,
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert resp.status_code == status, resp.text
+    assert message in resp.json()["error"]
+
+
+def test_the_app_stays_healthy_after_bad_requests(deployed):
+    [app] = [a for a in endpoints.status() if a["app"] == "digits"]
+    assert app["status"] == "RUNNING" and app["replicas"] == {"RUNNING": 1}
+    assert httpx.post(f"{deployed['url']}/predict", json={"inputs": [ROW]}, timeout=30).status_code == 200
+
+
+def test_unknown_versions_and_apps_are_one_clear_line(deployed):
+    result = run_cli("serve", "deploy", "digits:99")
+    assert result.returncode != 0 and "has no version 99; versions:" in result.stderr
+    result = run_cli("serve", "deploy", "nosuchmodel@production")
+    assert result.returncode != 0 and "nosuchmodel" in result.stderr
+    result = run_cli("query", "nosuchapp", "--json", '{"inputs": [[1]]}')
+    assert result.returncode != 0 and "no Serve app 'nosuchapp'" in result.stderr
+    for r in (result,):
+        assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_an_api_key_guards_every_route_but_healthz(deployed):
+    key = {"ATOLL_API_KEY": "s3cret-key"}
+    result = run_cli("serve", "deploy", f"digits:{deployed['version']}", "--app", "digits-private", *SMALL,
+                     "--json", env=key, timeout=400)
+    assert result.returncode == 0, result.stderr
+    url = json.loads(result.stdout)["url"]
+    assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, timeout=30).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, headers=wrong, timeout=30).status_code == 401
+    assert httpx.get(f"{url}/", timeout=30).status_code == 401
+    assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+    good = {"Authorization": "Bearer s3cret-key"}
+    assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, headers=good, timeout=30).status_code == 200
+    assert run_cli("query", "digits-private", "--json", '{"inputs": [[0]]}', env=key).returncode != 0  # width
+    ok = run_cli("query", "digits-private", "--json", json.dumps({"inputs": [ROW]}), env=key)
+    assert ok.returncode == 0, ok.stderr
+    # The key itself is nowhere in the cluster's Serve config, only its hash.
+    assert "s3cret-key" not in json.dumps(endpoints.status())
+    endpoints.delete("digits-private")
+    assert "digits-private" not in [a["app"] for a in endpoints.status()]
+
+
+def test_rolling_over_to_a_new_version_drops_no_request(deployed, tmp_path):
+    reg = registry.Registry(_storage())
+    old = reg.get(f"digits:{deployed['version']}")
+    copy_dir = Path(reg.local_copy(old, tmp_path / "copy"))
+    (copy_dir / "manifest.json").unlink()  # the registry writes its own
+    new = reg.register("digits", copy_dir, metrics=old.metrics, spec=old.spec,
+                       lineage={**old.lineage, "copied_from": old.ref})
+
+    seen, failures, stop = [], [], threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    resp = http.post(f"{deployed['url']}/predict", json={"inputs": [ROW]})
+                    if resp.status_code == 200:
+                        seen.append(resp.json()["version"])
+                    else:
+                        failures.append(f"{resp.status_code}: {resp.text[:200]}")
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        result = run_cli("serve", "deploy", f"digits:{new.version}", "--app", "digits", *SMALL, "--json",
+                         timeout=400)
+        assert result.returncode == 0, result.stderr
+        count = len(seen)
+        while len(seen) < count + 20 and thread.is_alive():  # a few answers from the new replica
+            threading.Event().wait(0.1)
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
+    assert seen[0] == old.version and seen[-1] == new.version
+    assert [a["model"] for a in endpoints.status() if a["app"] == "digits"] == [f"digits:{new.version}"]
