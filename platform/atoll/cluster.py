@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from atoll import auth
 from atoll.config import load_model, read_yaml
@@ -373,8 +374,53 @@ def _wait_for_dashboard(url: str, timeout_s: float) -> dict[str, Any]:
                        f"see the logs under /tmp/ray/session_latest/logs.")
 
 
-def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.0) -> ClusterInfo:
+SIMULATED_HEAD_TYPE = "ray.head.default"  # the fake provider tags its head node with this type
+
+
+def simulation_config(spec: ClusterSpec, *, idle_timeout_minutes: float | None = None,
+                      head_cpus: float | None = None) -> dict[str, Any]:
+    """The complete autoscaler config that runs cluster.yaml's node types on Ray's ``fake_multinode``
+    provider (Ray's wheel ships no example of it): same types, resources, min/max workers, overall
+    ``max_workers``, ``upscaling_speed`` and ``idle_timeout_minutes``; each "node" is a raylet here.
+
+    ``memory`` is left out of the simulated nodes' resources: the fake provider passes resources as custom
+    resources, and Ray reserves that name.
+    """
+    head = spec.available_node_types[spec.head_node_type]
+    head_resources = {k: v for k, v in head.resources.items() if k != "memory"}
+    if head_cpus is not None:
+        head_resources["CPU"] = head_cpus
+    head_resources.setdefault("CPU", 1)
+    types: dict[str, Any] = {SIMULATED_HEAD_TYPE: {"resources": head_resources, "node_config": {},
+                                                   "max_workers": 0}}
+    for name, node in spec.worker_types().items():
+        types[name] = {"resources": {k: v for k, v in node.resources.items() if k != "memory"},
+                       "node_config": {}, "min_workers": node.min_workers,
+                       "max_workers": node.max_workers if node.max_workers is not None else spec.max_workers}
+    empty: dict[str, Any] = {key: [] for key in (
+        "initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+        "head_start_ray_commands", "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",
+        "rsync_filter")}
+    return {
+        "cluster_name": f"{spec.cluster_name}-simulated",
+        "max_workers": spec.max_workers,
+        "upscaling_speed": spec.upscaling_speed,
+        "idle_timeout_minutes": spec.idle_timeout_minutes if idle_timeout_minutes is None else idle_timeout_minutes,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True,
+                     "gcs_address": f"127.0.0.1:{spec.atoll.local.port}"},
+        "auth": {}, "docker": {}, "file_mounts": {}, "file_mounts_sync_continuously": False,
+        "head_node_type": SIMULATED_HEAD_TYPE, "available_node_types": types, **empty,
+    }
+
+
+def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.0, simulate: bool = False,
+       idle_timeout_minutes: float | None = None) -> ClusterInfo:
     """Start the embedded local cluster (or return the one already up, with ``already_up=True``).
+
+    With ``simulate``, Ray's real autoscaler drives Ray's fake multi-node provider from cluster.yaml's
+    node types: work the head cannot hold makes worker "nodes" (raylets on this machine) appear, idle ones
+    go away after ``idle_timeout_minutes`` (default: cluster.yaml's).
 
     Raises:
         ClusterError: when Ray cannot start (the message carries Ray's own reason).
@@ -402,6 +448,19 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     env = {**os.environ, **auth.client_env(), "PATH": path}
     cmd = local_start_command(spec, num_cpus)
+    if simulate:
+        config = simulation_config(spec, idle_timeout_minutes=idle_timeout_minutes, head_cpus=num_cpus)
+        config_path = state_path().parent / "simulated-autoscaler.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        cmd = [c for c in cmd if not c.startswith("--num-cpus=")]
+        cmd += [f"--num-cpus={config['available_node_types'][SIMULATED_HEAD_TYPE]['resources']['CPU']:g}",
+                f"--autoscaling-config={config_path}"]
+        # The provider refuses to run without RAY_FAKE_CLUSTER; a 1 s autoscaler loop makes scaling
+        # visible in seconds. ATOLL_AUTOSCALING lets jobs count the node types they may scale to.
+        env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "ATOLL_AUTOSCALING": "1",
+                    "ATOLL_CLUSTER_CONFIG": str(Path(spec.source).resolve()) if spec.source and
+                    not spec.source.startswith("(") else ""})
     before = _ray_pids()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -411,7 +470,7 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
     session_name = version.get("session_name")
     session_dir = str(Path("/tmp/ray") / session_name) if session_name else None
     info = ClusterInfo(
-        mode="local", dashboard_url=dashboard_url, gcs_address=f"127.0.0.1:{local.port}",
+        mode="simulated" if simulate else "local", dashboard_url=dashboard_url, gcs_address=f"127.0.0.1:{local.port}",
         serve_host=spec.atoll.serve.host, serve_port=spec.atoll.serve.port, session_name=session_name,
         session_dir=session_dir, processes=_merge(_new_ray_processes(before),
                                                    _session_processes(session_dir) if session_dir else []),
@@ -508,7 +567,51 @@ def status(info: ClusterInfo | None = None) -> dict[str, Any]:
 
     result["jobs"] = [j for j in jobs.list_jobs(info) if j["status"] in ("PENDING", "RUNNING")]
     result["serve_apps"] = serve_applications(info)
+    result["autoscaler_events"] = autoscaler_events(info)
+    node_shapes = [{k: v["total"] for k, v in n["resources"].items()} for n in result["nodes"] if n["alive"]]
+    if info.mode == "simulated":
+        try:
+            node_shapes += [dict(t.resources) for t in load_spec(info.config_path).worker_types().values()]
+        except (ConfigError, OSError):
+            pass
+    result["infeasible_demand"] = infeasible(result["pending_demand"], node_shapes)
     return result
+
+
+def infeasible(demand: list[dict[str, Any]], node_shapes: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """Pending resource requests that no node (alive, or a type the autoscaler may add) could ever hold:
+    work that would wait forever, e.g. ``{"GPU": 1}`` on a cluster without a GPU type."""
+    def fits(shape: dict[str, float]) -> bool:
+        return any(all(node.get(k, 0) >= v for k, v in shape.items()) for node in node_shapes)
+
+    out = []
+    for d in demand:
+        shapes = d["bundles"] if d.get("shape") == "placement group" else [d["shape"]]
+        bad = [s for s in shapes if isinstance(s, dict) and not fits(s)]
+        if bad:
+            out.append({**d, "fits_no_node": bad})
+    return out
+
+
+def autoscaler_events(info: ClusterInfo, last: int = 6) -> list[str]:
+    """The autoscaler's recent actions ("Adding 2 node(s) of type cpu.", "Removing 2 nodes of type cpu
+    (idle).") from the session's event log, when this machine runs the head (local / simulated)."""
+    if not info.session_dir:
+        return []
+    path = Path(info.session_dir) / "logs" / "events" / "event_AUTOSCALER.log"
+    try:
+        lines = path.read_text().splitlines()[-last * 3:]
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            ev = json.loads(line)
+            stamp = time.strftime("%H:%M:%S", time.localtime(int(ev["timestamp"])))
+        except (ValueError, KeyError):
+            continue
+        events.append(f"{stamp} {ev.get('message', '').strip()}")
+    return events[-last:]
 
 
 def _autoscaler_status(gcs_address: str) -> dict[str, Any]:
