@@ -14,6 +14,7 @@ from rich.table import Table
 
 from atoll import auth, cli_views, cluster, jobs
 from atoll.cli_common import ConfigOpt, JsonOpt, console, err_console, print_json
+from atoll.cli_k8s import k8s_app
 from atoll.cli_models import models_app
 from atoll.cli_serve import query, serve_app
 from atoll.errors import AtollError
@@ -24,6 +25,7 @@ jobs_app = typer.Typer(help="Ray jobs on the cluster (one Jobs API with `ray job
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
+app.add_typer(k8s_app, name="k8s")
 app.command("query")(query)
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from atoll import jobs
 from atoll.cli_common import console, err_console
-from atoll.train import parse_events
+from atoll.events import parse_events
 
 
 class TrainProgress:

@@ -544,7 +544,9 @@ def ray_processes_of(info: ClusterInfo) -> list[int]:
     alive = []
     for entry in info.processes + (_session_processes(info.session_dir) if info.session_dir else []):
         try:
-            if abs(psutil.Process(entry["pid"]).create_time() - entry["create_time"]) <= 1.0:
+            proc = psutil.Process(entry["pid"])
+            # A zombie has exited; it only waits for its parent to collect its exit status.
+            if abs(proc.create_time() - entry["create_time"]) <= 1.0 and proc.status() != psutil.STATUS_ZOMBIE:
                 alive.append(entry["pid"])
         except psutil.NoSuchProcess:
             pass

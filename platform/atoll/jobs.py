@@ -123,7 +123,7 @@ def submit_atoll_job(kind: str, config: str | Path, overrides: list[str] | None 
         ValueError: the config file is outside the project folder (the job could not see it).
     """
     from atoll.cluster import project_root
-    from atoll.train import git_commit
+    from atoll.events import git_commit
 
     root = project_root()
     try:

@@ -70,6 +70,39 @@ class ServeSettings(Strict):
         return self
 
 
+#: A Kubernetes resource quantity ("4", "500m", "16Gi", "60G"), as the API server's own pattern has it.
+K8S_QUANTITY = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+
+
+class K8sSettings(Strict):
+    """How `atoll k8s render` turns cluster.yaml into KubeRay manifests (the pod sizes come from
+    `available_node_types.*.resources`; `node_config` is cloud-specific and not used on Kubernetes)."""
+
+    image: str = Field("rayproject/ray:2.60.0-py311", min_length=1, description="Image of every Ray pod. "
+                       "RayJob and RayService need Atoll (and torch) installed in it: build one FROM this image.")
+    gpu_image: str | None = Field(None, min_length=1, description="Image of GPU worker pods (default: image).")
+    ray_version: str = Field("2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version inside the image "
+                             "(KubeRay needs it; token auth needs 2.52.0 or later).")
+    auth_secret: str = Field("atoll-ray-token", max_length=253,
+                             pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+                             description="Kubernetes Secret holding the Ray token under the key `auth_token`.")
+    storage: str | None = Field(None, min_length=1, description="Storage root inside the pods (default: "
+                                "`storage`); pods share no disk, so use s3:// or gs:// (or a shared volume).")
+    project_dir: str = Field("/home/ray/atoll", pattern=r"^/", description="Where the image holds this project "
+                             "(the training job's working directory).")
+    head_cpus: int = Field(4, ge=1, description="CPUs of the head pod when the head type declares no CPUs "
+                           "for Ray (CPU: 0 keeps work off the head; its processes still need CPU).")
+    head_memory: str = Field("16Gi", pattern=K8S_QUANTITY, description="Memory of the head pod when the head "
+                             "type declares none, as a Kubernetes quantity.")
+
+    @model_validator(mode="after")
+    def _token_auth_version(self) -> "K8sSettings":
+        if tuple(int(p) for p in self.ray_version.split(".")) < (2, 52, 0):
+            raise ValueError(f"ray_version {self.ray_version} is too old: Ray token auth (which Atoll turns on) "
+                             f"needs 2.52.0 or later")
+        return self
+
+
 class AtollSettings(Strict):
     """The `metadata.atoll` section of cluster.yaml."""
 
@@ -77,6 +110,7 @@ class AtollSettings(Strict):
                          "registry: a local directory or an s3:// / gs:// URI. ATOLL_STORAGE overrides it.")
     local: LocalSettings = Field(default_factory=LocalSettings, description="The embedded local cluster.")
     serve: ServeSettings = Field(default_factory=ServeSettings, description="Ray Serve defaults.")
+    k8s: K8sSettings = Field(default_factory=K8sSettings, description="Kubernetes (KubeRay) manifests.")
 
 
 class NodeType(BaseModel):

@@ -21,28 +21,9 @@ from typing import Any
 
 from atoll import data, models
 from atoll.errors import ConfigError
+# Re-exported: progress events and lineage live in atoll.events (the CLI reads them without torch).
+from atoll.events import EVENT_PREFIX, emit, git_commit, parse_events  # noqa: F401
 from atoll.specs import TrainSpec
-
-EVENT_PREFIX = "ATOLL_EVENT "
-
-
-def emit(event: str, **fields: Any) -> None:
-    """Print one machine-readable progress line; the CLI reads these from the job's logs."""
-    print(EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str), flush=True)
-
-
-def parse_events(text: str) -> list[dict[str, Any]]:
-    """Every progress event in a chunk of job logs (Ray prefixes worker lines; we look inside)."""
-    events = []
-    for line in text.splitlines():
-        at = line.find(EVENT_PREFIX)
-        if at >= 0:
-            try:
-                events.append(json.loads(line[at + len(EVENT_PREFIX):]))
-            except json.JSONDecodeError:
-                continue
-    return events
-
 
 # ------------------------------------------------------------------------------------------------
 # Scaling: a policy from (spec, cluster resources) to a decision, testable without Ray
@@ -409,17 +390,6 @@ def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, na
         return registry.Registry(storage).register(
             name, str(version_dir), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             spec=meta["spec"], lineage=lineage, input_schema=meta["input_schema"])
-
-
-def git_commit(path: str | Path = ".") -> str | None:
-    """The commit of the project, when it is a git checkout (recorded as lineage)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def default_run_name(spec: TrainSpec) -> str:

@@ -1,0 +1,53 @@
+"""`atoll k8s ...`: KubeRay manifests for the cluster.yaml cluster. Parse, call atoll.kuberay, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from atoll import cluster, endpoints, kuberay  # light: no torch, no Ray import
+from atoll.cli_common import ConfigOpt, console, err_console, print_json
+
+k8s_app = typer.Typer(help="Kubernetes: KubeRay manifests for the same cluster (RayCluster, RayJob, RayService).",
+                      no_args_is_help=True)
+
+
+@k8s_app.callback()
+def _group() -> None:
+    """Kubernetes: KubeRay manifests for the same cluster (RayCluster, RayJob, RayService)."""
+
+
+@k8s_app.command("render")
+def render(config: Optional[Path] = ConfigOpt,
+           output: Path = typer.Option(Path("k8s"), "--output", "-o", help="Folder to write the manifests to."),
+           model: str = typer.Option(kuberay.DEFAULT_MODEL, "--model", help="What the RayService serves: NAME, "
+                                     "NAME:VERSION or NAME@ALIAS (resolved when a replica starts)."),
+           app: Optional[str] = typer.Option(None, "--app", help="Serve application name = URL path (default: NAME)."),
+           train_config: str = typer.Option(kuberay.TRAIN_CONFIG, "--train-config", help="Training spec the RayJob "
+                                            "runs, relative to the project folder."),
+           job_on_cluster: bool = typer.Option(False, "--job-on-cluster", help="Submit the RayJob to the RayCluster "
+                                               "(clusterSelector) instead of giving it a cluster of its own."),
+           as_json: bool = typer.Option(False, "--json", help="Print the manifests (one `kind: List`, ready for "
+                                        "`kubectl apply -f -`) instead of writing files.")) -> None:
+    """Write a RayCluster, a RayJob (training) and a RayService (the model endpoint) for cluster.yaml."""
+    spec = cluster.load_spec(config)
+    manifests = kuberay.render(spec, model=model, app=app, api_key=endpoints.api_key(spec.atoll.serve),
+                               train_config=train_config, job_on_cluster=job_on_cluster)
+    notes = kuberay.warnings(spec)
+    if as_json:
+        print_json(kuberay.as_list(manifests))
+        for note in notes:
+            err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+        return
+    paths = kuberay.write(spec, manifests, output)
+    console.print(f"[green]Wrote[/] {len(paths)} KubeRay manifests from {spec.source}:", highlight=False)
+    width = max(len(str(p)) for p in paths)
+    for path, manifest in zip(paths, manifests.values()):
+        console.print(f"  {str(path):<{width}}   {manifest['kind']} {manifest['metadata']['name']}", highlight=False)
+    for note in notes:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    console.print(f"Next (KubeRay operator 1.6+ installed):\n"
+                  f"  {kuberay.secret_command(spec)}   # the token; never in a manifest\n"
+                  f"  kubectl apply -f {paths[0]}", highlight=False, soft_wrap=True)
