@@ -117,6 +117,16 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(deployed, body, status, m
     assert message in resp.json()["error"]
 
 
+def test_a_chunked_body_without_length_is_cut_off_at_the_limit(deployed):
+    def chunks():  # 2 MB in 64 KiB chunks, no Content-Length: the replica must stop reading at 1 MiB
+        for _ in range(32):
+            yield b" " * 65536
+
+    resp = httpx.post(f"{deployed['url']}/predict", content=chunks(), headers={"Content-Type": "application/json"},
+                      timeout=30)
+    assert resp.status_code == 413 and "max_body_bytes" in resp.json()["error"]
+
+
 def test_the_app_stays_healthy_after_bad_requests(deployed):
     [app] = [a for a in endpoints.status() if a["app"] == "digits"]
     assert app["status"] == "RUNNING" and app["replicas"] == {"RUNNING": 1}

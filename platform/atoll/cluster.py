@@ -330,16 +330,22 @@ def _is_ray_cmdline(cmdline: list[str] | None) -> bool:
     return "/ray/" in text or text.startswith("ray::") or "-m ray." in text
 
 
-def _new_ray_processes(before: set[int]) -> list[dict[str, Any]]:
-    """Ray processes that appeared since ``before`` (``ray start`` also starts some, like the Ray client
-    server, whose command line does not name the session)."""
+MARK_VAR = "ATOLL_CLUSTER_MARK"
+
+
+def _new_ray_processes(before: set[int], mark: str) -> list[dict[str, Any]]:
+    """Ray processes that appeared since ``before`` *and* carry our ``ray start``'s environment mark
+    (``ray start`` also starts some, like the Ray client server, whose command line does not name the
+    session; the mark keeps out any other Ray that started on this machine meanwhile)."""
     import psutil
 
     found = []
     for pid in _ray_pids() - before:
         try:
-            found.append({"pid": pid, "create_time": psutil.Process(pid).create_time()})
-        except psutil.NoSuchProcess:
+            proc = psutil.Process(pid)
+            if proc.environ().get(MARK_VAR) == mark:
+                found.append({"pid": pid, "create_time": proc.create_time()})
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return found
 
@@ -446,7 +452,8 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
     # Jobs run `python ...` through the raylet's PATH: make that this interpreter (the venv Atoll
     # is installed in), not whichever `python` happens to come first.
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    env = {**os.environ, **auth.client_env(), "PATH": path}
+    mark = os.urandom(8).hex()  # inherited by every process this `ray start` spawns: how we know ours
+    env = {**os.environ, **auth.client_env(), "PATH": path, MARK_VAR: mark}
     cmd = local_start_command(spec, num_cpus)
     if simulate:
         config = simulation_config(spec, idle_timeout_minutes=idle_timeout_minutes, head_cpus=num_cpus)
@@ -472,7 +479,7 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
     info = ClusterInfo(
         mode="simulated" if simulate else "local", dashboard_url=dashboard_url, gcs_address=f"127.0.0.1:{local.port}",
         serve_host=spec.atoll.serve.host, serve_port=spec.atoll.serve.port, session_name=session_name,
-        session_dir=session_dir, processes=_merge(_new_ray_processes(before),
+        session_dir=session_dir, processes=_merge(_new_ray_processes(before, mark),
                                                    _session_processes(session_dir) if session_dir else []),
         config_path=spec.source, started_at=time.time())
     _write_state(info)

@@ -92,7 +92,7 @@ class Predictor:
         with torch.inference_mode():
             probs = torch.softmax(self.model(x).float(), dim=-1).cpu().numpy()
         classes = self.pre.classes
-        return [classes[i] for i in probs.argmax(axis=1)], probs.round(6).tolist()
+        return [classes[i] for i in probs.argmax(axis=1)], probs.astype(np.float64).round(6).tolist()
 
     def card(self) -> dict[str, Any]:
         v = self.version
@@ -201,6 +201,19 @@ api = FastAPI(title="Atoll model endpoint",
               description="Predictions from a registered Atoll model version. POST rows to /predict.")
 
 
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read chunk by chunk and abandoned past ``limit`` bytes: a chunked upload without a
+    Content-Length cannot make the replica buffer more than the limit (Serve's proxy sets none)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body is over {limit} bytes (max_body_bytes): send fewer rows "
+                                    f"per request.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -241,7 +254,8 @@ class ModelServer:
             return _error(413, f"request body is {declared} bytes; the limit is {self.settings.max_body_bytes} "
                                f"(max_body_bytes): send fewer rows per request.")
         try:
-            rows = parse_rows(await request.body(), self.predictor.schema, max_rows=self.settings.max_rows,
+            body = await _read_body(request, self.settings.max_body_bytes)
+            rows = parse_rows(body, self.predictor.schema, max_rows=self.settings.max_rows,
                               max_body_bytes=self.settings.max_body_bytes)
         except RequestError as exc:
             return _error(exc.status, exc.message)
