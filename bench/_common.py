@@ -1,0 +1,109 @@
+"""What the benchmarks share: a watcher for contention from another Ray cluster, and JSON helpers.
+
+Each benchmark runs as ``python bench/NAME.py``, so this folder is on ``sys.path`` and they import
+``from _common import ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from typing import Any
+
+
+class ForeignRay:
+    """Watches (every 2 s, in a thread) for raylets that are not this bench's own: another Ray cluster
+    on the machine competes for the same cores, so its presence is reported next to the figures."""
+
+    def __init__(self):
+        import threading
+
+        self.own_session: str | None = None
+        self.paused = False  # while our own ray.init runs (its raylet's session is not known yet)
+        self.seen: set[int] = set()
+        self.since_mark: set[int] = set()
+        self.polls = self.hits = 0  # since the last mark
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def foreign_raylets(self) -> set[int]:
+        import psutil
+
+        found = set()
+        for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+            try:
+                cmd = " ".join(proc.info["cmdline"] or [])
+            except (psutil.Error, TypeError):
+                continue
+            is_raylet = "raylet" in (proc.info["name"] or "") or "/raylet/raylet" in cmd
+            if is_raylet and not (self.own_session and self.own_session in cmd):
+                found.add(proc.info["pid"])
+        return found
+
+    def _run(self):
+        while not self._stop.wait(2.0):
+            if not self.paused:
+                self._look()
+
+    def _look(self):
+        found = self.foreign_raylets()
+        self.seen |= found
+        self.since_mark |= found
+        self.polls += 1
+        self.hits += bool(found)
+
+    def mark(self) -> float:
+        """Share of the 2-s polls since the last mark (one side of one round) that saw another cluster."""
+        if not self.paused:
+            self._look()
+        share = self.hits / self.polls if self.polls else 0.0
+        self.since_mark, self.polls, self.hits = set(), 0, 0
+        return round(share, 2)
+
+    def __enter__(self):
+        self._look()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def note(self) -> str:
+        return (f"another Ray cluster ran during the bench (raylet pids {sorted(self.seen)}): contention"
+                if self.seen else "no other Ray cluster seen during the bench")
+
+
+def _own_session() -> str | None:
+    try:
+        import ray
+
+        return os.path.basename(ray._private.worker._global_node.get_session_dir_path())
+    except Exception:  # noqa: BLE001 - best effort: without it every raylet counts as foreign
+        return None
+
+
+def own_session() -> str | None:
+    """This process's Ray session name (its raylet is not "another cluster")."""
+    try:
+        import ray
+
+        return os.path.basename(ray._private.worker._global_node.get_session_dir_path())
+    except Exception:  # noqa: BLE001 - best effort: without it every raylet counts as foreign
+        return None
+
+
+def median(values: list[Any]) -> Any:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def rounded(value: Any) -> Any:
+    """Floats rounded to 4 places, recursively: the JSON line stays readable."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    return value
