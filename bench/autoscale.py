@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -93,6 +94,7 @@ def main() -> int:
     finally:
         cluster.down()
         leftover = cluster.ray_processes_of(info)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     from rich.console import Console
     from rich.table import Table
