@@ -879,12 +879,17 @@ def build_tuner(sweep: SweepSpec, trainable, *, storage: str, max_t: int, max_co
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                                   grace_period=sweep.scheduler.grace_period,
                                   reduction_factor=sweep.scheduler.reduction_factor)
+    # The limit goes on the search algorithm itself: TuneConfig.max_concurrent_trials alone did not hold
+    # back a BasicVariantGenerator (seen: 4 trials at once with max_concurrent_trials=1).
     if sweep.search.algorithm == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=sweep.search.seed)
+        if max_concurrent:
+            search_alg = ConcurrencyLimiter(search_alg, max_concurrent=max_concurrent)
     else:
-        search_alg = BasicVariantGenerator(random_state=sweep.search.seed)
+        search_alg = BasicVariantGenerator(random_state=sweep.search.seed, max_concurrent=max_concurrent or 0)
     return tune.Tuner(
         trainable, param_space={"overrides": search_space_to_tune(sweep)},
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
