@@ -107,3 +107,16 @@ def rounded(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [rounded(v) for v in value]
     return value
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]], left: int = 1) -> None:
+    """A rich table: the first ``left`` columns left-aligned (names), the others right-aligned (figures)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i < left else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import rounded as _rounded
+from _common import print_table, rounded as _rounded
 
 import numpy as np
 
@@ -244,21 +244,7 @@ def main() -> int:
         ]
     title = (f"Data ingest: batch {bs}, synthetic {rows:,} rows x 64 float32 + label ({size_mb:.0f} MiB Parquet, "
              f"8 files) and the digits demo; ray.init {ray_init_s:.1f} s not included")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for col, just in (("data", "left"), ("figure", "left"), ("Atoll (Ray Data)", "right"),
-                          ("pyarrow+numpy", "right")):
-            table.add_column(col, justify=just)
-        for row in table_rows:
-            table.add_row(*row)
-        Console().print(table)
-    except ImportError:  # pragma: no cover
-        print(title)
-        for row in table_rows:
-            print(f"{row[0]:<10} {row[1]:<45} {row[2]:>14} {row[3]:>14}")
+    print_table(title, ["data", "figure", "Atoll (Ray Data)", "pyarrow+numpy"], table_rows, left=2)
 
     ours_v, base_v = fo["synthetic"]["steady_rows_per_s"], fb["synthetic"]["steady_rows_per_s"]
     ratio = ours_v / base_v if ours_v and base_v else None

@@ -50,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import median as _median, rounded as _rounded
+from _common import print_table, median as _median, rounded as _rounded
 from typing import Any
 
 import numpy as np
@@ -642,20 +642,7 @@ def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: fl
         rows.append(("THROUGHPUT_OPTIMIZED=1: 1-client p50 ms", f(to["single"]["p50_ms"], "{:.3f}"), "-"))
     title = (f"Serving {model['ref']} (digits MLP, 1 row x 64 floats per request): Atoll Serve (1 replica, "
              f"batch<=32) vs plain FastAPI+uvicorn; in-process predict p50 {inproc:.3f} ms")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for col, just in (("figure", "left"), ("Atoll Serve", "right"), ("plain FastAPI", "right")):
-            table.add_column(col, justify=just)
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-    except ImportError:  # pragma: no cover
-        print(title)
-        for row in rows:
-            print(f"{row[0]:<52} {row[1]:>24} {row[2]:>24}")
+    print_table(title, ["figure", "Atoll Serve", "plain FastAPI"], rows)
     if to and not to_ok:
         print(f"THROUGHPUT_OPTIMIZED variant failed: {to.get('error')}\n{to.get('log_tail', '')[-1500:]}")
     contended = _contended_phases(res)

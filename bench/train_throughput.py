@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ForeignRay, median as _median, own_session as _own_session, rounded as _rounded  # noqa: F401
+from _common import print_table, ForeignRay, median as _median, own_session as _own_session, rounded as _rounded  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = Path(__file__).resolve().parent / "_ddp_baseline.py"
@@ -278,21 +278,7 @@ def report(spec, ours_runs, base_runs, contention, quick) -> None:
     ]
     title = (f"Training throughput: digits demo, MLP {spec.model.params.get('hidden')}, batch {spec.batch_size}/worker, "
              f"{spec.num_workers} workers, {n_ep} epochs, {len(ours_runs)} round(s), medians")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        table.add_column("figure")
-        table.add_column("Atoll fit() (Ray Train)", justify="right")
-        table.add_column("torchrun DDP", justify="right")
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-    except ImportError:  # pragma: no cover
-        print(title)
-        for row in rows:
-            print(f"{row[0]:<60} {row[1]:>14} {row[2]:>14}")
+    print_table(title, ["figure", "Atoll fit() (Ray Train)", "torchrun DDP"], rows)
     ratio = ours / base if ours and base else None
     print(f"ratio (ours/baseline, steady samples/s): {f(ratio, '{:.3f}')};  end-to-end wall: "
           f"{ow['end_to_end_s']:.1f} s vs {bw['end_to_end_s']:.1f} s;  {contention}.")

@@ -17,6 +17,7 @@ import sys
 
 from atoll import cluster, config, train
 from atoll.errors import AtollError
+from atoll.events import report_error
 from atoll.specs import TrainSpec
 
 
@@ -47,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             version = train.register_checkpoint(ckpt, metrics, storage=storage, name=spec.name, lineage=lineage)
             train.emit("registered", name=version.name, version=version.version, metrics=version.manifest["metrics"])
     except AtollError as exc:
-        train.emit("error", message=str(exc))
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return report_error(exc)
     return 0
 
 

@@ -19,6 +19,7 @@ import sys
 
 from atoll import cluster, train, tune
 from atoll.errors import AtollError
+from atoll.events import report_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{summary['results_csv']}", file=sys.stderr, flush=True)
             return 1
     except AtollError as exc:
-        train.emit("error", message=str(exc))
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return report_error(exc)
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,11 @@ def git_commit(path: str | Path = ".") -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def report_error(exc: Exception) -> int:
+    """How an entry point on the cluster ends on a user error: an ``error`` event (the CLI shows it),
+    the message on stderr, exit code 2."""
+    emit("error", message=str(exc))
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    return 2
