@@ -68,6 +68,21 @@ def test_stop_a_long_job(ray_cluster):
     assert stopped.returncode == 0 and "STOPPED" in stopped.stdout
 
 
+def test_a_job_that_can_never_be_scheduled_is_stopped_with_the_reason(ray_cluster):
+    """A GPU task on a cluster without GPUs (a local head adds no nodes): the job would wait forever."""
+    code = "import ray; ray.init(); print('asking'); ray.get(ray.remote(num_gpus=1)(lambda: 1).remote())"
+    job_id = f"t-unschedulable-{os.getpid()}"
+    started = time.monotonic()
+    result = run_cli("submit", "--wait", "--id", job_id, "--", "python", "-c", code, timeout=180)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert f"job {job_id} can never be scheduled" in result.stderr, result.stderr
+    assert "GPU: 1" in result.stderr and "Ask for less" in result.stderr
+    assert time.monotonic() - started < 120
+    status = json.loads(run_cli("jobs", "status", job_id, "--json").stdout)
+    assert status["status"] == "STOPPED"
+
+
 def test_unknown_job_id_is_one_clear_line(ray_cluster):
     result = run_cli("jobs", "status", "raysubmit_nope")
     assert result.returncode == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from atoll import auth, cli_views, cluster, jobs
@@ -229,12 +230,16 @@ def jobs_list(all_: bool = typer.Option(False, "--all", help="Include plain driv
 def jobs_status(job_id: str, as_json: bool = JsonOpt) -> None:
     """One job's status and details."""
     details = jobs.status(job_id)
+    details["unschedulable"] = jobs.unschedulable(job_id)
     if as_json:
         print_json(details)
         return
     for key in ("id", "status", "entrypoint", "message", "start_time", "end_time"):
         value = _fmt_time(details[key]) if key.endswith("_time") else details[key]
         console.print(f"[bold]{key:11}[/] {value}")
+    if details["unschedulable"]:
+        console.print(f"[red]It can never be scheduled: {details['unschedulable']}[/] Stop it: atoll jobs stop "
+                      f"{job_id}", soft_wrap=True)
 
 
 @jobs_app.command("logs")
@@ -365,7 +370,8 @@ def main() -> None:
     except AtollError as exc:
         if debug:
             raise
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape(): a message may hold brackets ("write [lo, hi]") that rich would take for markup.
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -36,6 +36,10 @@ class JobFailedError(AtollError):
     """A job ended FAILED or STOPPED."""
 
 
+class JobUnschedulableError(AtollError):
+    """A job waits for resources that no node of the cluster has or can get."""
+
+
 class DataError(AtollError):
     """A dataset is missing, empty, or does not match the spec."""
 

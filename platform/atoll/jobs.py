@@ -16,7 +16,7 @@ from typing import Any
 
 from atoll import auth
 from atoll.cluster import ClusterInfo, current
-from atoll.errors import ClusterError, ClusterNotUpError, ConfigError, JobNotFoundError
+from atoll.errors import ClusterError, ClusterNotUpError, ConfigError, JobNotFoundError, JobUnschedulableError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -186,8 +186,30 @@ def stop(job_id: str, info: ClusterInfo | None = None, wait_s: float = 30.0) -> 
     return status(job_id, info)["status"]
 
 
+#: Seconds between checks that a followed job's pending work can fit some node.
+FEASIBILITY_CHECK_S = 3.0
+
+
+def unschedulable(job_id: str, info: ClusterInfo | None = None) -> str | None:
+    """Why a running job can never finish (pending work that fits no node), or None."""
+    from atoll import feasibility
+
+    info = info or current()
+    details = status(job_id, info)
+    if details["status"] not in ("PENDING", "RUNNING"):
+        return None
+    try:
+        return feasibility.unschedulable(info, details.get("job_id"))
+    except Exception:  # the state API is best effort (a restarting dashboard); the next check retries
+        return None
+
+
 def follow(job_id: str, on_text: Callable[[str], None], info: ClusterInfo | None = None) -> dict[str, Any]:
-    """Stream the job's logs to ``on_text`` until it ends; return its final details."""
+    """Stream the job's logs to ``on_text`` until it ends; return its final details.
+
+    Raises:
+        JobUnschedulableError: the job waits for resources no node has or can get; it is stopped first.
+    """
     info = info or current()
     client = _client(info)
     status(job_id, info)  # unknown id → JobNotFoundError before streaming
@@ -196,12 +218,31 @@ def follow(job_id: str, on_text: Callable[[str], None], info: ClusterInfo | None
         async for chunk in client.tail_job_logs(job_id):
             on_text(chunk)
 
+    async def watch() -> str:
+        while True:
+            await asyncio.sleep(FEASIBILITY_CHECK_S)
+            if reason := await asyncio.to_thread(unschedulable, job_id, info):
+                return reason
+
+    async def tail_or_unschedulable() -> str | None:
+        tasks = [asyncio.create_task(tail()), asyncio.create_task(watch())]
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return tasks[1].result() if tasks[1] in done else None
+
+    reason = None
     try:
-        asyncio.run(tail())
+        reason = asyncio.run(tail_or_unschedulable())
     except Exception:  # the log stream can drop (e.g. the dashboard restarts): fall back to polling
         pass
-    while True:
+    last_check = time.monotonic()
+    while reason is None:
         details = status(job_id, info)
         if details["status"] in TERMINAL:
             return details
+        if time.monotonic() - last_check > FEASIBILITY_CHECK_S:
+            reason, last_check = unschedulable(job_id, info), time.monotonic()
         time.sleep(0.5)
+    state = stop(job_id, info)
+    raise JobUnschedulableError(f"job {job_id} can never be scheduled: {reason} It was stopped ({state}).")
