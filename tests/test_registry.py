@@ -176,7 +176,7 @@ def test_delete_refused_while_aliased_then_allowed(reg: Registry, ckpt: Path) ->
     reg.delete("digits", 2)
     assert [mv.version for mv in reg.list_versions("digits")] == [1]
     assert reg.get("digits").version == 1
-    with pytest.raises(RegistryError, match="no version 2; versions: 1"):
+    with pytest.raises(RegistryError, match="no version 2: it was deleted at .*; versions: 1"):
         reg.get("digits:2")
     assert _register(reg, ckpt).version == 3  # a deleted number is never reused
     with pytest.raises(RegistryError, match="no version 2"):
@@ -288,9 +288,106 @@ def test_crash_mid_register_leaves_nothing_visible(reg: Registry, ckpt: Path, tm
     assert [mv.version for mv in reg.list_versions("digits")] == [1]
     assert reg.get("digits").version == 1
     assert sorted(p.name for p in (model_dir / "versions").iterdir()) == ["1"]
-    assert not any((model_dir / ".staging").iterdir())  # the failed staging folder was removed
+    # What is left is the FAILED manifest, for inspection; the staged files are gone.
+    (failed,) = reg.registrations("digits")
+    assert (failed.state, failed.error) == ("FAILED", "OSError: disk full (simulated)")
+    assert [p.name for p in (model_dir / ".staging" / failed.id).iterdir()] == ["manifest.json"]
     monkeypatch.undo()
+    assert _register(reg, ckpt).version == 2  # the failure burned no number
+
+
+def test_registration_goes_pending_then_ready(reg: Registry, ckpt: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    seen: list[tuple[str, list[str]]] = []
+    real_copy = Registry._copy_in
+
+    def watching_copy(self: Registry, src_fs: Any, src: str, dst: str) -> dict[str, Any]:
+        (staged_dir,) = (Path(reg.root) / "registry" / "digits" / ".staging").iterdir()
+        staged = json.loads((staged_dir / "manifest.json").read_text())
+        seen.append((staged["status"], [r.state for r in self.registrations("digits")]))
+        assert staged["writer"]["host"] == socket.gethostname() and staged["writer"]["pid"] == os.getpid()
+        assert staged["writer"]["started_at"] and staged["version"] is None
+        return real_copy(self, src_fs, src, dst)
+
+    monkeypatch.setattr(Registry, "_copy_in", watching_copy)
+    mv = _register(reg, ckpt)
+    assert seen == [("PENDING", ["PENDING"])] * 3  # written first, before any file; listed while alive
+    assert mv.manifest["status"] == "READY" and mv.manifest["writer"]["pid"] == os.getpid()
+    assert reg.registrations("digits") == []  # published: nothing left in staging
+
+
+def _fake_staging(reg: Registry, key: str, status: str, host: str, pid: int, age_s: float = 0) -> Path:
+    d = Path(reg.root) / "registry" / "digits" / ".staging" / key
+    d.mkdir(parents=True)
+    (d / "model.pt").write_bytes(b"half")
+    (d / "manifest.json").write_text(json.dumps({"status": status, "metrics": {"acc": 0.5}, "writer": {
+        "host": host, "pid": pid, "started_at": f"2024-01-01T00:00:0{len(key) % 10}+00:00"}}))
+    if age_s:
+        past = time.time() - age_s
+        for f in (d / "model.pt", d / "manifest.json", d):
+            os.utime(f, (past, past))
+    return d
+
+
+def test_dead_or_stale_writers_are_reported_failed(reg: Registry, ckpt: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    _register(reg, ckpt)
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()  # reaped: its pid is free
+    here = socket.gethostname()
+    dead = _fake_staging(reg, "dead", "PENDING", here, gone.pid)
+    _fake_staging(reg, "publishing", "READY", here, gone.pid)  # died between the READY write and the rename
+    _fake_staging(reg, "live", "PENDING", here, os.getpid())
+    _fake_staging(reg, "elsewhere", "PENDING", "another-host", 1)  # cannot tell: pending until stale
+    _fake_staging(reg, "stale", "PENDING", here, os.getpid(), age_s=2 * 3600)
+    states = {r.id: (r.state, r.error) for r in reg.registrations("digits")}
+    assert states == {"dead": ("FAILED", f"writer died (host {here}, pid {gone.pid})"),
+                      "publishing": ("FAILED", f"writer died (host {here}, pid {gone.pid})"),
+                      "live": ("PENDING", None), "elsewhere": ("PENDING", None),
+                      "stale": ("FAILED", "writer died: no write for 120 min")}
+    assert [mv.version for mv in reg.list_versions("digits")] == [1]  # none of them is a version
     assert _register(reg, ckpt).version == 2
+    assert dead.exists()  # reported, not deleted: only age deletes a staging folder
+    assert "stale" not in {r.id for r in reg.registrations("digits")}
+
+
+def test_unreaped_killed_writer_counts_as_dead() -> None:
+    import subprocess
+
+    from atoll.registry import _pid_alive
+
+    zombie = subprocess.Popen(["true"])
+    try:
+        deadline = time.time() + 10
+        while _pid_alive(zombie.pid) and time.time() < deadline:  # exited but not waited for: a zombie
+            time.sleep(0.01)
+        assert not _pid_alive(zombie.pid)
+    finally:
+        zombie.wait()
+    assert _pid_alive(os.getpid())
+
+
+def test_only_ready_versions_can_be_aliased(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
+    for _ in range(3):
+        _register(reg, ckpt)
+    reg.delete("digits", 2)
+    half = tmp_path / "store" / "registry" / "digits" / "versions" / "4"
+    half.mkdir()
+    (half / "model.pt").write_bytes(b"partial")
+    _fake_staging(reg, "pending", "READY", "another-host", 1)  # about to publish: not a version yet
+    with pytest.raises(RegistryError, match=r"no version 2: it was deleted at .*; versions: 1, 3\.$"):
+        reg.set_alias("digits", 2, "production")
+    with pytest.raises(RegistryError, match=r"no version 4: its publish never finished"):
+        reg.set_alias("digits", 4, "production")
+    with pytest.raises(RegistryError, match=r"no version 5; versions: 1, 3\.$"):
+        reg.set_alias("digits", 5, "production")
+    assert reg.aliases("digits") == {}
+    assert reg.get("digits").version == 3  # the latest READY one
 
 
 def test_half_published_version_is_invisible(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
@@ -302,7 +399,8 @@ def test_half_published_version_is_invisible(reg: Registry, ckpt: Path, tmp_path
     (half / "manifest.json").write_text('{"status": "REA')  # torn write
     assert [mv.version for mv in reg.list_versions("digits")] == [1]
     assert reg.get("digits").version == 1
-    with pytest.raises(RegistryError, match="no version 2; versions: 1"):
+    with pytest.raises(RegistryError, match=r"no version 2: its publish never finished \(no READY "
+                                            r"manifest\); versions: 1"):
         reg.get("digits:2")
     assert _register(reg, ckpt).version == 3
 
@@ -485,3 +583,26 @@ def test_cli_promote_and_delete(cli: Any, reg: Registry) -> None:
     assert [mv.version for mv in reg.list_versions("digits")] == [2]
     bare = cli("delete", "digits", "--yes")
     assert isinstance(bare.exception, RegistryError) and "explicit version" in str(bare.exception)
+
+
+def test_cli_list_versions_and_unready_registrations(cli: Any, reg: Registry) -> None:
+    reg.set_alias("digits", 2, "production")
+    _fake_staging(reg, "crashed", "FAILED", "h", 1)
+    manifest = Path(reg.root) / "registry" / "digits" / ".staging" / "crashed" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "error": "OSError: disk full"}))
+    ready = json.loads(cli("list", "digits", "--json").output)
+    assert [(r["version"], r["state"], r["aliases"]) for r in ready] == \
+        [(1, "READY", []), (2, "READY", ["production"])]
+    every = json.loads(cli("list", "digits", "--all", "--json").output)
+    assert every[:2] == ready
+    assert {k: every[2][k] for k in ("version", "state", "id", "error")} == \
+        {"version": None, "state": "FAILED", "id": "crashed", "error": "OSError: disk full"}
+    table = cli("list", "digits", "--all")
+    assert table.exit_code == 0, table.output
+    for text in ("READY", "@production", "FAILED", "OSError:", "disk"):  # an 80-column table wraps
+        assert text in table.output
+    assert "FAILED" not in cli("list", "digits").output
+    bare = cli("list", "--all")
+    assert isinstance(bare.exception, RegistryError) and "pass its name" in str(bare.exception)
+    unknown = cli("list", "digit", "--all")
+    assert isinstance(unknown.exception, RegistryError) and "Did you mean 'digits'" in str(unknown.exception)

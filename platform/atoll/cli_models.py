@@ -49,8 +49,17 @@ def _section(title: str, data: dict[str, Any] | None) -> Group:
 
 
 @models_app.command("list")
-def list_(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
-    """Registered models: latest version, number of versions and aliases."""
+def list_(name: Optional[str] = typer.Argument(None, help="A model: list its versions instead."),
+          show_all: bool = typer.Option(False, "--all", help="With NAME: also the registrations that are "
+                                                                "not READY (PENDING, FAILED)."),
+          config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Registered models (latest version, number of versions, aliases), or the versions of NAME."""
+    if name is not None:
+        _list_versions(_open(config), name, show_all, as_json)
+        return
+    if show_all:
+        raise RegistryError("--all lists the registrations of one model: pass its name, e.g. "
+                            "`atoll models list digits --all`.")
     rows = _open(config).list_models()
     if as_json:
         _print_json(rows)
@@ -62,6 +71,35 @@ def list_(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
     for row in rows:
         aliases = ", ".join(f"@{a} → {v}" for a, v in sorted(row["aliases"].items())) or "-"
         table.add_row(row["name"], str(row["latest_version"]), str(row["versions"]), aliases)
+    console.print(table)
+
+
+def _list_versions(reg: registry.Registry, name: str, show_all: bool, as_json: bool) -> None:
+    unready = reg.registrations(name) if show_all else []
+    try:
+        versions = reg.list_versions(name)
+    except RegistryError:
+        if not unready:  # no such model: the error lists the models
+            raise
+        versions = []  # only failed or pending registrations so far
+    aliases = reg.aliases(name)
+    rows = [{"name": name, "version": mv.version, "state": registry.READY, "created_at": mv.created_at,
+             "metrics": mv.metrics, "aliases": sorted(a for a, v in aliases.items() if v == mv.version)}
+            for mv in versions]
+    rows += [r.to_dict() for r in unready]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("version", "state", "created", "metrics", "aliases / detail",
+                  title=f"{name} ({len(rows)})")
+    for mv, row in zip(versions, rows):
+        table.add_row(str(mv.version), "[green]READY[/]", mv.created_at or "-", _flat(mv.metrics),
+                      ", ".join(f"@{a}" for a in row["aliases"]) or "-")
+    for r in unready:
+        where = f"{r.writer.get('host', '?')} pid {r.writer.get('pid', '?')}"
+        detail = r.error or f"being written on {where}"
+        table.add_row("-", f"[{'red' if r.state == registry.FAILED else 'yellow'}]{r.state}[/]",
+                      r.started_at or "-", _flat(r.manifest.get("metrics") or {}), detail)
     console.print(table)
 
 

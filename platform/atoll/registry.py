@@ -20,6 +20,23 @@ the middle of a registration never shows a half-written version. Files are first
 
 Deleting a version keeps its manifest as a tombstone (``"status": "DELETED"``) and removes its files, so a
 version number is never reused. All IO goes through :mod:`pyarrow.fs`.
+
+States of a registration (the ``status`` of its manifest):
+
+* ``PENDING``: the first thing ``register`` writes is ``.staging/<id>/manifest.json`` saying PENDING and who
+  writes (``writer``: host, pid, started_at); on a local filesystem that folder appears whole, by rename, so
+  every staging folder names its writer. It has no version number yet: only the publish claims one, so a
+  crashed registration never burns a number and versions stay consecutive.
+* ``READY``: written into the staging manifest just before the atomic rename to ``versions/N`` (the object
+  store: the manifest is written last into ``versions/N``). Only READY versions are listed, resolved by
+  :meth:`Registry.get`, loadable, aliasable and so deployable.
+* ``FAILED``: ``register`` raised (a bad file, an IO error): it rewrites the staging manifest as FAILED with
+  the error and deletes the staged files, keeping that small manifest for inspection. A PENDING registration
+  whose writer is gone (same host, pid no longer alive) or that saw no write for ``STALE_STAGING_S`` is
+  reported as FAILED ("writer died"). That is a report only: staging folders are deleted by age alone
+  (``STALE_STAGING_S`` after their last write), so a misjudged live writer is never harmed.
+
+:meth:`Registry.registrations` (``atoll models list NAME --all``) lists the PENDING and FAILED ones.
 """
 
 from __future__ import annotations
@@ -35,6 +52,7 @@ import json
 import os
 import posixpath
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,7 +71,9 @@ except ImportError:  # pragma: no cover
 MANIFEST = "manifest.json"
 WEIGHTS = "model.pt"
 CHECKPOINT_META = "atoll.json"
+PENDING = "PENDING"
 READY = "READY"
+FAILED = "FAILED"
 DELETED = "DELETED"
 STALE_STAGING_S = 3600.0
 _CHUNK = 1 << 20
@@ -143,6 +163,27 @@ class ModelVersion:
         return {"ref": self.ref, "uri": self.uri, **self.manifest, "name": self.name, "version": self.version}
 
 
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """A registration that is not a version: ``PENDING`` (being written) or ``FAILED``; it has no number."""
+
+    name: str
+    id: str
+    state: str
+    writer: dict[str, Any]
+    error: str | None
+    manifest: dict[str, Any]
+
+    @property
+    def started_at(self) -> str | None:
+        return self.writer.get("started_at") or self.manifest.get("created_at")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``atoll models list NAME --all --json`` prints for it."""
+        return {"name": self.name, "version": None, "id": self.id, "state": self.state, "writer": self.writer,
+                "started_at": self.started_at, "error": self.error, "metrics": self.manifest.get("metrics")}
+
+
 # ------------------------------------------------------------------------------------------------
 # Helpers
 
@@ -193,6 +234,28 @@ def _sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether a process of this host runs with that pid (True when it cannot tell)."""
+    if os.name != "posix" or pid <= 0:  # on Windows os.kill(pid, 0) would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:  # a killed process its parent has not reaped yet is a zombie: it writes nothing any more
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _writer_died(writer: dict[str, Any]) -> bool:
+    pid = writer.get("pid")
+    return writer.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+
+
 # ------------------------------------------------------------------------------------------------
 # The registry
 
@@ -234,6 +297,9 @@ class Registry:
     def _version_dir(self, name: str, version: int) -> str:
         return posixpath.join(self._versions_dir(name), str(version))
 
+    def _staging_root(self, name: str) -> str:
+        return posixpath.join(self._model_dir(name), ".staging")
+
     def _uri(self, name: str, version: int) -> str:
         rel = f"registry/{name}/versions/{version}"
         return f"{self._uri_prefix}/{rel}" if self._uri_prefix else rel
@@ -269,6 +335,21 @@ class Registry:
     def _list(self, path: str, recursive: bool = False) -> list[pafs.FileInfo]:
         return self._fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
 
+    def _idle_s(self, folder: pafs.FileInfo) -> float:
+        """Seconds since the last write in a folder (0 when the store reports no times)."""
+        stamps = [i.mtime for i in [folder, *self._list(folder.path, recursive=True)] if i.mtime]
+        return time.time() - max(s.timestamp() for s in stamps) if stamps else 0.0
+
+    def _empty_dir(self, path: str, keep: str) -> None:
+        """Delete everything in a folder but the file named ``keep``."""
+        for entry in self._list(path):
+            if entry.base_name == keep:
+                continue
+            if entry.type == pafs.FileType.Directory:
+                self._fs.delete_dir(entry.path)
+            else:
+                self._fs.delete_file(entry.path)
+
     def _copy_in(self, src_fs: pafs.FileSystem, src: str, dst: str) -> dict[str, Any]:
         """Stream one file into the registry; return its sha256 and size."""
         digest, size = hashlib.sha256(), 0
@@ -303,12 +384,14 @@ class Registry:
         return sorted(int(i.base_name) for i in self._list(self._versions_dir(name))
                       if i.type == pafs.FileType.Directory and i.base_name.isdigit())
 
+    def _raw_manifest(self, name: str, version: int) -> dict[str, Any] | None:
+        data = self._read_json(posixpath.join(self._version_dir(name, version), MANIFEST))
+        return data if isinstance(data, dict) else None
+
     def _manifest(self, name: str, version: int) -> dict[str, Any] | None:
         """The manifest of a visible (READY) version, else None."""
-        data = self._read_json(posixpath.join(self._version_dir(name, version), MANIFEST))
-        if isinstance(data, dict) and data.get("status") == READY:
-            return data
-        return None
+        data = self._raw_manifest(name, version)
+        return data if data is not None and data.get("status") == READY else None
 
     def _model_version(self, name: str, version: int, manifest: dict[str, Any]) -> ModelVersion:
         return ModelVersion(name=name, version=version, uri=self._uri(name, version), manifest=manifest)
@@ -367,6 +450,31 @@ class Registry:
             raise self._unknown_model(name)
         return versions
 
+    def registrations(self, name: str) -> list[Registration]:
+        """The registrations of ``name`` that are not versions, PENDING or FAILED, oldest first.
+
+        A FAILED one stays listed until its staging folder is cleaned, ``STALE_STAGING_S`` after its
+        last write.
+        """
+        _check_name(name, "model name")
+        found = []
+        for entry in self._list(self._staging_root(name)):
+            if entry.type != pafs.FileType.Directory or entry.base_name.startswith("."):
+                continue  # hidden: a staging folder still being created
+            manifest = self._read_json(posixpath.join(entry.path, MANIFEST))
+            manifest = manifest if isinstance(manifest, dict) else {}
+            writer = manifest.get("writer") if isinstance(manifest.get("writer"), dict) else {}
+            state, error = PENDING, None
+            if manifest.get("status") == FAILED:
+                state, error = FAILED, str(manifest.get("error") or "failed")
+            elif _writer_died(writer):
+                state, error = FAILED, f"writer died (host {writer['host']}, pid {writer['pid']})"
+            elif (idle := self._idle_s(entry)) > STALE_STAGING_S:
+                state, error = FAILED, f"writer died: no write for {idle / 60:.0f} min"
+            found.append(Registration(name=name, id=entry.base_name, state=state, writer=writer, error=error,
+                                      manifest=manifest))
+        return sorted(found, key=lambda r: (r.started_at or "", r.id))
+
     def list_models(self) -> list[dict[str, Any]]:
         """One summary per model: ``{name, latest_version, versions, aliases}``, by name."""
         rows = []
@@ -398,7 +506,16 @@ class Registry:
             return self._model_version(name, version, manifest)
         existing = ", ".join(str(mv.version) for mv in self.list_versions(name))  # unknown model raises
         via = f" (alias @{alias} points at it)" if alias else ""
-        raise RegistryError(f"model {name!r} has no version {version}{via}; versions: {existing}.")
+        why = self._why_not_ready(name, version)
+        raise RegistryError(f"model {name!r} has no version {version}{via}{why}; versions: {existing}.")
+
+    def _why_not_ready(self, name: str, version: int) -> str:
+        if version not in self._version_numbers(name):
+            return ""
+        raw = self._raw_manifest(name, version) or {}
+        if raw.get("status") == DELETED:
+            return f": it was deleted at {raw.get('deleted_at', '?')}"
+        return ": its publish never finished (no READY manifest)"
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -423,6 +540,7 @@ class Registry:
 
         Raises:
             RegistryError: a bad name, a missing checkpoint or ``model.pt``, unserializable metadata.
+                Any error once staging began leaves a FAILED registration (see the module docstring).
         """
         _check_name(name, "model name")
         if not isinstance(metrics, dict) or not isinstance(spec, dict):
@@ -440,7 +558,8 @@ class Registry:
                 raise RegistryError(f"{posixpath.join(src, CHECKPOINT_META)}: invalid JSON ({exc}); "
                                     f"rewrite it or remove it from the checkpoint.") from None
         manifest: dict[str, Any] = {
-            "format": 1, "name": name, "version": None, "status": READY, "created_at": _now(),
+            "format": 1, "name": name, "version": None, "status": PENDING, "created_at": _now(),
+            "writer": {"host": socket.gethostname(), "pid": os.getpid(), "started_at": _now()},
             "metrics": _jsonable(metrics, "metrics"), "spec": _jsonable(spec, "spec"),
             "input_schema": _jsonable(input_schema if input_schema is not None else meta.get("input_schema"),
                                       "input_schema"),
@@ -448,19 +567,44 @@ class Registry:
             "source": src if isinstance(src_fs, pafs.LocalFileSystem) else os.fspath(checkpoint_dir),
         }
         self._clean_stale_staging(name)
-        staging = posixpath.join(self._model_dir(name), ".staging", uuid.uuid4().hex)
+        staging = self._open_staging(name, manifest)
         try:
             for rel in files:
                 manifest["files"][rel] = self._copy_in(src_fs, posixpath.join(src, rel),
                                                        posixpath.join(staging, rel))
+            manifest["status"] = READY  # what versions/N says; in staging it means "publishing now"
             version = self._publish_local(name, staging, manifest) if self._local else \
                 self._publish_remote(name, staging, manifest)
-        finally:
-            # After a local publish the staging folder is gone (renamed); otherwise drop what is left.
+        except BaseException as exc:
+            self._fail_staging(staging, manifest, exc)
+            raise
+        if not self._local:  # the staged copies (a local publish renamed the folder away)
             with contextlib.suppress(OSError):
-                if self._fs.get_file_info(staging).type != pafs.FileType.NotFound:
-                    self._fs.delete_dir(staging)
+                self._fs.delete_dir(staging)
         return self._model_version(name, version, manifest)
+
+    def _open_staging(self, name: str, manifest: dict[str, Any]) -> str:
+        """Create ``.staging/<id>/`` holding the PENDING manifest; return its path."""
+        staging = posixpath.join(self._staging_root(name), uuid.uuid4().hex)
+        payload = json.dumps(manifest, indent=2).encode()
+        if not self._local:
+            self._write_bytes(posixpath.join(staging, MANIFEST), payload)  # one PUT: whole or absent
+            return staging
+        # Built hidden, then renamed into place: a staging folder never lacks the name of its writer.
+        hidden = posixpath.join(self._staging_root(name), f".{posixpath.basename(staging)}.tmp")
+        self._write_bytes(posixpath.join(hidden, MANIFEST), payload)
+        os.rename(hidden, staging)
+        return staging
+
+    def _fail_staging(self, staging: str, manifest: dict[str, Any], exc: BaseException) -> None:
+        """Best effort: mark the registration FAILED with its error and drop the staged files."""
+        with contextlib.suppress(Exception):  # never hide the error that got us here
+            if self._fs.get_file_info(staging).type == pafs.FileType.NotFound:
+                return  # published just before the error, or cleaned by someone else
+            failed = {**manifest, "status": FAILED, "version": None, "failed_at": _now(),
+                      "error": f"{type(exc).__name__}: {exc}"[:500]}
+            self._write_json_atomic(posixpath.join(staging, MANIFEST), failed)
+            self._empty_dir(staging, keep=MANIFEST)
 
     def _checkpoint_files(self, src_fs: pafs.FileSystem, src: str, shown: str) -> list[str]:
         info = src_fs.get_file_info(src)
@@ -489,7 +633,8 @@ class Registry:
         version = self._next_version(name)
         for _ in range(10_000):
             manifest["version"] = version
-            self._write_bytes(posixpath.join(staging, MANIFEST), json.dumps(manifest, indent=2).encode())
+            # Replaced whole, so a crash here leaves the previous (PENDING) manifest readable.
+            self._write_json_atomic(posixpath.join(staging, MANIFEST), manifest)
             try:
                 os.rename(staging, self._version_dir(name, version))
                 return version
@@ -515,14 +660,12 @@ class Registry:
         return version
 
     def _clean_stale_staging(self, name: str) -> None:
-        """Remove staging folders of crashed registrations (untouched for an hour); ignore the rest."""
-        now = time.time()
-        for entry in self._list(posixpath.join(self._model_dir(name), ".staging")):
+        """Remove staging folders untouched for ``STALE_STAGING_S`` (crashed or FAILED); ignore the rest."""
+        for entry in self._list(self._staging_root(name)):
             if entry.type != pafs.FileType.Directory:
                 continue
             with contextlib.suppress(OSError):  # a concurrent cleaner may get there first
-                stamps = [i.mtime for i in [entry, *self._list(entry.path, recursive=True)] if i.mtime]
-                if stamps and now - max(s.timestamp() for s in stamps) > STALE_STAGING_S:
+                if self._idle_s(entry) > STALE_STAGING_S:
                     self._fs.delete_dir(entry.path)
 
     def set_alias(self, name: str, version: int, alias: str) -> None:
@@ -576,13 +719,7 @@ class Registry:
             tombstone = {**mv.manifest, "status": DELETED, "deleted_at": _now()}
             vdir = self._version_dir(name, version)
             self._write_json_atomic(posixpath.join(vdir, MANIFEST), tombstone)
-            for entry in self._list(vdir):
-                if entry.base_name == MANIFEST:
-                    continue
-                if entry.type == pafs.FileType.Directory:
-                    self._fs.delete_dir(entry.path)
-                else:
-                    self._fs.delete_file(entry.path)
+            self._empty_dir(vdir, keep=MANIFEST)
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -592,24 +729,37 @@ class Registry:
             raise RegistryError(f"{mv.ref} has no file {filename!r}; files: {', '.join(sorted(files))}.")
         return files[filename]
 
+    def _check_digest(self, mv: ModelVersion, rel: str, sha256: str, size: int) -> None:
+        """Refuse a file whose sha256 is not the one recorded at registration."""
+        expected = mv.files[rel]
+        if sha256 == expected["sha256"]:
+            return
+        recorded = expected.get("size")
+        truncated = isinstance(recorded, int) and size < recorded
+        how = f"truncated to {size:,} of {recorded:,} bytes" if truncated else \
+            f"sha256 {sha256[:12]}…, recorded {expected['sha256'][:12]}…"
+        raise RegistryError(f"{mv.ref}: {rel} in {mv.uri} does not match the sha256 recorded at registration "
+                            f"({how}): the file was changed or corrupted and is refused. Register the model "
+                            f"again from its checkpoint.")
+
+    @staticmethod
+    def _missing(mv: ModelVersion, rel: str) -> RegistryError:
+        return RegistryError(f"{mv.ref}: {rel} is missing from {mv.uri} (deleted?); register the model "
+                             f"again.")
+
     def read_file(self, mv: ModelVersion, filename: str) -> bytes:
         """The bytes of one file of a version, checked against the sha256 in its manifest.
 
         Raises:
             RegistryError: an unknown file, a missing file or a checksum mismatch.
         """
-        expected = self._file_meta(mv, filename)["sha256"]
+        self._file_meta(mv, filename)
         path = posixpath.join(self._version_dir(mv.name, mv.version), filename)
         try:
             data = self._read_bytes(path)
         except FileNotFoundError:
-            raise RegistryError(f"{mv.ref}: {filename} is missing from {mv.uri} (deleted?); "
-                                f"register the model again.") from None
-        actual = _sha256_of(data)
-        if actual != expected:
-            raise RegistryError(f"{mv.ref}: {filename} does not match the sha256 recorded at registration "
-                                f"(expected {expected[:12]}…, got {actual[:12]}…): the file was changed or "
-                                f"corrupted. Register the model again from its checkpoint.")
+            raise self._missing(mv, filename) from None
+        self._check_digest(mv, filename, _sha256_of(data), len(data))
         return data
 
     def load_weights(self, mv: ModelVersion) -> dict[str, Any]:
@@ -643,25 +793,22 @@ class Registry:
         """
         dest = Path(dest_dir).expanduser().resolve()
         vdir = self._version_dir(mv.name, mv.version)
-        for rel, meta in sorted(mv.files.items()):
+        for rel in sorted(mv.files):
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-            digest = hashlib.sha256()
+            digest, size = hashlib.sha256(), 0
             try:
                 with self._fs.open_input_stream(posixpath.join(vdir, rel), compression=None) as fin, \
                         open(tmp, "wb") as fout:
                     while chunk := fin.read(_CHUNK):
                         digest.update(chunk)
+                        size += len(chunk)
                         fout.write(chunk)
-                if digest.hexdigest() != meta["sha256"]:
-                    raise RegistryError(f"{mv.ref}: {rel} does not match the sha256 recorded at "
-                                        f"registration: the file was changed or corrupted. Register the "
-                                        f"model again.")
+                self._check_digest(mv, rel, digest.hexdigest(), size)
                 os.replace(tmp, target)
             except FileNotFoundError:
-                raise RegistryError(f"{mv.ref}: {rel} is missing from {mv.uri}; register the model again.") \
-                    from None
+                raise self._missing(mv, rel) from None
             finally:
                 tmp.unlink(missing_ok=True)
         (dest / MANIFEST).write_text(json.dumps(mv.manifest, indent=2))

@@ -1,0 +1,309 @@
+"""Registry integrity under real faults (issue 9, group "registry"): SIGKILL during register, concurrent
+publishers in separate processes, tampered and truncated weights. Pure filesystem: no Ray, tmp_path only.
+
+The writers are real child processes (``sys.executable`` running a script written to tmp_path) that import
+only ``atoll.registry`` (pyarrow, no torch), so each starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.errors import RegistryError
+from atoll.registry import Registry
+
+PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "atoll"
+
+# Registers CKPT as NAME and SIGKILLs itself at its KILL_AT-th IO event (0: never); prints the events.
+# The instrumentation lives here, in the child only: every output-stream open/write/close, folder creation,
+# os.rename and os.replace of the registry is one event (renames and replaces also one right after).
+KILLABLE_WRITER = r'''
+import json, os, signal, sys
+
+import atoll.registry as registry
+
+root, ckpt, name, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+events = []
+
+
+def event(label):
+    events.append(label.replace(root, "<root>"))
+    if len(events) == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Stream:
+    def __init__(self, inner, path):
+        self.inner, self.path = inner, path
+
+    def write(self, data):
+        event(f"write {self.path}")
+        return self.inner.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        event(f"close {self.path}")
+        self.inner.close()
+
+
+class CountingFS:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def open_output_stream(self, path, **kw):
+        event(f"open {path}")
+        return Stream(self.inner.open_output_stream(path, **kw), path)
+
+    def create_dir(self, path, **kw):
+        event(f"mkdir {path}")
+        return self.inner.create_dir(path, **kw)
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+
+def counted(fn, what):
+    def wrapper(src, dst, *args, **kw):
+        event(f"{what} {src} -> {dst}")
+        out = fn(src, dst, *args, **kw)
+        event(f"after {what} {dst}")
+        return out
+    return wrapper
+
+
+os.rename, os.replace = counted(os.rename, "rename"), counted(os.replace, "replace")
+registry._CHUNK = 1 << 17  # a few write events inside model.pt
+reg = registry.Registry(root)
+reg._fs = CountingFS(reg._fs)
+mv = reg.register(name, ckpt, metrics={"kill_at": kill_at}, spec={})
+print(json.dumps({"version": mv.version, "events": events}))
+'''
+
+# Waits for the start file, then registers CKPT as "digits" with its tag in the metrics.
+PUBLISHER = r'''
+import json, os, sys, time
+
+from atoll.registry import Registry
+
+root, ckpt, tag, start = sys.argv[1:5]
+open(f"{start}.{tag}.ready", "w").close()
+while not os.path.exists(start):
+    time.sleep(0.001)
+mv = Registry(root).register("digits", ckpt, metrics={"writer": int(tag)}, spec={}, lineage={"run_name": tag})
+print(json.dumps({"version": mv.version}))
+'''
+
+
+def _checkpoint(path: Path, value: float, size: int = 512) -> Path:
+    """model.pt (a state dict of about size*size*4 bytes, filled with value), atoll.json and two extras."""
+    import torch
+
+    (path / "extra").mkdir(parents=True)
+    torch.save({"w": torch.full((size, size), value), "b": torch.tensor([value])}, path / "model.pt")
+    (path / "atoll.json").write_text(json.dumps({"input_schema": {"features": size}, "value": value}))
+    (path / "extra" / "notes.txt").write_text(f"checkpoint {value}")
+    (path / "extra" / "vocab.bin").write_bytes(os.urandom(3000))
+    return path
+
+
+def _verify_all(reg: Registry, name: str = "digits") -> list[int]:
+    """Every READY version verifies (all files against their sha256, weights load); return their numbers.
+
+    Also checks the disk: every versions/N folder is a complete READY version, no partial one.
+    """
+    versions = reg.list_versions(name)
+    for mv in versions:
+        assert set(reg.load_weights(mv)) == {"w", "b"}
+        for rel in mv.files:
+            reg.read_file(mv, rel)
+        on_disk = {p.relative_to(mv.uri).as_posix() for p in Path(mv.uri).rglob("*") if p.is_file()}
+        assert on_disk == {*mv.files, "manifest.json"}, (mv.ref, on_disk)
+    folders = sorted(int(p.name) for p in (Path(reg.root) / "registry" / name / "versions").iterdir())
+    assert folders == [mv.version for mv in versions]  # no folder that is not a READY version
+    return folders
+
+
+def _run(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def _kill_points(events: list[str], at_least: int = 20) -> list[int]:
+    """Every event (1-based) when there are few enough, else a spread including both sides of the publish."""
+    n = len(events)
+    if n <= 2 * at_least:
+        return list(range(1, n + 1))
+    publish = next(i for i, e in enumerate(events, 1) if e.startswith("rename") and "/versions/" in e)
+    spread = {round(1 + i * (n - 1) / (at_least - 1)) for i in range(at_least)}
+    return sorted(spread | {publish - 1, publish, publish + 1})
+
+
+def test_sigkill_at_every_point_of_register(tmp_path: Path, reliability: Callable[..., None]) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(KILLABLE_WRITER)
+    ckpt = _checkpoint(tmp_path / "ckpt", 1.0)
+    reg = Registry(str(tmp_path / "store"))
+    root = reg.root
+
+    dry = _run(script, root, str(ckpt), "digits", "0")  # counts the events; publishes digits:1
+    assert dry.returncode == 0, dry.stderr
+    events = json.loads(dry.stdout)["events"]
+    staged = next(i for i, e in enumerate(events, 1) if e.startswith("after rename") and "/.staging/" in e)
+    publish = next(i for i, e in enumerate(events, 1) if e.startswith("rename") and "/versions/" in e)
+    assert events[publish] == "after rename <root>/registry/digits/versions/1"  # the last kill point
+    points = _kill_points(events)
+    assert len(points) >= 20 and points[0] == 1 and points[-1] == len(events)
+
+    started = time.monotonic()
+    failed_before, before = 0, _verify_all(reg)
+    for k in points:
+        child = subprocess.Popen([sys.executable, str(script), root, str(ckpt), "digits", str(k)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == -signal.SIGKILL, (k, events[k - 1], err)
+        published = k > publish  # killed right after the rename: the version is whole and READY
+        expected = before + [before[-1] + 1] if published else before
+        assert _verify_all(reg) == expected, (k, events[k - 1])
+        registrations = reg.registrations("digits")
+        assert all(r.state == "FAILED" for r in registrations), registrations
+        if staged <= k <= publish:  # its staging folder existed: reported, with the dead writer's pid
+            assert len(registrations) == failed_before + 1, (k, events[k - 1])
+            assert any(r.writer["pid"] == child.pid and r.error.startswith("writer died")
+                       for r in registrations)
+        else:  # killed before its staging folder appeared, or after the publish
+            assert len(registrations) == failed_before, (k, events[k - 1])
+        failed_before = len(registrations)
+        nxt = reg.register("digits", str(ckpt), metrics={"after_kill": k}, spec={})
+        assert nxt.version == expected[-1] + 1  # consecutive: the crash burned no number
+        before = [*expected, nxt.version]
+    elapsed = time.monotonic() - started
+
+    final = _verify_all(reg)
+    assert final == list(range(1, len(final) + 1))
+    every = "every IO event" if len(points) == len(events) else f"of {len(events)} IO events"
+    reliability("registry", f"SIGKILL during register at {len(points)} points ({every}, both sides of the "
+                f"publish rename)",
+                f"0 partial versions visible, {len(points)}/{len(points)} next registrations got the next "
+                f"consecutive number, versions 1..{len(final)} all verified, {failed_before} dead writers "
+                f"listed as FAILED ({elapsed:.1f} s)", "pass")
+
+
+@pytest.mark.parametrize("n", [2, 8])
+def test_concurrent_publishers_get_distinct_consecutive_versions(n: int, tmp_path: Path,
+                                                                 reliability: Callable[..., None]) -> None:
+    script = tmp_path / "publisher.py"
+    script.write_text(PUBLISHER)
+    reg = Registry(str(tmp_path / "store"))
+    start = tmp_path / "start"
+    ckpts = [_checkpoint(tmp_path / f"ckpt{i}", float(i), size=128) for i in range(n)]
+    procs = [subprocess.Popen([sys.executable, str(script), reg.root, str(ckpts[i]), str(i), str(start)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("start.*.ready"))) < n:  # all imported and waiting
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.01)
+        start.touch()
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    got = {i: json.loads(out)["version"] for i, (out, _) in enumerate(outputs)}
+
+    assert sorted(got.values()) == list(range(1, n + 1))  # distinct and consecutive
+    assert _verify_all(reg) == list(range(1, n + 1))  # complete
+    for i, version in got.items():  # each writer got the version holding what it wrote
+        mv = reg.get(f"digits:{version}")
+        assert mv.metrics == {"writer": i} and mv.lineage == {"run_name": str(i)}
+        assert float(reg.load_weights(mv)["b"][0]) == float(i)
+        assert json.loads(reg.read_file(mv, "atoll.json"))["value"] == float(i)
+    assert reg.registrations("digits") == []
+    reliability("registry", f"{n} concurrent publishers of one name (separate processes, started together)",
+                f"versions 1..{n}, distinct and consecutive, all {n} verified (sha256 + weights) and each "
+                f"holding its own writer's content", "pass")
+
+
+def test_tampered_or_truncated_weights_are_refused(tmp_path: Path, reliability: Callable[..., None]) -> None:
+    reg = Registry(str(tmp_path / "store"))
+    ckpt = _checkpoint(tmp_path / "ckpt", 1.0, size=128)
+    tampered, truncated = (reg.register("digits", str(ckpt), metrics={}, spec={}) for _ in range(2))
+    weights = Path(tampered.uri) / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one byte, inside the tensor data: still loadable by torch
+    weights.write_bytes(bytes(data))
+    short = Path(truncated.uri) / "model.pt"
+    size = short.stat().st_size
+    short.write_bytes(short.read_bytes()[: size // 2])
+
+    refused = 0
+    for mv, how in [(tampered, r"sha256 [0-9a-f]{12}…, recorded [0-9a-f]{12}…"),
+                    (truncated, f"truncated to {size // 2:,} of {size:,} bytes")]:
+        message = rf"^{mv.ref}: model.pt in {mv.uri} does not match the sha256 recorded at registration " \
+                  rf"\({how}\): the file was changed or corrupted and is refused. Register the model again " \
+                  rf"from its checkpoint.$"
+        with pytest.raises(RegistryError, match=message):
+            reg.load_weights(mv)
+        dest = tmp_path / f"copy{mv.version}"
+        with pytest.raises(RegistryError, match=message):
+            reg.local_copy(mv, dest)
+        assert not (dest / "model.pt").exists() and not list(dest.rglob("*.part"))  # nothing unverified
+        refused += 2
+
+    reliability("registry", "one flipped byte in model.pt; model.pt truncated to half",
+                f"{refused}/4 loads refused (load_weights, local_copy) with the version, file and fix named; "
+                f"no file left behind", "pass")
+
+
+def test_no_unsafe_unpickling_anywhere(tmp_path: Path, reliability: Callable[..., None]) -> None:
+    import torch
+
+    # A version whose model.pt is a pickle that would run code: registered as is, so its sha256 matches.
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(marker), "w"))
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save({"w": Payload()}, ckpt / "model.pt")
+    reg = Registry(str(tmp_path / "store"))
+    mv = reg.register("evil", str(ckpt), metrics={}, spec={})
+    with pytest.raises(RegistryError, match=r"^evil:1: model.pt is not a loadable state dict"):
+        reg.load_weights(mv)
+    assert not marker.exists()  # refused by weights_only=True, not run
+
+    # And no code path can unpickle unsafely: every torch.load in the package passes weights_only=True.
+    loads, unsafe = 0, []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+                if (owner, node.func.attr) == ("torch", "load"):
+                    loads += 1
+                    safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
+                               and k.value.value is True for k in node.keywords)
+                    if not safe:
+                        unsafe.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+                elif owner in ("pickle", "cloudpickle", "dill") and node.func.attr in ("load", "loads"):
+                    unsafe.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert loads >= 1 and unsafe == [], unsafe
+    reliability("registry", "model.pt holding a code-running pickle (sha256 valid)",
+                f"refused, payload not run; {loads}/{loads} torch.load calls in the package use "
+                f"weights_only=True, no pickle.load", "pass")
