@@ -68,6 +68,10 @@ def _ray_schema_error(exc: Exception, config: dict[str, Any], source: str) -> Co
                            f"does not allow it. Atoll's own settings go under metadata.atoll.")
     if validator == "required":
         return ConfigError(f"{source}: {path}: {message}; add it.")
+    if validator == "type":
+        kinds = getattr(exc, "validator_value", None)
+        kinds = " or ".join(kinds) if isinstance(kinds, list) else kinds
+        return ConfigError(f"{source}: {path}: {message}; change it to type {kinds}.")
     return ConfigError(f"{source}: {path}: {message}.")
 
 
@@ -99,6 +103,12 @@ def _check_node_types(config: dict[str, Any], source: str) -> None:
             if amount < 0:
                 raise ConfigError(f"{source}: available_node_types.{name}.resources.{res}: must be >= 0 "
                                   f"(got {amount}).")
+        # Resources declared (not left to Ray's detection) and all zero: a worker type that runs nothing.
+        declared = node.get("resources") or {}
+        usable = [v for k, v in declared.items() if k not in ("memory", "object_store_memory")]
+        if name != head and declared and not any(usable):
+            raise ConfigError(f"{source}: available_node_types.{name}.resources: a worker type with no CPU, GPU "
+                              f"or custom resource can run nothing; give it some, e.g. {{CPU: 4}}, or remove it.")
     mins = sum(n.get("min_workers", 0) for n in types.values())
     if total_max is not None and mins > total_max:
         raise ConfigError(f"{source}: max_workers: {total_max} is less than the sum of min_workers ({mins}); "

@@ -36,9 +36,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}. Fix the syntax and retry.") from None
     if data is None:
-        data = {}
+        raise ConfigError(f"{path}: the file is empty; write its settings as `key: value` lines.")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values at the top, got {type(data).__name__}.")
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top, got a {type(data).__name__}; "
+                          f"write `key: value` lines, not `- item` lines.")
     return data
 
 
@@ -101,8 +102,8 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def _fields_at(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (sub)model found by following ``loc`` from ``model``, for 'did you mean'."""
+def _model_at(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> type[pydantic.BaseModel] | None:
+    """The (sub)model found by following ``loc`` from ``model``, or None where ``loc`` leaves the models."""
     current: Any = model
     skip_key = False
     for part in loc:
@@ -110,12 +111,28 @@ def _fields_at(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[st
             skip_key = False
             continue
         if not _is_model(current) or str(part) not in current.model_fields:
-            return []
+            return None
         current = _unwrap_optional(current.model_fields[str(part)].annotation)
         if not _is_model(current) and typing.get_origin(current) in (dict, list):
             current = typing.get_args(current)[-1]
             skip_key = True
-    return list(current.model_fields) if _is_model(current) else []
+    return current if _is_model(current) else None
+
+
+def _fields_at(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (sub)model at ``loc``, for 'did you mean'."""
+    found = _model_at(model, loc)
+    return list(found.model_fields) if found else []
+
+
+def _example(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> str:
+    """``; e.g. epochs: 10`` from the field's default, so that a wrong type comes with a right one."""
+    found = _model_at(model, loc[:-1]) if loc else None
+    field = found.model_fields.get(str(loc[-1])) if found else None
+    default = field.default if field else None
+    if isinstance(default, bool) or not isinstance(default, (int, float, str)):
+        return ""
+    return f"; e.g. {loc[-1]}: {default}"
 
 
 def format_validation_error(exc: pydantic.ValidationError, model: type[pydantic.BaseModel],
@@ -139,22 +156,34 @@ def format_validation_error(exc: pydantic.ValidationError, model: type[pydantic.
             continue
         got = err.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-        lines.append(f"{path}: {msg}{shown}")
+        if not loc and err["type"] == "value_error":
+            lines.append(msg)  # a whole-spec check names its own fields ("cpus_per_worker: ...")
+            continue
+        wrong_value = err["type"].endswith(("_parsing", "_type")) or err["type"].startswith(("greater", "less"))
+        hint = _example(model, loc) if wrong_value else ""
+        lines.append(f"{path}: {msg}{shown}{hint}")
     head = f"{source}: " if source else ""
     if len(lines) == 1:
         return head + lines[0]
     return head + f"{len(lines)} problems:\n  " + "\n  ".join(lines)
 
 
-def load_model(model: type[M], data: dict[str, Any], source: str = "", prefix: tuple[Any, ...] = ()) -> M:
-    """Validate ``data`` against ``model``; raise :class:`ConfigError` naming each bad field."""
+def load_model(model: type[M], data: dict[str, Any], source: str = "", prefix: tuple[Any, ...] = (),
+               context: dict[str, Any] | None = None) -> M:
+    """Validate ``data`` against ``model``; raise :class:`ConfigError` naming each bad field.
+
+    ``context`` turns on the checks that look beyond the file (see :data:`atoll.specs.CHECK_FILES`).
+    """
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except pydantic.ValidationError as exc:
         raise ConfigError(format_validation_error(exc, model, source, prefix)) from None
 
 
 def load_file(model: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
     """Read a YAML file, apply ``--set`` overrides, validate: the one way every spec file is loaded."""
+    from atoll.specs import CHECK_CLUSTER, CHECK_FILES
+
     data = apply_overrides(read_yaml(path), overrides)
-    return load_model(model, data, str(path))
+    # A user's file: also check what it points at (data files, cluster.yaml), before anything is submitted.
+    return load_model(model, data, str(path), context={CHECK_FILES: True, CHECK_CLUSTER: True})

@@ -6,13 +6,27 @@ class is the schema, the validator and the constructor. Loading goes through :mo
 
 from __future__ import annotations
 
+import glob
+import os
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Validation-context flags (``model_validate(data, context={...})``): checks that look beyond the file
+# itself run only when a user's file is loaded (:func:`atoll.config.load_file`), not whenever a spec is
+# rebuilt from a dict (trials, tests, manifests).
+CHECK_FILES = "check_files"  # local data files exist
+CHECK_CLUSTER = "check_cluster"  # the resources fit a node type of cluster.yaml
+
+
+def _checking(info: ValidationInfo, flag: str) -> bool:
+    return bool(info.context and info.context.get(flag))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -44,6 +58,7 @@ class ServeSettings(Strict):
                                       "caps the batch size).")
     max_queued_requests: int = Field(256, ge=-1, description="Requests queued per caller before 503s "
                                      "(-1: unbounded).")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After (seconds) of those 503s.")
     max_batch_size: int = Field(32, ge=1, description="Largest batch @serve.batch gathers.")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill up.")
     max_rows: int = Field(1024, ge=1, description="Most rows accepted in one request.")
@@ -53,7 +68,7 @@ class ServeSettings(Strict):
     #: Settings one app may override at deploy time (the rest is the proxy's or the client's).
     PER_APP: ClassVar[tuple[str, ...]] = (
         "min_replicas", "max_replicas", "target_ongoing_requests", "max_ongoing_requests", "max_queued_requests",
-        "max_batch_size", "batch_wait_timeout_s", "max_rows", "max_body_bytes", "num_cpus_per_replica",
+        "retry_after_s", "max_batch_size", "batch_wait_timeout_s", "max_rows", "max_body_bytes", "num_cpus_per_replica",
         "num_gpus_per_replica")
 
     num_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs each replica holds.")
@@ -161,6 +176,16 @@ class DatasetSpec(Strict):
     cache: Literal["auto", True, False] = Field("auto", description="Keep preprocessed rows in the object "
                                                 "store across epochs (auto: when they take < 512 MiB).")
 
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: str, info: ValidationInfo) -> str:
+        # Remote URIs and demo datasets are resolved where the job runs; a local path must exist here.
+        if _checking(info, CHECK_FILES) and "://" not in path and not path.startswith("demo:") \
+                and not Path(path).expanduser().exists():
+            raise ValueError(f"no such file or folder (relative to {Path.cwd()}); fix the path, or use "
+                             f"demo:digits for the built-in demo")
+        return path
+
 
 class ModelSpec(Strict):
     type: str = Field("mlp", description="`mlp`, `cnn`, or an import path `mypkg.models:build`.")
@@ -199,3 +224,48 @@ class TrainSpec(Strict):
         if self.dataset.features is not None and not self.dataset.features:
             raise ValueError("dataset.features: empty list; leave it out to use every column but the label")
         return self
+
+    @model_validator(mode="after")
+    def _fits_a_node(self, info: ValidationInfo) -> "TrainSpec":
+        if _checking(info, CHECK_CLUSTER):
+            check_fits_a_node(self.cpus_per_worker, self.gpus_per_worker if self.use_gpu is not False else 0,
+                              self.use_gpu is True)
+        return self
+
+
+def _largest_node(cluster_spec: ClusterSpec) -> tuple[float, float] | None:
+    """Most CPUs and most GPUs any one node can have: cluster.yaml's node types, or this machine (which
+    `atoll up` runs the local cluster on). None when a type leaves its resources to Ray's detection."""
+    types = cluster_spec.available_node_types.values()
+    if any("CPU" not in t.resources for t in types):
+        return None
+    local = cluster_spec.atoll.local
+    here_cpus = local.num_cpus or os.cpu_count() or 1
+    here_gpus = local.num_gpus if local.num_gpus is not None else len(glob.glob("/dev/nvidia[0-9]*"))
+    return (max([here_cpus, *(t.resources["CPU"] for t in types)]),
+            max([here_gpus, *(t.resources.get("GPU", 0) for t in types)]))
+
+
+def check_fits_a_node(cpus: float, gpus: float, needs_gpu: bool) -> None:
+    """Refuse a worker no node of cluster.yaml can ever hold (it would wait forever, never fail).
+
+    Raises:
+        ValueError: naming the field and the fix.
+    """
+    from atoll import cluster  # cluster imports this module
+
+    spec = cluster.load_spec()
+    largest = _largest_node(spec)
+    if largest is None:
+        return
+    node_cpus, node_gpus = largest
+    where = f"the largest node of {spec.source} (or this machine)"
+    if needs_gpu and node_gpus <= 0:
+        raise ValueError(f"use_gpu: true, but no node type of {spec.source} has a GPU (nor this machine); "
+                         f"set use_gpu: auto (or false), or add a GPU node type to cluster.yaml")
+    if cpus > node_cpus:
+        raise ValueError(f"cpus_per_worker: {cpus:g} CPUs per worker, but {where} has {node_cpus:g}; "
+                         f"lower cpus_per_worker (e.g. 1) or add a bigger node type to cluster.yaml")
+    if node_gpus > 0 and gpus > node_gpus:
+        raise ValueError(f"gpus_per_worker: {gpus:g} GPUs per worker, but {where} has {node_gpus:g}; "
+                         f"lower gpus_per_worker (e.g. 1) or add a node type with more GPUs")

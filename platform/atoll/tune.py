@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import random
 import tempfile
 import types
@@ -33,7 +34,7 @@ from pydantic import Field, field_validator, model_validator
 
 from atoll import config, data, models, train
 from atoll.errors import ConfigError
-from atoll.specs import NAME_PATTERN, Strict, TrainSpec
+from atoll.specs import CHECK_FILES, NAME_PATTERN, Strict, TrainSpec
 
 #: What :func:`atoll.train.train_loop` reports every epoch: the metrics a sweep can optimise.
 TRAINING_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch", "train_samples",
@@ -503,7 +504,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
         raise ConfigError(f"{path}: train: {sweep.train} not found (relative to {Path.cwd()}, the project "
                           f"root where jobs run); fix the path, e.g. train: jobs/configs/train.yaml.")
     merged = config.apply_values(config.read_yaml(train_path), sweep.overrides)
-    base = config.load_model(TrainSpec, merged, f"{train_path} (with the overrides of {path})")
+    # The data must exist; the spec's per-worker resources need not fit, resources_per_trial replaces them.
+    base = config.load_model(TrainSpec, merged, f"{train_path} (with the overrides of {path})",
+                             context={CHECK_FILES: True})
     check_sweep(sweep, base, str(path))
     return sweep, base
 
@@ -809,8 +812,6 @@ def _check_experiment(path: str, name: str, resume: bool) -> None:
 
 def _largest_node() -> tuple[float | None, float | None]:
     """CPUs and GPUs of the largest node that is (or, with the autoscaler, can be) in the cluster."""
-    import os
-
     import ray
 
     sizes = [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0))
@@ -926,6 +927,9 @@ def run_sweep(sweep: SweepSpec, base: TrainSpec, *, storage: str, resume: bool =
     check_sweep(sweep, base)
     experiment = experiment_path(storage, sweep.name)
     _check_experiment(experiment, sweep.name, resume)
+    # Tune saves the experiment's state every 10 s or more by default; a driver that dies loses what happened
+    # since, and a resume redoes it. The state of a small sweep is cheap to write every second.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     cpus, gpus, max_cpus, max_gpus = train.cluster_capacity()
     node_cpus, node_gpus = _largest_node()
     resources = check_resources(sweep, max_cpus, max_gpus, node_cpus=node_cpus, node_gpus=node_gpus,
