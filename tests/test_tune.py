@@ -1,17 +1,17 @@
 """Sweeps on the shared local cluster: `atoll tune` as a user runs it (Ray Tune + ASHA over Atoll's
-training loop), the best model registered with the sweep as lineage, and resume after an interruption."""
+training loop), the best model registered with the sweep as lineage. (A killed sweep driver and
+the resume: tests/faults/test_sweep_faults.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from atoll import jobs, registry, train
+from atoll import registry
 from conftest import run_cli
 
 pytestmark = pytest.mark.cluster
@@ -49,36 +49,6 @@ def test_sweep_stops_weak_trials_early_and_registers_the_best(ray_cluster):
     assert lineage["sweep"] == "t-sweep" and lineage["trial_id"] == summary["best"]["trial_id"]
     assert version.manifest["metrics"]["val_accuracy"] == pytest.approx(summary["best_metric"])
     assert summary["best_metric"] == table["best_val_accuracy"].max()
-
-
-def _trial_epochs_done(job_id: str) -> int:
-    return sum(1 for e in train.parse_events(jobs.logs(job_id)) if e["event"] == "trial")
-
-
-def test_an_interrupted_sweep_resumes_without_redoing_finished_work(ray_cluster):
-    submitted = run_cli("tune", "--set", "name=t-resume", *SMALL, "--no-wait", "--json")
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = json.loads(submitted.stdout)["id"]
-    deadline = time.time() + 300
-    while _trial_epochs_done(job_id) < 3:  # some trials have reported epochs (and checkpoints)
-        assert time.time() < deadline, jobs.logs(job_id)[-3000:]
-        assert jobs.status(job_id)["status"] in ("PENDING", "RUNNING"), jobs.logs(job_id)[-3000:]
-        time.sleep(1)
-    jobs.stop(job_id)
-    jobs.follow(job_id, lambda _: None)
-    assert jobs.status(job_id)["status"] == "STOPPED"
-
-    # The same name without --resume is refused: it would silently mix two sweeps.
-    again = run_cli("tune", "--set", "name=t-resume", *SMALL)
-    assert again.returncode != 0 and "--resume" in again.stdout + again.stderr
-
-    resumed = run_cli("tune", "--set", "name=t-resume", *SMALL, "--resume", "--json", timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    out = json.loads(resumed.stdout)
-    assert out["summary"]["trials"] == 4 and out["summary"]["errors"] == 0
-    assert out["registered"] is not None
-    # Restored trials go on from their checkpoints: the whole sweep did no more than 4 x 4 trial-epochs.
-    assert out["summary"]["trial_epochs"] <= 16
 
 
 def test_bad_sweep_spec_is_refused_before_submitting(ray_cluster):

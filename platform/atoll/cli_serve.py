@@ -45,6 +45,7 @@ def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS
     origin = "" if result["requested"] == pinned else f" (from {result['requested']})"
     console.print(f"[green]{result['app']}[/] is {result['status']}: {pinned}{origin}\n"
                   f"  {result['url']}/predict   (docs: {result['url']}/docs)\n"
+                  f"  playground: {result['playground']}   (all models: {result['gallery']})\n"
                   f"  atoll query {result['app']} --json '{{\"inputs\": [[...]]}}'\n"
                   f"  curl -s {result['url']}/predict -H 'Content-Type: application/json' "
                   f"-d '{{\"inputs\": [[...]]}}'", soft_wrap=True, highlight=False)

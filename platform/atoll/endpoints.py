@@ -3,7 +3,8 @@
 Deploys go through the dashboard's Serve REST API, the very one `serve deploy` and `serve status` use, so
 the cluster's Serve config is one declarative document: Atoll reads it, adds or replaces one application
 (``atoll.serving:app`` with the model's arguments) and writes it back. Redeploying an application with a
-new version makes Serve roll its replicas over; requests keep being answered meanwhile.
+new version makes Serve roll its replicas over; requests keep being answered meanwhile. The showcase gallery
+(``atoll.playground``, an app at route ``/``) is added with the first model app and removed with the last.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from atoll import auth, cluster, registry
+from atoll import auth, cluster, playground, registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import ClusterNotUpError, ConfigError, ServingError
 from atoll.specs import ClusterSpec, ServeSettings
@@ -124,10 +125,13 @@ def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None
     details = _details(info)
     others = [a["deployed_app_config"] for name, a in _apps(details).items()
               if name != app and a.get("deployed_app_config")]
+    if not any(a.get("name") == playground.GALLERY_APP for a in others):
+        others.append(playground.gallery_config())
     started = time.time()
     _put(info, serve_config(spec, [*others, new]))
     result = {"app": app, "model": version.name, "version": version.version, "requested": ref,
-              "url": endpoint_url(spec, app), "status": "DEPLOYING"}
+              "url": endpoint_url(spec, app), "playground": f"{endpoint_url(spec, app)}/ui",
+              "gallery": playground.gallery_url(endpoint_url(spec, app)), "status": "DEPLOYING"}
     if wait:
         result["status"] = _wait_running(info, app, started, timeout)
     return result
@@ -158,6 +162,8 @@ def status(info: ClusterInfo | None = None, spec: ClusterSpec | None = None) -> 
     spec = spec or cluster.load_spec()
     rows = []
     for name, state in sorted(_apps(_details(info)).items()):
+        if name == playground.GALLERY_APP:  # the showcase page, not a model endpoint
+            continue
         args = (state.get("deployed_app_config") or {}).get("args") or {}
         deployment = (state.get("deployments") or {}).get(DEPLOYMENT_NAME) or {}
         replicas: dict[str, int] = {}
@@ -177,13 +183,39 @@ def delete(app: str, *, info: ClusterInfo | None = None, spec: ClusterSpec | Non
     apps = _apps(_details(info))
     if app not in apps:
         raise ServingError(f"no Serve app {app!r}; apps: {', '.join(sorted(apps)) or 'none'}.")
-    _put(info, serve_config(spec, [a["deployed_app_config"] for name, a in apps.items()
-                                   if name != app and a.get("deployed_app_config")]))
+    rest = [a["deployed_app_config"] for name, a in apps.items() if name != app and a.get("deployed_app_config")]
+    if all(a.get("name") == playground.GALLERY_APP for a in rest):  # the last model app: the gallery goes too
+        rest = []
+    _put(info, serve_config(spec, rest))
     deadline = time.monotonic() + timeout
     while app in _apps(_details(info)):
         if time.monotonic() > deadline:
             raise ServingError(f"app {app!r} is still being deleted after {timeout:.0f} s; see `atoll serve status`.")
         time.sleep(1)
+
+
+#: Answers worth one more try: the proxy lost the replica (it is being replaced) or shed the request.
+RETRY_STATUS = (502, 503, 504)
+RETRIES = 2
+
+
+def _post_with_retries(url: str, payload: dict[str, Any], headers: dict[str, str], timeout: float) -> httpx.Response:
+    """POST, retrying a lost replica or a shed request (a prediction is idempotent: asking twice is safe),
+    after the server's Retry-After (at most 2 s)."""
+    for attempt in range(RETRIES + 1):
+        last = attempt == RETRIES
+        try:
+            resp = httpx.post(url, json=payload, headers=headers, timeout=timeout)
+        except (httpx.RemoteProtocolError, httpx.ReadError):  # the connection died under the request
+            if last:
+                raise
+            time.sleep(0.5)
+            continue
+        if resp.status_code not in RETRY_STATUS or last:
+            return resp
+        retry_after = resp.headers.get("retry-after", "")
+        time.sleep(min(float(retry_after), 2.0) if retry_after.isdigit() else 0.5)
+    return resp
 
 
 def query(app: str, payload: dict[str, Any], *, spec: ClusterSpec | None = None, path: str = "predict",
@@ -199,7 +231,7 @@ def query(app: str, payload: dict[str, Any], *, spec: ClusterSpec | None = None,
     if key := api_key(spec.atoll.serve):
         headers["Authorization"] = f"Bearer {key}"
     try:
-        resp = httpx.post(url, json=payload, headers=headers, timeout=timeout)
+        resp = _post_with_retries(url, payload, headers, timeout)
     except httpx.ConnectError:
         raise ServingError(f"nothing listens on {endpoint_url(spec, '')}: no model is deployed (or the cluster "
                            f"is down). Deploy one with `atoll serve deploy NAME`.") from None

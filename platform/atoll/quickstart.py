@@ -172,4 +172,6 @@ def _finish(out: dict[str, Any], info, deployed: dict[str, Any], storage: str, d
         lines.append("The cluster is stopped (--down): `atoll quickstart` starts it again.")
     else:
         lines.append("Stop it all   atoll down")
+        lines.append(f"Try it        {deployed.get('playground') or url + '/ui'}   (draw a digit; all models: "
+                     f"{deployed.get('gallery') or '/'})")
     console.print(Panel("\n".join(lines), title="What next", title_align="left"), highlight=False)

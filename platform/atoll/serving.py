@@ -5,24 +5,30 @@ its import path is ``atoll.serving:app``, an application builder that takes the 
 runs wherever Atoll is installed (every node of a cluster.yaml cluster) without shipping files.
 
 Routes under the app's prefix: ``POST /predict``, ``GET /`` (model card), ``GET /healthz``, and FastAPI's
-``/openapi.json`` and ``/docs``. Request bodies are parsed as JSON (never unpickled) and validated
-against the version's input schema; a bad request is a 4xx that names the problem.
+``/openapi.json`` and ``/docs``; for the playground page (atoll.playground): ``GET /ui`` and ``/ui/static/*``
+(a public page shell with no model data, the same for every app) and ``GET /examples`` and ``/curve.png``
+(model data, behind the API key like the card and ``/predict``: the page asks for the key). Request
+bodies are parsed as JSON (never unpickled) and validated against the version's input schema; a bad
+request is a 4xx that names the problem.
 """
 
 
+import copy
 import hashlib
 import hmac
 import json
 import logging
+import math
 from typing import Any
 
 import numpy as np
 import pydantic
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ConfigDict, Field
 from ray import serve
 
+from atoll import playground
 from atoll.endpoints import DEPLOYMENT_NAME
 from atoll.errors import AtollError
 from atoll.specs import ServeSettings
@@ -94,6 +100,30 @@ class Predictor:
         classes = self.pre.classes
         return [classes[i] for i in probs.argmax(axis=1)], probs.astype(np.float64).round(6).tolist()
 
+    #: Standardised feature values beyond this many standard deviations are not data the model has seen.
+    EXTREME_Z = 1e4
+
+    def explain_non_finite(self, rows: np.ndarray, bad: list[int]) -> tuple[int, str]:
+        """Status and message for rows whose class probabilities came out NaN/inf: the input's fault (422)
+        when its values are extreme, else the model's (500: a broken version)."""
+        with np.errstate(all="ignore"):
+            z = np.abs(self.pre.transform_features(rows[bad]))
+        where = ", ".join(f"inputs.{i}" for i in bad[:5])
+        if not np.isfinite(z).all() or z.max() > self.EXTREME_Z:
+            return 422, (f"{where}: values far outside the training data (over {self.EXTREME_Z:g} standard "
+                         f"deviations) make the model's output NaN/inf; send values in the range it was trained on.")
+        return 500, (f"model {self.version.ref} returned NaN/inf probabilities for {where} although the input is "
+                     f"ordinary: this version is broken; deploy another one (`atoll serve deploy NAME:VERSION`).")
+
+    def request_schema(self, max_rows: int) -> dict[str, Any]:
+        """The JSON Schema of a ``/predict`` body for this version: rows of exactly its features."""
+        features, width = self.schema["features"], self.schema["num_features"]
+        positional = {"type": "array", "items": {"type": "number"}, "minItems": width, "maxItems": width}
+        named = {"type": "object", "properties": {f: {"type": "number"} for f in features}, "required": features,
+                 "additionalProperties": False}
+        rows = {"type": "array", "minItems": 1, "maxItems": max_rows, "items": {"anyOf": [positional, named]}}
+        return {"type": "object", "properties": {"inputs": rows}, "required": ["inputs"], "additionalProperties": False}
+
     def card(self) -> dict[str, Any]:
         v = self.version
         return {"model": v.name, "version": v.version, "input_schema": self.schema, "metrics": v.metrics,
@@ -155,6 +185,8 @@ def parse_rows(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_b
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"body is not valid JSON ({exc}); send {{\"inputs\": [[...]]}}.") from None
+    except RecursionError:
+        raise RequestError(400, 'body is nested too deeply; send {"inputs": [[...feature values...]]}.') from None
     if isinstance(payload, dict) and isinstance(payload.get("inputs"), list) and len(payload["inputs"]) > max_rows:
         raise RequestError(413, f"{len(payload['inputs'])} rows in one request; the limit is {max_rows} "
                                 f"(max_rows): split the request.")
@@ -162,6 +194,8 @@ def parse_rows(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_b
         request = PredictRequest.model_validate(payload)
     except pydantic.ValidationError as exc:
         raise RequestError(422, _validation_message(exc, payload)) from None
+    except RecursionError:
+        raise RequestError(400, 'body is nested too deeply; send {"inputs": [[...feature values...]]}.') from None
 
     features, width = schema["features"], schema["num_features"]
     if isinstance(request.inputs[0], dict):
@@ -182,23 +216,33 @@ def parse_rows(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_b
             if len(row) != width:
                 raise RequestError(422, f"inputs.{i} has {len(row)} values; this model takes {width} "
                                         f"({features[0]} … {features[-1]}).")
-    return np.asarray(rows, dtype=np.float32)
+    array = np.asarray(rows, dtype=np.float32)
+    if not np.isfinite(array).all():  # finite JSON numbers beyond float32's range become inf
+        row, col = map(int, np.argwhere(~np.isfinite(array))[0])
+        raise RequestError(422, f"inputs.{row}.{features[col]}: {rows[row][col]:g} is out of range; feature values "
+                                f"must lie within ±3.4e38 (float32).")
+    return array
 
 
 def key_matches(authorization: str | None, expected_sha256: str) -> bool:
     """Constant-time check of an ``Authorization: Bearer KEY`` header against the key's SHA-256."""
     scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not key:
-        return False
-    return hmac.compare_digest(hashlib.sha256(key.strip().encode()).hexdigest(), expected_sha256)
+    # The same hash and comparison whatever the header holds: a missing, malformed or wrong key all take
+    # the same time, so timing tells a caller nothing about how close a guess was.
+    digest = hashlib.sha256(key.strip().encode()).hexdigest()
+    return hmac.compare_digest(digest, expected_sha256) and scheme.lower() == "bearer" and bool(key.strip())
 
 
 # ------------------------------------------------------------------------------------------------
 # The Serve deployment
 
 
-api = FastAPI(title="Atoll model endpoint",
+# FastAPI's own /openapi.json and /docs would answer without the API key (and /docs loads its scripts from
+# a CDN): the document is served by a route of the deployment instead, behind the key like the rest.
+api = FastAPI(title="Atoll model endpoint", docs_url=None, redoc_url=None, openapi_url=None,
               description="Predictions from a registered Atoll model version. POST rows to /predict.")
+# /predict reads its body itself (size limit, one-line errors), so FastAPI cannot infer its schema: declare it.
+_PREDICT_BODY = {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -227,6 +271,7 @@ class ModelServer:
         self.args = AppArgs.model_validate(args)
         self.settings = self.args.serve_settings()
         self.predictor = Predictor(self.args.storage_root(), self.args.model)
+        self.showcase = playground.Showcase(self.args.storage_root(), self.predictor.version)
         self.predict_batch.set_max_batch_size(self.settings.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         log.info("serving %s on %s", self.predictor.version.ref, self.predictor.device)
@@ -243,9 +288,41 @@ class ModelServer:
 
     @api.get("/")
     def card(self, request: Request):
-        return self._refused(request) or {**self.predictor.card(), "requested": self.args.requested}
+        return self._refused(request) or {**self.predictor.card(), "requested": self.args.requested,
+                                          **self.showcase.card_extras(request.scope.get("root_path", ""))}
 
-    @api.post("/predict")
+    @api.get("/ui", include_in_schema=False)
+    def ui(self):
+        return playground.html_response("playground.html")
+
+    @api.get("/ui/", include_in_schema=False)
+    def ui_slash(self, request: Request):
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/ui")
+
+    @api.get("/ui/static/{name}", include_in_schema=False)
+    def ui_static(self, name: str):
+        return playground.static_response(name)
+
+    @api.get("/examples")
+    def examples(self, request: Request):
+        return self._refused(request) or self.showcase.examples_body(self.predictor.schema)
+
+    @api.get("/curve.png")
+    def curve(self, request: Request):
+        return self._refused(request) or self.showcase.curve_response()
+
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi(self, request: Request):
+        if refused := self._refused(request):
+            return refused
+        # The generic document, made exact for this version: its features, row width and row limit.
+        doc = copy.deepcopy(api.openapi())
+        doc["info"]["title"] = f"Atoll model endpoint: {self.predictor.version.ref}"
+        body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+        body["schema"] = self.predictor.request_schema(self.settings.max_rows)
+        return doc
+
+    @api.post("/predict", openapi_extra={"requestBody": _PREDICT_BODY})
     async def predict(self, request: Request):
         if refused := self._refused(request):
             return refused
@@ -260,6 +337,9 @@ class ModelServer:
         except RequestError as exc:
             return _error(exc.status, exc.message)
         predictions, probabilities = await self.predict_batch(rows)
+        bad = [i for i, p in enumerate(probabilities) if not all(math.isfinite(x) for x in p)]
+        if bad:  # JSON has no NaN: say what happened instead of failing in the encoder
+            return _error(*self.predictor.explain_non_finite(rows, bad))
         v = self.predictor.version
         return {"predictions": predictions, "probabilities": probabilities, "model": v.name, "version": v.version}
 
@@ -295,5 +375,7 @@ def app(args: dict[str, Any]):
         # Serve caps a batch at max_ongoing_requests: it must be at least the batch size (checked in specs).
         max_ongoing_requests=settings.max_ongoing_requests,
         max_queued_requests=settings.max_queued_requests,
+        # Past the queue: a fast 503 that tells well-behaved clients when to come back.
+        backpressure_config={"status_code": 503, "retry_after_s": settings.retry_after_s},
         ray_actor_options=replica_resources(settings, ray.cluster_resources().get("GPU", 0.0)),
     ).bind(parsed.model_dump())

@@ -379,17 +379,19 @@ def best_checkpoint(result) -> tuple[Any, dict[str, Any]]:
 
 def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, name: str,
                         lineage: dict[str, Any]):
-    """Register a training checkpoint (plus its training-curve picture) as a new model version."""
-    from atoll import plots, registry
+    """Register a training checkpoint (plus its training-curve picture and ~10 held-out examples of the
+    validation split for the playground page) as a new model version."""
+    from atoll import playground, plots, registry
 
     with checkpoint.as_directory() as ckpt_dir, tempfile.TemporaryDirectory() as staging:
         version_dir = Path(staging) / "version"
         shutil.copytree(ckpt_dir, version_dir)
         meta = json.loads((version_dir / META_FILE).read_text())
         plots.training_curve(meta["history"], version_dir / "training_curve.png", title=name)
+        schema = playground.add_examples(version_dir, meta, storage)  # examples.json; image shape if any
         return registry.Registry(storage).register(
             name, str(version_dir), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-            spec=meta["spec"], lineage=lineage, input_schema=meta["input_schema"])
+            spec=meta["spec"], lineage=lineage, input_schema=schema)
 
 
 def default_run_name(spec: TrainSpec) -> str:

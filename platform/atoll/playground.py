@@ -1,0 +1,330 @@
+"""The showcase: a playground page for every model app, and a gallery of them all at the HTTP root.
+
+* **Playground** (``GET /<app>/ui``): one static page shell, the same bytes for every app and shipped in
+  ``atoll/ui/`` (no CDN, no external fonts: it works on an offline cluster). It holds no model data; its
+  script fetches the model card (``GET /<app>/``), the held-out examples and input-panel layout
+  (``GET /<app>/examples``) and the training curve (``GET /<app>/curve.png``) from routes that the API
+  key guards like every other route, and predicts through the very ``POST /<app>/predict`` that every
+  client uses. With a key set it asks for it, keeps it in the tab's ``sessionStorage`` and sends it as
+  ``Authorization: Bearer``.
+* **Held-out examples**: at registration (:func:`add_examples`), ~10 validation rows of the training
+  dataset (raw feature values as the API takes them, with their true labels) are written to
+  ``examples.json`` in the version; versions without it still get a page, without example buttons.
+* **Gallery** (``GET /``): a tiny Serve app of its own (:data:`GALLERY_APP`, route prefix ``/``, no CPU)
+  that lists the live model apps from ``serve.status()``; the page fetches each app's card itself.
+
+Everything a page shows from the API is put in the DOM as text (never ``innerHTML``), and the HTML is
+served with a Content-Security-Policy that allows nothing but this origin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from atoll.errors import AtollError
+
+log = logging.getLogger("ray.serve")
+
+UI_DIR = Path(__file__).with_name("ui")
+EXAMPLES_FILE = "examples.json"
+CURVE_FILE = "training_curve.png"
+NUM_EXAMPLES = 10
+GALLERY_APP = "_gallery"  # not a valid `--app` name, so it never collides with a model app
+GALLERY_STATIC = "/_gallery/static"
+STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".svg": "image/svg+xml"}
+# The pages load nothing but this origin's scripts, styles, images (and blob: URLs of fetched images).
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PIXEL_NAME = re.compile(r"^(px|pix|pixel|pixels|p)[_-]?\d+$", re.IGNORECASE)
+
+
+# ------------------------------------------------------------------------------------------------
+# Static assets (public: the same bytes for every app, no model data)
+
+
+def static_asset(name: str) -> tuple[bytes, str] | None:
+    """(bytes, media type) of a file of ``atoll/ui/`` by bare name, or None (no paths, no dotfiles)."""
+    suffix = Path(name).suffix
+    if "/" in name or "\\" in name or name.startswith(".") or suffix not in STATIC_TYPES:
+        return None
+    path = UI_DIR / name
+    return (path.read_bytes(), STATIC_TYPES[suffix]) if path.is_file() else None
+
+
+def html_response(page: str):
+    """``playground.html`` or ``gallery.html`` with the page's security headers."""
+    from fastapi.responses import HTMLResponse
+
+    return HTMLResponse((UI_DIR / page).read_text(), headers={
+        "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache"})
+
+
+def static_response(name: str):
+    from fastapi.responses import JSONResponse, Response
+
+    found = static_asset(name)
+    if found is None:
+        return JSONResponse({"error": f"no static file {name!r}"}, status_code=404)
+    body, media_type = found
+    return Response(body, media_type=media_type, headers={"X-Content-Type-Options": "nosniff",
+                                                         "Cache-Control": "no-cache"})
+
+
+# ------------------------------------------------------------------------------------------------
+# The input panel: an image grid or a form, from the version's input schema
+
+
+def image_shape(schema: dict[str, Any]) -> list[int] | None:
+    """``[rows, cols]`` when the inputs are an image: recorded (``image``, ``image_shape``) or a perfect
+    square number (16+) of pixel-like feature names (``px0``, ``pixel_12``, ...)."""
+    width = int(schema.get("num_features") or len(schema.get("features") or []))
+    for key in ("image", "image_shape"):
+        shape = schema.get(key)
+        if isinstance(shape, list) and len(shape) >= 2 and all(isinstance(s, int) for s in shape):
+            rows, cols = shape[-2], shape[-1]
+            if rows * cols == width:
+                return [rows, cols]
+    side = math.isqrt(width)
+    features = schema.get("features") or []
+    if width >= 16 and side * side == width and features and all(PIXEL_NAME.match(str(f)) for f in features):
+        return [side, side]
+    return None
+
+
+def panel(schema: dict[str, Any], examples: list[dict[str, Any]], spec: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    """How the page lays out the inputs: ``{"kind": "image", "shape", "range"}`` or ``{"kind": "form"}``,
+    with the feature names and the classes. The drawing range is the one recorded at registration, else
+    the demo's 0..16, else the largest value of the examples (else 0..1)."""
+    out: dict[str, Any] = {"features": list(schema.get("features") or []), "classes": schema.get("classes") or [],
+                           "num_features": schema.get("num_features")}
+    shape = image_shape(schema)
+    if shape is None:
+        return {**out, "kind": "form"}
+    value_range = schema.get("value_range")
+    if not (isinstance(value_range, list) and len(value_range) == 2):
+        seen = [v for e in examples for v in e.get("inputs", []) if isinstance(v, (int, float))]
+        if ((spec or {}).get("dataset") or {}).get("path") == "demo:digits":
+            value_range = [0.0, 16.0]
+        else:
+            value_range = [min(0.0, *seen), max(seen)] if seen and max(seen) > 0 else [0.0, 1.0]
+    return {**out, "kind": "image", "shape": shape, "range": value_range}
+
+
+# ------------------------------------------------------------------------------------------------
+# Held-out examples, written into a version at registration
+
+
+def _scalar(value: Any) -> Any:
+    value = value.item() if hasattr(value, "item") else value
+    return float(value) if isinstance(value, float) else value
+
+
+def pick_examples(spec: dict[str, Any], schema: dict[str, Any], storage: str, n: int = NUM_EXAMPLES
+                  ) -> tuple[list[dict[str, Any]], list[float] | None]:
+    """Up to ``n`` rows of the validation split (one per class first), and the min/max feature value seen.
+
+    The split is the training run's own (:class:`atoll.data.SplitFilter` with the spec's fraction and
+    seed), applied batch by batch while reading the files; reading stops once every class has an example.
+    """
+    import pyarrow.dataset as pads
+
+    from atoll import data
+
+    ds_spec = spec["dataset"]
+    uri = data.resolve_path(ds_spec["path"], storage)
+    fmt = data.detect_format(uri, ds_spec.get("format", "auto"))
+    features, label = list(schema["features"]), schema["label"]
+    fs, path = data._filesystem(uri)
+    keep = data.SplitFilter(features + [label], float(ds_spec.get("validation_fraction", 0.2)), "validation",
+                            int(spec.get("seed", 0)))
+    classes = schema.get("classes") or []
+    by_class: dict[Any, list[dict[str, Any]]] = {}
+    low, high, scanned = math.inf, -math.inf, 0
+    for batch in pads.dataset(path, filesystem=fs, format=fmt).to_batches(columns=features + [label]):
+        frame = keep(batch.to_pandas())
+        if len(frame) == 0:
+            continue
+        values = frame[features].to_numpy(dtype="float64")
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+        for row, y in zip(values.tolist(), frame[label].tolist()):
+            by_class.setdefault(_scalar(y), []).append({"inputs": row, "label": _scalar(y)})
+        scanned += len(frame)
+        if len(by_class) >= max(len(classes), 1) and scanned >= 20 * n:
+            break
+    order = [c for c in classes if c in by_class] + [c for c in by_class if c not in classes]
+    picked: list[dict[str, Any]] = []
+    depth = 0
+    while len(picked) < n and any(len(by_class[c]) > depth for c in order):
+        picked += [by_class[c][depth] for c in order if len(by_class[c]) > depth][: n - len(picked)]
+        depth += 1
+    return picked, ([low, high] if scanned else None)
+
+
+def add_examples(version_dir: str | Path, meta: dict[str, Any], storage: str) -> dict[str, Any]:
+    """Write ``examples.json`` into a version being registered; return its input schema, with ``image``
+    (and ``value_range``) recorded when the inputs are an image. Never fails a registration: without
+    examples the page simply has no example buttons."""
+    schema = dict(meta["input_schema"])
+    try:
+        examples, value_range = pick_examples(meta["spec"], schema, storage)
+        if str(meta["spec"]["dataset"]["path"]) == "demo:digits" and schema.get("num_features") == 64:
+            schema.setdefault("image", [8, 8])  # scikit-learn's 8x8 digits, pixels 0..16
+            value_range = [0.0, 16.0]
+        shape = image_shape(schema)
+        if shape:
+            schema["image"] = shape
+            if value_range:
+                schema["value_range"] = value_range
+        Path(version_dir, EXAMPLES_FILE).write_text(json.dumps(
+            {"features": schema["features"], "label": schema["label"], "examples": examples}))
+    except Exception as exc:  # noqa: BLE001 - a showcase nicety must never fail a registration
+        log.warning("no held-out examples stored with the version: %s", exc)
+    return schema
+
+
+# ------------------------------------------------------------------------------------------------
+# What one model app's page needs (loaded once per replica)
+
+
+def spec_summary(spec: dict[str, Any]) -> dict[str, Any]:
+    """The training spec in a few lines: model, optimiser, schedule, data."""
+    model, opt, dataset = spec.get("model") or {}, spec.get("optimizer") or {}, spec.get("dataset") or {}
+    summary = {"model": model.get("type"), "params": model.get("params"), "optimizer": opt.get("name"),
+               "lr": opt.get("lr"), "epochs": spec.get("epochs"), "batch_size": spec.get("batch_size"),
+               "workers": spec.get("num_workers"), "dataset": dataset.get("path"),
+               "validation_fraction": dataset.get("validation_fraction"), "seed": spec.get("seed")}
+    return {k: v for k, v in summary.items() if v is not None}
+
+
+class Showcase:
+    """The playground's data for one served version: examples, training curve, spec summary, aliases."""
+
+    def __init__(self, storage: str, version) -> None:
+        from atoll import registry
+
+        reg = registry.Registry(storage)
+        self.version = version
+        self.examples: list[dict[str, Any]] = []
+        self.curve: bytes | None = None
+        if EXAMPLES_FILE in version.files:
+            try:
+                self.examples = list(json.loads(reg.read_file(version, EXAMPLES_FILE)).get("examples") or [])
+            except (ValueError, AtollError) as exc:
+                log.warning("%s: unreadable %s: %s", version.ref, EXAMPLES_FILE, exc)
+        if CURVE_FILE in version.files:
+            try:
+                self.curve = reg.read_file(version, CURVE_FILE)
+            except AtollError as exc:
+                log.warning("%s: unreadable %s: %s", version.ref, CURVE_FILE, exc)
+        try:
+            self.aliases = sorted(a for a, v in reg.aliases(version.name).items() if v == version.version)
+        except AtollError:
+            self.aliases = []
+
+    def card_extras(self, root_path: str) -> dict[str, Any]:
+        return {"playground": f"{root_path.rstrip('/')}/ui", "aliases": self.aliases,
+                "spec_summary": spec_summary(self.version.spec), "has_curve": self.curve is not None,
+                "num_examples": len(self.examples)}
+
+    def examples_body(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"panel": panel(schema, self.examples, self.version.spec), "examples": self.examples}
+
+    def curve_response(self):
+        from fastapi.responses import JSONResponse, Response
+
+        if self.curve is None:
+            return JSONResponse({"error": f"{self.version.ref} has no {CURVE_FILE}."}, status_code=404)
+        return Response(self.curve, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+# ------------------------------------------------------------------------------------------------
+# The gallery: a Serve app at the HTTP root listing the live model apps
+
+
+def live_apps() -> list[dict[str, Any]]:
+    """Model apps from Serve's status: name, status, route prefix (no registry data: the page asks each
+    app for its card, with the API key the app may need)."""
+    from ray import serve
+
+    from atoll.endpoints import DEPLOYMENT_NAME
+
+    prefixes: dict[str, str] = {}
+    try:  # route prefixes are in the controller's details; Atoll's apps are at /<app> anyway
+        from ray.serve.context import _get_global_client
+
+        details = _get_global_client().get_serve_details()
+        prefixes = {n: a.get("route_prefix") for n, a in (details.get("applications") or {}).items()}
+    except Exception as exc:  # noqa: BLE001 - a private API: fall back to the convention
+        log.debug("no route prefixes from Serve's details (%s); assuming /<app>", exc)
+    apps = []
+    for name, state in sorted(serve.status().applications.items()):
+        if name == GALLERY_APP or DEPLOYMENT_NAME not in (state.deployments or {}):
+            continue
+        apps.append({"app": name, "status": str(getattr(state.status, "value", state.status)),
+                     "route_prefix": prefixes.get(name) or f"/{name}"})
+    return apps
+
+
+@cache
+def _gallery_deployment():
+    """The gallery's Serve deployment (built on first use: registering a model needs no Serve)."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    gallery_api = FastAPI(title="Atoll showcase", description="The live model apps of this cluster.",
+                          docs_url=None, redoc_url=None, openapi_url=None)
+
+    @serve.deployment(name="Gallery", ray_actor_options={"num_cpus": 0})
+    @serve.ingress(gallery_api)
+    class Gallery:
+        """The gallery page, its assets and the list of live model apps (cached for 2 s)."""
+
+        def __init__(self) -> None:
+            self._cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
+
+        @gallery_api.get("/")
+        def page(self):
+            return html_response("gallery.html")
+
+        @gallery_api.get(GALLERY_STATIC + "/{name}")
+        def static(self, name: str):
+            return static_response(name)
+
+        @gallery_api.get("/_gallery/apps")
+        def apps(self) -> dict[str, Any]:
+            at, apps = self._cache
+            if time.monotonic() - at > 2:
+                apps = live_apps()
+                self._cache = (time.monotonic(), apps)
+            return {"apps": apps}
+
+        @gallery_api.get("/_gallery/healthz")
+        def healthz(self) -> dict[str, str]:
+            return {"status": "ok"}
+
+    return Gallery
+
+
+def gallery_app(args: dict[str, Any] | None = None):
+    """Serve application builder (``import_path: atoll.playground:gallery_app``), route prefix ``/``."""
+    return _gallery_deployment().bind()
+
+
+def gallery_config() -> dict[str, Any]:
+    """The gallery's entry in the cluster's declarative Serve config."""
+    return {"name": GALLERY_APP, "route_prefix": "/", "import_path": "atoll.playground:gallery_app", "args": {}}
+
+
+def gallery_url(endpoint_url: str) -> str:
+    """``http://host:port/`` from an app's URL ``http://host:port/<app>``."""
+    return endpoint_url.rsplit("/", 1)[0] + "/"

@@ -1,0 +1,79 @@
+// Atoll showcase: one card per live model app, from Serve's status; each card from its app's own API.
+"use strict";
+
+(() => {
+  const KEY_STORE = "atoll-api-key";
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function headers() {
+    let key = "";
+    try { key = sessionStorage.getItem(KEY_STORE) || ""; } catch (e) { key = ""; }
+    return key ? { Authorization: "Bearer " + key } : {};
+  }
+
+  function headline(metrics) {
+    for (const name of ["val_accuracy", "accuracy", "val_loss"]) {
+      if (typeof metrics[name] === "number") return [name, metrics[name]];
+    }
+    const first = Object.entries(metrics || {}).find(([k, v]) => typeof v === "number" && k !== "epoch");
+    return first || null;
+  }
+
+  async function card(app) {
+    const prefix = (app.route_prefix || `/${app.app}`).replace(/\/+$/, "");
+    const node = el("article", "panel app-card");
+    node.dataset.app = app.app;
+    const head = el("div", "head");
+    head.append(el("h2", "", app.app), el("span", "badge" + (app.status === "RUNNING" ? " accent" : " warn"), app.status));
+    node.append(head);
+    const model = el("div", "muted");
+    const metric = el("div", "metric");
+    const metricName = el("div", "muted small");
+    node.append(model, metric, metricName);
+    try {
+      const resp = await fetch(`${prefix}/`, { headers: headers(), cache: "no-store" });
+      if (resp.status === 401) {
+        model.textContent = "API key required: the playground asks for it.";
+      } else if (resp.ok) {
+        const c = await resp.json();
+        model.textContent = `${c.model} · version ${c.version}` + ((c.aliases || []).length ? ` · @${c.aliases.join(", @")}` : "");
+        const best = headline(c.metrics || {});
+        if (best) {
+          metric.textContent = best[0].includes("accuracy") ? `${(best[1] * 100).toFixed(1)}%` : best[1].toFixed(4);
+          metricName.textContent = best[0];
+        }
+      } else {
+        model.textContent = `the app answered ${resp.status}`;
+      }
+    } catch (e) {
+      model.textContent = "the app did not answer";
+    }
+    const link = el("a", "open", "Open playground →");
+    link.href = `${prefix}/ui`;
+    node.append(link);
+    return node;
+  }
+
+  async function refresh() {
+    try {
+      const resp = await fetch("/_gallery/apps", { cache: "no-store" });
+      const body = await resp.json();
+      const cards = await Promise.all(body.apps.map(card));
+      $("gallery").replaceChildren(...cards);
+      $("status").textContent = cards.length ? "" : "No model is deployed. Deploy one with `atoll serve deploy NAME`.";
+      $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    } catch (e) {
+      $("status").textContent = `Could not read Serve's status (${e.message}); retrying.`;
+    }
+  }
+
+  refresh();
+  setInterval(refresh, 10000);
+})();

@@ -1,0 +1,428 @@
+// Atoll playground: the model card, an input panel built from the input schema, and /predict.
+// Everything from the API goes into the DOM as text (textContent), never as HTML.
+"use strict";
+
+(() => {
+  const KEY_STORE = "atoll-api-key";
+  const $ = (id) => document.getElementById(id);
+
+  // The app's prefix from the page's own path: /<app>/ui (or /<app>/ui/) -> /<app>
+  const base = location.pathname.replace(/\/+$/, "").replace(/\/ui$/, "");
+  const state = { card: null, panel: null, examples: [], values: [], truth: null, erase: false, keyNeeded: false };
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function storedKey() {
+    try { return sessionStorage.getItem(KEY_STORE) || ""; } catch (e) { return ""; }
+  }
+
+  class ApiError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  function errorText(body, resp) {
+    if (body && typeof body.error === "string") return body.error;
+    if (body && typeof body.detail === "string") return body.detail;
+    if (body && Array.isArray(body.detail)) return body.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
+    return resp.statusText || "request failed";
+  }
+
+  async function api(path, options = {}) {
+    const headers = Object.assign({}, options.headers || {});
+    const key = storedKey();
+    if (key) headers.Authorization = "Bearer " + key;
+    return fetch(base + path, Object.assign({}, options, { headers, cache: "no-store" }));
+  }
+
+  async function getJSON(path) {
+    const resp = await api(path);
+    let body = null;
+    try { body = await resp.json(); } catch (e) { body = null; }
+    if (!resp.ok) throw new ApiError(resp.status, errorText(body, resp));
+    return body;
+  }
+
+  function setStatus(text) { $("status").textContent = text || ""; }
+
+  // ---- API key -------------------------------------------------------------------------------
+
+  function showKeyPrompt(reason) {
+    state.keyNeeded = true;
+    $("layout").hidden = true;
+    $("key-panel").hidden = false;
+    $("key-reason").textContent = reason;
+    setStatus("");
+    $("key-input").value = "";
+    $("key-input").focus();
+  }
+
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("key-input").value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORE, key);
+    $("key-panel").hidden = true;
+    load();
+  });
+
+  $("forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORE);
+    location.reload();
+  });
+
+  // ---- The model card ------------------------------------------------------------------------
+
+  function fmt(value) {
+    if (typeof value === "number") return Number.isInteger(value) ? String(value) : String(Number(value.toFixed(4)));
+    if (value === null || value === undefined) return "–";
+    if (typeof value === "object") return JSON.stringify(value);
+    return String(value);
+  }
+
+  function facts(dl, rows) {
+    dl.replaceChildren();
+    for (const [name, value] of rows) {
+      if (value === undefined || value === null || value === "") continue;
+      dl.append(el("dt", "", name), el("dd", "", fmt(value)));
+    }
+    if (!dl.children.length) dl.append(el("dt", "", "–"), el("dd", "", "none recorded"));
+  }
+
+  function renderCard(card) {
+    document.title = `${card.model}:${card.version} · Atoll playground`;
+    $("app-name").textContent = base.replace(/^\//, "") || card.model;
+    $("card-title").textContent = card.model;
+    const badges = $("badges");
+    badges.replaceChildren(el("span", "badge accent", `version ${card.version}`));
+    for (const alias of card.aliases || []) badges.append(el("span", "badge", `@${alias}`));
+    if (card.requested && card.requested !== `${card.model}:${card.version}`) {
+      badges.append(el("span", "badge", `deployed as ${card.requested}`));
+    }
+    if (state.keyNeeded || storedKey()) badges.append(el("span", "badge warn", "API key"));
+    $("created").textContent = card.created_at ? `registered ${card.created_at.replace("T", " ").slice(0, 19)} UTC` : "";
+    // Validation metrics first, then training, then the rest (throughput, timings).
+    const rank = (k) => (k.startsWith("val_") ? 0 : /^train_(accuracy|loss)$/.test(k) ? 1 : 2);
+    const metrics = Object.entries(card.metrics || {}).filter(([k]) => !["epoch", "timestamp"].includes(k))
+      .sort((a, b) => rank(a[0]) - rank(b[0]));
+    facts($("metrics"), metrics);
+    const s = card.spec_summary || {};
+    facts($("spec"), [
+      ["model", s.model + (s.params ? " " + JSON.stringify(s.params) : "")],
+      ["optimizer", s.optimizer ? `${s.optimizer}, lr ${s.lr}` : undefined],
+      ["epochs", s.epochs], ["batch size", s.batch_size], ["workers", s.workers],
+      ["dataset", s.dataset], ["validation", s.validation_fraction], ["seed", s.seed],
+    ]);
+    const lin = card.lineage || {};
+    facts($("lineage"), [
+      ["dataset fingerprint", lin.dataset_fingerprint], ["job id", lin.job_id],
+      ["git commit", lin.git_commit ? String(lin.git_commit).slice(0, 12) : undefined],
+      ["run", lin.run_name || lin.sweep], ["trial", lin.trial_id], ["copied from", lin.copied_from],
+    ]);
+    $("forget-key").hidden = !storedKey();
+  }
+
+  async function loadCurve() {
+    try {
+      const resp = await api("/curve.png");
+      if (!resp.ok) return;
+      const blob = await resp.blob();
+      $("curve").src = URL.createObjectURL(blob);
+      $("curve-figure").hidden = false;
+    } catch (e) { /* the curve is a nicety: the card works without it */ }
+  }
+
+  // ---- The input panel -------------------------------------------------------------------------
+
+  const canvas = $("grid");
+  const ctx = canvas.getContext("2d");
+
+  function range() { return state.panel.range || [0, 1]; }
+
+  function drawGrid() {
+    const [rows, cols] = state.panel.shape;
+    const [lo, hi] = range();
+    const cw = canvas.width / cols, ch = canvas.height / rows;
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        const t = Math.max(0, Math.min(1, (state.values[r * cols + c] - lo) / ((hi - lo) || 1)));
+        const shade = Math.round(255 - t * 235);
+        ctx.fillStyle = `rgb(${shade},${shade},${Math.min(255, shade + 8)})`;
+        ctx.fillRect(c * cw, r * ch, cw, ch);
+      }
+    }
+    ctx.strokeStyle = "rgba(15, 23, 32, 0.08)";
+    ctx.lineWidth = 1;
+    for (let c = 1; c < cols; c++) { ctx.beginPath(); ctx.moveTo(c * cw, 0); ctx.lineTo(c * cw, canvas.height); ctx.stroke(); }
+    for (let r = 1; r < rows; r++) { ctx.beginPath(); ctx.moveTo(0, r * ch); ctx.lineTo(canvas.width, r * ch); ctx.stroke(); }
+  }
+
+  function paintAt(event) {
+    const [rows, cols] = state.panel.shape;
+    const [lo, hi] = range();
+    const box = canvas.getBoundingClientRect();
+    const c = Math.floor(((event.clientX - box.left) / box.width) * cols);
+    const r = Math.floor(((event.clientY - box.top) / box.height) * rows);
+    if (r < 0 || c < 0 || r >= rows || c >= cols) return;
+    const whole = Number.isInteger(hi) && hi > 1;  // e.g. digits: integer pixels 0..16
+    const brush = [[0, 0, 1], [-1, 0, 0.45], [1, 0, 0.45], [0, -1, 0.45], [0, 1, 0.45]];
+    for (const [dr, dc, weight] of brush) {
+      const rr = r + dr, cc = c + dc;
+      if (rr < 0 || cc < 0 || rr >= rows || cc >= cols) continue;
+      const i = rr * cols + cc;
+      if (state.erase) {
+        if (weight === 1) state.values[i] = lo;
+      } else {
+        let v = lo + (hi - lo) * weight;
+        if (whole) v = Math.round(v);
+        state.values[i] = Math.max(state.values[i], v);
+      }
+    }
+    state.truth = null;
+    markExample(null);
+    drawGrid();
+  }
+
+  let drawing = false;
+  canvas.addEventListener("pointerdown", (event) => {
+    drawing = true;
+    canvas.setPointerCapture(event.pointerId);
+    paintAt(event);
+  });
+  canvas.addEventListener("pointermove", (event) => { if (drawing) paintAt(event); });
+  const stop = () => { drawing = false; };
+  canvas.addEventListener("pointerup", stop);
+  canvas.addEventListener("pointercancel", stop);
+
+  $("clear").addEventListener("click", () => {
+    state.values = state.values.map(() => range()[0]);
+    state.truth = null;
+    markExample(null);
+    drawGrid();
+  });
+  $("erase").addEventListener("click", () => {
+    state.erase = !state.erase;
+    $("erase").setAttribute("aria-pressed", String(state.erase));
+  });
+
+  function buildForm() {
+    const form = $("form-input");
+    form.replaceChildren();
+    state.panel.features.forEach((name, i) => {
+      const label = el("label", "", name);
+      const input = el("input");
+      input.type = "text";
+      input.inputMode = "decimal";
+      input.id = `f-${i}`;
+      input.name = name;
+      input.autocomplete = "off";
+      label.append(input);
+      form.append(label);
+    });
+    form.addEventListener("submit", (event) => { event.preventDefault(); predictPanel(); });
+  }
+
+  function renderPanel(panel) {
+    state.panel = panel;
+    const n = panel.num_features || panel.features.length;
+    if (panel.kind === "image") {
+      state.values = new Array(n).fill(range()[0]);
+      $("image-input").hidden = false;
+      $("form-input").hidden = true;
+      $("panel-hint").textContent = `Draw on the ${panel.shape[0]}×${panel.shape[1]} grid (values ${range()[0]}–${range()[1]}), or pick an example.`;
+      drawGrid();
+    } else {
+      $("image-input").hidden = true;
+      $("form-input").hidden = false;
+      $("panel-hint").textContent = `${n} features: fill in the form, paste a CSV row, or pick an example.`;
+      buildForm();
+    }
+    $("csv").placeholder = `${n} comma-separated values, in the order ${panel.features.slice(0, 3).join(", ")}, …`;
+  }
+
+  function setValues(values) {
+    if (state.panel.kind === "image") {
+      state.values = values.slice();
+      drawGrid();
+    } else {
+      values.forEach((v, i) => { $(`f-${i}`).value = String(v); });
+    }
+  }
+
+  function markExample(button) {
+    for (const b of $("examples").children) b.classList.toggle("active", b === button);
+  }
+
+  function renderExamples(examples) {
+    state.examples = examples || [];
+    const box = $("examples");
+    box.replaceChildren();
+    state.examples.forEach((example, i) => {
+      const button = el("button", "", `#${i + 1}`);
+      button.type = "button";
+      button.dataset.index = String(i);
+      button.title = `held-out example ${i + 1} (true label ${example.label})`;
+      button.setAttribute("aria-label", `Example ${i + 1}, true label ${example.label}`);
+      button.addEventListener("click", () => {
+        setValues(example.inputs);
+        state.truth = example.label;
+        markExample(button);
+      });
+      box.append(button);
+    });
+    $("examples-box").hidden = state.examples.length === 0;
+  }
+
+  // ---- Predictions -----------------------------------------------------------------------------
+
+  function numberOrRaw(text) {
+    const t = String(text).trim();
+    if (t === "") return null;
+    const n = Number(t);
+    return Number.isFinite(n) && /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/.test(t) ? n : t;
+  }
+
+  function panelRow() {
+    if (state.panel.kind === "image") return state.values.slice();
+    const row = {};
+    state.panel.features.forEach((name, i) => { row[name] = numberOrRaw($(`f-${i}`).value); });
+    return row;
+  }
+
+  function shellQuote(text) { return "'" + text.replace(/'/g, "'\\''") + "'"; }
+
+  function showCurl(body) {
+    const auth = state.keyNeeded || storedKey() ? ' -H "Authorization: Bearer $ATOLL_API_KEY"' : "";
+    $("curl").textContent = `curl -s ${location.origin}${base}/predict -H 'Content-Type: application/json'${auth} -d ${shellQuote(JSON.stringify(body))}`;
+    $("curl-box").hidden = false;
+  }
+
+  function showError(status, message) {
+    const box = $("error");
+    box.replaceChildren(el("strong", "", `${status}`), document.createTextNode(message));
+    box.hidden = false;
+    $("result").hidden = true;
+  }
+
+  function renderResult(answer, ms) {
+    $("error").hidden = true;
+    const predicted = answer.predictions[0];
+    const probs = answer.probabilities[0] || [];
+    const classes = state.panel.classes && state.panel.classes.length === probs.length
+      ? state.panel.classes : probs.map((_, i) => i);
+    $("predicted").textContent = String(predicted);
+    const truth = $("truth");
+    if (state.truth === null || state.truth === undefined) {
+      truth.textContent = "";
+      truth.className = "truth";
+    } else {
+      const right = String(state.truth) === String(predicted);
+      truth.textContent = `true label ${state.truth} ${right ? "✓" : "✗"}`;
+      truth.className = "truth " + (right ? "right" : "wrong");
+    }
+    $("latency").textContent = `${Math.round(ms)} ms`;
+    const bars = $("bars");
+    bars.replaceChildren();
+    const top = probs.indexOf(Math.max(...probs));
+    probs.forEach((p, i) => {
+      const mark = i === top ? " bar-row-top" : "";
+      const track = el("div", "bar-track" + mark);
+      track.setAttribute("role", "img");
+      track.setAttribute("aria-label", `class ${classes[i]}: ${(p * 100).toFixed(1)}%`);
+      const fill = el("div", "bar-fill");
+      fill.style.width = `${(p * 100).toFixed(2)}%`;
+      track.append(fill);
+      bars.append(el("div", "bar-label" + mark, classes[i]), track, el("div", "bar-value" + mark, `${(p * 100).toFixed(1)}%`));
+    });
+    $("result").hidden = false;
+  }
+
+  async function predict(row) {
+    const body = { inputs: [row] };
+    showCurl(body);
+    const button = $("predict");
+    button.disabled = true;
+    const started = performance.now();
+    try {
+      const resp = await api("/predict", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      const ms = performance.now() - started;
+      let answer = null;
+      try { answer = await resp.json(); } catch (e) { answer = null; }
+      if (!resp.ok) {
+        showError(resp.status, errorText(answer, resp));
+        if (resp.status === 401) showKeyPrompt(errorText(answer, resp));
+        return;
+      }
+      renderResult(answer, ms);
+    } catch (e) {
+      showError("network", `the endpoint did not answer (${e.message})`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function predictPanel() { predict(panelRow()); }
+
+  $("predict").addEventListener("click", predictPanel);
+  $("csv-predict").addEventListener("click", () => {
+    const tokens = $("csv").value.split(/[,;\t\s]+/).filter((t) => t !== "");
+    const row = tokens.map(numberOrRaw);
+    const n = state.panel.num_features || state.panel.features.length;
+    state.truth = null;
+    markExample(null);
+    if (row.length === n && row.every((v) => typeof v === "number")) setValues(row);
+    predict(state.panel.kind === "image" || row.length !== n
+      ? row : Object.fromEntries(state.panel.features.map((f, i) => [f, row[i]])));
+  });
+  $("copy-curl").addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText($("curl").textContent);
+      $("copy-curl").textContent = "Copied";
+    } catch (e) {
+      const range = document.createRange();
+      range.selectNodeContents($("curl"));
+      const sel = window.getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+      $("copy-curl").textContent = "Selected";
+    }
+    setTimeout(() => { $("copy-curl").textContent = "Copy"; }, 1500);
+  });
+
+  // ---- Start -----------------------------------------------------------------------------------
+
+  async function load() {
+    setStatus("Loading the model card …");
+    let card, examples;
+    try {
+      card = await getJSON("/");
+      examples = await getJSON("/examples");
+    } catch (e) {
+      if (e.status === 401) {
+        showKeyPrompt(storedKey() ? `The key was refused: ${e.message}` : e.message);
+      } else {
+        setStatus(`Could not load the model card (${e.status || "network"}): ${e.message}`);
+      }
+      return;
+    }
+    state.card = card;
+    $("key-panel").hidden = true;
+    renderCard(card);
+    renderPanel(examples.panel);
+    renderExamples(examples.examples);
+    $("layout").hidden = false;
+    setStatus("");
+    if (card.has_curve) loadCurve();
+  }
+
+  $("openapi-link").href = base + "/openapi.json";
+  load();
+})();

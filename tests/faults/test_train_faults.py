@@ -1,0 +1,117 @@
+"""Training under faults: a worker SIGKILLed mid-run, then the job's driver SIGKILLed, then a resume.
+
+One run of the session's digits spec (same seed, same epochs) goes through both faults; its final
+validation accuracy is compared with the uninterrupted run of the `trained_digits` fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from atoll import jobs, registry, train
+from conftest import TRAINED_EPOCHS, run_cli
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+RUN = "t-faults"
+
+
+def _storage() -> str:
+    return os.environ["ATOLL_STORAGE"]
+
+
+def _processes(marker: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info.get("cmdline") or [])]
+
+
+def _checkpoints(run_name: str) -> list[dict]:
+    """Checkpoints Ray Train's controller has registered (it polls its workers; a report still sitting
+    on a worker that dies is lost, so a kill must wait for registration)."""
+    snapshot = Path(train.runs_root(_storage())) / run_name / "checkpoint_manager_snapshot.json"
+    try:
+        return json.loads(snapshot.read_text()).get("checkpoint_results") or []
+    except (OSError, ValueError):
+        return []
+
+
+def _wait(condition, job_id: str, what: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}: " + jobs.logs(job_id)[-3000:]
+        assert jobs.status(job_id)["status"] in ("PENDING", "RUNNING"), jobs.logs(job_id)[-3000:]
+        time.sleep(0.2)
+
+
+def _checkpoint_dirs(run_name: str) -> list[Path]:
+    return sorted(p for p in (Path(train.runs_root(_storage())) / run_name).glob("checkpoint_*") if p.is_dir())
+
+
+def test_a_killed_worker_and_a_killed_driver_lose_no_work(trained_digits, reliability):
+    submitted = run_cli("train", "--no-wait", "--json", "--set", f"epochs={TRAINED_EPOCHS}", "--run-name", RUN)
+    job_id = json.loads(submitted.stdout)["id"]
+
+    # 1. SIGKILL one of the two Train workers once a checkpoint is registered: FailureConfig restarts them.
+    _wait(lambda: len(_checkpoints(RUN)) >= 1, job_id, "a first checkpoint")
+    workers = _processes("RayTrainWorker")
+    assert len(workers) == 2
+    killed_worker_at = time.monotonic()
+    os.kill(workers[0].pid, signal.SIGKILL)
+    _wait(lambda: any(e["event"] == "resumed" for e in train.parse_events(jobs.logs(job_id))), job_id,
+          "the restart from the checkpoint")
+    worker_recovery_s = time.monotonic() - killed_worker_at
+    resumed_at = [e for e in train.parse_events(jobs.logs(job_id)) if e["event"] == "resumed"][0]["epoch"]
+
+    # 2. SIGKILL the job's driver once the restarted run has registered one more checkpoint.
+    done = len(_checkpoints(RUN))
+    _wait(lambda: len(_checkpoints(RUN)) > done, job_id, "a checkpoint after the restart")
+    epochs_before = {e["epoch"] for e in train.parse_events(jobs.logs(job_id)) if e["event"] == "epoch"}
+    assert len(epochs_before) < TRAINED_EPOCHS, "the run finished before its driver could be killed"
+    # (The job runs its entrypoint through `sh -c`: the driver is the python process under it.)
+    drivers = [p for p in _processes("jobs/train.py") if RUN in " ".join(p.info["cmdline"]) and p.name() != "sh"]
+    assert len(drivers) == 1, drivers
+    os.kill(drivers[0].pid, signal.SIGKILL)
+    deadline = time.time() + 60
+    while (state := jobs.status(job_id)["status"]) in ("PENDING", "RUNNING"):
+        assert time.time() < deadline, "the job still says RUNNING a minute after its driver died"
+        time.sleep(0.5)
+    listed = {j["id"]: j["status"] for j in json.loads(run_cli("jobs", "list", "--json").stdout)}
+    assert state == listed[job_id] == "FAILED", (state, listed.get(job_id))
+
+    # Every checkpoint on disk is whole (written, then published): each has its weights and metadata.
+    for ckpt in _checkpoint_dirs(RUN):
+        assert (ckpt / "model.pt").stat().st_size > 0 and json.loads((ckpt / "atoll.json").read_text())
+
+    # 3. The same run name without --resume is refused; --resume continues from the latest checkpoint.
+    refused = run_cli("train", "--set", f"epochs={TRAINED_EPOCHS}", "--run-name", RUN)
+    assert refused.returncode != 0 and f"--resume {RUN}" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stdout + refused.stderr
+    result = run_cli("train", "--set", f"epochs={TRAINED_EPOCHS}", "--resume", RUN, "--json", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    events = train.parse_events(jobs.logs(out["job"]["id"]))
+    resumed_epoch = [e for e in events if e["event"] == "resumed"][0]["epoch"]
+    epochs_after = {e["epoch"] for e in events if e["event"] == "epoch"}
+    assert resumed_epoch >= 1 and epochs_before | epochs_after == set(range(TRAINED_EPOCHS))
+    redone = len(epochs_before & epochs_after)
+    assert redone <= 1, f"the resume redid epochs {sorted(epochs_before & epochs_after)}"
+
+    # The registered model's history runs through every epoch once, and it is as good as the uninterrupted run.
+    reg = registry.Registry(_storage())
+    version = reg.get(f"digits:{out['registered']['version']}")
+    history = json.loads(reg.read_file(version, "atoll.json"))["history"]
+    assert [h["epoch"] for h in history] == list(range(len(history)))
+    faulted = version.manifest["metrics"]["val_accuracy"]
+    baseline = trained_digits["registered"]["metrics"]["val_accuracy"]
+    assert abs(faulted - baseline) <= 0.02, (faulted, baseline)
+    reliability("train", "SIGKILL 1 of 2 Train workers after the first checkpoint",
+                f"restarted from epoch {resumed_at} in {worker_recovery_s:.1f} s; no epoch lost")
+    reliability("driver", "SIGKILL the training job's driver, then `atoll train --resume`",
+                f"job reported FAILED; resumed at epoch {resumed_epoch}, {redone} epoch redone; "
+                f"val_accuracy {faulted:.4f} vs {baseline:.4f} uninterrupted (Δ {faulted - baseline:+.4f})")
