@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import typer
 import yaml
-from atoll import cluster, endpoints, kuberay
+from atoll import cluster, endpoints, kuberay, playground
 from atoll.cli_k8s import k8s_app
 from atoll.errors import ConfigError
 from conftest import REPO
@@ -365,7 +365,8 @@ def test_rayservice_serves_the_demo_app_with_the_serve_deploy_structure(raw, tmp
     config = yaml.safe_load(svc["spec"]["serveConfigV2"])
     assert svc["metadata"]["name"] == "atoll-digits"
     assert config["http_options"] == {"host": "0.0.0.0", "port": spec.atoll.serve.port}
-    (app,) = config["applications"]
+    app, gallery = config["applications"]
+    assert (gallery["name"], gallery["route_prefix"]) == (playground.GALLERY_APP, "/")
     assert app["import_path"] == "atoll.serving:app" == endpoints.IMPORT_PATH
     assert (app["name"], app["route_prefix"]) == ("digits", "/digits")
     assert app["args"]["model"] == app["args"]["requested"] == "digits@production"
@@ -373,7 +374,7 @@ def test_rayservice_serves_the_demo_app_with_the_serve_deploy_structure(raw, tmp
     # The same document `atoll serve deploy` would PUT, bar the bind address.
     expected = endpoints.serve_config(spec, [endpoints.app_config(
         "digits", "digits@production", storage=spec.atoll.storage, requested="digits@production",
-        settings=app["args"]["settings"], api_key="s3cret-key")])
+        settings=app["args"]["settings"], api_key="s3cret-key"), playground.gallery_config()])
     expected["http_options"]["host"] = "0.0.0.0"
     assert config == expected
     # Serve settings go along explicitly and are valid for the app.
@@ -385,7 +386,7 @@ def test_rayservice_serves_the_demo_app_with_the_serve_deploy_structure(raw, tmp
 def test_rayservice_other_model_and_app(raw, tmp_path):
     spec = spec_of(tmp_path, raw)
     svc = kuberay.rayservice(spec, model="digits:3", app="digits_v3")
-    (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    app, _gallery = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
     assert (app["name"], app["args"]["model"]) == ("digits_v3", "digits:3")
     assert svc["metadata"]["name"] == "atoll-digits-v3"
     validate(svc)

@@ -282,13 +282,14 @@ def rayjob(spec: ClusterSpec, *, config: str = TRAIN_CONFIG, on_cluster: str | N
 
 def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | None = None,
                  api_key: str | None = None) -> dict[str, Any]:
-    """The Serve config of the model endpoint: the structure ``atoll serve deploy`` writes, for a pod.
+    """The Serve config of the model endpoint (and the gallery): the structure ``atoll serve deploy`` writes,
+    for a pod.
 
     cluster.yaml's per-app Serve settings go along explicitly (a replica need not find cluster.yaml), and
     ``http_options.host`` is 0.0.0.0: inside the pod the proxy must listen on the pod's interfaces for the
     Kubernetes Service (``<name>-serve-svc``) to reach it; the Service, not the bind address, decides exposure.
     """
-    from atoll import endpoints
+    from atoll import endpoints, playground
     from atoll.registry import parse_ref
 
     name = parse_ref(model)[0]
@@ -297,8 +298,10 @@ def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | No
         raise ConfigError(f"--app {app!r}: use letters, digits, '-' and '_' (it becomes the URL path /{app}).")
     serve = spec.atoll.serve
     settings = {k: getattr(serve, k) for k in ServeSettings.PER_APP if getattr(serve, k) is not None}
-    config = endpoints.serve_config(spec, [endpoints.app_config(app, model, storage=_storage(spec), requested=model,
-                                                                settings=settings, api_key=api_key)])
+    model_app = endpoints.app_config(app, model, storage=_storage(spec), requested=model, settings=settings,
+                                     api_key=api_key)
+    # The model app first (the RayService is named after it), then the gallery at / as `atoll serve deploy` adds.
+    config = endpoints.serve_config(spec, [model_app, playground.gallery_config()])
     config["http_options"]["host"] = "0.0.0.0"
     return config
 
