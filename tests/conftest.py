@@ -62,10 +62,10 @@ TRAINED_EPOCHS = 6
 
 @pytest.fixture(scope="session")
 def trained_digits(ray_cluster) -> dict:
-    """The digits demo trained for real by `atoll train` (TRAINED_EPOCHS epochs, 2 workers, run `t-resume`),
-    once per session: the training tests resume it, the Serve tests deploy it, the fault tests compare an
+    """The digits demo trained for real by `atoll train` (TRAINED_EPOCHS epochs, 2 workers, run `t-digits`),
+    once per session: the training tests check it, the Serve and browser tests deploy it, the fault tests compare an
     interrupted run of the same spec with it. Returns the CLI's JSON answer."""
-    result = run_cli("train", "--set", f"epochs={TRAINED_EPOCHS}", "--run-name", "t-resume", "--json", timeout=600)
+    result = run_cli("train", "--set", f"epochs={TRAINED_EPOCHS}", "--run-name", "t-digits", "--json", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = json.loads(result.stdout)
     assert out["registered"], out
