@@ -74,15 +74,6 @@ class ForeignRay:
                 if self.seen else "no other Ray cluster seen during the bench")
 
 
-def _own_session() -> str | None:
-    try:
-        import ray
-
-        return os.path.basename(ray._private.worker._global_node.get_session_dir_path())
-    except Exception:  # noqa: BLE001 - best effort: without it every raylet counts as foreign
-        return None
-
-
 def own_session() -> str | None:
     """This process's Ray session name (its raylet is not "another cluster")."""
     try:

@@ -42,6 +42,8 @@ def main() -> None:
     import torch.nn.functional as F
     from atoll import models
     from atoll.data import SplitFilter
+    from atoll.specs import TrainSpec
+    from atoll.train import _optimizer
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DistributedSampler
 
@@ -78,13 +80,7 @@ def main() -> None:
     torch.manual_seed(seed)
     model = models.build(spec["model"]["type"], len(features), len(classes), spec["model"]["params"])
     model = DDP(model)
-    opt = spec["optimizer"]
-    if opt["name"] == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=opt["lr"], momentum=opt["momentum"],
-                                    weight_decay=opt["weight_decay"])
-    else:
-        cls = torch.optim.AdamW if opt["name"] == "adamw" else torch.optim.Adam
-        optimizer = cls(model.parameters(), lr=opt["lr"], weight_decay=opt["weight_decay"])
+    optimizer = _optimizer(TrainSpec.model_validate(spec), model.parameters())  # Atoll's own choice of it
     batch_size = spec["batch_size"]  # per worker, as in Atoll
     train_sampler = DistributedSampler(range(len(yt)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
     val_sampler = DistributedSampler(range(len(yv)), num_replicas=world, rank=rank, shuffle=False)

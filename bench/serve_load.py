@@ -16,7 +16,8 @@ batch_wait_timeout_s 0.005 (cluster.yaml's defaults). Never ports 8000/8265/6379
 Baseline: this very file run as ``--baseline-server``: a uvicorn process on 127.0.0.1:8124 with a FastAPI app
 whose ``POST /predict`` parses the body with the same ``atoll.serving.parse_rows`` and calls the same
 ``Predictor.predict`` per request (no batching), torch on 1 thread like the 1-CPU replica. Both servers keep
-their default access logs (to files).
+their default access logs, to files: Serve's proxy and replica write one line per request each under the Ray
+session's logs/serve/; uvicorn, at its default log level (info), one line per request to the bench's uvicorn.log.
 
 Load: asyncio + httpx in this process, N concurrent workers (N = 32), each with its own keep-alive connection,
 each sending ``{"inputs": [[64 floats]]}`` (one held-out digit) back to back; a warm-up first, then a fixed
@@ -159,7 +160,8 @@ def baseline_app(storage: str, ref: str):
 def serve_baseline(storage: str, ref: str, port: int) -> int:
     import uvicorn
 
-    uvicorn.run(baseline_app(storage, ref), host=HOST, port=port, log_level="warning")
+    # uvicorn's defaults (log level info, access log on), as Serve keeps its own access log on.
+    uvicorn.run(baseline_app(storage, ref), host=HOST, port=port, log_level="info", access_log=True)
     return 0
 
 

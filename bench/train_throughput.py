@@ -1,25 +1,37 @@
-"""Training throughput: Atoll's Ray Train path vs plain torchrun DDP, same model, data and schedule.
+"""Training throughput: `atoll train` and Atoll's in-process fit() vs plain torchrun DDP, same model, data, schedule.
 
     python bench/train_throughput.py            # spec's 10 epochs, 2 alternating rounds per side
-    python bench/train_throughput.py --quick    # 4 epochs, 1 round per side (< 3 min on 2 cores)
+    python bench/train_throughput.py --quick    # 4 epochs, 1 round per side (< 4 min on 2 cores)
 
-Ours: ``atoll.train.fit`` (the real path ``jobs/train.py`` takes) with the TrainSpec loaded from
-jobs/configs/train.yaml (the digits demo, MLP [128, 64], AdamW, batch 64 per worker, 2 workers x 1 CPU,
-gloo) on an in-process local Ray (``ray.init(address="local", num_cpus=2)``: never the shared cluster,
-never port 6379/8265). Per-epoch figures come from the run's own history (atoll.json in the latest
-checkpoint).
+All sides train the TrainSpec of jobs/configs/train.yaml (the digits demo, MLP [128, 64], AdamW, batch 64
+per worker, 2 workers x 1 CPU, gloo) on the same Parquet export in a temporary storage root.
+
+Ours, as users run it (the headline): ``atoll up``, then ``atoll train --set epochs=N --set
+register_model=false --run-name R`` — the CLI itself, as a subprocess, so the job gets exactly what
+``atoll.jobs.submit_atoll_job`` gives every training job (its runtime_env and env vars, among them Ray
+Train's report poll ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``; the figure printed is read back from the job's
+own runtime_env) — and the job's driver runs ``jobs/train.py`` on the cluster. The CLI is called with
+``--no-wait`` and the bench then follows the job with ``atoll.jobs.follow``, the very call ``atoll train``
+follows it with, noting when each epoch's progress event arrives (wall per epoch as a user sees it).
+Per-epoch figures come from the run's own history (atoll.json of its latest checkpoint); ``atoll down``
+ends each round. ``atoll up`` uses cluster.yaml's fixed ports (GCS 6379, dashboard 8265) in a temporary
+ATOLL_HOME: no other Ray cluster may run then (``--skip-job`` leaves this side out).
+
+Ours in-process: ``atoll.train.fit`` called from this process on an in-process local Ray
+(``ray.init(address="local", num_cpus=2)``, never port 6379/8265) with Ray Train's defaults: what a
+Python caller of the library gets. It takes the very code path of the job's driver but not the job's
+environment, so the two Atoll figures differ by what that environment does. To split ``fit()`` the bench
+wraps ``atoll.train.prepare`` in a timer and passes a Train callback that records when each epoch's
+report reaches the controller; the training itself is untouched.
 
 Baseline: ``python -m torch.distributed.run --standalone --nproc_per_node 2 bench/_ddp_baseline.py``:
 pyarrow read, the same split and standardisation, tensors in memory, DistributedSampler, DDP gloo.
 
-Both sides measure ``samples_per_s`` the same way (global train samples / rank 0's train-phase time).
-The headline compares steady-state epochs (epoch 0 skipped on both sides: warm-up, Ray Data's first
-materialisation); the end-to-end wall time of each side, split into fixed and per-epoch cost, shows
-where the rest goes. The two sides run one after the other, never at the same time. To split
-``fit()`` the bench wraps ``atoll.train.prepare`` in a timer and passes a Train callback that records
-when each epoch's report reaches the controller; the training itself is untouched. A thread notes any
-other Ray cluster on the machine during each side (``per_round_contended_share``): read figures from
-a contended run with care.
+Every side measures ``samples_per_s`` the same way (global train samples / rank 0's train-phase time).
+The headline compares steady-state epochs (epoch 0 skipped: warm-up, Ray Data's first materialisation);
+the end-to-end wall time of each side, split into fixed and per-epoch cost, shows where the rest goes.
+The sides run one after the other, never at the same time. A thread notes any other Ray cluster on the
+machine during each side (``per_round_contended_share``): read figures from a contended run with care.
 """
 
 from __future__ import annotations
@@ -36,11 +48,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table, ForeignRay, median as _median, own_session as _own_session, rounded as _rounded  # noqa: F401
+from _common import ForeignRay, print_table
+from _common import median as _median
+from _common import own_session as _own_session
+from _common import rounded as _rounded
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = Path(__file__).resolve().parent / "_ddp_baseline.py"
 CONFIG = REPO / "jobs" / "configs" / "train.yaml"
+ATOLL = Path(sys.executable).parent / "atoll"  # the console script of this environment, as a user runs it
+DEFAULT_POLL_S = "2"  # Ray Train's RAY_TRAIN_HEALTH_CHECK_INTERVAL_S when nothing sets it
 
 try:
     from ray.train import UserCallback as _UserCallback
@@ -117,7 +134,8 @@ def run_baseline(parquet: str, spec_json: str, work: Path, round_no: int) -> dic
     return res
 
 
-def run_atoll(spec, storage: str, work: Path, round_no: int, watcher: ForeignRay | None = None) -> dict:
+def run_in_process(spec, storage: str, work: Path, round_no: int, watcher: ForeignRay | None = None) -> dict:
+    """``atoll.train.fit`` from this process on an in-process local Ray, with Ray Train's defaults."""
     import atoll.train as atrain
     import ray
     from atoll import train
@@ -183,7 +201,97 @@ def run_atoll(spec, storage: str, work: Path, round_no: int, watcher: ForeignRay
         wall["wall_per_epoch_s"] = statistics.median(intervals) if intervals else None
         wall["trainer_teardown_s"] = t_fit - reports[-1]["t"]
     return {"history": history, "wall": wall, "run_name": run_name, "rows": dplan.rows,
-            "workers": plan.num_workers, "backend": plan.backend, "cache": spec.dataset.cache}
+            "workers": plan.num_workers, "backend": plan.backend, "cache": spec.dataset.cache,
+            "poll_s": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_POLL_S)}
+
+
+def _atoll(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The `atoll` CLI as a user runs it (this process's environment: the bench's ATOLL_HOME/STORAGE)."""
+    proc = subprocess.run([str(ATOLL), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise RuntimeError(f"`atoll {' '.join(args)}` failed (exit {proc.returncode})")
+    return proc
+
+
+def latest_history(storage: str, run_name: str) -> list[dict]:
+    """The history in atoll.json of the run's latest checkpoint (what `atoll runs list` reads)."""
+    from atoll import train
+
+    metas = [json.loads(p.read_text()) for p in
+             Path(train.runs_root(storage), run_name).glob(f"checkpoint_*/{train.META_FILE}")]
+    if not metas:
+        raise RuntimeError(f"the `atoll train` run {run_name} left no checkpoint with a history")
+    return max(metas, key=lambda m: m["epoch"])["history"]
+
+
+def job_env(job_id: str) -> dict[str, str]:
+    """The env vars the Jobs API records for the job: what ``submit_atoll_job`` really gave it."""
+    from atoll import auth, cluster
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.current().dashboard_url, headers=auth.headers())
+    return (client.get_job_info(job_id).runtime_env or {}).get("env_vars") or {}
+
+
+def run_atoll_train(epochs: int, storage: str, round_no: int, watcher: ForeignRay | None = None) -> dict:
+    """`atoll up`, `atoll train` (submitted by the CLI, followed with ``atoll.jobs.follow``), `atoll down`."""
+    from atoll import jobs, train
+
+    if watcher is not None:
+        watcher.paused = True
+    t0 = time.time()
+    session = json.loads(_atoll("up", "--json").stdout).get("session_name")
+    t_up = time.time()
+    if watcher is not None:
+        watcher.own_session, watcher.paused = session, False
+    ended: dict[int, float] = {}  # epoch -> when it ended, as its progress event says (logs arrive in batches)
+    seen = [0]  # epoch events in the job's log, repeats included
+
+    def clock(text: str) -> None:
+        for e in train.parse_events(text):
+            if e.get("event") == "epoch":
+                seen[0] += 1
+                ended.setdefault(e["epoch"], e["wall_time"])  # a job's log can repeat a worker's line
+
+    try:
+        run_name = f"bench-job-{round_no}-{os.urandom(3).hex()}"
+        t_submit = time.time()
+        job_id = json.loads(_atoll("train", "--set", f"epochs={epochs}", "--set", "register_model=false",
+                                   "--run-name", run_name, "--no-wait", "--json").stdout)["id"]
+        t_submitted = time.time()
+        details = jobs.follow(job_id, clock)
+        t_done = time.time()
+        env_vars = job_env(job_id)
+    finally:
+        if watcher is not None:
+            watcher.paused = True  # `atoll down` removes our raylet; do not count its last moments
+        t_down0 = time.time()
+        _atoll("down")
+        t_down = time.time()
+        if watcher is not None:
+            watcher.own_session, watcher.paused = None, False
+    if details["status"] != "SUCCEEDED":
+        raise RuntimeError(f"the `atoll train` job {job_id} ended {details['status']}: {details.get('message')}")
+    history = latest_history(storage, run_name)
+    ends = [ended[k] for k in sorted(ended)]
+    intervals = [b - a for a, b in itertools.pairwise(ends)]
+    wall = {
+        "end_to_end_s": t_done - t_submit,  # what `atoll train` takes: submit, job, every epoch, job end
+        "cluster_up_s": t_up - t0,
+        "submit_s": t_submitted - t_submit,  # the CLI: spec check, packaging the project, the Jobs API
+        "to_first_epoch_end_s": ends[0] - t_submit if ends else None,
+        "epochs_total_s": sum(h["epoch_time_s"] for h in history),
+        "first_epoch_s": history[0]["epoch_time_s"],
+        "per_epoch_steady_s": statistics.median(h["epoch_time_s"] for h in history[1:] or history),
+        "wall_per_epoch_s": statistics.median(intervals) if intervals else None,
+        "after_last_epoch_s": t_done - ends[-1] if ends else None,  # tear-down, driver + job end, seen by follow
+        "cluster_down_s": t_down - t_down0,
+    }
+    return {"history": history, "wall": wall, "run_name": run_name, "job_id": job_id,
+            "poll_s": env_vars.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_POLL_S),
+            "job_env": sorted(env_vars), "epoch_events_in_log": seen[0]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,124 +299,146 @@ def run_atoll(spec, storage: str, work: Path, round_no: int, watcher: ForeignRay
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4 epochs, 1 round per side (< 3 min)")
+    parser.add_argument("--quick", action="store_true", help="4 epochs, 1 round per side (< 4 min)")
     parser.add_argument("--epochs", type=int, help="override the spec's epochs")
     parser.add_argument("--rounds", type=int, help="alternating rounds per side (default 2, quick 1)")
+    parser.add_argument("--skip-job", action="store_true", help="leave out the `atoll train` side (it runs "
+                        "`atoll up` on cluster.yaml's ports, so no other Ray cluster may run)")
     args = parser.parse_args()
-    epochs = args.epochs or (4 if args.quick else None)
     rounds = args.rounds or (1 if args.quick else 2)
 
     os.environ.pop("RAY_ADDRESS", None)  # never attach to someone else's cluster
+    os.environ.pop("ATOLL_ADDRESS", None)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
     from atoll import config, data
     from atoll.specs import TrainSpec
 
-    overrides = [f"epochs={epochs}"] if epochs else []
-    overrides.append("register_model=false")
-    spec = config.load_file(TrainSpec, CONFIG, overrides)
-
     work = Path(tempfile.mkdtemp(prefix="atoll_bench_train_"))
+    storage = str(work / "storage")
+    # The `atoll` CLI, its cluster and its jobs see this storage and a cluster record of their own.
+    os.environ.update({"ATOLL_HOME": str(work / "home"), "ATOLL_STORAGE": storage,
+                       "ATOLL_CLUSTER_CONFIG": str(REPO / "cluster.yaml")})
+    epochs = args.epochs or (4 if args.quick else None)
+    overrides = [f"epochs={epochs}"] if epochs else []
+    spec = config.load_file(TrainSpec, CONFIG, [*overrides, "register_model=false"])
     try:
-        storage = str(work / "storage")
         parquet = data.prepare_demo(storage)["train"]  # the digits demo, exported from scikit-learn
         spec_json = work / "spec.json"
         spec_json.write_text(json.dumps(spec.model_dump(mode="json")))
 
-        ours_runs, base_runs = [], []
+        job_runs, fit_runs, base_runs = [], [], []
         with ForeignRay() as watcher:
-            for r in range(rounds):  # alternate: baseline, ours, baseline, ours ...
+            for r in range(rounds):  # alternate: baseline, in-process, atoll train, baseline, ...
                 print(f"round {r + 1}/{rounds}: torchrun baseline ...", flush=True)
                 watcher.mark()
                 base_runs.append(run_baseline(parquet, str(spec_json), work, r))
                 base_runs[-1]["contended"] = watcher.mark()
-                print(f"round {r + 1}/{rounds}: atoll.train.fit ...", flush=True)
-                ours_runs.append(run_atoll(spec, storage, work, r, watcher))
-                ours_runs[-1]["contended"] = watcher.mark()
-        report(spec, ours_runs, base_runs, watcher.note(), args.quick)
+                print(f"round {r + 1}/{rounds}: atoll.train.fit in-process ...", flush=True)
+                fit_runs.append(run_in_process(spec, storage, work, r, watcher))
+                fit_runs[-1]["contended"] = watcher.mark()
+                if not args.skip_job:
+                    print(f"round {r + 1}/{rounds}: atoll up; atoll train; atoll down ...", flush=True)
+                    job_runs.append(run_atoll_train(spec.epochs, storage, r, watcher))
+                    job_runs[-1]["contended"] = watcher.mark()
+        report(spec, job_runs, fit_runs, base_runs, watcher.note(), args.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def report(spec, ours_runs, base_runs, contention, quick) -> None:
-    ours_steady = [steady(r["history"]) for r in ours_runs]
-    base_steady = [steady(r["history"]) for r in base_runs]
-    ours = _median(s["samples_per_s"] for s in ours_steady)
-    base = _median(s["samples_per_s"] for s in base_steady)
-    ow = {k: _median(r["wall"].get(k) for r in ours_runs) for k in ours_runs[0]["wall"]}
-    bw = {k: _median(r["wall"].get(k) for r in base_runs) for k in base_runs[0]["wall"]}
-    o_first = _median(r["history"][0]["samples_per_s"] for r in ours_runs)
-    b_first = _median(r["history"][0]["samples_per_s"] for r in base_runs)
-    o_ept = _median(s["median_epoch_time_s"] for s in ours_steady)
-    b_ept = _median(s["median_epoch_time_s"] for s in base_steady)
+def _side(runs: list[dict]) -> dict | None:
+    """Medians over a side's rounds: steady figures and the wall-time breakdown."""
+    if not runs:
+        return None
+    st = [steady(r["history"]) for r in runs]
+    wall = {k: _median(r["wall"].get(k) for r in runs) for k in runs[0]["wall"]}
+    samples = st[0]["train_samples_per_epoch"]
+    return {"steady": st, "wall": wall, "samples": samples,
+            "sps": _median(s["samples_per_s"] for s in st),
+            "first_sps": _median(r["history"][0]["samples_per_s"] for r in runs),
+            "epoch_time": _median(s["median_epoch_time_s"] for s in st),
+            "wall_sps": samples / wall["wall_per_epoch_s"] if wall.get("wall_per_epoch_s") else None,
+            "fixed": wall["end_to_end_s"] - len(runs[0]["history"]) * wall["per_epoch_steady_s"],
+            "accuracy": st[0]["final_val_accuracy"], "poll_s": runs[0].get("poll_s"),
+            "contended": [r.get("contended") for r in runs]}
+
+
+def report(spec, job_runs, fit_runs, base_runs, contention, quick) -> None:
+    job, fit, base = _side(job_runs), _side(fit_runs), _side(base_runs)
     n_ep = spec.epochs
-    samples = ours_steady[0]["train_samples_per_epoch"]
-    o_wall_sps = samples / ow["wall_per_epoch_s"] if ow.get("wall_per_epoch_s") else None
-    b_wall_sps = base_steady[0]["train_samples_per_epoch"] / bw["wall_per_epoch_s"]
-    # fixed cost = end-to-end minus what the steady epochs would cost if every epoch were steady
-    o_fixed = ow["end_to_end_s"] - n_ep * ow["per_epoch_steady_s"]
-    b_fixed = bw["end_to_end_s"] - n_ep * bw["per_epoch_steady_s"]
 
     def f(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
 
+    def row(name, get, fmt="{:.2f}", baseline=None):
+        """One figure per side: ``get`` of each Atoll side, the baseline's own when it differs."""
+        cells = [f(get(s), fmt) if s else "-" for s in (job, fit)]
+        return (name, *cells, f((baseline or get)(base), fmt))
+
+    bw = base["wall"]
     rows = [
-        ("steady samples/s (epochs >= 1)", f(ours, "{:,.0f}"), f(base, "{:,.0f}")),
-        ("epoch 0 samples/s", f(o_first, "{:,.0f}"), f(b_first, "{:,.0f}")),
-        ("train samples / epoch", str(ours_steady[0]["train_samples_per_epoch"]),
-         str(base_steady[0]["train_samples_per_epoch"])),
-        ("steady epoch time s (train+val)", f(o_ept, "{:.3f}"), f(b_ept, "{:.3f}")),
-        ("first epoch time s", f(ow["first_epoch_s"], "{:.3f}"), f(bw["first_epoch_s"], "{:.3f}")),
-        ("final val accuracy", f(ours_steady[0]["final_val_accuracy"], "{:.3f}"),
-         f(base_steady[0]["final_val_accuracy"], "{:.3f}")),
-        ("wall per steady epoch s (incl. report/ckpt)", f(ow.get("wall_per_epoch_s"), "{:.3f}"),
-         f(bw["wall_per_epoch_s"], "{:.3f}")),
-        ("wall samples/s (samples / wall per epoch)", f(o_wall_sps, "{:,.0f}"), f(b_wall_sps, "{:,.0f}")),
-        ("end-to-end wall s", f(ow["end_to_end_s"]), f(bw["end_to_end_s"])),
-        ("  fixed cost s (e2e - epochs x steady)", f(o_fixed), f(b_fixed)),
-        ("  ray.init / torchrun+imports s", f(ow["ray_init_s"]), f(bw["launch_and_imports_s"])),
-        ("  data prep s (plan+stats+materialise / pyarrow+numpy)", f(ow["prepare_s"]), f(bw["data_s"])),
-        ("  trainer start-up s (controller+workers / process group+DDP)", f(ow.get("trainer_startup_s")),
-         f(bw["process_group_s"] + bw["model_setup_s"])),
-        ("  report+checkpoint per epoch s", f(ow.get("report_checkpoint_per_epoch_s"), "{:.3f}"),
+        row("steady samples/s (epochs >= 1)", lambda s: s["sps"], "{:,.0f}"),
+        row("epoch 0 samples/s", lambda s: s["first_sps"], "{:,.0f}"),
+        row("train samples / epoch", lambda s: s["samples"], "{}"),
+        row("steady epoch time s (train+val)", lambda s: s["epoch_time"], "{:.3f}"),
+        row("first epoch time s", lambda s: s["wall"]["first_epoch_s"], "{:.3f}"),
+        row("final val accuracy", lambda s: s["accuracy"], "{:.3f}"),
+        row("Ray Train report poll s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)", lambda s: float(s["poll_s"]),
+            "{:g}", baseline=lambda s: None),
+        row("wall per steady epoch s (incl. report/ckpt)", lambda s: s["wall"].get("wall_per_epoch_s"), "{:.3f}"),
+        row("wall samples/s (samples / wall per epoch)", lambda s: s["wall_sps"], "{:,.0f}"),
+        row("end-to-end wall s", lambda s: s["wall"]["end_to_end_s"]),
+        row("  fixed cost s (e2e - epochs x steady)", lambda s: s["fixed"]),
+        ("  `atoll up` / `atoll down` s (not in e2e)",
+         f"{job['wall']['cluster_up_s']:.2f} / {job['wall']['cluster_down_s']:.2f}" if job else "-", "-", "-"),
+        ("  submit (CLI) / ray.init / torchrun+imports s", f(job and job["wall"]["submit_s"]),
+         f(fit["wall"]["ray_init_s"]), f(bw["launch_and_imports_s"])),
+        ("  submit to the end of epoch 0 s", f(job and job["wall"]["to_first_epoch_end_s"]), "-", "-"),
+        ("  data prep s (plan+stats+materialise / pyarrow+numpy)", "-", f(fit["wall"]["prepare_s"]),
+         f(bw["data_s"])),
+        ("  trainer start-up s (controller+workers / process group+DDP)", "-",
+         f(fit["wall"].get("trainer_startup_s")), f(bw["process_group_s"] + bw["model_setup_s"])),
+        ("  report+checkpoint per epoch s", "-", f(fit["wall"].get("report_checkpoint_per_epoch_s"), "{:.3f}"),
          f(bw["between_epochs_s"] / max(n_ep, 1), "{:.3f}")),
-        ("  trainer tear-down s", f(ow.get("trainer_teardown_s")), f(bw["teardown_s"])),
-        ("  ray.shutdown s", f(ow["ray_shutdown_s"]), "-"),
+        ("  after the last epoch s (tear-down, job end)", f(job and job["wall"]["after_last_epoch_s"]),
+         f(fit["wall"].get("trainer_teardown_s")), f(bw["teardown_s"])),
+        ("  ray.shutdown s", "-", f(fit["wall"]["ray_shutdown_s"]), "-"),
     ]
     title = (f"Training throughput: digits demo, MLP {spec.model.params.get('hidden')}, batch {spec.batch_size}/worker, "
-             f"{spec.num_workers} workers, {n_ep} epochs, {len(ours_runs)} round(s), medians")
-    print_table(title, ["figure", "Atoll fit() (Ray Train)", "torchrun DDP"], rows)
-    ratio = ours / base if ours and base else None
-    print(f"ratio (ours/baseline, steady samples/s): {f(ratio, '{:.3f}')};  end-to-end wall: "
-          f"{ow['end_to_end_s']:.1f} s vs {bw['end_to_end_s']:.1f} s;  {contention}.")
-    print("Notes: both sides single-threaded per worker (Ray sets OMP_NUM_THREADS=1 for a 1-CPU worker, "
+             f"{spec.num_workers} workers, {n_ep} epochs, {len(base_runs)} round(s), medians")
+    print_table(title, ["figure", "atoll train (job)", "fit() in-process", "torchrun DDP"], rows)
+    headline = job or fit  # what users run; the in-process figure alone under --skip-job
+    ratio = headline["sps"] / base["sps"] if headline["sps"] and base["sps"] else None
+    fit_ratio = fit["sps"] / base["sps"] if fit["sps"] and base["sps"] else None
+    print(f"ratio (ours/baseline, steady samples/s): `atoll train` {f(job and ratio, '{:.3f}')}, fit() in-process "
+          f"{f(fit_ratio, '{:.3f}')};  end-to-end wall: {f(job and job['wall']['end_to_end_s'], '{:.1f}')} s / "
+          f"{fit['wall']['end_to_end_s']:.1f} s vs {bw['end_to_end_s']:.1f} s;  {contention}.")
+    print("Notes: every side single-threaded per worker (Ray sets OMP_NUM_THREADS=1 for a 1-CPU worker, "
           f"torchrun too; baseline torch threads={base_runs[0].get('torch_threads')}). The baseline indexes "
           "in-memory tensors; Atoll streams batches from Ray Data (object-store cache) every epoch. "
-          "Ray Train V2's controller takes one report per worker per health-check poll "
-          "(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, default 2 s; this run: "
-          f"{os.environ.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S', '2')}) and a worker's result queue holds one, "
-          "so an epoch shorter than the interval waits in ray.train.report: the 'report+checkpoint' line.")
-    out = {"bench": "train_throughput", "ours": ours, "baseline": base, "unit": "samples/s",
-           "ratio": ratio, "better": "higher", "quick": quick, "epochs": n_ep, "rounds": len(ours_runs),
-           "batch_size_per_worker": spec.batch_size, "workers": spec.num_workers,
-           "train_samples_per_epoch": {"ours": ours_steady[0]["train_samples_per_epoch"],
-                                       "baseline": base_steady[0]["train_samples_per_epoch"]},
-           "epoch0_samples_per_s": {"ours": o_first, "baseline": b_first},
-           "steady_epoch_time_s": {"ours": o_ept, "baseline": b_ept},
-           "wall_per_epoch_s": {"ours": ow.get("wall_per_epoch_s"), "baseline": bw["wall_per_epoch_s"]},
-           "wall_samples_per_s": {"ours": o_wall_sps, "baseline": b_wall_sps},
-           "health_check_interval_s": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0 (default)"),
-           "end_to_end_s": {"ours": ow["end_to_end_s"], "baseline": bw["end_to_end_s"]},
-           "fixed_cost_s": {"ours": o_fixed, "baseline": b_fixed},
-           "ours_breakdown_s": ow, "baseline_breakdown_s": bw,
-           "per_round_steady_samples_per_s": {"ours": [s["samples_per_s"] for s in ours_steady],
-                                              "baseline": [s["samples_per_s"] for s in base_steady]},
-           "per_round_contended_share": {"ours": [r.get("contended") for r in ours_runs],
-                                   "baseline": [r.get("contended") for r in base_runs]},
-           "final_val_accuracy": {"ours": ours_steady[0]["final_val_accuracy"],
-                                  "baseline": base_steady[0]["final_val_accuracy"]},
-           "contention": contention}
+          "Ray Train V2's controller takes one report per worker per poll and a worker's result queue holds "
+          "one, so an epoch shorter than the poll waits in ray.train.report: `atoll train` sets the poll for "
+          "its jobs; an in-process fit() keeps Ray Train's default.")
+    out = {"bench": "train_throughput", "ours": headline["sps"], "ours_path": "atoll train" if job else "fit() in-process",
+           "baseline": base["sps"], "unit": "samples/s", "ratio": ratio, "better": "higher", "quick": quick,
+           "ours_in_process": fit["sps"], "ratio_in_process": fit_ratio,
+           "epochs": n_ep, "rounds": len(base_runs), "batch_size_per_worker": spec.batch_size,
+           "workers": spec.num_workers}
+    sides = {"atoll_train": job, "in_process": fit, "baseline": base}
+    for key, get in (("train_samples_per_epoch", lambda s: s["samples"]), ("epoch0_samples_per_s", lambda s: s["first_sps"]),
+                     ("steady_epoch_time_s", lambda s: s["epoch_time"]),
+                     ("wall_per_epoch_s", lambda s: s["wall"].get("wall_per_epoch_s")),
+                     ("wall_samples_per_s", lambda s: s["wall_sps"]),
+                     ("end_to_end_s", lambda s: s["wall"]["end_to_end_s"]), ("fixed_cost_s", lambda s: s["fixed"]),
+                     ("per_round_steady_samples_per_s", lambda s: [x["samples_per_s"] for x in s["steady"]]),
+                     ("per_round_contended_share", lambda s: s["contended"]),
+                     ("final_val_accuracy", lambda s: s["accuracy"]), ("breakdown_s", lambda s: s["wall"])):
+        out[key] = {name: get(side) for name, side in sides.items() if side}
+    out["health_check_interval_s"] = {name: side["poll_s"] for name, side in sides.items() if side and name != "baseline"}
+    out["job_env_vars"] = job_runs[0]["job_env"] if job_runs else None  # names only, never values
+    out["job_epoch_events_in_log"] = [r["epoch_events_in_log"] for r in job_runs]
+    out["contention"] = contention
     print(json.dumps(_rounded(out), default=str))
 
 

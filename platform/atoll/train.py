@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,19 +101,56 @@ def load_checkpoint_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, Any
     return model_state, optim_state, json.loads((path / META_FILE).read_text())
 
 
-def _full_state_dict(model) -> dict[str, Any]:
-    """The unwrapped model's full state dict (collective for FSDP: every rank must call it)."""
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.nn.parallel import DistributedDataParallel as DDP
+def wrap_fsdp(model, device):
+    """``model`` sharded with FSDP on ``device``, CPU included (Ray's ``prepare_model`` refuses FSDP on CPU).
 
-    if isinstance(model, FSDP):
-        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
-                                  FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
-            return model.state_dict()
-    if isinstance(model, DDP):
-        model = model.module
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    FSDP finds no accelerator for CPU parameters unless it is handed the CPU device explicitly.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP(model.to(device), device_id=device)
+
+
+def save_training_state(model, optimizer, directory: str | Path, *, rank: int) -> None:
+    """Write ``model.pt`` (the unwrapped model's full state dict, what serving loads) and ``optim.pt``
+    (the optimiser's, keyed by parameter name) to ``directory`` on rank 0.
+
+    Any model: plain, DDP or FSDP. Collective under FSDP: every rank must call it.
+    """
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    # Offload gathers to host memory on rank 0 only; on a CPU device FSDP's offload frees the very storage
+    # it copies from (empty tensors, or a segfault with use_orig_params), and the tensors are in host
+    # memory already, so there every rank gathers the full state and only rank 0 writes it.
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not on_cpu)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
+    if rank == 0:
+        torch.save(model_state, Path(directory) / MODEL_FILE)
+        torch.save(optim_state, Path(directory) / OPTIM_FILE)
+
+
+def load_training_state(model, optimizer, directory: str | Path) -> dict[str, Any]:
+    """Restore what :func:`save_training_state` wrote into the (wrapped) model and its optimiser, on every
+    rank (collective under FSDP). Returns the checkpoint's metadata."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+
+    model_state, optim_state, meta = load_checkpoint_dir(directory)
+    options = StateDictOptions(full_state_dict=True)  # every rank holds the full files; each keeps its shard
+    if optim_state is None:
+        # Older Atoll wrote no optimiser state for FSDP runs: say so rather than continue as if restored.
+        set_model_state_dict(model, model_state, options=options)
+        print(f"atoll: warning: checkpoint {directory} has no optimiser state; the optimiser starts afresh.",
+              file=sys.stderr, flush=True)
+    elif any(isinstance(p, int) for group in optim_state["param_groups"] for p in group["params"]):
+        # Older Atoll saved optimizer.state_dict() (parameter ids, not names) for unsharded models.
+        set_model_state_dict(model, model_state, options=options)
+        optimizer.load_state_dict(optim_state)
+    else:
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                       options=options)
+    return meta
 
 
 def _optimizer(spec: TrainSpec, params):
@@ -177,6 +215,8 @@ class TrainSession:
     def prepare(self, model, strategy: str):
         import ray.train.torch
 
+        if strategy == "fsdp" and self.world_size > 1:
+            return wrap_fsdp(model, self.device())
         return ray.train.torch.prepare_model(model, parallel_strategy=strategy)
 
     def get_checkpoint(self):
@@ -202,19 +242,16 @@ def train_loop(config: dict[str, Any], session) -> None:
     device = session.device()
 
     model = models.build(spec.model.type, pre.input_dim, pre.num_classes, spec.model.params)
-    start_epoch, history, optim_state = 0, [], None
+    model = session.prepare(model, spec.strategy)
+    optimizer = _optimizer(spec, model.parameters())
+    start_epoch, history = 0, []
     checkpoint = session.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
-            model_state, optim_state, meta = load_checkpoint_dir(ckpt_dir)
-        model.load_state_dict(model_state)
+            meta = load_training_state(model, optimizer, ckpt_dir)
         start_epoch, history = meta["epoch"] + 1, meta["history"]
         if rank == 0:
             emit("resumed", epoch=start_epoch, run=config["run_name"])
-    model = session.prepare(model, spec.strategy)
-    optimizer = _optimizer(spec, model.parameters())
-    if optim_state is not None and spec.strategy == "ddp":
-        optimizer.load_state_dict(optim_state)
     autocast = None
     if config["precision"] == "bf16" and device.type == "cuda":
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
@@ -234,19 +271,17 @@ def train_loop(config: dict[str, Any], session) -> None:
                    "train_samples": int(t_n), "epoch_time_s": round(time.perf_counter() - started, 3),
                    "samples_per_s": round(t_n / train_time, 1) if train_time > 0 else None}
         history = history + [metrics]
-        state = _full_state_dict(model)
         with tempfile.TemporaryDirectory() as tmp:
+            save_training_state(model, optimizer, tmp, rank=rank)
             ckpt_dir = None
             if rank == 0:
-                torch.save(state, Path(tmp) / MODEL_FILE)
-                if spec.strategy == "ddp":
-                    torch.save(optimizer.state_dict(), Path(tmp) / OPTIM_FILE)
                 meta = {"epoch": epoch, "history": history, "metrics": metrics, "spec": config["spec"],
                         "preprocess": pre.to_dict(), "input_schema": config["input_schema"],
                         "run_name": config["run_name"], "world_size": session.world_size}
                 (Path(tmp) / META_FILE).write_text(json.dumps(meta, default=str))
                 ckpt_dir = tmp
-                emit("epoch", epochs=spec.epochs, **metrics)
+                # wall_time: when the epoch ended, so a reader of the log can time epochs end to end.
+                emit("epoch", epochs=spec.epochs, wall_time=round(time.time(), 3), **metrics)
             session.report(metrics, ckpt_dir)
 
 
