@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -174,3 +176,23 @@ def test_run_names_are_never_silently_reused(tmp_path):
     train.check_run_name(str(tmp_path), "old", resume=True)
     with pytest.raises(ConfigError, match="no such run"):
         train.check_run_name(str(tmp_path), "new", resume=True)
+
+
+def test_fingerprint_is_of_the_bytes_not_the_path_or_mtime(tmp_path, monkeypatch):
+    src = tmp_path / "a" / "rows.csv"
+    src.parent.mkdir()
+    src.write_text("x,label\n1,0\n2,1\n")
+    copy = tmp_path / "b" / "other-name.csv"
+    copy.parent.mkdir()
+    copy.write_bytes(src.read_bytes())
+    os.utime(copy, (1e9, 1e9))
+    same = data.fingerprint(str(src))
+    assert same.startswith("sha256:") and data.fingerprint(str(copy)) == same  # elsewhere, older: same data
+    copy.write_text("x,label\n1,0\n2,2\n")  # one byte changed
+    os.utime(copy, (1e9, 1e9))
+    assert data.fingerprint(str(copy)) != same
+    # Past the size cap: names, sizes and mtimes, and the id says so.
+    monkeypatch.setattr(data, "FINGERPRINT_CONTENT_BYTES", 0)
+    by_stat = data.fingerprint(str(copy))
+    os.utime(copy, (2e9, 2e9))
+    assert by_stat.startswith("stat:") and data.fingerprint(str(copy)) != by_stat

@@ -7,6 +7,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import pytest
 
-from atoll.errors import RegistryError
+from atoll.errors import ConfigError, RegistryError
 from atoll.registry import ModelVersion, Registry, open_registry, parse_ref
 
 # torch and the CLI are imported inside the tests that need them: the multiprocessing test spawns
@@ -390,19 +391,24 @@ def test_only_ready_versions_can_be_aliased(reg: Registry, ckpt: Path, tmp_path:
     assert reg.get("digits").version == 3  # the latest READY one
 
 
-def test_half_published_version_is_invisible(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
-    """What a crash during an object-store publish leaves: files in versions/N but no manifest."""
+def test_half_published_or_unparsable_versions_are_invisible(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
+    """What a crash during an object-store publish leaves (files in versions/N, no manifest), and a
+    manifest that is no JSON (never a torn write: manifests are written whole, so a damaged one)."""
     _register(reg, ckpt)
-    half = tmp_path / "store" / "registry" / "digits" / "versions" / "2"
-    half.mkdir()
-    (half / "model.pt").write_bytes(b"partial")
-    (half / "manifest.json").write_text('{"status": "REA')  # torn write
+    versions = tmp_path / "store" / "registry" / "digits" / "versions"
+    for n in (2, 3):
+        (versions / str(n)).mkdir()
+        (versions / str(n) / "model.pt").write_bytes(b"partial")
+    (versions / "3" / "manifest.json").write_text('{"status": "REA')
     assert [mv.version for mv in reg.list_versions("digits")] == [1]
     assert reg.get("digits").version == 1
     with pytest.raises(RegistryError, match=r"no version 2: its publish never finished \(no READY "
                                             r"manifest\); versions: 1"):
         reg.get("digits:2")
-    assert _register(reg, ckpt).version == 3
+    with pytest.raises(RegistryError, match=r"no version 3: its manifest.json is not a JSON object "
+                                            r"\(corrupted or changed by hand\); versions: 1"):
+        reg.get("digits:3")
+    assert _register(reg, ckpt).version == 4
 
 
 def test_stale_staging_is_cleaned_and_fresh_one_ignored(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
@@ -449,6 +455,144 @@ def test_root_forms(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert mv.uri == str(tmp_path / "home" / "store" / "registry" / "digits" / "versions" / "1")
     by_uri = Registry(f"file://{tmp_path / 'home' / 'store'}")
     assert by_uri.get("digits").manifest == mv.manifest
+
+
+# ------------------------------------------------------------------------------------------------
+# The storage is a trust boundary (hostile manifests: tests/faults/test_registry_integrity.py)
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("model.pt", None), ("extra/notes.txt", None), ("a/b/c..d", None), ("...", None), (".hidden", None),
+    ("../x", "has a '.' or '..' segment"), ("a/../../x", "has a '.' or '..' segment"),
+    ("./x", "has a '.' or '..' segment"), ("/etc/passwd", "is an absolute path"),
+    ("a\\b", "holds a backslash"), ("C:x", "starts with a drive letter"), ("a//b", "has an empty path segment"),
+    ("a/", "has an empty path segment"), ("a\0b", "holds a NUL byte"), ("", "is not a non-empty string"),
+    (3, "is not a non-empty string"),
+])
+def test_file_names_must_stay_inside_the_version_folder(name: Any, reason: str | None) -> None:
+    from atoll.registry import _escape_reason
+
+    assert _escape_reason(name) == reason
+
+
+def test_register_refuses_a_checkpoint_file_a_version_folder_cannot_hold(reg: Registry, ckpt: Path) -> None:
+    (ckpt / "notes\\..\\x.txt").write_text("a backslash is a plain character on POSIX, a separator on Windows")
+    with pytest.raises(RegistryError, match=r"checkpoint directory .*ckpt: the file name 'notes\\\\..\\\\x.txt' "
+                                            r"holds a backslash, which a version folder cannot hold; rename"):
+        _register(reg, ckpt)
+    assert reg.list_models() == [] and not (Path(reg.root) / "registry" / "digits" / ".staging").exists()
+
+
+def _sealed(path: Path) -> bool:
+    from atoll.registry import _manifest_digest
+
+    manifest = json.loads(path.read_text())
+    return manifest["format"] == 2 and manifest["manifest_sha256"] == _manifest_digest(manifest)
+
+
+def test_every_manifest_write_is_sealed(reg: Registry, ckpt: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen_pending = []
+    real_copy = Registry._copy_in
+
+    def watching_copy(self: Registry, *args: Any) -> dict[str, Any]:
+        (staged,) = (Path(reg.root) / "registry" / "digits" / ".staging").iterdir()
+        seen_pending.append(_sealed(staged / "manifest.json"))
+        return real_copy(self, *args)
+
+    monkeypatch.setattr(Registry, "_copy_in", watching_copy)
+    v1 = _register(reg, ckpt)
+    monkeypatch.undo()
+    assert seen_pending == [True] * 3  # PENDING
+    assert _sealed(Path(v1.uri) / "manifest.json") and v1.manifest["manifest_sha256"]  # READY
+    _register(reg, ckpt)
+    reg.delete("digits", 1)
+    assert _sealed(Path(v1.uri) / "manifest.json")  # DELETED: the tombstone
+    def failing_copy(self: Registry, *args: Any) -> dict[str, Any]:
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(Registry, "_copy_in", failing_copy)
+    with pytest.raises(OSError):
+        _register(reg, ckpt)
+    monkeypatch.undo()
+    (failed,) = reg.registrations("digits")
+    assert _sealed(Path(reg.root) / "registry" / "digits" / ".staging" / failed.id / "manifest.json")  # FAILED
+    fs = pafs.SubTreeFileSystem(str(tmp_path / "bucket"), pafs.LocalFileSystem())
+    remote = Registry("store", filesystem=fs)
+    _register(remote, ckpt)
+    assert _sealed(tmp_path / "bucket" / "store" / "registry" / "digits" / "versions" / "1" / "manifest.json")
+    assert remote.get("digits:1").version == 1
+
+
+def test_an_unsealed_manifest_loads_only_as_a_legacy_format_1(reg: Registry, ckpt: Path) -> None:
+    mv = _register(reg, ckpt)
+    path = Path(mv.uri) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["manifest_sha256"]
+    path.write_text(json.dumps(manifest))  # format 2 without its seal: the field was removed
+    with pytest.raises(RegistryError, match=r"^digits:1: its manifest.json has no manifest_sha256 \(format 2\), "
+                                            r"so its manifest.json was tampered with"):
+        reg.get("digits:1")
+    path.write_text(json.dumps({**manifest, "format": 1}))  # written before manifests were sealed
+    assert reg.get("digits:1").manifest["format"] == 1
+    assert set(reg.load_weights(reg.get("digits:1"))) == {"weight", "bias"}
+
+
+def test_a_manifest_copied_onto_another_version_is_refused(reg: Registry, ckpt: Path) -> None:
+    v1, v2 = _register(reg, ckpt, metrics={"acc": 0.5}), _register(reg, ckpt, metrics={"acc": 0.9})
+    (Path(v2.uri) / "manifest.json").write_bytes((Path(v1.uri) / "manifest.json").read_bytes())  # sealed, but 1's
+    with pytest.raises(RegistryError, match=r"^digits:2: its manifest.json describes digits:1, so"):
+        reg.get("digits:2")
+
+
+def test_cli_show_of_a_tampered_version_is_one_line(cli: Any, reg: Registry) -> None:
+    path = Path(reg.get("digits:2").uri) / "manifest.json"
+    path.write_text(path.read_text().replace("0.95", "0.99"))
+    shown = cli("show", "digits:2")
+    assert shown.exit_code != 0 and isinstance(shown.exception, RegistryError)
+    assert "\n" not in str(shown.exception) and "digits:2: its manifest.json does not match" in str(shown.exception)
+    assert cli("show", "digits:1").exit_code == 0
+    assert cli("delete", "digits:2", "--yes").exit_code == 0  # the fix its message names
+    assert json.loads(cli("show", "digits", "--json").output)["version"] == 1
+
+
+@pytest.mark.parametrize("model_type, entries, admitted", [
+    ("mypkg.models:build", ["mypkg.models:build"], True),
+    ("mypkg.models:other", ["mypkg.models:build"], False),
+    ("mypkg.models:other", ["mypkg.models:*"], True),
+    ("mypkg.models.sub:build", ["mypkg.models:*"], False),  # :* is one module, not its submodules
+    ("mypkg:build", ["mypkg.*"], True),
+    ("mypkg.a.b:build", ["mypkg.*"], True),
+    ("mypkgevil:build", ["mypkg.*"], False),  # a prefix of the name is not the package
+    ("os:system", ["mypkg.*", "other:build"], False),
+    ("os:system", [], False),
+])
+def test_model_type_allow_list_entries(model_type: str, entries: list[str], admitted: bool) -> None:
+    from atoll import models
+
+    allow = models.AllowList(tuple(entries), "cluster.yaml")
+    assert allow.admits(model_type) is admitted
+    if admitted:
+        return
+    with pytest.raises(ConfigError, match=rf"^digits:3: model.type '{model_type}' is not allowed"):
+        models.resolve(model_type, registered="digits:3", allowed=allow)
+    # Training resolves its own spec's type (no registered version): the list does not apply.
+    assert models.resolve("atoll.models:MLP") is models.MLP
+
+
+def test_cluster_yaml_model_types_are_checked(tmp_path: Path) -> None:
+    from atoll import cluster
+
+    text = (Path(__file__).resolve().parents[1] / "cluster.yaml").read_text()
+    example = '    # model_types: ["mypkg.models:build"]'
+    assert example in text  # documented, commented out: the default is the built-ins only
+    (tmp_path / "cluster.yaml").write_text(text.replace(example, example.replace("# ", "", 1)))
+    assert cluster.load_spec(tmp_path / "cluster.yaml").atoll.model_types == ["mypkg.models:build"]
+    for bad in ("mypkg", "mlp", "mypkg.models:build()", "../x:y", "*"):
+        (tmp_path / "cluster.yaml").write_text(text.replace(example, f"    model_types: [{json.dumps(bad)}]"))
+        with pytest.raises(ConfigError, match=rf"metadata.atoll.model_types: {re.escape(repr(bad))} is not an "
+                                              rf"import path; use 'pkg.models:build'"):
+            cluster.load_spec(tmp_path / "cluster.yaml")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +70,32 @@ def detect_format(uri: str, fmt: str = "auto") -> str:
     return "csv" if suffixes <= {".csv", ".gz"} else "parquet"
 
 
+#: Datasets up to this size (all files together) are fingerprinted by their bytes; bigger ones by metadata.
+FINGERPRINT_CONTENT_BYTES = 256 << 20
+
+
 def fingerprint(uri: str) -> str:
-    """A stable id of the dataset's contents as stored: paths, sizes and modification times."""
+    """An id of the dataset's contents, for lineage.
+
+    ``sha256:…``: the SHA-256 of every file's name (relative to the dataset folder) and bytes, streamed,
+    when the files total at most :data:`FINGERPRINT_CONTENT_BYTES`: the same data anywhere has the same id,
+    and any change to it changes the id. ``stat:…`` for bigger datasets: a SHA-256 of names, sizes and
+    modification times only (reading them all on the driver just to label a run would cost too much).
+    """
+    fs, root = _filesystem(uri)
+    files = sorted(_files(uri), key=lambda f: f.path)
+    by_content = sum(f.size or 0 for f in files) <= FINGERPRINT_CONTENT_BYTES
     digest = hashlib.sha256()
-    for info in sorted(_files(uri), key=lambda f: f.path):
-        digest.update(f"{info.path}|{info.size}|{info.mtime_ns}".encode())
-    return "sha256:" + digest.hexdigest()[:16]
+    for info in files:
+        name = "" if info.path == root else posixpath.relpath(info.path, root)
+        if not by_content:
+            digest.update(f"{name}\0{info.size}\0{info.mtime_ns}\0".encode())
+            continue
+        digest.update(f"{name}\0{info.size}\0".encode())  # the size delimits the bytes: no two ways to split
+        with fs.open_input_stream(info.path, compression=None) as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return ("sha256:" if by_content else "stat:") + digest.hexdigest()[:16]
 
 
 def read_schema(uri: str, fmt: str) -> tuple[dict[str, str], int | None]:
@@ -130,7 +152,8 @@ def prepare_demo(storage_root: str, name: str = "digits", holdout: int = 180) ->
     held[rng.choice(len(frame), size=holdout, replace=False)] = True
     Path(paths["train"]).parent.mkdir(parents=True, exist_ok=True)
     for key, part in (("train", frame[~held]), ("holdout", frame[held])):
-        tmp = paths[key] + ".tmp"
+        # A name of its own: two jobs exporting at once must not write into each other's temporary file.
+        tmp = f"{paths[key]}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
         part.reset_index(drop=True).to_parquet(tmp, index=False)
         Path(tmp).replace(paths[key])  # atomic: a half-written file is never visible
     return paths

@@ -18,6 +18,16 @@ the middle of a registration never shows a half-written version. Files are first
   last. Concurrent registrations of the same name from several writers are best effort there: a version
   number whose folder already holds objects is skipped, and the recorded sha256 catches any clobbered file.
 
+The storage root is a trust boundary: what a manifest says is checked before it is used. Every manifest
+carries ``manifest_sha256``, the SHA-256 of its canonical JSON without that field, in the same file (one
+atomic write or PUT: no window where a manifest and a separate checksum disagree); a READY manifest that
+does not match it is refused. A file name a manifest lists (or a checkpoint holds) must stay inside the
+version folder: no absolute path, ``..``, empty segment, backslash, drive letter or NUL. And the
+``model.type`` it names is imported by a replica only when it is a built-in or on cluster.yaml's
+``metadata.atoll.model_types`` (:mod:`atoll.models`). The checksum is not a signature (whoever can write
+the root can recompute it); it catches edits and corruption, and the other two checks keep a writer of
+the root from reaching outside a version folder or running code.
+
 Deleting a version keeps its manifest as a tombstone (``"status": "DELETED"``) and removes its files, so a
 version number is never reused. All IO goes through :mod:`pyarrow.fs`.
 
@@ -55,7 +65,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +79,8 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 MANIFEST = "manifest.json"
+MANIFEST_SHA256 = "manifest_sha256"
+MANIFEST_FORMAT = 2  # 2: sealed with manifest_sha256; 1: written before that (accepted without one)
 WEIGHTS = "model.pt"
 CHECKPOINT_META = "atoll.json"
 PENDING = "PENDING"
@@ -234,6 +246,90 @@ def _sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of a manifest's canonical JSON (sorted keys, no spaces), its own checksum left out."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_SHA256}
+    return _sha256_of(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Set (or refresh) ``manifest_sha256``; every manifest write goes through here."""
+    manifest[MANIFEST_SHA256] = _manifest_digest(manifest)
+    return manifest
+
+
+_DRIVE_RE = re.compile(r"[A-Za-z]:")
+
+
+def _escape_reason(rel: Any) -> str | None:
+    """Why ``rel`` cannot name a file inside a version folder, or None when it can."""
+    if not isinstance(rel, str) or not rel:
+        return "is not a non-empty string"
+    if "\0" in rel:
+        return "holds a NUL byte"
+    if "\\" in rel:
+        return "holds a backslash"
+    if rel.startswith("/"):
+        return "is an absolute path"
+    if _DRIVE_RE.match(rel):
+        return "starts with a drive letter"
+    parts = rel.split("/")
+    if "" in parts:
+        return "has an empty path segment"
+    if "." in parts or ".." in parts:
+        return "has a '.' or '..' segment"
+    return None
+
+
+def _inside(folder: str, rel: Any, refuse: Callable[[str], RegistryError]) -> str:
+    """``folder/rel``; a ``rel`` that would name something outside ``folder`` raises ``refuse(reason)``.
+
+    Every join of a file name from a manifest or a checkpoint goes through here.
+    """
+    if (reason := _escape_reason(rel)) is not None:
+        raise refuse(reason)
+    return posixpath.join(folder, rel)
+
+
+class TamperedManifestError(RegistryError):
+    """A READY version whose manifest fails its checks: refused for everything but deletion."""
+
+
+def _tampered(ref: str, what: str) -> TamperedManifestError:
+    return TamperedManifestError(f"{ref}: {what}, so its {MANIFEST} was tampered with or corrupted after "
+                                 f"registration and the version is refused. Delete it (`atoll models delete "
+                                 f"{ref}`) and register the model again.")
+
+
+def _escaping_file(ref: str, rel: Any) -> Callable[[str], RegistryError]:
+    return lambda reason: _tampered(ref, f"its manifest names the file {rel!r}, which {reason} (a path "
+                                         f"outside the version folder)")
+
+
+def _verify_manifest(name: str, version: int, manifest: dict[str, Any]) -> None:
+    """Refuse a READY manifest that was edited or corrupted, copied from another version, or whose file
+    entries are not plain names inside the version folder with a sha256 and a size."""
+    ref = f"{name}:{version}"
+    recorded = manifest.get(MANIFEST_SHA256)
+    if recorded is None and manifest.get("format") == 1:
+        pass  # written before manifests were sealed: nothing to compare (the file checks below still apply)
+    elif recorded is None:
+        raise _tampered(ref, f"its {MANIFEST} has no {MANIFEST_SHA256} (format {manifest.get('format')!r})")
+    elif recorded != _manifest_digest(manifest):
+        raise _tampered(ref, f"its {MANIFEST} does not match the {MANIFEST_SHA256} recorded in it "
+                             f"({_manifest_digest(manifest)[:12]}…, recorded {str(recorded)[:12]}…)")
+    if manifest.get("name") != name or manifest.get("version") != version:
+        raise _tampered(ref, f"its {MANIFEST} describes {manifest.get('name')}:{manifest.get('version')}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise _tampered(ref, f"its {MANIFEST} has no map of files")
+    for rel, meta in files.items():
+        _inside("", rel, _escaping_file(ref, rel))
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str)
+                and isinstance(meta.get("size"), int)):
+            raise _tampered(ref, f"its manifest records no sha256 and size for {rel!r}")
+
+
 def _pid_alive(pid: int) -> bool:
     """Whether a process of this host runs with that pid (True when it cannot tell)."""
     if os.name != "posix" or pid <= 0:  # on Windows os.kill(pid, 0) would terminate the process
@@ -333,7 +429,15 @@ class Registry:
             return None
 
     def _list(self, path: str, recursive: bool = False) -> list[pafs.FileInfo]:
-        return self._fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
+        selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
+        for _ in range(2):
+            try:
+                return self._fs.get_file_info(selector)
+            except FileNotFoundError:
+                # pyarrow raises when the folder appears between its failed listing and its existence check
+                # (a concurrent first registration), or a subfolder vanishes mid-walk (a publish): look again.
+                continue
+        return self._fs.get_file_info(selector)
 
     def _idle_s(self, folder: pafs.FileInfo) -> float:
         """Seconds since the last write in a folder (0 when the store reports no times)."""
@@ -389,9 +493,22 @@ class Registry:
         return data if isinstance(data, dict) else None
 
     def _manifest(self, name: str, version: int) -> dict[str, Any] | None:
-        """The manifest of a visible (READY) version, else None."""
+        """The manifest of a visible (READY) version, else None.
+
+        Raises:
+            TamperedManifestError: a READY manifest that fails :func:`_verify_manifest`.
+        """
         data = self._raw_manifest(name, version)
-        return data if data is not None and data.get("status") == READY else None
+        if data is None or data.get("status") != READY:
+            return None
+        _verify_manifest(name, version, data)
+        return data
+
+    def _has_versions(self, name: str) -> bool:
+        try:
+            return self._latest(name) is not None
+        except TamperedManifestError:  # it has one (refused when used): not an unknown model
+            return True
 
     def _model_version(self, name: str, version: int, manifest: dict[str, Any]) -> ModelVersion:
         return ModelVersion(name=name, version=version, uri=self._uri(name, version), manifest=manifest)
@@ -407,7 +524,7 @@ class Registry:
         return None
 
     def _unknown_model(self, name: str) -> RegistryError:
-        names = [n for n in self._candidate_names() if self._latest(n) is not None]
+        names = [n for n in self._candidate_names() if self._has_versions(n)]
         msg = f"no model named {name!r} in the registry at {self._uri_prefix or self.root}."
         close = difflib.get_close_matches(name, names, n=1)
         if close:
@@ -419,7 +536,7 @@ class Registry:
         return RegistryError(msg)
 
     def _unknown_alias(self, name: str, alias: str, aliases: dict[str, int]) -> RegistryError:
-        if self._latest(name) is None:
+        if not self._has_versions(name):
             return self._unknown_model(name)
         known = ", ".join(f"@{a} → {v}" for a, v in sorted(aliases.items()))
         hint = f"aliases: {known}" if known else \
@@ -512,9 +629,13 @@ class Registry:
     def _why_not_ready(self, name: str, version: int) -> str:
         if version not in self._version_numbers(name):
             return ""
-        raw = self._raw_manifest(name, version) or {}
-        if raw.get("status") == DELETED:
+        raw = self._raw_manifest(name, version)
+        if raw is not None and raw.get("status") == DELETED:
             return f": it was deleted at {raw.get('deleted_at', '?')}"
+        path = posixpath.join(self._version_dir(name, version), MANIFEST)
+        if raw is None and self._fs.get_file_info(path).type == pafs.FileType.File:
+            # Manifests are written whole (rename or one PUT): unreadable means damaged, not unfinished.
+            return f": its {MANIFEST} is not a JSON object (corrupted or changed by hand)"
         return ": its publish never finished (no READY manifest)"
 
     # -- writing ----------------------------------------------------------------------------------
@@ -558,7 +679,7 @@ class Registry:
                 raise RegistryError(f"{posixpath.join(src, CHECKPOINT_META)}: invalid JSON ({exc}); "
                                     f"rewrite it or remove it from the checkpoint.") from None
         manifest: dict[str, Any] = {
-            "format": 1, "name": name, "version": None, "status": PENDING, "created_at": _now(),
+            "format": MANIFEST_FORMAT, "name": name, "version": None, "status": PENDING, "created_at": _now(),
             "writer": {"host": socket.gethostname(), "pid": os.getpid(), "started_at": _now()},
             "metrics": _jsonable(metrics, "metrics"), "spec": _jsonable(spec, "spec"),
             "input_schema": _jsonable(input_schema if input_schema is not None else meta.get("input_schema"),
@@ -570,8 +691,9 @@ class Registry:
         staging = self._open_staging(name, manifest)
         try:
             for rel in files:
-                manifest["files"][rel] = self._copy_in(src_fs, posixpath.join(src, rel),
-                                                       posixpath.join(staging, rel))
+                refuse = self._bad_checkpoint_file(os.fspath(checkpoint_dir), rel)
+                manifest["files"][rel] = self._copy_in(src_fs, _inside(src, rel, refuse),
+                                                       _inside(staging, rel, refuse))
             manifest["status"] = READY  # what versions/N says; in staging it means "publishing now"
             version = self._publish_local(name, staging, manifest) if self._local else \
                 self._publish_remote(name, staging, manifest)
@@ -586,7 +708,7 @@ class Registry:
     def _open_staging(self, name: str, manifest: dict[str, Any]) -> str:
         """Create ``.staging/<id>/`` holding the PENDING manifest; return its path."""
         staging = posixpath.join(self._staging_root(name), uuid.uuid4().hex)
-        payload = json.dumps(manifest, indent=2).encode()
+        payload = json.dumps(_seal(manifest), indent=2).encode()
         if not self._local:
             self._write_bytes(posixpath.join(staging, MANIFEST), payload)  # one PUT: whole or absent
             return staging
@@ -603,7 +725,7 @@ class Registry:
                 return  # published just before the error, or cleaned by someone else
             failed = {**manifest, "status": FAILED, "version": None, "failed_at": _now(),
                       "error": f"{type(exc).__name__}: {exc}"[:500]}
-            self._write_json_atomic(posixpath.join(staging, MANIFEST), failed)
+            self._write_json_atomic(posixpath.join(staging, MANIFEST), _seal(failed))
             self._empty_dir(staging, keep=MANIFEST)
 
     def _checkpoint_files(self, src_fs: pafs.FileSystem, src: str, shown: str) -> list[str]:
@@ -620,7 +742,14 @@ class Registry:
         if MANIFEST in files:
             raise RegistryError(f"checkpoint directory {shown} holds a {MANIFEST}, a name the registry "
                                 f"reserves for its own manifest; rename or remove that file.")
+        for rel in files:
+            _inside(src, rel, self._bad_checkpoint_file(shown, rel))
         return files
+
+    @staticmethod
+    def _bad_checkpoint_file(shown: str, rel: str) -> Callable[[str], RegistryError]:
+        return lambda reason: RegistryError(f"checkpoint directory {shown}: the file name {rel!r} {reason}, "
+                                            f"which a version folder cannot hold; rename or remove that file.")
 
     def _next_version(self, name: str) -> int:
         # Counting tombstones and half uploads too: a version number is never reused.
@@ -634,7 +763,7 @@ class Registry:
         for _ in range(10_000):
             manifest["version"] = version
             # Replaced whole, so a crash here leaves the previous (PENDING) manifest readable.
-            self._write_json_atomic(posixpath.join(staging, MANIFEST), manifest)
+            self._write_json_atomic(posixpath.join(staging, MANIFEST), _seal(manifest))
             try:
                 os.rename(staging, self._version_dir(name, version))
                 return version
@@ -652,11 +781,12 @@ class Registry:
         dest = self._version_dir(name, version)
         self._fs.create_dir(dest, recursive=True)  # claims N for concurrent writers (marker object)
         for rel in manifest["files"]:
-            target = posixpath.join(dest, rel)
+            refuse = _escaping_file(f"{name}:{version}", rel)
+            target = _inside(dest, rel, refuse)
             self._fs.create_dir(posixpath.dirname(target), recursive=True)
-            self._fs.copy_file(posixpath.join(staging, rel), target)
+            self._fs.copy_file(_inside(staging, rel, refuse), target)
         manifest["version"] = version
-        self._write_bytes(posixpath.join(dest, MANIFEST), json.dumps(manifest, indent=2).encode())
+        self._write_bytes(posixpath.join(dest, MANIFEST), json.dumps(_seal(manifest), indent=2).encode())
         return version
 
     def _clean_stale_staging(self, name: str) -> None:
@@ -701,27 +831,42 @@ class Registry:
             raise RegistryError(f"version must be a positive integer (got {version!r}).")
         return self.get(f"{name}:{version}")
 
+    def deletable(self, name: str, version: int) -> dict[str, Any]:
+        """The manifest of a version :meth:`delete` would delete: READY, or READY but refused as tampered.
+
+        Raises:
+            RegistryError: an unknown or already deleted version.
+        """
+        try:
+            return self._require_version(name, version).manifest
+        except TamperedManifestError:  # deleting is how such a version is cleared
+            return self._raw_manifest(name, version) or {}
+
     def delete(self, name: str, version: int) -> None:
         """Delete ``name:version``; its number is never reused.
 
         Raises:
             RegistryError: an unknown version, or an alias still points at it (move the alias first).
         """
-        self._require_version(name, version)
+        self.deletable(name, version)
         with self._lock(name):
-            mv = self._require_version(name, version)
+            manifest = self.deletable(name, version)
             pointing = sorted(a for a, v in self._read_aliases(name).items() if v == version)
             if pointing:
                 shown = ", ".join(f"@{a}" for a in pointing)
-                raise RegistryError(f"cannot delete {mv.ref}: {shown} points at it. Move the alias first "
-                                    f"(`atoll models promote {name}:OTHER {pointing[0]}`).")
+                raise RegistryError(f"cannot delete {name}:{version}: {shown} points at it. Move the alias "
+                                    f"first (`atoll models promote {name}:OTHER {pointing[0]}`).")
             # The tombstone goes first: from then on readers no longer see the version.
-            tombstone = {**mv.manifest, "status": DELETED, "deleted_at": _now()}
+            tombstone = {**manifest, "status": DELETED, "deleted_at": _now()}
             vdir = self._version_dir(name, version)
-            self._write_json_atomic(posixpath.join(vdir, MANIFEST), tombstone)
+            self._write_json_atomic(posixpath.join(vdir, MANIFEST), _seal(tombstone))
             self._empty_dir(vdir, keep=MANIFEST)
 
     # -- files ------------------------------------------------------------------------------------
+
+    def _version_file(self, mv: ModelVersion, rel: str) -> str:
+        """The path of one file of a version; a name from its manifest that leaves the folder is refused."""
+        return _inside(self._version_dir(mv.name, mv.version), rel, _escaping_file(mv.ref, rel))
 
     def _file_meta(self, mv: ModelVersion, filename: str) -> dict[str, Any]:
         files = mv.files
@@ -754,7 +899,7 @@ class Registry:
             RegistryError: an unknown file, a missing file or a checksum mismatch.
         """
         self._file_meta(mv, filename)
-        path = posixpath.join(self._version_dir(mv.name, mv.version), filename)
+        path = self._version_file(mv, filename)
         try:
             data = self._read_bytes(path)
         except FileNotFoundError:
@@ -792,14 +937,14 @@ class Registry:
             RegistryError: a missing file or a checksum mismatch (nothing half-written stays behind).
         """
         dest = Path(dest_dir).expanduser().resolve()
-        vdir = self._version_dir(mv.name, mv.version)
-        for rel in sorted(mv.files):
-            target = dest / rel
+        sources = {rel: self._version_file(mv, rel) for rel in sorted(mv.files)}  # every name, before any IO
+        for rel, source in sources.items():
+            target = Path(_inside(str(dest), rel, _escaping_file(mv.ref, rel)))
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
             digest, size = hashlib.sha256(), 0
             try:
-                with self._fs.open_input_stream(posixpath.join(vdir, rel), compression=None) as fin, \
+                with self._fs.open_input_stream(source, compression=None) as fin, \
                         open(tmp, "wb") as fout:
                     while chunk := fin.read(_CHUNK):
                         digest.update(chunk)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -118,14 +119,39 @@ class K8sSettings(Strict):
         return self
 
 
+_PY_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_PY_MODULE = rf"{_PY_NAME}(?:\.{_PY_NAME})*"
+#: A user model type, ``package.module:callable`` (atoll.models refuses anything else before importing).
+MODEL_TYPE_RE = re.compile(rf"(?P<module>{_PY_MODULE}):(?P<attr>{_PY_NAME})")
+#: An entry of ``model_types``: ``pkg.mod:build`` (that callable), ``pkg.mod:*`` (any callable of that
+#: module) or ``pkg.*`` (the package and every module under it).
+MODEL_TYPE_ENTRY_RE = re.compile(rf"{_PY_MODULE}:(?:{_PY_NAME}|\*)|{_PY_MODULE}\.\*")
+
+
 class AtollSettings(Strict):
     """The `metadata.atoll` section of cluster.yaml."""
 
     storage: str = Field("~/.atoll/storage", description="Root for checkpoints, sweeps and the model "
                          "registry: a local directory or an s3:// / gs:// URI. ATOLL_STORAGE overrides it.")
+    model_types: list[str] = Field(default_factory=list, description="User model types (a training spec's "
+                                   "`model.type`) that a Serve replica may import for a registered version, "
+                                   "besides the built-ins mlp and cnn: `pkg.mod:build` (that callable), "
+                                   "`pkg.mod:*` (any callable of the module) or `pkg.*` (the package and its "
+                                   "modules). A manifest names the type, so without this list write access to "
+                                   "the storage alone would run code on the cluster.")
     local: LocalSettings = Field(default_factory=LocalSettings, description="The embedded local cluster.")
     serve: ServeSettings = Field(default_factory=ServeSettings, description="Ray Serve defaults.")
     k8s: K8sSettings = Field(default_factory=K8sSettings, description="Kubernetes (KubeRay) manifests.")
+
+    @field_validator("model_types")
+    @classmethod
+    def _model_type_entries(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if not MODEL_TYPE_ENTRY_RE.fullmatch(entry):
+                raise ValueError(f"{entry!r} is not an import path; use 'pkg.models:build' (that callable), "
+                                 f"'pkg.models:*' (any callable of the module) or 'pkg.*' (the package and its "
+                                 f"modules). The built-ins (mlp, cnn) need no entry")
+        return entries
 
 
 class NodeType(BaseModel):

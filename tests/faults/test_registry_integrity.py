@@ -1,5 +1,7 @@
 """Registry integrity under real faults (issue 9, group "registry"): SIGKILL during register, concurrent
-publishers in separate processes, tampered and truncated weights. Pure filesystem: no Ray, tmp_path only.
+publishers in separate processes, tampered and truncated weights; and the storage as a trust boundary
+(issue 15): manifests whose file names leave the version folder, flipped bytes in manifest.json, and model
+types a manifest names that cluster.yaml does not allow. Pure filesystem: no Ray, tmp_path only.
 
 The writers are real child processes (``sys.executable`` running a script written to tmp_path) that import
 only ``atoll.registry`` (pyarrow, no torch), so each starts in a fraction of a second.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,10 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import yaml
 
-from atoll.errors import RegistryError
-from atoll.registry import Registry
+from atoll.data import Preprocessor
+from atoll.errors import ConfigError, RegistryError
+from atoll.registry import ModelVersion, Registry, TamperedManifestError, _seal
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "atoll"
 
@@ -307,3 +313,203 @@ def test_no_unsafe_unpickling_anywhere(tmp_path: Path, reliability: Callable[...
     reliability("registry", "model.pt holding a code-running pickle (sha256 valid)",
                 f"refused, payload not run; {loads}/{loads} torch.load calls in the package use "
                 f"weights_only=True, no pickle.load", "pass")
+
+
+# ------------------------------------------------------------------------------------------------
+# The storage is not trusted: what a manifest says is checked before it is used
+
+
+def _manifest_path(mv: ModelVersion) -> Path:
+    return Path(mv.uri) / "manifest.json"
+
+
+def _rewrite(mv: ModelVersion, change: Callable[[dict[str, Any]], None], *, reseal: bool = True) -> None:
+    """Edit a version's manifest on disk; resealed, as a writer who knows the format would."""
+    manifest = json.loads(_manifest_path(mv).read_text())
+    change(manifest)
+    _manifest_path(mv).write_text(json.dumps(_seal(manifest) if reseal else manifest, indent=2))
+
+
+ESCAPING_NAMES = ["../x", "/etc/passwd", "extra/../../../x", "..", "a//b", "./model.pt", "extra\\..\\..\\x",
+                  "C:/Windows/x", "a\x00b", ""]
+
+
+def test_manifest_file_names_that_leave_the_version_folder_are_refused(tmp_path: Path,
+                                                                       reliability: Callable[..., None]) -> None:
+    reg = Registry(str(tmp_path / "store"))
+    good = reg.register("digits", str(_checkpoint(tmp_path / "ckpt", 1.0, size=8)), metrics={}, spec={})
+    outside = tmp_path / "x"  # where "../x" would land from the copy folder
+    refused = 0
+    for name in ESCAPING_NAMES:
+        def swap(manifest: dict[str, Any], name: str = name) -> None:
+            manifest["files"][name] = manifest["files"].pop("extra/notes.txt")
+
+        _rewrite(good, swap)
+        message = rf"^digits:1: its manifest names the file {re.escape(repr(name))}, which .+ \(a path " \
+                  rf"outside the version folder\), so its manifest.json was tampered with or corrupted after " \
+                  rf"registration and the version is refused. Delete it \(`atoll models delete digits:1`\) " \
+                  rf"and register the model again.$"
+        with pytest.raises(TamperedManifestError, match=message):
+            reg.get("digits:1")
+        # A version read before the edit (or built by hand) is refused at the join itself, before any IO.
+        held = ModelVersion("digits", 1, good.uri, json.loads(_manifest_path(good).read_text()))
+        dest = tmp_path / "copy"
+        with pytest.raises(TamperedManifestError, match=message):
+            reg.read_file(held, name)
+        with pytest.raises(TamperedManifestError, match=message):
+            reg.local_copy(held, dest)
+        refused += 2
+        assert not outside.exists() and not dest.exists()  # nothing written, inside or outside
+        _rewrite(good, lambda m, name=name: m["files"].__setitem__("extra/notes.txt", m["files"].pop(name)))
+    assert reg.get("digits:1").files == good.files  # restored: the same version loads again
+    assert set(reg.load_weights(reg.get("digits:1"))) == {"w", "b"}
+    reliability("registry", f"manifest file names that leave the version folder ({len(ESCAPING_NAMES)} kinds: "
+                f"../x, /etc/passwd, nested .., backslashes, drive letter, empty segment, NUL, ...), resealed",
+                f"every one refused when the version is read, and {refused}/{refused} loads of a version held "
+                f"from before (read_file, local_copy) refused at the join; no file written", "pass")
+
+
+def test_every_flipped_byte_of_a_manifest_is_refused(tmp_path: Path, reliability: Callable[..., None]) -> None:
+    reg = Registry(str(tmp_path / "store"))
+    ckpt = _checkpoint(tmp_path / "ckpt", 1.0, size=8)
+    first = reg.register("digits", str(ckpt), metrics={"val_accuracy": 0.91}, spec={"model": {"type": "mlp"}})
+    second = reg.register("digits", str(ckpt), metrics={"val_accuracy": 0.95}, spec={"model": {"type": "mlp"}})
+    original = _manifest_path(second).read_bytes()
+    outcomes = {"checksum": 0, "not JSON": 0, "not READY": 0}
+    for i in range(len(original)):
+        flipped = bytearray(original)
+        flipped[i] ^= 0x01  # the low bit: 2 → 3, READY → SEADY, a → `, a space → !
+        _manifest_path(second).write_bytes(bytes(flipped))
+        with pytest.raises(RegistryError) as refusal:
+            reg.get("digits:2")
+        text = str(refusal.value)
+        assert "\n" not in text
+        if isinstance(refusal.value, TamperedManifestError):
+            outcomes["checksum"] += 1
+        elif "is not a JSON object" in text:
+            outcomes["not JSON"] += 1
+        else:
+            assert "its publish never finished" in text, (i, text)
+            outcomes["not READY"] += 1
+    flips = len(original)
+    assert sum(outcomes.values()) == flips and outcomes["checksum"] > flips // 4
+
+    # Refused as the latest too (no silent fallback to digits:1); the rest of the model keeps working.
+    flipped = original.replace(b'"val_accuracy": 0.95', b'"val_accuracy": 0.99')
+    assert flipped != original
+    _manifest_path(second).write_bytes(flipped)
+    shown = r"digits:2: its manifest.json does not match the manifest_sha256 recorded in it \([0-9a-f]{12}…, " \
+            r"recorded [0-9a-f]{12}…\), so its manifest.json was tampered with"
+    for read in (lambda: reg.get("digits"), lambda: reg.list_versions("digits"),
+                 lambda: reg.set_alias("digits", 2, "production")):
+        with pytest.raises(TamperedManifestError, match=shown):
+            read()
+    assert reg.get("digits:1").manifest == first.manifest and reg.aliases("digits") == {}
+    reg.delete("digits", 2)  # the fix the message names works on a refused version
+    assert reg.get("digits").version == 1
+    with pytest.raises(RegistryError, match=r"no version 2: it was deleted at"):
+        reg.get("digits:2")
+    assert json.loads(_manifest_path(second).read_text())["status"] == "DELETED"
+    reliability("registry", f"every byte of a READY manifest.json flipped, one at a time (its low bit; "
+                f"{flips} bytes)",
+                f"{flips}/{flips} refused with one line ({outcomes['checksum']} by manifest_sha256, "
+                f"{outcomes['not JSON']} no longer JSON, {outcomes['not READY']} no longer READY); never served "
+                f"as the latest, and deletable", "pass")
+
+
+# A module that records its own import: if the registry's manifest could make a replica import it, the
+# marker file would appear.
+PROBE_MODULE = r"""
+import pathlib
+
+pathlib.Path({marker!r}).write_text("imported")
+
+
+def build(input_dim, num_classes, **params):
+    import torch
+
+    return torch.nn.Linear(input_dim, num_classes)
+"""
+
+
+@pytest.fixture
+def probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Two importable modules on sys.path: ``atoll_probe_evil`` and the package ``atoll_probe_user.models``,
+    each writing a marker file when imported. Returns the markers."""
+    mods = tmp_path / "mods"
+    (mods / "atoll_probe_user").mkdir(parents=True)
+    markers = {"evil": tmp_path / "evil-imported", "user": tmp_path / "user-imported"}
+    (mods / "atoll_probe_evil.py").write_text(PROBE_MODULE.format(marker=str(markers["evil"])))
+    (mods / "atoll_probe_user" / "__init__.py").write_text("")
+    (mods / "atoll_probe_user" / "models.py").write_text(PROBE_MODULE.format(marker=str(markers["user"])))
+    monkeypatch.syspath_prepend(str(mods))
+    yield markers
+    for name in ("atoll_probe_evil", "atoll_probe_user", "atoll_probe_user.models"):
+        sys.modules.pop(name, None)
+
+
+def _cluster_yaml(tmp_path: Path, model_types: list[str] | None) -> Path:
+    """This repository's cluster.yaml, with ``metadata.atoll.model_types`` set (None: left out)."""
+    config = yaml.safe_load((PACKAGE.parents[1] / "cluster.yaml").read_text())
+    if model_types is not None:
+        config["metadata"]["atoll"]["model_types"] = model_types
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _user_model_version(reg: Registry, tmp_path: Path, model_type: str) -> ModelVersion:
+    """A servable version (weights, preprocessing, input schema) whose spec names ``model_type``."""
+    import torch
+
+    ckpt = tmp_path / f"ckpt-{len(list(tmp_path.glob('ckpt-*')))}"
+    ckpt.mkdir()
+    torch.save(torch.nn.Linear(4, 3).state_dict(), ckpt / "model.pt")
+    features = [f"f{i}" for i in range(4)]
+    pre = Preprocessor(features=features, label="label", mean=[0.0] * 4, std=[1.0] * 4, classes=[0, 1, 2])
+    (ckpt / "atoll.json").write_text(json.dumps({"preprocess": pre.to_dict(), "input_schema": {
+        "features": features, "num_features": 4}}))
+    return reg.register("user", str(ckpt), metrics={}, spec={"model": {"type": model_type, "params": {}}})
+
+
+def test_a_model_type_cluster_yaml_does_not_allow_is_refused_and_not_imported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probes: dict[str, Path],
+        reliability: Callable[..., None]) -> None:
+    from atoll.serving import Predictor  # late: Serve and FastAPI, for this test only
+
+    reg = Registry(str(tmp_path / "store"))
+    monkeypatch.setenv("ATOLL_CLUSTER_CONFIG", str(_cluster_yaml(tmp_path, ["atoll_probe_user.*"])))
+    cases = 0
+    for model_type in ("atoll_probe_evil:build", "os:system", "subprocess:getoutput", "atoll_probe_user_x:build"):
+        mv = _user_model_version(reg, tmp_path, model_type)
+        with pytest.raises(ConfigError, match=rf"^{mv.ref}: model.type '{model_type}' is not allowed: a registered "
+                                              rf"version may name only a built-in model \(mlp, cnn\) or a type "
+                                              rf"cluster.yaml allows.* add \"{model_type}\" to "
+                                              rf"metadata.atoll.model_types in .*cluster.yaml \(it lists "
+                                              rf"atoll_probe_user\.\*\)\.$"):
+            Predictor(reg.root, mv.ref, device="cpu")
+        cases += 1
+    assert not probes["evil"].exists() and "atoll_probe_evil" not in sys.modules  # refused before the import
+
+    # The user's own model, on the list (a package prefix): imported and served.
+    allowed = _user_model_version(reg, tmp_path, "atoll_probe_user.models:build")
+    predictor = Predictor(reg.root, allowed.ref, device="cpu")
+    labels, probabilities = predictor.predict(np.zeros((2, 4), dtype=np.float32))
+    assert probes["user"].exists() and len(labels) == 2 and len(probabilities[0]) == 3
+
+    # With no list at all, the message gives the exact line to add; adding it makes the version servable.
+    evil = reg.get("user:1")
+    monkeypatch.setenv("ATOLL_CLUSTER_CONFIG", str(_cluster_yaml(tmp_path, None)))
+    with pytest.raises(ConfigError) as refused:
+        Predictor(reg.root, evil.ref, device="cpu")
+    line = re.search(r"add `(model_types: \[.*?\])` under metadata.atoll in (\S+)\.$", str(refused.value))
+    assert line and line[1] == 'model_types: ["atoll_probe_evil:build"]' and line[2] == str(tmp_path / "cluster.yaml")
+    assert not probes["evil"].exists()
+    monkeypatch.setenv("ATOLL_CLUSTER_CONFIG", str(_cluster_yaml(tmp_path, yaml.safe_load(line[1])["model_types"])))
+    assert Predictor(reg.root, evil.ref, device="cpu").version.ref == "user:1"
+    assert probes["evil"].exists()  # allowed now, so imported: the marker proves the refusals above held
+    reliability("registry", f"a manifest naming a model.type cluster.yaml does not allow ({cases} kinds: a module "
+                f"on sys.path, os:system, subprocess:getoutput, a look-alike of an allowed prefix)",
+                f"{cases}/{cases} refused before import (the probe module's import marker never appeared), with "
+                f"the cluster.yaml line to add; the allowed user model and, once its line was added, the "
+                f"refused one loaded and predicted", "pass")
