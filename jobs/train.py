@@ -1,6 +1,6 @@
 """Train a model with Ray Train and register the best checkpoint — runs ON the cluster.
 
-    atoll train -c jobs/configs/train.yaml --wait                  # submit through the Jobs API (usual way)
+    atoll train jobs/configs/train.yaml                            # submit through the Jobs API (usual way)
     atoll train --set epochs=3 --set optimizer.lr=0.01 --wait      # override any field of the spec
     ray job submit --working-dir . -- python jobs/train.py -c jobs/configs/train.yaml   # Ray's own CLI
     python jobs/train.py -c jobs/configs/train.yaml                # run the driver here, on a running cluster

@@ -1,6 +1,6 @@
 """Run a hyperparameter sweep with Ray Tune and register the best model — runs ON the cluster.
 
-    atoll tune -c jobs/configs/sweep.yaml --wait                   # submit through the Jobs API (usual way)
+    atoll tune jobs/configs/sweep.yaml                             # submit through the Jobs API (usual way)
     atoll tune --set num_samples=4 --set overrides.epochs=4        # override any field of the sweep
     ray job submit --working-dir . -- python jobs/tune.py -c jobs/configs/sweep.yaml   # Ray's own CLI
     python jobs/tune.py -c jobs/configs/sweep.yaml                 # run the driver here, on a running cluster

@@ -7,27 +7,72 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from atoll import auth, cli_views, cluster, jobs
-from atoll.cli_common import ConfigOpt, JsonOpt, console, err_console, print_json
+from atoll.cli_common import (
+    ABORTS,
+    ALL_HELP,
+    CLICK_ERRORS,
+    EXITS,
+    NO_SUCH_OPTION,
+    USAGE_ERRORS,
+    ConfigOpt,
+    JsonOpt,
+    cluster_config,
+    console,
+    err_console,
+    following,
+    listing,
+    print_json,
+    usage_line,
+)
 from atoll.cli_k8s import k8s_app
 from atoll.cli_models import models_app
+from atoll.cli_runs import runs_app
 from atoll.cli_serve import query, serve_app
-from atoll.errors import AtollError
+from atoll.errors import AtollError, ConfigError
 
 app = typer.Typer(help="Atoll: the whole ML lifecycle on one Ray cluster.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 jobs_app = typer.Typer(help="Ray jobs on the cluster (one Jobs API with `ray job`).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
 app.add_typer(k8s_app, name="k8s")
-app.command("query")(query)
+
+#: --debug as given to this process (main() also takes it after a command); ATOLL_DEBUG=1 does the same.
+_debug = {"on": False}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def of(dist: str) -> str:
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                return "not installed"
+
+        console.print(f"atoll {of('atoll')} (ray {of('ray')}, torch {of('torch')}, typer {of('typer')})",
+                      highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the versions of Atoll and of the Ray it runs on, and exit."),
+          debug: bool = typer.Option(False, "--debug", help="Show full tracebacks of errors (also after any "
+                                     "command, or ATOLL_DEBUG=1).")) -> None:
+    """Atoll: the whole ML lifecycle on one Ray cluster."""
+    if debug:
+        _debug["on"] = True
 
 
 def _fmt_time(ms: Any) -> str:
@@ -41,13 +86,13 @@ def _fmt_time(ms: Any) -> str:
 
 
 @app.command()
-def up(config: Optional[Path] = ConfigOpt,
+def up(config: Path | None = ConfigOpt,
        cloud: bool = typer.Option(False, "--cloud", help="Run Ray's cluster launcher (`ray up`) on the file."),
        dry_run: bool = typer.Option(False, "--dry-run", help="With --cloud: print the command, run nothing."),
-       num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Logical CPUs of the local head."),
+       num_cpus: int | None = typer.Option(None, "--num-cpus", help="Logical CPUs of the local head."),
        simulate: bool = typer.Option(False, "--simulate", help="Autoscale cluster.yaml's node types on this "
                                      "machine (Ray's autoscaler + fake multi-node provider)."),
-       idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="With --simulate: minutes "
+       idle_timeout: float | None = typer.Option(None, "--idle-timeout", help="With --simulate: minutes "
                                                     "before an idle worker node goes (default: cluster.yaml's)."),
        as_json: bool = JsonOpt) -> None:
     """Start the cluster described by cluster.yaml (the local one by default)."""
@@ -60,8 +105,12 @@ def up(config: Optional[Path] = ConfigOpt,
             raise typer.Exit(subprocess.call(cmd, env={**os.environ, **auth.client_env()}))
         return
     start = time.monotonic()
-    with console.status("Starting the local Ray cluster…", spinner="dots") if not as_json else _nullcontext():
-        info = cluster.up(spec, num_cpus=num_cpus, simulate=simulate, idle_timeout_minutes=idle_timeout)
+    try:
+        with console.status("Starting the local Ray cluster…", spinner="dots") if not as_json else _nullcontext():
+            info = cluster.up(spec, num_cpus=num_cpus, simulate=simulate, idle_timeout_minutes=idle_timeout)
+    except KeyboardInterrupt:  # cluster.up has stopped what it had started
+        err_console.print("interrupted: the cluster that was starting is stopped; nothing is left running.")
+        raise typer.Exit(130) from None
     if as_json:
         print_json(info.to_dict())
         return
@@ -81,12 +130,12 @@ class _nullcontext:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 
 @app.command()
-def down(config: Optional[Path] = ConfigOpt,
+def down(config: Path | None = ConfigOpt,
          cloud: bool = typer.Option(False, "--cloud", help="Run `ray down` on the file."),
          dry_run: bool = typer.Option(False, "--dry-run", help="With --cloud: print the command only.")) -> None:
     """Stop what `atoll up` started (and nothing else)."""
@@ -105,23 +154,24 @@ def down(config: Optional[Path] = ConfigOpt,
 
 
 @app.command()
-def status(as_json: bool = JsonOpt,
+def status(config: Path | None = ConfigOpt, as_json: bool = JsonOpt,
            watch: bool = typer.Option(False, "--watch", "-w", help="Refresh every 2 s until Ctrl-C."),
            interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes with --watch.")) -> None:
     """Nodes by type, resources, pending nodes and demand, autoscaler actions, jobs and Serve apps."""
+    info = cluster.current(cluster.load_spec(config))
     if as_json:
-        print_json(cluster.status())
+        print_json(cluster.status(info))
         return
     if not watch:
-        console.print(_status_view(cluster.status()))
+        console.print(_status_view(cluster.status(info)))
         return
     from rich.live import Live
 
-    with Live(_status_view(cluster.status()), console=console, auto_refresh=False) as live:
+    with Live(_status_view(cluster.status(info)), console=console, auto_refresh=False) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(_status_view(cluster.status()), refresh=True)
+                live.update(_status_view(cluster.status(info)), refresh=True)
         except KeyboardInterrupt:
             pass
 
@@ -175,9 +225,15 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def _out(text: str) -> None:
+    console.out(text, end="", highlight=False)
+
+
 def follow_job(job_id: str, on_text=None) -> int:
-    """Stream a job's logs to the terminal; return the exit code that matches its outcome."""
-    details = jobs.follow(job_id, on_text or (lambda text: console.out(text, end="", highlight=False)))
+    """Stream a job's logs to the terminal; return the exit code that matches its outcome. Ctrl-C stops
+    following (exit 130); the job keeps running."""
+    with following(job_id):
+        details = jobs.follow(job_id, on_text or _out)
     state = details["status"]
     color = "green" if state == "SUCCEEDED" else "red"
     err_console.print(f"[{color}]Job {job_id} {state}[/]" + (f": {details['message']}" if state != "SUCCEEDED"
@@ -188,17 +244,20 @@ def follow_job(job_id: str, on_text=None) -> int:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(ctx: typer.Context,
            wait: bool = typer.Option(False, "--wait", help="Stream the logs; exit with the job's outcome."),
-           working_dir: Optional[Path] = typer.Option(None, "--working-dir", help="Directory shipped with "
+           working_dir: Path | None = typer.Option(None, "--working-dir", help="Directory shipped with "
                                                       "the job (default: the project, minus data and caches)."),
            env: list[str] = typer.Option([], "--env", help="K=V environment variable for the job (repeat)."),
-           submission_id: Optional[str] = typer.Option(None, "--id", help="Choose the job id."),
-           as_json: bool = JsonOpt) -> None:
+           submission_id: str | None = typer.Option(None, "--id", help="Choose the job id."),
+           config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Submit any command as a Ray job: `atoll submit [--wait] -- python script.py ...`."""
     command = list(ctx.args)
     if not command:
         raise typer.BadParameter("give the command after --, e.g. `atoll submit --wait -- python -c 'print(1)'`")
-    workdir = working_dir or cluster.project_root()
-    job_id = jobs.submit(command, working_dir=workdir, env=_parse_env(env), submission_id=submission_id)
+    if command[0].startswith("-"):  # a mistyped option of ours: a command never starts with a dash
+        raise NO_SUCH_OPTION(command[0], ctx=ctx)
+    with cluster_config(config):  # the job reads the same cluster.yaml
+        workdir = working_dir or cluster.project_root()
+        job_id = jobs.submit(command, working_dir=workdir, env=_parse_env(env), submission_id=submission_id)
     if as_json and not wait:
         print_json({"id": job_id})
         return
@@ -211,19 +270,24 @@ def submit(ctx: typer.Context,
 
 
 @jobs_app.command("list")
-def jobs_list(all_: bool = typer.Option(False, "--all", help="Include plain drivers, not only submitted jobs."),
+def jobs_list(all_: bool = typer.Option(False, "--all", help=f"{ALL_HELP}: also plain drivers (`ray.init` "
+                                        f"scripts), not only submitted jobs."),
               as_json: bool = JsonOpt) -> None:
     """All jobs on the cluster, newest first (also those from `ray job submit`)."""
     rows = jobs.list_jobs(include_drivers=all_)
     if as_json:
         print_json(rows)
         return
-    table = Table("id", "status", "started", "entrypoint", title=f"Jobs ({len(rows)})")
-    for j in rows:
-        color = {"SUCCEEDED": "green", "FAILED": "red", "RUNNING": "cyan"}.get(j["status"], "")
-        table.add_row(j["id"], f"[{color}]{j['status']}[/]" if color else j["status"],
-                      _fmt_time(j["start_time"]), (j["entrypoint"] or "")[:70])
-    console.print(table)
+    console.print(jobs_table(rows))
+
+
+def jobs_table(rows: list[dict[str, Any]], width: int | None = None) -> Table:
+    """Jobs as a table whose ids are never cut (they are what `jobs logs/stop` take); entrypoints are."""
+    colors = {"SUCCEEDED": "green", "FAILED": "red", "RUNNING": "cyan"}
+    cells = [[j["id"] or "-", f"[{colors[j['status']]}]{j['status']}[/]" if j["status"] in colors else str(j["status"]),
+              _fmt_time(j["start_time"]), escape(j["entrypoint"] or "")] for j in rows]
+    return listing(f"Jobs ({len(rows)})", ["id", "status", "started", "entrypoint"], cells, free="entrypoint",
+                   width=width)
 
 
 @jobs_app.command("status")
@@ -243,11 +307,32 @@ def jobs_status(job_id: str, as_json: bool = JsonOpt) -> None:
 
 
 @jobs_app.command("logs")
-def jobs_logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="Stream until it ends.")) -> None:
+def jobs_logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help="Stream until it ends."),
+              tail: int | None = typer.Option(None, "--tail", "-n", min=0, help="Only the last N lines (with -f: "
+                                                 "then follow).")) -> None:
     """A job's output."""
-    if follow:
-        raise typer.Exit(follow_job(job_id))
-    console.out(jobs.logs(job_id), end="", highlight=False)
+    if tail is None:
+        if follow:
+            raise typer.Exit(follow_job(job_id))
+        _out(jobs.logs(job_id))
+        return
+    text = jobs.logs(job_id)
+    _out("".join(text.splitlines(keepends=True)[-tail:]) if tail else "")
+    if follow:  # the stream starts at the beginning: skip what was just shown (or left out)
+        raise typer.Exit(follow_job(job_id, _skipping(len(text), _out)))
+
+
+def _skipping(count: int, on_text):
+    """``on_text`` for a stream, minus its first ``count`` characters."""
+    left = count
+
+    def take(text: str) -> None:
+        nonlocal left
+        cut, left = min(left, len(text)), left - min(left, len(text))
+        if text[cut:]:
+            on_text(text[cut:])
+
+    return take
 
 
 @jobs_app.command("stop")
@@ -261,25 +346,43 @@ def jobs_stop(job_id: str) -> None:
 # Training
 
 
+def _one_name(what: str, *names: str | None) -> str | None:
+    """The one name that --name, --resume (and for a sweep --set name=) give, or None."""
+    given = sorted({n for n in names if n})
+    if any(n.startswith("-") for n in given):  # `--resume --json`: the option took the next flag as its value
+        raise ConfigError(f"--resume and --name take the {what}'s NAME (`atoll runs list` shows them), not "
+                          f"{next(n for n in given if n.startswith('-'))}.")
+    if len(given) > 1:
+        raise ConfigError(f"two names for the {what}: {', '.join(given)}; give one (`--resume NAME` alone "
+                          f"continues NAME).")
+    return given[0] if given else None
+
+
 @app.command("train")
-def train_cmd(config: Path = typer.Option(Path("jobs/configs/train.yaml"), "--config", "-c", help="Training spec."),
+def train_cmd(spec: Path = typer.Argument(Path("jobs/configs/train.yaml"), metavar="SPEC",
+                                          help="Training spec (YAML)."),
               set_: list[str] = typer.Option([], "--set", help="Override a field: --set epochs=5 (repeat)."),
-              run_name: Optional[str] = typer.Option(None, "--run-name", help="Name of the run."),
-              resume: Optional[str] = typer.Option(None, "--resume", help="Resume this run from its checkpoint."),
+              name: str | None = typer.Option(None, "--name", "--run-name", help="Name of the run (default: "
+                                                 "NAME-TIMESTAMP); a name in use is refused: resume it instead."),
+              resume: str | None = typer.Option(None, "--resume", metavar="NAME", help="Continue the run NAME "
+                                                   "from its latest checkpoint (`atoll runs list` shows them)."),
               wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
-              as_json: bool = JsonOpt) -> None:
+              config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Train a model on the cluster (a Ray job running jobs/train.py) and register it."""
     from atoll.config import load_file
     from atoll.specs import TrainSpec
 
-    load_file(TrainSpec, config, set_)  # fail fast, before anything is submitted
-    extra = (["--run-name", run_name] if run_name else []) + (["--resume", resume] if resume else [])
-    job_id = _submit_entrypoint("train", config, set_, extra)
+    _one_name("run", name, resume)
+    with cluster_config(config):
+        load_file(TrainSpec, spec, set_)  # fail fast, before anything is submitted
+        extra = ["--resume", resume] if resume else (["--run-name", name] if name else [])
+        job_id = _submit_entrypoint("train", spec, set_, extra)
     if not wait:
         if as_json:
             print_json({"id": job_id})
         return
-    details, view = cli_views.follow_training(job_id)
+    with following(job_id):
+        details, view = cli_views.follow_training(job_id)
     registered = view.last("registered")
     if as_json:
         print_json({"job": details, "registered": registered, "finished": view.last("finished")})
@@ -290,9 +393,9 @@ def train_cmd(config: Path = typer.Option(Path("jobs/configs/train.yaml"), "--co
         cli_views.print_registered(registered)
 
 
-def _submit_entrypoint(kind: str, config: Path, overrides: list[str], extra: list[str]) -> str:
+def _submit_entrypoint(kind: str, spec: Path, overrides: list[str], extra: list[str]) -> str:
     try:
-        job_id = jobs.submit_atoll_job(kind, config, overrides, extra)
+        job_id = jobs.submit_atoll_job(kind, spec, overrides, extra)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     err_console.print(f"Submitted {kind} job [bold]{job_id}[/]", soft_wrap=True)
@@ -304,22 +407,31 @@ def _submit_entrypoint(kind: str, config: Path, overrides: list[str], extra: lis
 
 
 @app.command("tune")
-def tune_cmd(config: Path = typer.Option(Path("jobs/configs/sweep.yaml"), "--config", "-c", help="Sweep spec."),
+def tune_cmd(spec: Path = typer.Argument(Path("jobs/configs/sweep.yaml"), metavar="SPEC",
+                                         help="Sweep spec (YAML)."),
              set_: list[str] = typer.Option([], "--set", help="Override a field: --set num_samples=4, "
                                             "--set overrides.epochs=4 (training spec) (repeat)."),
-             resume: bool = typer.Option(False, "--resume", help="Continue the interrupted sweep of this name."),
+             name: str | None = typer.Option(None, "--name", help="Name of the sweep (default: the spec's "
+                                                "`name`); a name in use is refused: resume it instead."),
+             resume: str | None = typer.Option(None, "--resume", metavar="NAME", help="Continue the interrupted "
+                                                  "sweep NAME; its finished trials are kept (`atoll runs list`)."),
              wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the trials until it ends."),
-             as_json: bool = JsonOpt) -> None:
+             config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Sweep hyperparameters with Ray Tune + ASHA (a Ray job running jobs/tune.py); register the best."""
     from atoll.tune import load_sweep
 
-    load_sweep(config, set_)  # fail fast, before anything is submitted
-    job_id = _submit_entrypoint("tune", config, set_, ["--resume"] if resume else [])
+    in_set = [value for key, _, value in (o.partition("=") for o in set_) if key.strip() == "name"]
+    sweep = _one_name("sweep", name, resume, *in_set)
+    overrides = [*set_, f"name={sweep}"] if sweep else set_
+    with cluster_config(config):
+        load_sweep(spec, overrides)  # fail fast, before anything is submitted
+        job_id = _submit_entrypoint("tune", spec, overrides, ["--resume"] if resume else [])
     if not wait:
         if as_json:
             print_json({"id": job_id})
         return
-    details, view = cli_views.follow_sweep(job_id)
+    with following(job_id):
+        details, view = cli_views.follow_sweep(job_id)
     done, registered = view.last("sweep_done"), view.last("registered")
     if as_json:
         print_json({"job": details, "summary": done, "registered": registered})
@@ -333,6 +445,9 @@ def tune_cmd(config: Path = typer.Option(Path("jobs/configs/sweep.yaml"), "--con
             cli_views.print_registered(registered, f" from trial {registered['trial']}")
 
 
+app.command("query")(query)  # after train and tune: the order of `atoll --help` is the lifecycle's
+
+
 # ------------------------------------------------------------------------------------------------
 
 
@@ -340,7 +455,7 @@ def tune_cmd(config: Path = typer.Option(Path("jobs/configs/sweep.yaml"), "--con
 def quickstart(fast: bool = typer.Option(False, "--fast", help="Fewest epochs and trials (CI, smoke tests)."),
                down: bool = typer.Option(False, "--down/--keep", help="Stop the cluster at the end (default: keep "
                                          "the cluster and the endpoint running)."),
-               config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+               config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """The whole lifecycle on this machine: cluster, data, training, sweep, registry, Serve, queries."""
     import contextlib
 
@@ -354,37 +469,64 @@ def quickstart(fast: bool = typer.Option(False, "--fast", help="Fewest epochs an
     print_json(result)
 
 
-def main() -> None:
-    """Entry point with one error boundary: an AtollError is one line and exit code ≥ 1."""
+def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """Take --debug out from anywhere before `--` (what follows `--` is a job's own command line)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    head = [a for a in argv[:end] if a != "--debug"]
+    return head + argv[end:], len(head) < end
+
+
+def _command_path(args: list[str]) -> str:
+    """``atoll tune`` for ``["tune", "--resume"]``: the commands the arguments name, as far as they do."""
+    command, path = typer.main.get_command(app), ["atoll"]
+    for token in (a for a in args if not a.startswith("-")):
+        command = getattr(command, "commands", {}).get(token)
+        if command is None:
+            break
+        path.append(token)
+    return " ".join(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point with one error boundary: an AtollError is one line and exit code ≥ 1; a usage error is
+    one line with the closest valid command or option, exit 2."""
     import logging
 
-    debug = os.environ.get("ATOLL_DEBUG") == "1"
+    args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    _debug["on"] = debug = debug or os.environ.get("ATOLL_DEBUG") == "1"
     # Ray's client libraries log packaging chatter at INFO; the CLI says what matters itself.
     logging.getLogger("ray").setLevel(logging.DEBUG if debug else logging.ERROR)
-    if "--debug" in sys.argv:
-        sys.argv.remove("--debug")
-        debug = True
+    # Before anything imports Ray (it reads RAY_AUTH_MODE once, at import): its clients then send the token.
+    auth.enable_for_this_process()
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name="atoll", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except AtollError as exc:
-        if debug:
+        if _debug["on"]:
             raise
         # escape(): a message may hold brackets ("write [lo, hi]") that rich would take for markup.
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
+    except EXITS as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns a bare Ctrl-C into a silent Exit(130)
+            err_console.print("interrupted")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except USAGE_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help is the answer
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
+        err_console.print(f"[red]error:[/] {escape(usage_line(exc, _command_path(args)))}", highlight=False,
+                          soft_wrap=True)
+        sys.exit(2)
+    except CLICK_ERRORS as exc:  # e.g. a file it cannot open
+        err_console.print(f"[red]error:[/] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except ABORTS:
+        err_console.print("aborted")
+        sys.exit(1)
+    except Exception:
         err_console.print("[red]internal error[/] (please report it; rerun with --debug for details):")
         raise

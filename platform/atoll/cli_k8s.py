@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,11 +19,11 @@ def _group() -> None:
 
 
 @k8s_app.command("render")
-def render(config: Optional[Path] = ConfigOpt,
+def render(config: Path | None = ConfigOpt,
            output: Path = typer.Option(Path("k8s"), "--output", "-o", help="Folder to write the manifests to."),
            model: str = typer.Option(kuberay.DEFAULT_MODEL, "--model", help="What the RayService serves: NAME, "
                                      "NAME:VERSION or NAME@ALIAS (resolved when a replica starts)."),
-           app: Optional[str] = typer.Option(None, "--app", help="Serve application name = URL path (default: NAME)."),
+           app: str | None = typer.Option(None, "--app", help="Serve application name = URL path (default: NAME)."),
            train_config: str = typer.Option(kuberay.TRAIN_CONFIG, "--train-config", help="Training spec the RayJob "
                                             "runs, relative to the project folder."),
            job_on_cluster: bool = typer.Option(False, "--job-on-cluster", help="Submit the RayJob to the RayCluster "
@@ -45,7 +44,7 @@ def render(config: Optional[Path] = ConfigOpt,
     console.print(f"[green]Wrote[/] {len(paths)} KubeRay manifests from {spec.source}:", highlight=False)
     width = max(len(str(p)) for p in paths)
     for path, manifest in zip(paths, manifests.values()):
-        console.print(f"  {str(path):<{width}}   {manifest['kind']} {manifest['metadata']['name']}", highlight=False)
+        console.print(f"  {path!s:<{width}}   {manifest['kind']} {manifest['metadata']['name']}", highlight=False)
     for note in notes:
         console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"Next (KubeRay operator 1.6+ installed):\n"

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from atoll import cluster, registry
-from atoll.cli_common import ConfigOpt, JsonOpt, console
+from atoll.cli_common import ALL_HELP, ConfigOpt, JsonOpt, console, json_option, listing
 from atoll.cli_common import print_json as _print_json
-from atoll.errors import RegistryError
+from atoll.errors import ConfigError, RegistryError
 
 models_app = typer.Typer(help="The model registry: versions, metrics, lineage and aliases.",
                          no_args_is_help=True)
 
-def _open(config: Optional[Path]) -> registry.Registry:
+def _open(config: Path | None) -> registry.Registry:
     return registry.open_registry(cluster.load_spec(config).atoll.storage)
 
 
@@ -49,10 +50,10 @@ def _section(title: str, data: dict[str, Any] | None) -> Group:
 
 
 @models_app.command("list")
-def list_(name: Optional[str] = typer.Argument(None, help="A model: list its versions instead."),
-          show_all: bool = typer.Option(False, "--all", help="With NAME: also the registrations that are "
-                                                                "not READY (PENDING, FAILED)."),
-          config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+def list_(name: str | None = typer.Argument(None, help="A model: list its versions instead."),
+          show_all: bool = typer.Option(False, "--all", help=f"{ALL_HELP}: with NAME, also the registrations "
+                                        f"that are not READY (PENDING, FAILED)."),
+          config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Registered models (latest version, number of versions, aliases), or the versions of NAME."""
     if name is not None:
         _list_versions(_open(config), name, show_all, as_json)
@@ -67,11 +68,9 @@ def list_(name: Optional[str] = typer.Argument(None, help="A model: list its ver
     if not rows:
         console.print("No models registered yet.")
         return
-    table = Table("name", "latest", "versions", "aliases", title=f"Models ({len(rows)})")
-    for row in rows:
-        aliases = ", ".join(f"@{a} → {v}" for a, v in sorted(row["aliases"].items())) or "-"
-        table.add_row(row["name"], str(row["latest_version"]), str(row["versions"]), aliases)
-    console.print(table)
+    cells = [[escape(row["name"]), str(row["latest_version"]), str(row["versions"]),
+              ", ".join(f"@{a} → {v}" for a, v in sorted(row["aliases"].items())) or "-"] for row in rows]
+    console.print(listing(f"Models ({len(rows)})", ["name", "latest", "versions", "aliases"], cells))
 
 
 def _list_versions(reg: registry.Registry, name: str, show_all: bool, as_json: bool) -> None:
@@ -105,7 +104,7 @@ def _list_versions(reg: registry.Registry, name: str, show_all: bool, as_json: b
 
 @models_app.command()
 def show(ref: str = typer.Argument(..., help="NAME (latest), NAME:VERSION or NAME@ALIAS."),
-         config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+         config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """One version: metrics, aliases, input schema, lineage and files."""
     reg = _open(config)
     mv = reg.get(ref)
@@ -128,7 +127,7 @@ def show(ref: str = typer.Argument(..., help="NAME (latest), NAME:VERSION or NAM
 @models_app.command()
 def promote(ref: str = typer.Argument(..., help="NAME:VERSION to promote (NAME@ALIAS also works)."),
             alias: str = typer.Argument(..., help="Alias to point at it, e.g. production."),
-            config: Optional[Path] = ConfigOpt) -> None:
+            config: Path | None = ConfigOpt) -> None:
     """Point ALIAS at a version (moving it from the version it pointed at)."""
     _, version, source_alias = registry.parse_ref(ref)
     if version is None and source_alias is None:  # a bare name would silently mean "latest"
@@ -144,12 +143,65 @@ def promote(ref: str = typer.Argument(..., help="NAME:VERSION to promote (NAME@A
 @models_app.command()
 def delete(ref: str = typer.Argument(..., help="NAME:VERSION to delete."),
            yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-           config: Optional[Path] = ConfigOpt) -> None:
+           config: Path | None = ConfigOpt) -> None:
     """Delete one version (refused while an alias points at it); its number is never reused."""
     name, version = _versioned(ref, "delete")
     reg = _open(config)
-    reg.get(f"{name}:{version}")  # fail on an unknown version before asking
+    reg.deletable(name, version)  # fail on an unknown version before asking (a tampered one is deletable)
     if not yes:
         typer.confirm(f"Delete {name}:{version}?", abort=True)
     reg.delete(name, version)
     console.print(f"Deleted {name}:{version}.", highlight=False)
+
+
+@models_app.command()
+def unalias(name: str = typer.Argument(..., help="The model."),
+            alias: str = typer.Argument(..., help="The alias to remove, e.g. staging."),
+            config: Path | None = ConfigOpt) -> None:
+    """Remove an alias (the version it pointed at stays)."""
+    reg = _open(config)
+    before = reg.aliases(name).get(alias)
+    reg.remove_alias(name, alias)
+    console.print(f"Removed {name}@{alias} (it pointed at {name}:{before}).", highlight=False)
+
+
+_OutputOpt = typer.Option(None, "--output", "-o", help="Folder to write the files to (default: ./NAME-VERSION); "
+                          "must be new or empty.")
+_CheckpointArg = typer.Argument(..., help="A local checkpoint folder (model.pt + atoll.json), e.g. a checkpoint_* "
+                                "folder of a run trained elsewhere.")
+
+
+@models_app.command()
+def download(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or NAME for the latest, also work)."),
+             output: Path | None = _OutputOpt, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Copy a version's files and manifest to a local folder, each checked against its recorded sha256."""
+    reg = _open(config)
+    mv = reg.get(ref)
+    dest = output or Path(f"{mv.name}-{mv.version}")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ConfigError(f"--output {dest}: exists and is not an empty folder; choose a new one.")
+    path = reg.local_copy(mv, dest)
+    if as_json:
+        _print_json({"ref": mv.ref, "path": path, "files": sorted(mv.files)})
+        return
+    console.print(f"Downloaded {mv.ref} ({len(mv.files)} files, sha256 checked) to {path}", highlight=False)
+
+
+@models_app.command()
+def register(name: str = typer.Argument(..., help="Model name; the checkpoint becomes its next version."),
+             checkpoint: Path = _CheckpointArg,
+             metrics: str | None = typer.Option(None, "--metrics", help='Metrics to record, as JSON: '
+                                                '\'{"val_accuracy": 0.97}\' (default: the checkpoint\'s own).'),
+             config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Register a checkpoint trained elsewhere as a new version (refused unless it is a whole checkpoint)."""
+    from atoll import runs
+
+    example = '{"val_accuracy": 0.97}'
+    recorded = None if metrics is None else json_option(metrics, "--metrics", example)
+    if recorded is not None and not isinstance(recorded, dict):
+        raise ConfigError(f"--metrics: expected a JSON object, e.g. --metrics '{example}'.")
+    mv = runs.register_checkpoint(cluster.load_spec(config).atoll.storage, name, checkpoint, recorded)
+    if as_json:
+        _print_json(mv.to_dict())
+        return
+    console.print(f"[green]Registered[/] {mv.ref} from {checkpoint}\n  atoll models show {mv.ref}", highlight=False)

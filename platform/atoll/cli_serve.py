@@ -3,16 +3,14 @@ atoll.endpoints, render."""
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from atoll import cluster, endpoints
-from atoll.cli_common import ConfigOpt, JsonOpt, console, err_console, print_json
+from atoll.cli_common import ConfigOpt, JsonOpt, console, err_console, json_option, listing, print_json
 from atoll.errors import ConfigError
 from atoll.specs import ServeSettings
 
@@ -21,11 +19,11 @@ serve_app = typer.Typer(help="Serve registered models as HTTP endpoints (Ray Ser
 
 @serve_app.command("deploy")
 def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS from the registry."),
-           app: Optional[str] = typer.Option(None, "--app", help="Application name = URL path (default: NAME)."),
-           replicas: Optional[str] = typer.Option(None, "--replicas", help="Autoscaling bounds MIN:MAX (or N)."),
+           app: str | None = typer.Option(None, "--app", help="Application name = URL path (default: NAME)."),
+           replicas: str | None = typer.Option(None, "--replicas", help="Autoscaling bounds MIN:MAX (or N)."),
            set_: list[str] = typer.Option([], "--set", help="Override a Serve setting of cluster.yaml for this "
                                           "app: --set max_batch_size=64 (repeat)."),
-           config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+           config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Deploy a model version (or roll an app over to it); wait until it is RUNNING."""
     from atoll.config import apply_overrides
 
@@ -41,18 +39,26 @@ def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS
     if as_json:
         print_json(result)
         return
+    console.print(deploy_summary(result, endpoints.curl_auth(spec.atoll.serve)), soft_wrap=True, highlight=False,
+                  markup=False)
+
+
+def deploy_summary(result: dict[str, Any], auth: str) -> str:
+    """What a deploy prints: its live routes and how to call it (``auth``: the curl header for the key, which
+    names the variable, never the key)."""
     pinned = f"{result['model']}:{result['version']}"
     origin = "" if result["requested"] == pinned else f" (from {result['requested']})"
-    console.print(f"[green]{result['app']}[/] is {result['status']}: {pinned}{origin}\n"
-                  f"  {result['url']}/predict   (docs: {result['url']}/docs)\n"
-                  f"  playground: {result['playground']}   (all models: {result['gallery']})\n"
-                  f"  atoll query {result['app']} --json '{{\"inputs\": [[...]]}}'\n"
-                  f"  curl -s {result['url']}/predict -H 'Content-Type: application/json' "
-                  f"-d '{{\"inputs\": [[...]]}}'", soft_wrap=True, highlight=False)
+    return (f"{result['app']} is {result['status']}: {pinned}{origin}\n"
+            f"  predict:    POST {result['url']}/predict   (schema: {result['url']}/openapi.json)\n"
+            f"  playground: {result['playground']}   (all models: {result['gallery']})\n"
+            f"  logs:       atoll serve logs {result['app']}\n"
+            f"  atoll query {result['app']} -d '{{\"inputs\": [[...]]}}'\n"
+            f"  curl -s {result['url']}/predict -H 'Content-Type: application/json'{auth} "
+            f"-d '{{\"inputs\": [[...]]}}'")
 
 
 @serve_app.command("status")
-def status(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+def status(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Serve applications: status, model version, replicas, URL."""
     rows = endpoints.status(spec=cluster.load_spec(config))
     if as_json:
@@ -61,60 +67,55 @@ def status(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
     if not rows:
         console.print("No Serve apps. Deploy one with `atoll serve deploy NAME`.")
         return
-    table = Table(title="Serve apps", title_justify="left")
-    for col in ("app", "status", "model", "replicas", "url"):
-        table.add_column(col)
+    cells = []
     for r in rows:
         replicas = ", ".join(f"{n} {state.lower()}" for state, n in r["replicas"].items()) or "-"
         model = r["model"] or "-"
         if r["requested"] and r["requested"] != r["model"]:
             model += f" ({r['requested']})"
-        table.add_row(r["app"], r["status"], model, replicas, r["url"])
-    console.print(table)
+        cells.append([escape(r["app"]), r["status"], escape(model), replicas, r["url"]])
+    console.print(listing("Serve apps", ["app", "status", "model", "replicas", "url"], cells, free="replicas"))
     for r in rows:
         if r["status"] not in ("RUNNING", "DEPLOYING") and r["message"]:
             console.print(f"[red]{r['app']}[/]: {r['message']}", soft_wrap=True)
 
 
 @serve_app.command("delete")
-def delete(app: str = typer.Argument(..., help="Application name."), config: Optional[Path] = ConfigOpt) -> None:
+def delete(app: str = typer.Argument(..., help="Application name."), config: Path | None = ConfigOpt) -> None:
     """Remove an application; the other apps keep serving."""
     with err_console.status(f"Deleting {app} …"):
         endpoints.delete(app, spec=cluster.load_spec(config))
     console.print(f"Deleted Serve app {app}.")
 
 
-def read_rows_file(path: Path) -> dict[str, Any]:
-    """A request body from a file: JSON (``{"inputs": ...}`` or a bare list of rows) or CSV with a header
-    (rows sent by feature name)."""
-    if not path.is_file():
-        raise ConfigError(f"--file {path}: no such file.")
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="") as fh:
-            try:
-                rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-            except ValueError as exc:
-                raise ConfigError(f"--file {path}: {exc}; every CSV value must be a number.") from None
-        return {"inputs": rows}
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"--file {path}: not valid JSON ({exc}).") from None
-    return data if isinstance(data, dict) else {"inputs": data}
-
-
 def query(app: str = typer.Argument(..., help="Serve application name (see `atoll serve status`)."),
-          body: Optional[str] = typer.Option(None, "--json", help='Request body, e.g. \'{"inputs": [[0, 1, ...]]}\'.'),
-          file: Optional[Path] = typer.Option(None, "--file", "-f", help="Rows from a .json or .csv file."),
-          config: Optional[Path] = ConfigOpt) -> None:
+          body: str | None = typer.Option(None, "--body", "-d", help='Request body, e.g. '
+                                             '\'{"inputs": [[0, 1, ...]]}\' (as curl -d).'),
+          file: Path | None = typer.Option(None, "--file", help="Rows from a .json or .csv file."),
+          config: Path | None = ConfigOpt,
+          as_json: bool = typer.Option(False, "--json", help="Print JSON (what query always prints).")) -> None:
     """Send rows to a model endpoint and print its JSON answer."""
     if (body is None) == (file is None):
-        raise ConfigError("give the rows with exactly one of --json '{\"inputs\": [[...]]}' or --file rows.json|rows.csv.")
-    if body is not None:
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            raise ConfigError(f"--json: not valid JSON ({exc}).") from None
-    else:
-        payload = read_rows_file(file)
+        raise ConfigError("give the rows with exactly one of -d/--body '{\"inputs\": [[...]]}' or "
+                          "--file rows.json|rows.csv.")
+    payload = json_option(body, "--body", '{"inputs": [[0, 1]]}') if body is not None else endpoints.read_rows_file(file)
     print_json(endpoints.query(app, payload, spec=cluster.load_spec(config)))
+
+
+@serve_app.command("logs")
+def logs(app: str = typer.Argument(..., help="Application name."),
+         tail: int = typer.Option(100, "--tail", "-n", min=1, help="Lines from the end of each replica's log."),
+         config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """The logs of an app's replicas (Serve's own lines, requests, what the model prints), on every node."""
+    from atoll import serve_logs
+
+    found = serve_logs.replica_logs(app, lines=tail, info=cluster.current(cluster.load_spec(config)))
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        console.print(f"No replica logs of {app} yet (its replicas may still be starting: `atoll serve status`).")
+    for entry in found:
+        console.print(f"==> node {entry['node_id'][:12]}: {entry['file']} <==", style="bold", highlight=False,
+                      markup=False, soft_wrap=True)
+        console.out(entry["text"], end="" if entry["text"].endswith("\n") else "\n", highlight=False)

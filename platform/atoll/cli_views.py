@@ -87,8 +87,8 @@ class SweepView:
         title = (f"sweep {start['sweep']}: {len(self.trials)}/{start['trials']} trials, {start['scheduler']}, "
                  f"{start['algorithm']} search" if start else "sweep")
         table = Table(title=title, title_justify="left")
-        for col in ("trial", "config", "epoch", metric, "status"):
-            table.add_column(col, justify="right" if col in ("epoch", metric) else "left")
+        for col in ("trial", "config", "epoch", metric, "status"):  # only the config may wrap: ids stay whole
+            table.add_column(col, justify="right" if col in ("epoch", metric) else "left", no_wrap=col != "config")
         for trial_id, t in self.trials.items():
             value = t.get("value")
             table.add_row(trial_id, short_config(t.get("config")), f"{(t.get('epoch') or 0) + 1}/{t.get('epochs', '?')}",

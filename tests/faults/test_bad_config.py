@@ -44,8 +44,8 @@ FILES = {"cluster": ("cluster.yaml", CLUSTER), "train": ("train.yaml", TRAIN), "
 # (Ray's schema included); `train`/`tune` check their spec before they submit it.
 COMMANDS = {
     "cluster": ["k8s", "render", "-c", "cluster.yaml", "-o", "k8s-out"],
-    "train": ["train", "-c", "train.yaml", "--no-wait"],
-    "tune": ["tune", "-c", "sweep.yaml", "--no-wait"],
+    "train": ["train", "train.yaml", "--no-wait"],
+    "tune": ["tune", "sweep.yaml", "--no-wait"],
 }
 
 
@@ -84,7 +84,7 @@ CASES: list[tuple[str, str, dict[str, Any] | str, list[str], tuple[str, ...]]] =
     ("train-wrong-type", "train", {"epochs": "ten"}, [], ("epochs", "valid integer", "'ten'", "e.g. epochs: 10")),
     ("train-negative-workers", "train", {"num_workers": -1}, [],
      ("num_workers", "greater than or equal to 1", "(got -1)", "e.g. num_workers: 2")),
-    ("train-missing-spec", "train", {}, ["-c", "jobs/nope.yaml"], ("jobs/nope.yaml", "file not found")),
+    ("train-missing-spec", "train", {}, ["jobs/nope.yaml"], ("jobs/nope.yaml", "file not found")),
     ("train-missing-dataset", "train", {"dataset.path": "data/missing.parquet"}, [],
      ("dataset.path", "no such file or folder", "'data/missing.parquet'", "fix the path")),
     ("train-cpus-beyond-any-node", "train", {"cpus_per_worker": 16}, [],
@@ -133,9 +133,11 @@ def run_atoll(folder: Path, argv: list[str]) -> subprocess.CompletedProcess[str]
 
 def command_line(command: str, extra: list[str]) -> list[str]:
     argv = list(COMMANDS[command])
-    if "-c" in extra:  # the row names another (missing) file
+    if "-c" in extra:  # the row names another (missing) cluster.yaml
         at = argv.index("-c")
         del argv[at:at + 2]
+    elif extra and not extra[0].startswith("-"):  # the row names another (missing) spec: the argument
+        argv[1], extra = extra[0], extra[1:]
     return argv + extra
 
 

@@ -71,7 +71,7 @@ def test_a_killed_sweep_driver_resumes_without_redoing_finished_trials(ray_clust
     again = run_cli("tune", *SMALL)
     assert again.returncode != 0 and "--resume" in again.stdout + again.stderr
 
-    resumed = run_cli("tune", *SMALL, "--resume", "--json", timeout=600)
+    resumed = run_cli("tune", *SMALL, "--resume", NAME, "--json", timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     out = json.loads(resumed.stdout)
     assert out["summary"]["trials"] == TRIALS and out["summary"]["errors"] == 0

@@ -1,0 +1,382 @@
+"""The `atoll` command line itself: the error boundary for usage errors (whatever click typer brings), the
+dependency ranges, one meaning per flag, the commands that wrap registry/run/Serve functions, listings that
+never cut an id, and what Ctrl-C does to a followed job. In-process (typer's CliRunner, or `main()`) unless
+the process or a cluster is the point."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import typer
+from atoll import cli, cli_common, endpoints, jobs, runs
+from atoll.cli_runs import runs_table
+from atoll.cli_serve import deploy_summary
+from atoll.errors import AtollError, ConfigError, RegistryError
+from atoll.specs import ServeSettings
+from conftest import ATOLL, REPO
+from rich.console import Console
+from typer.testing import CliRunner
+
+KEY = "cli-test-key-0123456789abcdef"  # long enough for the key check
+
+
+@pytest.fixture
+def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty storage root of this test's own (the session's cluster.yaml, this root)."""
+    root = tmp_path / "storage"
+    monkeypatch.setenv("ATOLL_STORAGE", str(root))
+    return root
+
+
+def invoke(*args: str, **kw: Any):
+    return CliRunner().invoke(cli.app, list(args), **kw)
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`atoll ARGV` through the real entry point, in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+# ------------------------------------------------------------------------------------------------
+# Item 12: usage errors are one line with the closest valid name, exit 2; the dependency ranges
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["models", "lst"], "atoll models: no such command 'lst'; did you mean 'list'?"),
+    (["modles", "list"], "atoll: no such command 'modles'; did you mean 'models'?"),
+    (["train", "--resum", "x"], "atoll train: no such option --resum; did you mean --resume?"),
+    (["jobs", "logs", "raysubmit_1", "--tial", "3"], "did you mean --tail?"),
+    (["models", "frobnicate"], "no such command 'frobnicate'; commands: list, show, promote"),
+    (["train", "--bogus"], "atoll train: no such option --bogus (see `atoll train --help`)"),
+    (["models", "show"], "atoll models show: Missing argument"),
+    (["submit", "--wiat", "--", "python", "-c", "1"], "atoll submit: no such option --wiat; did you mean --wait?"),
+    (["tune", "--resume"], "atoll tune: Option '--resume' requires an argument"),  # raised without its context
+])
+def test_a_usage_error_is_one_line_with_the_closest_name_and_exit_2(capsys, argv, expected) -> None:
+    code, out, err = run_main(capsys, *argv)
+    assert code == 2
+    assert err.startswith("error: ") and expected in err
+    assert err.count("\n") == 1, err  # one line, nothing else: no traceback, no usage block
+    assert "Traceback" not in out + err and "internal error" not in err
+
+
+def test_plain_click_usage_errors_get_the_same_line() -> None:
+    """typer 0.29 raises its vendored click's exceptions; click's own (older typers, click-based code) must
+    read the same."""
+    group = click.Group("atoll", commands=[click.Command("list"), click.Command("show")])
+    ctx = click.Context(group, info_name="atoll")
+    typo = click.UsageError("No such command 'lst'.", ctx)
+    assert isinstance(typo, cli_common.USAGE_ERRORS)
+    assert cli_common.usage_line(typo) == "atoll: no such command 'lst'; did you mean 'list'? (see `atoll --help`)"
+    command = click.Command("train", params=[click.Option(["--resume"]), click.Option(["--set"])])
+    option = click.exceptions.NoSuchOption("--resum", ctx=click.Context(command, info_name="train"))
+    assert "no such option --resum; did you mean --resume?" in cli_common.usage_line(option)
+    assert len(cli_common.USAGE_ERRORS) == 2  # typer's vendored click and click itself
+
+
+def test_version_prints_atoll_and_the_ray_it_runs_on(capsys) -> None:
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0
+    assert f"atoll {version('atoll')}" in out and f"ray {version('ray')}" in out
+
+
+def test_debug_is_in_the_help_and_works_after_a_command(capsys, storage) -> None:
+    assert "--debug" in invoke("--help").output
+    args, debug = cli._split_debug(["submit", "--debug", "--", "python", "job.py", "--debug"])
+    assert (args, debug) == (["submit", "--", "python", "job.py", "--debug"], True)  # the job's own stays
+    code, _, err = run_main(capsys, "models", "show", "nosuch")
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(RegistryError):  # --debug: the real exception, with its traceback
+        cli.main(["models", "show", "nosuch", "--debug"])
+
+
+def _requirements() -> list[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return project["dependencies"] + project["optional-dependencies"]["test"]
+
+
+@pytest.mark.parametrize("requirement", _requirements())
+def test_every_dependency_is_pinned_to_a_range_that_holds_what_is_installed(requirement: str) -> None:
+    from packaging.requirements import Requirement
+
+    req = Requirement(requirement)
+    assert any(s.operator in ("<", "<=", "==", "~=") for s in req.specifier), f"{req}: no upper bound"
+    installed = version(req.name)
+    assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} is outside {req.specifier}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Item 17: one meaning per flag
+
+
+def _commands(command: Any, path: str = "atoll") -> list[tuple[str, Any]]:
+    found = [(path, command)]
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _commands(sub, f"{path} {name}")
+    return found
+
+
+def _options(name: str) -> dict[str, Any]:
+    """Every option called ``name`` in the command tree, by command path (typer's click or click's)."""
+    tree = typer.main.get_command(cli.app)
+    return {path: p for path, cmd in _commands(tree) for p in cmd.params
+            if p.param_type_name == "option" and name in (*p.opts, *p.secondary_opts)}
+
+
+def test_each_flag_means_one_thing_across_every_command() -> None:
+    assert {p.opts[0] for p in _options("-f").values()} == {"--follow"}
+    assert all(p.is_flag for p in _options("--json").values())  # --json prints JSON; never takes a body
+    assert all(p.opts == ["--config", "-c"] and "cluster.yaml" in p.help for p in _options("-c").values())
+    assert all(p.help.startswith(cli_common.ALL_HELP) for p in _options("--all").values())
+    assert {"atoll status", "atoll submit", "atoll train", "atoll tune", "atoll query", "atoll runs list",
+            "atoll serve logs", "atoll models register"} <= set(_options("--config"))
+    resume, name = _options("--resume"), _options("--name")
+    assert set(resume) == {"atoll train", "atoll tune"} <= set(name)
+    assert not any(p.is_flag for p in resume.values())  # --resume NAME in both
+    assert "--run-name" in name["atoll train"].secondary_opts + name["atoll train"].opts
+    assert _options("--body")["atoll query"].opts == ["--body", "-d"]
+
+
+def test_train_takes_its_spec_as_an_argument_and_c_as_cluster_yaml(tmp_path: Path) -> None:
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text((REPO / "cluster.yaml").read_text() + "\nmax_workers: ten\n")
+    before = os.environ.get("ATOLL_CLUSTER_CONFIG")
+    result = invoke("train", str(REPO / "jobs/configs/train.yaml"), "-c", str(bad), "--no-wait")
+    # The spec check reads the cluster.yaml given with -c (and fails on it), before anything is submitted.
+    assert isinstance(result.exception, ConfigError), result.output
+    assert str(bad) in str(result.exception) and "max_workers" in str(result.exception)
+    assert os.environ.get("ATOLL_CLUSTER_CONFIG") == before
+    missing = invoke("tune", str(tmp_path / "nope.yaml"), "--no-wait")
+    assert isinstance(missing.exception, ConfigError) and "nope.yaml" in str(missing.exception)
+
+
+def test_train_and_tune_refuse_two_names_or_a_flag_as_the_name() -> None:
+    result = invoke("tune", "--resume", "a", "--set", "name=b", "--no-wait")
+    assert isinstance(result.exception, ConfigError) and "two names for the sweep: a, b" in str(result.exception)
+    result = invoke("train", "--resume", "r1", "--name", "r2", "--no-wait")
+    assert isinstance(result.exception, ConfigError) and "two names for the run" in str(result.exception)
+    result = invoke("tune", "--resume", "--json")  # the flag after it is no name
+    assert isinstance(result.exception, ConfigError) and "NAME" in str(result.exception)
+
+
+def test_query_takes_its_body_with_d_and_json_only_prints_json() -> None:
+    bad = invoke("query", "digits", "-d", "{not json", "--json")
+    assert isinstance(bad.exception, ConfigError) and "--body: not valid JSON" in str(bad.exception)
+    neither = invoke("query", "digits")
+    assert isinstance(neither.exception, ConfigError) and "-d/--body" in str(neither.exception)
+
+
+# ------------------------------------------------------------------------------------------------
+# Item 18: the missing commands, the printed links, listings that keep ids whole
+
+
+def write_checkpoint(folder: Path, *, epoch: int = 0, epochs: int = 1, val_accuracy: float = 0.1) -> Path:
+    """A checkpoint as the training loop writes one (untrained weights of the demo's MLP, 64 pixels → 10
+    digits): what a run trained on another cluster leaves in its checkpoint_* folders."""
+    import torch
+    from atoll import config, data, models, train
+    from atoll.specs import TrainSpec
+
+    spec = config.load_file(TrainSpec, REPO / "jobs/configs/train.yaml", [f"epochs={epochs}"])
+    pre = data.Preprocessor(features=[f"px{i}" for i in range(64)], label="label", mean=[0.0] * 64,
+                            std=[1.0] * 64, classes=list(range(10)))
+    model = models.build(spec.model.type, pre.input_dim, pre.num_classes, spec.model.params)
+    folder.mkdir(parents=True)
+    torch.save(model.state_dict(), folder / train.MODEL_FILE)
+    history = [{"epoch": e, "train_loss": 2.3, "val_loss": 2.3, "train_accuracy": 0.1, "val_accuracy": val_accuracy}
+               for e in range(epoch + 1)]
+    meta = {"epoch": epoch, "history": history, "metrics": history[-1], "spec": spec.model_dump(mode="json"),
+            "preprocess": pre.to_dict(), "input_schema": train.input_schema(spec, pre), "run_name": "elsewhere"}
+    (folder / train.META_FILE).write_text(json.dumps(meta))
+    return folder
+
+
+def test_register_download_and_unalias_through_the_cli(storage: Path, tmp_path: Path) -> None:
+    ckpt = write_checkpoint(tmp_path / "elsewhere")
+    result = invoke("models", "register", "outside", str(ckpt), "--metrics", '{"val_accuracy": 0.5}', "--json")
+    assert result.exit_code == 0, result.output
+    registered = json.loads(result.stdout)
+    assert (registered["name"], registered["version"]) == ("outside", 1)
+    assert registered["metrics"] == {"val_accuracy": 0.5}
+    assert registered["lineage"]["registered_from"] == str(ckpt.resolve())
+
+    out = tmp_path / "copy"
+    result = invoke("models", "download", "outside:1", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert hashlib.sha256((out / "model.pt").read_bytes()).hexdigest() == manifest["files"]["model.pt"]["sha256"]
+    again = invoke("models", "download", "outside:1", "-o", str(out))
+    assert isinstance(again.exception, ConfigError) and "not an empty folder" in str(again.exception)
+
+    assert invoke("models", "promote", "outside:1", "staging").exit_code == 0
+    result = invoke("models", "unalias", "outside", "staging")
+    assert result.exit_code == 0 and "pointed at outside:1" in result.output
+    assert json.loads(invoke("models", "list", "--json").stdout)[0]["aliases"] == {}
+    gone = invoke("models", "unalias", "outside", "staging")
+    assert isinstance(gone.exception, RegistryError)
+
+
+def test_register_refuses_a_folder_that_is_not_a_whole_checkpoint(storage: Path, tmp_path: Path) -> None:
+    ckpt = write_checkpoint(tmp_path / "half")
+    (ckpt / "atoll.json").unlink()
+    result = invoke("models", "register", "outside", str(ckpt))
+    assert isinstance(result.exception, RegistryError) and "has no atoll.json" in str(result.exception)
+    (ckpt / "atoll.json").write_text(json.dumps({"epoch": 0}))
+    result = invoke("models", "register", "outside", str(ckpt))
+    assert isinstance(result.exception, RegistryError) and "lacks spec, preprocess" in str(result.exception)
+    assert not (storage / "registry" / "outside").exists()
+
+
+def test_runs_list_reads_the_state_of_runs_and_sweeps_from_disk(storage: Path) -> None:
+    write_checkpoint(storage / "runs" / "done" / "checkpoint_2026-01-01_10-00-00.000000", epoch=2, epochs=3,
+                     val_accuracy=0.9)
+    write_checkpoint(storage / "runs" / "cut" / "checkpoint_2026-01-01_10-00-00.000000", epoch=0, epochs=3)
+    (storage / "runs" / "early").mkdir()
+    sweeps = storage / "sweeps"
+    (sweeps / "over" / "trial_1").mkdir(parents=True)
+    (sweeps / "over" / "experiment_state-2026.json").write_text("{}")
+    (sweeps / "over" / "results.csv").write_text("trial_id,status,epochs,best_val_accuracy,best_epoch\n"
+                                                 "t1,completed,3,0.97,2\nt2,stopped early,1,0.5,0\n")
+    (sweeps / "going" / "trial_1").mkdir(parents=True)
+    (sweeps / "going" / "experiment_state-2026.json").write_text("{}")
+
+    result = invoke("runs", "list", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert {n: (r["kind"], r["state"]) for n, r in rows.items()} == {
+        "done": ("run", runs.FINISHED), "cut": ("run", runs.INCOMPLETE), "early": ("run", runs.EMPTY),
+        "over": ("sweep", runs.FINISHED), "going": ("sweep", runs.INCOMPLETE)}
+    assert (rows["done"]["epochs_done"], rows["done"]["epochs"], rows["cut"]["epochs_done"]) == (3, 3, 1)
+    assert rows["done"]["metrics"]["val_accuracy"] == 0.9
+    assert (rows["over"]["trials"], rows["over"]["best_trial"], rows["over"]["best"]) == (2, "t1", 0.97)
+    table = invoke("runs", "list")
+    assert table.exit_code == 0 and "incomplete" in table.output
+
+
+def _render(table, width: int = 80) -> str:
+    out = Console(width=width, file=io.StringIO(), color_system=None)
+    out.print(table)
+    return out.file.getvalue()
+
+
+def test_listings_keep_ids_and_names_whole_at_80_columns() -> None:
+    ids = ["raysubmit_U6MntR7Hn2cGx3YzAbCd", "atoll-train-20260101-120000-ab12"]
+    rows = [{"id": i, "status": "SUCCEEDED", "start_time": 1767268800000,
+             "entrypoint": "python jobs/train.py -c jobs/configs/train.yaml --set epochs=3 --set optimizer.lr=0.01"}
+            for i in ids]
+    text = _render(cli.jobs_table(rows, width=80))
+    assert all(i in text for i in ids)  # `atoll jobs list | grep ID` finds it
+    assert "…" in text and max(len(line) for line in text.splitlines()) <= 80  # the entrypoint is cut instead
+    name = "digits-with-a-long-run-name-20260101-120000-ab12"
+    run = {"kind": "run", "name": name, "state": runs.INCOMPLETE, "updated": "2026-01-01T12:00:00+00:00",
+           "epochs_done": 3, "epochs": 10, "metrics": {"val_accuracy": 0.91234}}
+    assert name in _render(runs_table([run], width=80))
+
+
+def test_deploy_prints_live_links_and_the_key_header_by_name(monkeypatch) -> None:
+    result = {"app": "digits", "model": "digits", "version": 3, "requested": "digits@production",
+              "url": "http://127.0.0.1:8000/digits", "playground": "http://127.0.0.1:8000/digits/ui",
+              "gallery": "http://127.0.0.1:8000/", "status": "RUNNING"}
+    monkeypatch.setenv("ATOLL_API_KEY", KEY)
+    keyed = deploy_summary(result, endpoints.curl_auth(ServeSettings()))
+    assert '-H "Authorization: Bearer $ATOLL_API_KEY"' in keyed and KEY not in keyed
+    assert "/docs" not in keyed and "http://127.0.0.1:8000/digits/openapi.json" in keyed
+    monkeypatch.delenv("ATOLL_API_KEY")
+    assert "Authorization" not in deploy_summary(result, endpoints.curl_auth(ServeSettings()))
+
+
+def test_jobs_logs_tail_then_follow_skips_what_it_showed() -> None:
+    got: list[str] = []
+    take = cli._skipping(7, got.append)
+    for chunk in ("line 1\n", "line", " 2\nline 3\n"):  # the stream starts again at the beginning
+        take(chunk)
+    assert "".join(got) == "line 2\nline 3\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# On the session's cluster: Ctrl-C while following, `jobs logs --tail`, `serve logs`, the deploy output
+
+
+@pytest.mark.cluster
+def test_ctrl_c_while_following_leaves_the_job_running_and_says_how_to_stop_it(ray_cluster) -> None:
+    job_id = f"t-cli-ctrl-c-{os.getpid()}"
+    code = "import time\nfor i in range(3): print(f'line {i}', flush=True)\ntime.sleep(120)"
+    follower = subprocess.Popen([ATOLL, "submit", "--wait", "--id", job_id, "--", "python", "-c", code], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (_submitted(job_id) and "line 2" in jobs.logs(job_id)):
+            assert time.monotonic() < deadline and follower.poll() is None, follower.communicate()
+            time.sleep(0.5)
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=60)
+        assert follower.returncode == 130, out + err
+        assert f"job {job_id} keeps running" in err and f"atoll jobs stop {job_id}" in err
+        assert "Traceback" not in out + err
+        assert jobs.status(job_id)["status"] == "RUNNING"
+        tail = subprocess.run([ATOLL, "jobs", "logs", job_id, "--tail", "1"], cwd=REPO, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert tail.stdout == "line 2\n", tail.stdout + tail.stderr
+    finally:
+        follower.kill()
+        if _submitted(job_id):
+            jobs.stop(job_id)
+
+
+def _submitted(job_id: str) -> bool:
+    return any(j["id"] == job_id for j in jobs.list_jobs())
+
+
+@pytest.mark.cluster
+def test_serve_logs_show_the_replicas_of_an_app_deployed_with_a_key(ray_cluster, storage, tmp_path) -> None:
+    import httpx
+
+    ckpt = write_checkpoint(tmp_path / "elsewhere")
+    assert invoke("models", "register", "t-cli", str(ckpt)).exit_code == 0
+    deployed = invoke("serve", "deploy", "t-cli:1", "--replicas", "1:1", "--set", "num_cpus_per_replica=0.5",
+                      env={"ATOLL_API_KEY": KEY})
+    try:
+        assert deployed.exit_code == 0, deployed.output
+        assert '-H "Authorization: Bearer $ATOLL_API_KEY"' in deployed.output and KEY not in deployed.output
+        url = endpoints.endpoint_url(cli.cluster.load_spec(), "t-cli")
+        for link in (f"{url}/openapi.json", f"{url}/ui"):  # every link it prints answers
+            assert link in deployed.output
+            assert httpx.get(link, headers={"Authorization": f"Bearer {KEY}"}, timeout=30).status_code == 200
+        assert f"{url}/docs" not in deployed.output
+        rows = {"inputs": [[0.0] * 64]}
+        assert httpx.post(f"{url}/predict", json=rows, headers={"Authorization": f"Bearer {KEY}"},
+                          timeout=30).status_code == 200
+        logs = invoke("serve", "logs", "t-cli", "--json")
+        assert logs.exit_code == 0, logs.output
+        files = json.loads(logs.stdout)
+        assert files and all(f["file"].startswith("serve/replica_t-cli_") for f in files)
+        assert any("predict" in f["text"] for f in files)  # the replica's access log
+        unknown = invoke("serve", "logs", "t-cli-nope")
+        assert isinstance(unknown.exception, AtollError) and "t-cli" in str(unknown.exception)
+    finally:
+        endpoints.delete("t-cli")
+
+
+@pytest.mark.cluster
+def test_runs_list_shows_the_sessions_training_run_finished(trained_digits) -> None:
+    result = invoke("runs", "list", "--json")
+    assert result.exit_code == 0, result.output
+    run = {r["name"]: r for r in json.loads(result.stdout)}["t-digits"]
+    assert (run["kind"], run["state"]) == ("run", runs.FINISHED)
+    assert run["epochs_done"] == run["epochs"]
+    assert (Path(run["checkpoint"]) / "atoll.json").is_file()  # what `atoll models register` takes
