@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +71,32 @@ def trained_digits(ray_cluster) -> dict:
     out = json.loads(result.stdout)
     assert out["registered"], out
     return out
+
+
+def private_cluster_config(tmp_path: Path, port: int, dashboard_port: int) -> tuple[Path, dict[str, str]]:
+    """A cluster.yaml for a second, private local cluster (its own ports) and the env that keeps its records
+    apart from the session's (its own ATOLL_HOME)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    config["metadata"]["atoll"]["local"] = {"host": "127.0.0.1", "port": port, "dashboard_port": dashboard_port,
+                                            "num_cpus": 1}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    home = tmp_path / "home"
+    return path, {"ATOLL_HOME": str(home), "ATOLL_CLUSTER_CONFIG": str(path)}
+
+
+def processes_with_home(home: str) -> list[int]:
+    """Processes that inherited this ATOLL_HOME: everything an `atoll up` with it started."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("ATOLL_HOME") == home and proc.pid != os.getpid():
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import yaml
@@ -117,14 +118,55 @@ def test_token_file_is_created_private(tmp_path, monkeypatch):
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
-def test_every_module_imports_without_side_effects():
-    import importlib
+# Run in a fresh interpreter: pytest's collection has already imported most of atoll in this one.
+IMPORT_EVERY_MODULE = """
+import importlib, json, os, pkgutil, threading
+import psutil
+before = dict(os.environ)
+import atoll
+names = [m.name for m in pkgutil.walk_packages(atoll.__path__, "atoll.")]
+for name in names:
+    importlib.import_module(name)
+import ray
+print(json.dumps({
+    "modules": names,
+    "env": {k: os.environ.get(k) for k in set(before) | set(os.environ) if os.environ.get(k) != before.get(k)},
+    "ray_initialized": ray.is_initialized(),
+    "children": [p.pid for p in psutil.Process().children(recursive=True)],
+    "threads": [t.name for t in threading.enumerate()],
+}))
+"""
+
+
+def test_every_module_imports_without_side_effects(tmp_path):
+    """Importing every atoll module changes no environment variable (but the one `import ray` itself sets),
+    starts no Ray, no process and no thread, and creates no file (in the cwd, HOME, ATOLL_HOME or TMPDIR)."""
     import os
-    import pkgutil
+    import subprocess
+    import sys
 
-    import atoll
+    dirs = {name: tmp_path / name for name in ("cwd", "home", "tmp")}
+    for path in dirs.values():
+        path.mkdir()
+    env = {**os.environ, "HOME": str(dirs["home"]), "TMPDIR": str(dirs["tmp"]),
+           "ATOLL_HOME": str(tmp_path / "atoll_home"), "ATOLL_STORAGE": str(tmp_path / "storage")}
+    out = subprocess.run([sys.executable, "-c", IMPORT_EVERY_MODULE], cwd=dirs["cwd"], env=env, check=False,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"atoll.cli", "atoll.serving", "atoll.train", "atoll.tune"} <= set(seen["modules"])
+    assert seen["env"] in ({}, {"RAY_CLIENT_MODE": "0"}), seen["env"]  # `import ray` sets RAY_CLIENT_MODE=0
+    assert not seen["ray_initialized"]
+    assert seen["children"] == [] and seen["threads"] == ["MainThread"], seen
+    created = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p not in dirs.values())
+    assert created == [], created
 
-    before = dict(os.environ)
-    for mod in pkgutil.iter_modules(atoll.__path__):
-        importlib.import_module(f"atoll.{mod.name}")
-    assert dict(os.environ) == before
+
+def test_a_local_cluster_off_the_default_port_gets_a_ray_temp_dir_of_its_own():
+    """Ray's job agent runs each job's driver on "the latest cluster started here", read from its temp dir: two
+    local clusters (a test's second cluster beside the session's) must not share one."""
+    from atoll import cluster
+
+    default = cluster.local_start_command(cluster.load_spec(REPO / "cluster.yaml"))
+    assert "--temp-dir=/tmp/ray" in default  # Ray's own tools find the default cluster where they look
+    assert {cluster.ray_temp_dir(p) for p in (6379, 6390, 6391)} == {"/tmp/ray", "/tmp/ray-6390", "/tmp/ray-6391"}

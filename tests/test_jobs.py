@@ -109,3 +109,30 @@ def test_jobs_api_refuses_requests_without_the_token(ray_cluster):
     from atoll import auth
 
     assert httpx.get(url, headers=auth.headers(), timeout=10).status_code == 200
+
+
+def test_progress_events_are_not_lost_when_the_log_stream_breaks(ray_cluster):
+    """The first chunk breaks the stream (the consumer raises, as a dropped connection would); `follow` falls
+    back to polling and then hands over, from the job's logs, every line the stream did not deliver."""
+    from atoll import jobs
+    from atoll.events import parse_events
+
+    code = ("import time; from atoll.events import emit\n"
+            "for i in range(3): emit('epoch', epoch=i); time.sleep(0.5)\n"
+            "emit('registered', name='m', version=7)")
+    job_id = jobs.submit(["python", "-c", code])
+    seen: list[str] = []
+    calls = 0
+
+    def on_text(text: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionResetError("the log stream dropped")
+        seen.append(text)
+
+    details = jobs.follow(job_id, on_text)
+    assert details["status"] == "SUCCEEDED"
+    events = parse_events("".join(seen))
+    assert [e["event"] for e in events] == ["epoch"] * 3 + ["registered"]
+    assert events[-1]["version"] == 7

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import typer
 import yaml
-from atoll import cluster, endpoints, kuberay, playground
+from atoll import apikeys, cluster, endpoints, kuberay, playground
 from atoll.cli_k8s import k8s_app
 from atoll.errors import ConfigError
 from conftest import REPO
@@ -361,7 +361,7 @@ def test_rayjob_runs_the_training_job(raw, tmp_path):
 
 def test_rayservice_serves_the_demo_app_with_the_serve_deploy_structure(raw, tmp_path):
     spec = spec_of(tmp_path, raw)
-    svc = kuberay.rayservice(spec, api_key="s3cret-key")
+    svc = kuberay.rayservice(spec, api_key="s3cret-key-0123456789")
     config = yaml.safe_load(svc["spec"]["serveConfigV2"])
     assert svc["metadata"]["name"] == "atoll-digits"
     assert config["http_options"] == {"host": "0.0.0.0", "port": spec.atoll.serve.port}
@@ -370,11 +370,15 @@ def test_rayservice_serves_the_demo_app_with_the_serve_deploy_structure(raw, tmp
     assert app["import_path"] == "atoll.serving:app" == endpoints.IMPORT_PATH
     assert (app["name"], app["route_prefix"]) == ("digits", "/digits")
     assert app["args"]["model"] == app["args"]["requested"] == "digits@production"
-    assert "s3cret-key" not in svc["spec"]["serveConfigV2"] and app["args"]["api_key_sha256"]
-    # The same document `atoll serve deploy` would PUT, bar the bind address.
-    expected = endpoints.serve_config(spec, [endpoints.app_config(
-        "digits", "digits@production", storage=spec.atoll.storage, requested="digits@production",
-        settings=app["args"]["settings"], api_key="s3cret-key"), playground.gallery_config()])
+    assert "s3cret-key" not in svc["spec"]["serveConfigV2"]
+    record = app["args"]["api_key_hash"]
+    assert apikeys.key_matches("Bearer s3cret-key-0123456789", record)  # a salted HMAC of the key, not the key
+    assert gallery["args"] == {"api_key_hashes": [record]}
+    # The same document `atoll serve deploy` would PUT, bar the bind address (and the HMAC's random salt).
+    model_app = endpoints.app_config("digits", "digits@production", storage=spec.atoll.storage,
+                                     requested="digits@production", settings=app["args"]["settings"])
+    model_app["args"]["api_key_hash"] = record
+    expected = endpoints.serve_config(spec, [model_app, playground.gallery_config([record])])
     expected["http_options"]["host"] = "0.0.0.0"
     assert config == expected
     # Serve settings go along explicitly and are valid for the app.

@@ -1,7 +1,7 @@
 """End to end: `atoll quickstart --fast --down` as a newcomer runs it, on a clean storage root.
 
-It reuses the session's cluster (as the quickstart reuses a running one) and ends by stopping it, so it
-is ordered last (conftest.py)."""
+It reuses the session's cluster (as the quickstart reuses a running one), which --down must leave running;
+a second run on a cluster of its own fails at a step and must stop that cluster all the same."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from atoll import cluster, registry
-from conftest import run_cli
+from atoll import registry
+from conftest import private_cluster_config, processes_with_home, run_cli
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.quickstart]
 
@@ -31,6 +31,18 @@ def test_quickstart_fast_runs_the_whole_lifecycle_and_cleans_up(ray_cluster, tmp
     assert out["holdout_accuracy"] >= 0.9
     assert "Endpoint accuracy on the 180 held-out images" in result.stderr  # the display
 
-    # --down stopped the cluster, and nothing of it is left running.
-    assert cluster.ray_processes_of(ray_cluster) == []
-    assert run_cli("status").returncode != 0
+    # --down stops only a cluster the quickstart started: this one was up before, so it stays.
+    assert out["cluster"] == {"reused": True, "stopped": False}
+    assert "--down left it running" in result.stderr
+    assert run_cli("status").returncode == 0
+
+
+def test_quickstart_down_stops_the_cluster_it_started_even_when_a_step_fails(ray_cluster, tmp_path):
+    """A project folder without jobs/configs: the training step fails; the cluster it started is stopped."""
+    config, env = private_cluster_config(tmp_path, 6393, 8293)
+    result = run_cli("quickstart", "--fast", "--down", "-c", str(config), cwd=tmp_path, timeout=300,
+                     env={**env, "ATOLL_STORAGE": str(tmp_path / "storage")})
+    assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
+    assert "train.yaml" in result.stderr.strip().splitlines()[-1]
+    assert processes_with_home(env["ATOLL_HOME"]) == []
+    assert run_cli("status").returncode == 0  # the session's cluster was not touched

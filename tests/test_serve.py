@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -14,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from atoll import data, endpoints, models, registry
-from conftest import run_cli
+from atoll import data, endpoints, jobs, models, registry
+from conftest import ATOLL, run_cli
 
 pytestmark = pytest.mark.cluster
 
@@ -84,7 +86,7 @@ def test_http_predictions_match_the_model_in_process(deployed, holdout):
 def test_atoll_query_sends_json_and_csv_rows(deployed, holdout, tmp_path):
     features = [c for c in holdout.columns if c != "label"]
     one = holdout[features].iloc[:1]
-    result = run_cli("query", "digits", "--json", json.dumps({"inputs": one.to_numpy().tolist()}))
+    result = run_cli("query", "digits", "-d", json.dumps({"inputs": one.to_numpy().tolist()}))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["predictions"] == _in_process_predictions(
         f"digits:{deployed['version']}", one.to_numpy(dtype=np.float32)).tolist()
@@ -134,36 +136,102 @@ def test_the_app_stays_healthy_after_bad_requests(deployed):
 
 
 def test_unknown_versions_and_apps_are_one_clear_line(deployed):
-    result = run_cli("serve", "deploy", "digits:99")
-    assert result.returncode != 0 and "has no version 99; versions:" in result.stderr
-    result = run_cli("serve", "deploy", "nosuchmodel@production")
-    assert result.returncode != 0 and "nosuchmodel" in result.stderr
-    result = run_cli("query", "nosuchapp", "--json", '{"inputs": [[1]]}')
-    assert result.returncode != 0 and "no Serve app 'nosuchapp'" in result.stderr
-    for r in (result,):
-        assert "Traceback" not in r.stdout + r.stderr
+    for args, message in ((("serve", "deploy", "digits:99"), "has no version 99; versions:"),
+                          (("serve", "deploy", "nosuchmodel@production"), "nosuchmodel"),
+                          (("query", "nosuchapp", "-d", '{"inputs": [[1]]}'), "no Serve app 'nosuchapp'")):
+        result = run_cli(*args)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr, result.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, result.stderr)
 
 
-def test_an_api_key_guards_every_route_but_healthz(deployed):
-    key = {"ATOLL_API_KEY": "s3cret-key"}
-    result = run_cli("serve", "deploy", f"digits:{deployed['version']}", "--app", "digits-private", *SMALL,
-                     "--json", env=key, timeout=400)
-    assert result.returncode == 0, result.stderr
-    url = json.loads(result.stdout)["url"]
+KEY = "s3cret-key-0123456789abc"
+
+
+@pytest.fixture(scope="module")
+def two_more_apps(deployed):
+    """`digits-private` (with an API key) and `digits-b` deployed by two `atoll serve deploy` at once."""
+    version = deployed["version"]
+    procs = [subprocess.Popen([ATOLL, "serve", "deploy", f"digits:{version}", "--app", app, *SMALL, "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **({"ATOLL_API_KEY": KEY} if app == "digits-private" else {})})
+             for app in ("digits-private", "digits-b")]
+    outs = [p.communicate(timeout=400) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    return {json.loads(out)["app"]: json.loads(out) for out, _ in outs}
+
+
+def test_two_deploys_at_once_both_land_and_both_apps_serve(deployed, two_more_apps):
+    for app in ("digits-private", "digits-b"):
+        headers = {"Authorization": f"Bearer {KEY}"} if app == "digits-private" else {}
+        resp = httpx.post(f"{two_more_apps[app]['url']}/predict", json={"inputs": [ROW]}, headers=headers, timeout=30)
+        assert resp.status_code == 200, (app, resp.text)
+    assert {"digits", "digits-private", "digits-b"} <= {a["app"] for a in endpoints.status()}
+
+
+def test_an_api_key_guards_every_route_but_healthz_and_the_gallery_list(deployed, two_more_apps):
+    url = two_more_apps["digits-private"]["url"]
     assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, timeout=30).status_code == 401
-    wrong = {"Authorization": "Bearer nope"}
+    wrong = {"Authorization": "Bearer nope-nope-nope-nope"}
     assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, headers=wrong, timeout=30).status_code == 401
     assert httpx.get(f"{url}/", timeout=30).status_code == 401
     assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
-    good = {"Authorization": "Bearer s3cret-key"}
+    good = {"Authorization": f"Bearer {KEY}"}
     assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, headers=good, timeout=30).status_code == 200
-    assert run_cli("query", "digits-private", "--json", '{"inputs": [[0]]}', env=key).returncode != 0  # width
-    ok = run_cli("query", "digits-private", "--json", json.dumps({"inputs": [ROW]}), env=key)
+    # With a keyed app on the cluster, the gallery's list of apps opens with that key only.
+    gallery = two_more_apps["digits-private"]["gallery"]
+    assert httpx.get(f"{gallery}_gallery/apps", timeout=30).status_code == 401
+    listed = httpx.get(f"{gallery}_gallery/apps", headers=good, timeout=30)
+    assert listed.status_code == 200 and "digits-private" in {a["app"] for a in listed.json()["apps"]}
+    key = {"ATOLL_API_KEY": KEY}
+    assert run_cli("query", "digits-private", "-d", '{"inputs": [[0]]}', env=key).returncode != 0  # width
+    ok = run_cli("query", "digits-private", "-d", json.dumps({"inputs": [ROW]}), env=key)
     assert ok.returncode == 0, ok.stderr
-    # The key itself is nowhere in the cluster's Serve config, only its hash.
-    assert "s3cret-key" not in json.dumps(endpoints.status())
-    endpoints.delete("digits-private")
-    assert "digits-private" not in [a["app"] for a in endpoints.status()]
+    short = run_cli("query", "digits-private", "-d", json.dumps({"inputs": [ROW]}), env={"ATOLL_API_KEY": "short"})
+    assert short.returncode != 0 and "at least 16" in short.stderr and len(short.stderr.strip().splitlines()) == 1
+
+
+def test_the_api_key_reaches_no_job_no_serve_config_and_no_manifest(deployed, two_more_apps, tmp_path):
+    """A job submitted with the key in the shell's environment: the key is nowhere the cluster shows (job info,
+    runtime env, the job's own environment, the Serve config) nor in the rendered KubeRay manifests."""
+    from typer.testing import CliRunner
+
+    from atoll import auth, cluster
+    from atoll.cli import app as cli
+
+    env = {"ATOLL_API_KEY": KEY}
+    job = run_cli("submit", "--json", "--", "python", "-c", "import os, json; print(json.dumps(dict(os.environ)))",
+                  env=env, timeout=180)
+    assert job.returncode == 0, job.stderr
+    job_id = json.loads(job.stdout)["id"]
+    deadline = time.monotonic() + 120
+    while jobs.status(job_id)["status"] not in jobs.TERMINAL and time.monotonic() < deadline:
+        time.sleep(1)
+    assert jobs.status(job_id)["status"] == "SUCCEEDED"
+    base = cluster.current().dashboard_url
+    info = httpx.get(f"{base}/api/jobs/{job_id}", headers=auth.headers(), timeout=30)
+    assert info.status_code == 200 and "runtime_env" in info.text
+    logs = httpx.get(f"{base}/api/jobs/{job_id}/logs", headers=auth.headers(), timeout=30)
+    assert "ATOLL_STORAGE" in logs.text  # the job printed its environment ...
+    serve_config = httpx.get(f"{base}/api/serve/applications/", headers=auth.headers(), timeout=30)
+    assert "api_key_hash" in serve_config.text  # ... and the keyed app is in the Serve config
+    rendered = CliRunner().invoke(cli, ["k8s", "render", "-o", str(tmp_path / "k8s")], env=env)
+    assert rendered.exit_code == 0, rendered.output
+    manifests = "".join(p.read_text() for p in (tmp_path / "k8s").iterdir())
+    assert "api_key_hash" in manifests
+    for where, text in {"job info": info.text, "job output": logs.text, "serve config": serve_config.text,
+                        "manifests": manifests, "CLI output": job.stdout + job.stderr + rendered.output}.items():
+        assert KEY not in text, where
+
+
+def test_two_deletes_at_once_both_land_and_the_other_apps_keep_serving(deployed, two_more_apps):
+    procs = [subprocess.Popen([ATOLL, "serve", "delete", app], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for app in ("digits-private", "digits-b")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    left = {a["app"] for a in endpoints.status()}
+    assert "digits" in left and not left & {"digits-private", "digits-b"}
+    assert httpx.post(f"{deployed['url']}/predict", json={"inputs": [ROW]}, timeout=30).status_code == 200
 
 
 def test_rolling_over_to_a_new_version_drops_no_request(deployed, tmp_path):

@@ -1,8 +1,10 @@
 """cluster.yaml → a running Ray cluster: load and validate the spec; up, down and status.
 
-The embedded default is a local Ray head on this machine (``ray start --head``), with the dashboard and
-Jobs API on 127.0.0.1 and token auth on. What ``up`` started is recorded in ``$ATOLL_HOME/cluster.json``
-(PIDs and Ray session) so that ``down`` stops exactly that and nothing else. A cloud cluster is Ray's
+The embedded default is a local Ray head on this machine (``ray start --head``), with token auth on and
+everything it listens on bound to 127.0.0.1 (Ray's local-only mode: the dashboard and Jobs API, and Ray's
+own gRPC servers). What ``up`` started is recorded in ``$ATOLL_HOME/cluster.json`` (PIDs with their start
+times, and the Ray session) so that ``down`` stops those processes, their children and the processes of
+that Ray session (whose command line names its session directory), and nothing else. A cloud cluster is Ray's
 cluster launcher on the same file (``ray up cluster.yaml``).
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from atoll import auth
+from atoll import auth, proxy_auth
 from atoll.config import load_model, read_yaml
 from atoll.errors import ClusterError, ClusterNotUpError, ConfigError
 from atoll.specs import AtollSettings, ClusterSpec
@@ -241,7 +243,17 @@ def _ping(dashboard_url: str, timeout: float = 2.0) -> dict[str, Any] | None:
     if resp.status_code in (401, 403):
         raise ClusterError(f"the cluster at {dashboard_url} refused Atoll's token ({resp.status_code}). "
                            f"Check {auth.token_path()} (or RAY_AUTH_TOKEN) holds this cluster's token.")
-    return resp.json() if resp.status_code == 200 else None
+    if resp.status_code != 200:
+        return None
+    try:
+        version = resp.json()
+    except ValueError:
+        version = None
+    if not isinstance(version, dict) or "ray_version" not in version:
+        raise ClusterNotUpError(f"{dashboard_url} answers, but not as a Ray dashboard (no Ray version at "
+                                f"/api/version). Point ATOLL_ADDRESS at the head's dashboard, e.g. "
+                                f"http://127.0.0.1:8265.")
+    return version
 
 
 def current(spec: ClusterSpec | None = None) -> ClusterInfo:
@@ -290,12 +302,14 @@ def _ray_executable() -> str:
     return found
 
 
-def _free_port() -> int:
-    import socket
+def ray_temp_dir(gcs_port: int) -> str:
+    """Ray's temp dir (sessions, logs, sockets) of the local cluster whose GCS listens on ``gcs_port``.
 
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
+    Ray's job agent connects each job's driver to "the latest cluster started on this machine", read from
+    ``<temp dir>/ray_current_cluster``: two clusters sharing one temp dir would run one's jobs on the other.
+    The default port keeps Ray's default, /tmp/ray, where Ray's own tools look; any other gets its own.
+    """
+    return "/tmp/ray" if gcs_port == 6379 else f"/tmp/ray-{gcs_port}"
 
 
 def local_start_command(spec: ClusterSpec, num_cpus: int | None = None) -> list[str]:
@@ -305,8 +319,10 @@ def local_start_command(spec: ClusterSpec, num_cpus: int | None = None) -> list[
            f"--dashboard-host={local.host}", f"--dashboard-port={local.dashboard_port}",
            "--disable-usage-stats", "--include-dashboard=true",
            # The job agent's fixed default (52365) collides with any other Ray on the machine (a
-           # `ray.init()` in a notebook): then no job can be submitted. A free port avoids that.
-           f"--dashboard-agent-listen-port={_free_port()}"]
+           # `ray.init()` in a notebook): then no job can be submitted. Port 0 lets the agent bind a free
+           # port itself and report it to the GCS (a port picked here could be taken before Ray binds it).
+           "--dashboard-agent-listen-port=0"]
+    cmd.append(f"--temp-dir={ray_temp_dir(local.port)}")
     cpus = num_cpus or local.num_cpus
     if cpus:
         cmd.append(f"--num-cpus={cpus}")
@@ -341,6 +357,18 @@ def _is_ray_cmdline(cmdline: list[str] | None) -> bool:
 
 
 MARK_VAR = "ATOLL_CLUSTER_MARK"
+LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine, loopback-only mode
+
+
+def _is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _new_ray_processes(before: set[int], mark: str) -> list[dict[str, Any]]:
@@ -373,10 +401,13 @@ def _session_processes(session_dir: str) -> list[dict[str, Any]]:
     return found
 
 
-def _wait_for_dashboard(url: str, timeout_s: float) -> dict[str, Any]:
+def _wait_for_dashboard(url: str, timeout_s: float, temp_dir: str = "/tmp/ray") -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        version = _ping(url)
+        try:
+            version = _ping(url)
+        except ClusterNotUpError:  # a dashboard half up
+            version = None
         if version is not None:
             # The Jobs API is served by a dashboard module that can come up a moment after /api/version.
             try:
@@ -387,7 +418,7 @@ def _wait_for_dashboard(url: str, timeout_s: float) -> dict[str, Any]:
                 pass
         time.sleep(0.5)
     raise ClusterError(f"the dashboard at {url} did not answer within {timeout_s:.0f} s; "
-                       f"see the logs under /tmp/ray/session_latest/logs.")
+                       f"see the logs under {temp_dir}/session_latest/logs.")
 
 
 SIMULATED_HEAD_TYPE = "ray.head.default"  # the fake provider tags its head node with this type
@@ -445,7 +476,7 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
     if existing is not None:
         try:
             version = _ping(existing.dashboard_url)
-        except ClusterError:
+        except (ClusterError, ClusterNotUpError):  # not our cluster answering there: the record is stale
             version = None
         if version is not None and version.get("session_name") == existing.session_name:
             existing.already_up = True
@@ -458,6 +489,9 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
     if _reachable(dashboard_url):
         raise ClusterError(f"something else already listens on {dashboard_url} (a Ray cluster not started by "
                            f"Atoll?). Stop it (`ray stop`) or set metadata.atoll.local.dashboard_port.")
+    if _port_taken(local.host, local.port):
+        raise ClusterError(f"port {local.port} (metadata.atoll.local.port, the GCS) is taken by another process on "
+                           f"{local.host}; stop it or choose another port in cluster.yaml.")
     auth.ensure_token()
     # Jobs run `python ...` through the raylet's PATH: make that this interpreter (the venv Atoll
     # is installed in), not whichever `python` happens to come first.
@@ -478,22 +512,55 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
         env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "ATOLL_AUTOSCALING": "1",
                     "ATOLL_CLUSTER_CONFIG": str(Path(spec.source).resolve()) if spec.source and
                     not spec.source.startswith("(") else ""})
+    if _is_loopback_host(local.host):
+        # Ray's local-only mode (its default on macOS/Windows) makes the node IP 127.0.0.1, and then every
+        # gRPC server (GCS, raylet, object manager, workers, agents) binds loopback, not every interface.
+        env[LOCAL_ONLY_VAR] = "0"
+    # Serve's HTTP proxies refuse requests without a valid API key before they reach a replica's queue.
+    env[proxy_auth.ENV_VAR] = proxy_auth.IMPORT_PATH
     before = _ray_pids()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise ClusterError(f"`ray start` failed (exit {proc.returncode}):\n{tail}")
-    version = _wait_for_dashboard(dashboard_url, timeout_s)
-    session_name = version.get("session_name")
-    session_dir = str(Path("/tmp/ray") / session_name) if session_name else None
-    info = ClusterInfo(
-        mode="simulated" if simulate else "local", dashboard_url=dashboard_url, gcs_address=f"127.0.0.1:{local.port}",
-        serve_host=spec.atoll.serve.host, serve_port=spec.atoll.serve.port, session_name=session_name,
-        session_dir=session_dir, processes=_merge(_new_ray_processes(before, mark),
-                                                   _session_processes(session_dir) if session_dir else []),
-        config_path=spec.source, started_at=time.time())
-    _write_state(info)
+    try:
+        # Its own session: a Ctrl-C meant for `atoll up` must not kill `ray start` half-way; we clean up below.
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, start_new_session=True)
+        if proc.returncode != 0:
+            raise ClusterError(_start_failure(proc, local.port))
+        version = _wait_for_dashboard(dashboard_url, timeout_s, ray_temp_dir(local.port))
+        session_name = version.get("session_name")
+        session_dir = str(Path(ray_temp_dir(local.port)) / session_name) if session_name else None
+        info = ClusterInfo(
+            mode="simulated" if simulate else "local", dashboard_url=dashboard_url,
+            gcs_address=f"127.0.0.1:{local.port}", serve_host=spec.atoll.serve.host,
+            serve_port=spec.atoll.serve.port, session_name=session_name, session_dir=session_dir,
+            processes=_merge(_new_ray_processes(before, mark), _session_processes(session_dir) if session_dir else []),
+            config_path=spec.source, started_at=time.time())
+        _write_state(info)
+    except BaseException:
+        # Interrupted (Ctrl-C) or failed half-way: stop whatever this `ray start` left running, so that no
+        # cluster is ever up without a record for `atoll down`.
+        _stop_processes(_new_ray_processes(before, mark), None)
+        raise
     return info
+
+
+def _port_taken(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _start_failure(proc: subprocess.CompletedProcess[str], gcs_port: int) -> str:
+    """One line for a failed ``ray start``: its most telling line, with its whole output kept in a file."""
+    output = (proc.stderr or "") + (proc.stdout or "")
+    log = atoll_home() / "ray-start.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(output)
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    telling = next((line for line in reversed(lines) if "rror" in line or "in use" in line), lines[-1] if lines else "")
+    if "in use" in output or "Address already" in output:
+        telling = f"a port it needs is taken (the GCS port is {gcs_port}): {telling}"
+    return f"`ray start` failed (exit {proc.returncode}): {telling[:300]} (full output: {log})"
 
 
 def _merge(*lists: list[dict[str, Any]]) -> list[dict[str, Any]]:

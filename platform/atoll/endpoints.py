@@ -5,19 +5,26 @@ the cluster's Serve config is one declarative document: Atoll reads it, adds or 
 (``atoll.serving:app`` with the model's arguments) and writes it back. Redeploying an application with a
 new version makes Serve roll its replicas over; requests keep being answered meanwhile. The showcase gallery
 (``atoll.playground``, an app at route ``/``) is added with the first model app and removed with the last.
+
+That API only takes the whole document, so two clients that read, change and write it at once would drop
+each other's apps. Writes from this machine are serialised by a lock file; and every writer checks, after
+the others have had time to write, that its own change is still there, and applies it again on top of what
+it finds if not (a writer elsewhere that overwrote it), so concurrent deploys and deletes of different
+apps all land.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 
-from atoll import auth, cluster, playground, registry
+from atoll import apikeys, auth, cluster, playground, registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import ClusterNotUpError, ConfigError, ServingError
 from atoll.specs import ClusterSpec, ServeSettings
@@ -68,13 +75,25 @@ def serve_config(spec: ClusterSpec, applications: list[dict[str, Any]]) -> dict[
 
 
 def app_config(app: str, model: str, *, storage: str, requested: str | None = None,
-               settings: dict[str, Any] | None = None, api_key: str | None = None) -> dict[str, Any]:
-    """One model application: ``atoll.serving:app`` at route ``/<app>`` with its arguments."""
+               settings: dict[str, Any] | None = None, api_key: str | None = None,
+               model_types: list[str] | None = None) -> dict[str, Any]:
+    """One model application: ``atoll.serving:app`` at route ``/<app>`` with its arguments (the user model
+    types cluster.yaml allows go along, so a replica that finds no cluster.yaml, e.g. on KubeRay, has them)."""
     args: dict[str, Any] = {"model": model, "storage": storage, "requested": requested or model,
-                            "settings": dict(settings or {})}
+                            "settings": dict(settings or {}), "model_types": list(model_types or [])}
     if api_key:
-        args["api_key_sha256"] = hashlib.sha256(api_key.encode()).hexdigest()  # never the key itself
+        args["api_key_hash"] = apikeys.hash_key(api_key)  # a salted HMAC, never the key itself
     return {"name": app, "route_prefix": f"/{app}", "import_path": IMPORT_PATH, "args": args}
+
+
+def with_gallery(apps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The model apps plus the gallery (whose list of apps opens with any model app's key), or nothing
+    when no model app is left."""
+    models = [a for a in apps if a.get("name") != playground.GALLERY_APP]
+    if not models:
+        return []
+    hashes = [a["args"]["api_key_hash"] for a in models if (a.get("args") or {}).get("api_key_hash")]
+    return [*models, playground.gallery_config(hashes)]
 
 
 def parse_replicas(text: str) -> tuple[int, int]:
@@ -95,7 +114,17 @@ def endpoint_url(spec: ClusterSpec, app: str) -> str:
 
 
 def api_key(settings: ServeSettings) -> str | None:
-    return os.environ.get(settings.api_key_env) or None
+    """The API key from ``$<api_key_env>`` (checked for length), or None when it is not set."""
+    key = os.environ.get(settings.api_key_env)
+    return apikeys.check_key(key, f"${settings.api_key_env}") if key else None
+
+
+def curl_auth(settings: ServeSettings) -> str:
+    """The header a printed curl example needs: `` -H "Authorization: Bearer $ATOLL_API_KEY"`` when a key is
+    set (the variable's name, never the key), else nothing."""
+    if not os.environ.get(settings.api_key_env):
+        return ""
+    return f' -H "Authorization: Bearer ${settings.api_key_env}"'
 
 
 def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None = None,
@@ -121,20 +150,62 @@ def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None
         overrides["min_replicas"], overrides["max_replicas"] = replicas
     merged = ServeSettings.model_validate({**spec.atoll.serve.model_dump(), **overrides})  # fail here, not in Serve
     new = app_config(app, version.ref, storage=spec.atoll.storage, requested=ref, settings=overrides,
-                     api_key=api_key(merged))
-    details = _details(info)
-    others = [a["deployed_app_config"] for name, a in _apps(details).items()
-              if name != app and a.get("deployed_app_config")]
-    if not any(a.get("name") == playground.GALLERY_APP for a in others):
-        others.append(playground.gallery_config())
+                     api_key=api_key(merged), model_types=spec.atoll.model_types)
     started = time.time()
-    _put(info, serve_config(spec, [*others, new]))
+    _change_apps(info, spec, lambda apps: {**apps, app: new},
+                 landed=lambda apps: (apps.get(app) or {}).get("args") == new["args"])
     result = {"app": app, "model": version.name, "version": version.version, "requested": ref,
               "url": endpoint_url(spec, app), "playground": f"{endpoint_url(spec, app)}/ui",
               "gallery": playground.gallery_url(endpoint_url(spec, app)), "status": "DEPLOYING"}
     if wait:
         result["status"] = _wait_running(info, app, started, timeout)
     return result
+
+
+#: How long a writer waits before checking that no concurrent writer dropped its change: longer than any
+#: other client's read-change-write of the Serve config takes.
+SETTLE_S = 1.5
+ATTEMPTS = 5
+
+
+@contextlib.contextmanager
+def _config_lock() -> Iterator[None]:
+    """Serialise Serve-config writes from this machine (every `atoll` process of this user)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the check-and-repair below still applies
+        yield
+        return
+    path = cluster.atoll_home() / "serve-config.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _deployed(info: ClusterInfo) -> dict[str, dict[str, Any]]:
+    """The declarative config of every app on the cluster, by name."""
+    return {name: a["deployed_app_config"] for name, a in _apps(_details(info)).items()
+            if a.get("deployed_app_config")}
+
+
+def _change_apps(info: ClusterInfo, spec: ClusterSpec,
+                 change: Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]],
+                 landed: Callable[[dict[str, dict[str, Any]]], bool]) -> None:
+    """Apply ``change`` to the cluster's apps and write the whole config, until ``landed`` holds after the
+    others had time to write too (see the module docstring)."""
+    with _config_lock():
+        for _ in range(ATTEMPTS):
+            apps = change(_deployed(info))
+            _put(info, serve_config(spec, with_gallery(list(apps.values()))))
+            time.sleep(SETTLE_S)
+            if landed(_deployed(info)):
+                return
+    raise ServingError("another client keeps rewriting this cluster's Serve config; try again when its deploys "
+                       "are done (`atoll serve status`).")
 
 
 def _wait_running(info: ClusterInfo, app: str, since: float, timeout: float) -> str:
@@ -183,15 +254,56 @@ def delete(app: str, *, info: ClusterInfo | None = None, spec: ClusterSpec | Non
     apps = _apps(_details(info))
     if app not in apps:
         raise ServingError(f"no Serve app {app!r}; apps: {', '.join(sorted(apps)) or 'none'}.")
-    rest = [a["deployed_app_config"] for name, a in apps.items() if name != app and a.get("deployed_app_config")]
-    if all(a.get("name") == playground.GALLERY_APP for a in rest):  # the last model app: the gallery goes too
-        rest = []
-    _put(info, serve_config(spec, rest))
+    _change_apps(info, spec, lambda deployed: {k: v for k, v in deployed.items() if k != app},
+                 landed=lambda deployed: app not in deployed)
     deadline = time.monotonic() + timeout
     while app in _apps(_details(info)):
         if time.monotonic() > deadline:
             raise ServingError(f"app {app!r} is still being deleted after {timeout:.0f} s; see `atoll serve status`.")
         time.sleep(1)
+
+
+def read_rows_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A request body from a file: JSON (``{"inputs": ...}`` or a bare list of rows) or CSV with a header
+    (rows sent by feature name).
+
+    Raises:
+        ConfigError: no such file, not JSON, or a CSV row that is short, long or not numbers (with its line).
+    """
+    import csv
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--file {path}: no such file.")
+    if path.suffix.lower() != ".csv":
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--file {path}: not valid JSON ({exc}).") from None
+        return data if isinstance(data, dict) else {"inputs": data}
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if not header:
+            raise ConfigError(f"--file {path}: empty; its first line must name the features.")
+        rows = []
+        for line, values in enumerate(reader, start=2):
+            if not values:  # a blank line
+                continue
+            if len(values) != len(header):
+                raise ConfigError(f"--file {path}: line {line} has {len(values)} values but the header names "
+                                  f"{len(header)} columns; give every row one value per column.")
+            row = {}
+            for name, value in zip(header, values):
+                try:
+                    row[name] = float(value)
+                except ValueError:
+                    raise ConfigError(f"--file {path}: line {line}, column {name!r}: {value!r} is not a number; "
+                                      f"every CSV value must be one.") from None
+            rows.append(row)
+    return {"inputs": rows}
 
 
 #: Answers worth one more try: the proxy lost the replica (it is being replaced) or shed the request.

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from atoll import auth
 from atoll.cluster import ClusterInfo, current
 from atoll.errors import ClusterError, ClusterNotUpError, ConfigError, JobNotFoundError, JobUnschedulableError
@@ -25,12 +27,13 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 DEFAULT_EXCLUDES = [".venv", "venv", ".git", "**/__pycache__", "*.pyc", ".pytest_cache", "data", "*.parquet",
                     "*.egg-info", "build", "dist", ".atoll", "node_modules", ".mypy_cache", ".ruff_cache"]
 
-# Environment variables forwarded from the submitting shell to the job, so that the job writes where
-# the user's CLI reads (e.g. a test's temporary storage root).
 #: How long a request waits for a freshly started head's job agent before giving up.
 AGENT_WAIT_S = 60
 
-FORWARDED_ENV = ("ATOLL_STORAGE", "ATOLL_CLUSTER_CONFIG", "ATOLL_API_KEY")
+# Environment variables forwarded from the submitting shell to the job, so that the job writes where the
+# user's CLI reads (e.g. a test's temporary storage root). Never a secret: a job's runtime_env is readable by
+# anyone with the cluster token (Jobs API, dashboard), and no job needs the Serve API key.
+FORWARDED_ENV = ("ATOLL_STORAGE", "ATOLL_CLUSTER_CONFIG")
 
 
 def _client(info: ClusterInfo):
@@ -45,9 +48,14 @@ def _client(info: ClusterInfo):
 
     try:
         return JobSubmissionClient(info.dashboard_url, headers=auth.headers())
-    except ConnectionError as exc:
-        raise ClusterNotUpError(f"cannot reach the Jobs API at {info.dashboard_url}: {exc}. "
+    except (ConnectionError, requests.RequestException) as exc:
+        raise ClusterNotUpError(f"cannot reach the Jobs API at {info.dashboard_url} ({_reason(exc)}). "
                                 f"Is the cluster up? (`atoll status`)") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of a connection error, without the library's nesting."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _call(info: ClusterInfo, job_id: str | None, fn: Callable[[Any], Any]) -> Any:
@@ -68,8 +76,10 @@ def _call(info: ClusterInfo, job_id: str | None, fn: Callable[[Any], Any]) -> An
                 continue
             raise ClusterError(f"the Jobs API at {info.dashboard_url} refused the request: "
                                f"{text.removeprefix('Request failed with ')}") from None
-        except ConnectionError as exc:
-            raise ClusterNotUpError(f"lost the Jobs API at {info.dashboard_url}: {exc}") from None
+        except (ConnectionError, requests.RequestException) as exc:
+            # The Jobs SDK speaks `requests`: a head that dies mid-command raises its errors, not ours.
+            raise ClusterNotUpError(f"lost the Jobs API at {info.dashboard_url} ({_reason(exc)}): the head stopped "
+                                    f"answering. Check it with `atoll status`.") from None
 
 
 def package_dir() -> Path:
@@ -213,10 +223,16 @@ def follow(job_id: str, on_text: Callable[[str], None], info: ClusterInfo | None
     info = info or current()
     client = _client(info)
     status(job_id, info)  # unknown id → JobNotFoundError before streaming
+    delivered = 0  # characters of the log handed to on_text
+
+    def deliver(text: str) -> None:
+        nonlocal delivered
+        on_text(text)
+        delivered += len(text)
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
-            on_text(chunk)
+            deliver(chunk)
 
     async def watch() -> str:
         while True:
@@ -229,17 +245,23 @@ def follow(job_id: str, on_text: Callable[[str], None], info: ClusterInfo | None
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
+        if tasks[0] in done:
+            tasks[0].result()  # a stream that broke raises here
         return tasks[1].result() if tasks[1] in done else None
 
-    reason = None
+    reason, streamed = None, True
     try:
         reason = asyncio.run(tail_or_unschedulable())
     except Exception:  # the log stream can drop (e.g. the dashboard restarts): fall back to polling
-        pass
+        streamed = False
     last_check = time.monotonic()
     while reason is None:
         details = status(job_id, info)
         if details["status"] in TERMINAL:
+            if not streamed:  # hand over what the broken stream missed, so no progress event is lost
+                rest = logs(job_id, info)[delivered:]
+                if rest:
+                    on_text(rest)
             return details
         if time.monotonic() - last_check > FEASIBILITY_CHECK_S:
             reason, last_check = unschedulable(job_id, info), time.monotonic()

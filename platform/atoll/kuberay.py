@@ -103,7 +103,10 @@ def token_env(spec: ClusterSpec) -> list[dict[str, Any]]:
 
 
 def _env(spec: ClusterSpec) -> list[dict[str, Any]]:
-    env = token_env(spec)
+    from atoll import proxy_auth
+
+    # Serve's proxy on every pod refuses requests without a valid API key before a replica's queue.
+    env = [*token_env(spec), {"name": proxy_auth.ENV_VAR, "value": proxy_auth.IMPORT_PATH}]
     if spec.atoll.k8s.storage:
         env.append({"name": "ATOLL_STORAGE", "value": spec.atoll.k8s.storage})
     return env
@@ -289,7 +292,7 @@ def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | No
     ``http_options.host`` is 0.0.0.0: inside the pod the proxy must listen on the pod's interfaces for the
     Kubernetes Service (``<name>-serve-svc``) to reach it; the Service, not the bind address, decides exposure.
     """
-    from atoll import endpoints, playground
+    from atoll import endpoints
     from atoll.registry import parse_ref
 
     name = parse_ref(model)[0]
@@ -299,9 +302,9 @@ def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | No
     serve = spec.atoll.serve
     settings = {k: getattr(serve, k) for k in ServeSettings.PER_APP if getattr(serve, k) is not None}
     model_app = endpoints.app_config(app, model, storage=_storage(spec), requested=model, settings=settings,
-                                     api_key=api_key)
+                                     api_key=api_key, model_types=spec.atoll.model_types)
     # The model app first (the RayService is named after it), then the gallery at / as `atoll serve deploy` adds.
-    config = endpoints.serve_config(spec, [model_app, playground.gallery_config()])
+    config = endpoints.serve_config(spec, endpoints.with_gallery([model_app]))
     config["http_options"]["host"] = "0.0.0.0"
     return config
 

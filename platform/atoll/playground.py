@@ -284,13 +284,20 @@ def _gallery_deployment():
     gallery_api = FastAPI(title="Atoll showcase", description="The live model apps of this cluster.",
                           docs_url=None, redoc_url=None, openapi_url=None)
 
+    from fastapi import Header
+    from fastapi.responses import JSONResponse
+
+    from atoll import apikeys
+
     @serve.deployment(name="Gallery", ray_actor_options={"num_cpus": 0})
     @serve.ingress(gallery_api)
     class Gallery:
-        """The gallery page, its assets and the list of live model apps (cached for 2 s)."""
+        """The gallery page, its assets and the list of live model apps (cached for 2 s); with keyed apps
+        on the cluster, the list needs one of their keys."""
 
-        def __init__(self) -> None:
+        def __init__(self, api_key_hashes: list[str] | None = None) -> None:
             self._cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
+            self._hashes = list(api_key_hashes or [])
 
         @gallery_api.get("/")
         def page(self):
@@ -301,7 +308,9 @@ def _gallery_deployment():
             return static_response(name)
 
         @gallery_api.get("/_gallery/apps")
-        def apps(self) -> dict[str, Any]:
+        def apps(self, authorization: str | None = Header(default=None)):  # noqa: B008 - FastAPI's idiom
+            if self._hashes and not apikeys.any_key_matches(authorization, self._hashes):
+                return JSONResponse({"error": apikeys.REFUSED}, status_code=401)
             at, apps = self._cache
             if time.monotonic() - at > 2:
                 apps = live_apps()
@@ -317,12 +326,17 @@ def _gallery_deployment():
 
 def gallery_app(args: dict[str, Any] | None = None):
     """Serve application builder (``import_path: atoll.playground:gallery_app``), route prefix ``/``."""
-    return _gallery_deployment().bind()
+    return _gallery_deployment().bind((args or {}).get("api_key_hashes"))
 
 
-def gallery_config() -> dict[str, Any]:
-    """The gallery's entry in the cluster's declarative Serve config."""
-    return {"name": GALLERY_APP, "route_prefix": "/", "import_path": "atoll.playground:gallery_app", "args": {}}
+GALLERY_IMPORT_PATH = "atoll.playground:gallery_app"
+
+
+def gallery_config(api_key_hashes: list[str] | None = None) -> dict[str, Any]:
+    """The gallery's entry in the cluster's declarative Serve config; ``api_key_hashes``: the key records of
+    the cluster's keyed model apps, any of whose keys opens the list of apps."""
+    args = {"api_key_hashes": sorted(api_key_hashes)} if api_key_hashes else {}
+    return {"name": GALLERY_APP, "route_prefix": "/", "import_path": GALLERY_IMPORT_PATH, "args": args}
 
 
 def gallery_url(endpoint_url: str) -> str:

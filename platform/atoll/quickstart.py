@@ -69,8 +69,24 @@ def run(*, fast: bool = False, down: bool = False, config: str | Path | None = N
     info = cluster.up(spec)
     console.print(f"{'Reusing' if info.already_up else 'Started'} the local Ray cluster: dashboard "
                   f"{info.dashboard_url} (token auth on)")
-    t = lap("cluster", t)
+    lap("cluster", t)
+    # --down stops only a cluster this run started, whether the steps succeed or fail; a reused one stays.
+    stop_at_end = down and not info.already_up
+    out["cluster"] = {"reused": info.already_up, "stopped": stop_at_end}
+    try:
+        _steps(spec, info, out, lap, stamp, fast)
+    finally:
+        if stop_at_end:
+            with console.status("Stopping the cluster the quickstart started (--down) …"):
+                cluster.down()
+    timings["total"] = round(time.monotonic() - started, 1)
+    _finish(out, info, spec, stopped=stop_at_end, reused_and_kept=down and info.already_up)
+    return out
 
+
+def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool) -> None:
+    """Steps 2 to 7 on the running cluster; fills ``out``."""
+    t = time.monotonic()
     _step(2, "Data")
     storage = spec.atoll.storage
     paths = data.prepare_demo(storage)
@@ -149,28 +165,27 @@ def run(*, fast: bool = False, down: bool = False, config: str | Path | None = N
     console.print(f"Endpoint accuracy on the {len(rows)} held-out images: [bold]{accuracy:.3f}[/]")
     lap("query", t)
 
-    timings["total"] = round(time.monotonic() - started, 1)
-    _finish(out, info, deployed, storage, down)
-    return out
 
-
-def _finish(out: dict[str, Any], info, deployed: dict[str, Any], storage: str, down: bool) -> None:
+def _finish(out: dict[str, Any], info, spec, *, stopped: bool, reused_and_kept: bool) -> None:
+    deployed = out["deployed"]
     url = deployed["url"]
     sweep = out.get("sweep") or {}
+    auth = endpoints.curl_auth(spec.atoll.serve)
     lines = [f"Done in {out['timings_s']['total']:.0f} s.",
              f"Dashboard     {info.dashboard_url}",
-             f"Query it      atoll query {deployed['app']} --json '{{\"inputs\": [[...64 pixel values...]]}}'",
-             f"  with curl   curl -s {url}/predict -H 'Content-Type: application/json' -d @rows.json",
-             f"API docs      {url}/docs",
+             f"Query it      atoll query {deployed['app']} --file rows.json   (rows of 64 pixel values)",
+             f"  with curl   curl -s {url}/predict -H 'Content-Type: application/json'{auth} -d @rows.json",
+             f"API schema    {url}/openapi.json",
              "Look around   atoll status | atoll models list | atoll models show digits@production",
              "              atoll serve status | atoll jobs list",
-             f"Models        {storage}/registry/digits/ (training_curve.png in each version)"]
+             f"Models        {spec.atoll.storage}/registry/digits/ (training_curve.png in each version)"]
     if sweep.get("plot"):
         lines.append(f"Sweep         {sweep['plot']}")
-    if down:
-        cluster.down()
+    if stopped:
         lines.append("The cluster is stopped (--down): `atoll quickstart` starts it again.")
     else:
+        if reused_and_kept:
+            lines.append("The cluster was up before the quickstart, so --down left it running.")
         lines.append("Stop it all   atoll down")
         lines.append(f"Try it        {deployed.get('playground') or url + '/ui'}   (draw a digit; all models: "
                      f"{deployed.get('gallery') or '/'})")

@@ -14,8 +14,6 @@ request is a 4xx that names the problem.
 
 
 import copy
-import hashlib
-import hmac
 import json
 import logging
 import math
@@ -28,7 +26,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ConfigDict, Field
 from ray import serve
 
-from atoll import playground
+from atoll import apikeys, playground
 from atoll.endpoints import DEPLOYMENT_NAME
 from atoll.errors import AtollError
 from atoll.specs import ServeSettings
@@ -46,9 +44,12 @@ class AppArgs(pydantic.BaseModel):
                        "when the replica starts; `atoll serve deploy` pins the version first).")
     storage: str | None = Field(None, description="Storage root of the registry (default: cluster.yaml's).")
     requested: str | None = Field(None, description="What the user asked to deploy, e.g. digits@production.")
-    api_key_sha256: str | None = Field(None, description="SHA-256 of the API key; unset: no key needed.")
+    api_key_hash: str | None = Field(None, description="Salted HMAC of the API key (atoll.apikeys.hash_key), "
+                                     "never the key; unset: no key needed.")
     settings: dict[str, Any] = Field(default_factory=dict, description="Overrides of cluster.yaml's Serve "
                                      "settings: " + ", ".join(ServeSettings.PER_APP) + ".")
+    model_types: list[str] | None = Field(None, description="User model types the version may name (cluster.yaml's "
+                                          "metadata.atoll.model_types at deploy time); unset: read it here.")
 
     def serve_settings(self) -> ServeSettings:
         from atoll import cluster
@@ -73,7 +74,8 @@ class Predictor:
     """A registered version ready to predict: weights (checksum-verified, ``weights_only``), preprocessing
     and input schema. Used by the Serve replica, and in-process by tests and benchmarks."""
 
-    def __init__(self, storage: str, ref: str, device: str | None = None) -> None:
+    def __init__(self, storage: str, ref: str, device: str | None = None,
+                 model_types: list[str] | None = None) -> None:
         import torch
 
         from atoll import models, registry
@@ -85,7 +87,12 @@ class Predictor:
         self.pre = Preprocessor.from_dict(meta["preprocess"])
         self.schema = self.version.input_schema or meta["input_schema"]
         model_spec = self.version.spec["model"]
-        model = models.build(model_spec["type"], self.pre.input_dim, self.pre.num_classes, model_spec["params"])
+        # registered=: a user model type imports only if cluster.yaml's metadata.atoll.model_types allows it
+        # (as the deploy passed it in ``model_types``, else as the cluster.yaml next to this process says).
+        allowed = models.AllowList(tuple(model_types), "metadata.atoll.model_types of the deploy's cluster.yaml") \
+            if model_types is not None else None
+        model = models.build(model_spec["type"], self.pre.input_dim, self.pre.num_classes, model_spec["params"],
+                             registered=self.version.ref, allowed=allowed)
         model.load_state_dict(reg.load_weights(self.version))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
@@ -224,15 +231,6 @@ def parse_rows(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_b
     return array
 
 
-def key_matches(authorization: str | None, expected_sha256: str) -> bool:
-    """Constant-time check of an ``Authorization: Bearer KEY`` header against the key's SHA-256."""
-    scheme, _, key = (authorization or "").partition(" ")
-    # The same hash and comparison whatever the header holds: a missing, malformed or wrong key all take
-    # the same time, so timing tells a caller nothing about how close a guess was.
-    digest = hashlib.sha256(key.strip().encode()).hexdigest()
-    return hmac.compare_digest(digest, expected_sha256) and scheme.lower() == "bearer" and bool(key.strip())
-
-
 # ------------------------------------------------------------------------------------------------
 # The Serve deployment
 
@@ -270,16 +268,17 @@ class ModelServer:
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = AppArgs.model_validate(args)
         self.settings = self.args.serve_settings()
-        self.predictor = Predictor(self.args.storage_root(), self.args.model)
+        self.predictor = Predictor(self.args.storage_root(), self.args.model, model_types=self.args.model_types)
         self.showcase = playground.Showcase(self.args.storage_root(), self.predictor.version)
         self.predict_batch.set_max_batch_size(self.settings.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         log.info("serving %s on %s", self.predictor.version.ref, self.predictor.device)
 
     def _refused(self, request: Request) -> JSONResponse | None:
-        if self.args.api_key_sha256 and not key_matches(request.headers.get("authorization"),
-                                                        self.args.api_key_sha256):
-            return _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'.")
+        # The proxy's middleware (atoll.proxy_auth) refuses these first; this check stays for a proxy without it.
+        if self.args.api_key_hash and not apikeys.key_matches(request.headers.get("authorization"),
+                                                              self.args.api_key_hash):
+            return _error(401, apikeys.REFUSED)
         return None
 
     @api.get("/healthz")

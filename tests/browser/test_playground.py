@@ -24,7 +24,7 @@ from conftest import REPO, run_cli
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
 
-APP, PRIVATE, KEY = "digits", "digits-private", "pl4yground-key"
+APP, PRIVATE, KEY = "digits", "digits-private", "pl4yground-key-0123"
 SMALL = ["--replicas", "1:1", "--set", "num_cpus_per_replica=0.5"]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update"]
@@ -271,16 +271,21 @@ def test_the_gallery_lists_the_live_apps(digits_app, private_app, session, artif
     page, rec = session
     rec.errors.clear()
     page.goto(digits_app["gallery"])
+    # A keyed app is on the cluster: the list of apps opens only with a key.
+    page.wait_for_selector("#key-form:not([hidden])")
+    assert page.locator("article").count() == 0
+    page.fill("#key-input", KEY)
+    page.click("#key-submit")
     page.wait_for_selector(f"article[data-app='{APP}']")
     page.wait_for_selector(f"article[data-app='{PRIVATE}']")
-    card = page.locator(f"article[data-app='{APP}']")
-    card.locator("text=version").wait_for()
-    assert f"version {digits_app['version']}" in card.text_content()
-    assert "val_accuracy" in card.text_content()
-    assert "API key required" in page.locator(f"article[data-app='{PRIVATE}']").text_content()
+    for app in (APP, PRIVATE):  # with the key, the keyed app's card loads too
+        card = page.locator(f"article[data-app='{app}']")
+        card.locator("text=version").wait_for()
+        assert f"version {digits_app['version']}" in card.text_content()
+        assert "val_accuracy" in card.text_content()
     assert page.locator(f"article[data-app='{APP}'] a").get_attribute("href") == f"/{APP}/ui"
     page.screenshot(path=str(artifacts / "gallery.png"))
     page.click(f"article[data-app='{APP}'] a")
     page.wait_for_selector("#layout:not([hidden])")
-    assert all("401" in e for e in rec.errors), rec.errors  # only the private app's card, refused
+    assert all("401" in e for e in rec.errors), rec.errors  # only the list of apps, before the key
     assert rec.foreign() == []

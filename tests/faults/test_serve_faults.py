@@ -59,7 +59,8 @@ def _running_pids() -> set[int]:
     return {r["pid"] for r in _replicas() if r.get("state") == "RUNNING" and r.get("pid")}
 
 
-def test_a_replica_killed_under_load_is_replaced_without_failed_requests(app, reliability):
+def test_a_replica_killed_under_load_is_replaced_and_at_most_1_percent_of_requests_fail(app, reliability):
+    """No client retries: the requests in flight on the killed replica may fail, at most 1% of the load."""
     pids = _running_pids()
     assert len(pids) == 2, _replicas()
     results: list[tuple[float, int]] = []  # (time, status); status 0 = no HTTP answer
@@ -110,17 +111,19 @@ def test_a_replica_killed_under_load_is_replaced_without_failed_requests(app, re
     reliability("serve", "SIGKILL 1 of 2 replicas under a 2-client load", measured)
 
 
-async def _flood(url: str, n: int, concurrency: int) -> list[tuple[int, float, str | None]]:
+async def _flood(url: str, n: int, concurrency: int, headers: dict[str, str] = AUTH,
+                 header: str = "retry-after") -> list[tuple[int, float, str | None]]:
+    """``n`` requests, ``concurrency`` at a time: (status, latency, the response's ``header``) of each."""
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async with httpx.AsyncClient(timeout=30, headers=AUTH, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=30, headers=headers, limits=limits) as http:
         async def one() -> tuple[int, float, str | None]:
             async with sem:
                 start = time.monotonic()
                 try:
                     resp = await http.post(f"{url}/predict", json={"inputs": _rows(64)})
-                    return resp.status_code, time.monotonic() - start, resp.headers.get("retry-after")
+                    return resp.status_code, time.monotonic() - start, resp.headers.get(header)
                 except httpx.HTTPError:
                     return 0, time.monotonic() - start, None
 
@@ -157,6 +160,35 @@ def test_a_flood_gets_fast_503s_with_retry_after_and_the_app_recovers(app, relia
                 f"{codes.count(200)} served, {len(shed)} shed with 503 + Retry-After (median {shed_p50 * 1000:.0f} ms), "
                 f"0 hung; flood {took:.1f} s; replica RSS {rss_before / 2**20:.0f} → {rss_after / 2**20:.0f} MiB; "
                 f"20/20 OK after")
+
+
+def test_a_keyless_flood_is_refused_at_the_proxy_and_a_keyed_client_loses_no_request(app, reliability):
+    """The API key is checked in Serve's HTTP proxy (atoll.proxy_auth): keyless requests never take a slot of
+    the replicas' queues (16 here), so a keyed client beside a flood of 64 at a time gets every answer."""
+    keyed: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=30, headers=AUTH) as http:
+            while not stop.is_set() and len(keyed) < 400:
+                keyed.append(http.post(f"{app['url']}/predict", json={"inputs": _rows()}).status_code)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    try:
+        answers = asyncio.run(_flood(app["url"], n=600, concurrency=64, headers={}, header="x-atoll-refused-by"))
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    codes = Counter(code for code, _, _ in answers)
+    by_proxy = sum(1 for code, _, where in answers if code == 401 and where == "proxy")
+    assert codes == {401: 600}, codes
+    assert by_proxy == 600, f"only {by_proxy} of 600 refusals came from the proxy"
+    assert keyed and Counter(keyed) == {200: len(keyed)}, Counter(keyed)
+    p50 = statistics.median(lat for _, lat, _ in answers) * 1000
+    reliability("access", "600 requests without a key, 64 at a time, beside a keyed client (queues for 16)",
+                f"600/600 refused 401 by the HTTP proxy (median {p50:.0f} ms), none reached a replica; keyed client "
+                f"{len(keyed)}/{len(keyed)} answered 200")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,23 +397,6 @@ def test_every_route_but_healthz_and_the_page_shell_needs_the_api_key(app, relia
                 f"vs wrong {wrong_ms:.2f} ms")
 
 
-def test_the_key_check_does_the_same_work_for_missing_wrong_and_right_keys(monkeypatch):
-    """Constant time by construction: one SHA-256 and one compare_digest whatever the header holds."""
-    import hashlib
-    import hmac
-
-    from atoll import serving
-
-    calls = []
-    real = hmac.compare_digest
-    monkeypatch.setattr(serving.hmac, "compare_digest", lambda a, b: calls.append(len(a)) or real(a, b))
-    expected = hashlib.sha256(KEY.encode()).hexdigest()
-    headers = [None, "", "Bearer", "Bearer ", f"Bearer {KEY}x", f"Basic {KEY}", KEY, f"Bearer {KEY}"]
-    results = [serving.key_matches(h, expected) for h in headers]
-    assert results == [False] * 7 + [True]
-    assert calls == [64] * len(headers)  # the same comparison, of the same length, every time
-
-
 def _cluster_pids() -> set[int]:
     """Every process of the cluster: what `atoll up` started and all their descendants (workers, replicas)."""
     from atoll import cluster
@@ -403,10 +418,25 @@ def _is_loopback(ip: str) -> bool:
     return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
-def test_the_http_services_atoll_starts_listen_on_loopback_only(app, reliability):
-    """The dashboard / Jobs API and Serve's HTTP proxy bind 127.0.0.1 (cluster.yaml's defaults). Ray 2.60's
-    internal gRPC servers (GCS, raylet, workers, agents) bind every interface whatever the node address;
-    they are guarded by the cluster token instead, which this test checks on the GCS."""
+def _refuses_without_token(port: int) -> bool:
+    """A call to a Serve replica's inter-deployment gRPC server without the cluster token is UNAUTHENTICATED."""
+    import grpc
+    from ray.serve.generated import serve_pb2, serve_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            serve_pb2_grpc.ASGIServiceStub(channel).HandleRequest(serve_pb2.ASGIRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
+def test_every_listener_of_the_local_cluster_binds_loopback_but_serves_hard_coded_replica_grpc(app, reliability):
+    """Every socket the local cluster listens on (dashboard / Jobs API, Serve's HTTP proxy, and Ray's own gRPC
+    servers: GCS, raylet, object manager, workers, agents) is bound to 127.0.0.1, through Ray's local-only
+    mode; the GCS refuses a client without the token. The one exception is hard-coded in Ray 2.60: each Serve
+    replica's inter-deployment gRPC server binds [::] (ray/serve/_private/replica.py, `"[::]:0"`); Ray puts
+    its token interceptor on it, and a call without the token is refused."""
     import subprocess
     import sys
     from pathlib import Path
@@ -414,26 +444,35 @@ def test_the_http_services_atoll_starts_listen_on_loopback_only(app, reliability
     from atoll import auth, cluster
 
     spec = cluster.load_spec()
-    http_ports = {spec.atoll.local.dashboard_port: "dashboard + Jobs API", spec.atoll.serve.port: "Serve HTTP"}
+    http_ports = {spec.atoll.local.dashboard_port: "dashboard + Jobs API", spec.atoll.serve.port: "Serve HTTP",
+                  spec.atoll.local.port: "GCS"}
     listening = [c for c in psutil.net_connections(kind="inet")
                  if c.status == psutil.CONN_LISTEN and c.pid in _cluster_pids()]
     found = {c.laddr.port for c in listening} & set(http_ports)
     assert found == set(http_ports), f"not listening: {set(http_ports) - found}"
-    exposed_http = [f"{c.laddr.ip}:{c.laddr.port}" for c in listening
-                    if c.laddr.port in http_ports and not _is_loopback(c.laddr.ip)]
-    assert not exposed_http, f"HTTP services beyond loopback: {exposed_http}"
+    assert len(listening) >= 10, listening  # the whole cluster was seen, not a part of it
     exposed = [c for c in listening if not _is_loopback(c.laddr.ip)]
-    names = sorted({psutil.Process(c.pid).name() for c in exposed})
+    replica_grpc = [c for c in exposed if psutil.Process(c.pid).name().startswith("ray::ServeReplica")]
+    others = sorted(f"{psutil.Process(c.pid).name()} {c.laddr.ip}:{c.laddr.port}" for c in exposed
+                    if c not in replica_grpc)
+    assert not others, f"listening beyond loopback: {others}"
+    per_replica = Counter(c.pid for c in replica_grpc)
+    assert all(n == 1 for n in per_replica.values()), per_replica  # one inter-deployment server each, no more
+    assert all(_refuses_without_token(c.laddr.port) for c in replica_grpc)
 
-    # Those gRPC servers refuse a client without the token.
+    # Defence in depth: Ray's gRPC servers refuse a client without the token.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env["RAY_AUTH_TOKEN_PATH"] = "/nonexistent"
+    # Ray's CLI, like any client of a loopback-only cluster, needs local-only mode (it would dial the
+    # machine's routable IP for 127.0.0.1 otherwise); and no token.
+    env.update({"RAY_AUTH_TOKEN_PATH": "/nonexistent", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
     ray = str(Path(sys.executable).parent / "ray")
     out = subprocess.run([ray, "status", f"--address=127.0.0.1:{spec.atoll.local.port}"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "uthenticat" in out.stdout + out.stderr, out.stdout[-500:] + out.stderr[-500:]
     assert auth.read_token()
+    names = sorted({psutil.Process(c.pid).name() for c in listening if c not in replica_grpc})
     reliability("access", "listening sockets of every process of the local cluster",
-                f"{len(listening)} sockets; dashboard, Jobs API and Serve HTTP on 127.0.0.1 only; {len(exposed)} Ray-core "
-                f"gRPC listeners bind every interface (not configurable in Ray 2.60: {', '.join(names)}), and the GCS "
-                f"refuses a client without the token", "pass (Ray-core gRPC: token-guarded, not loopback)")
+                f"{len(listening)} sockets; {len(listening) - len(replica_grpc)} on 127.0.0.1 (dashboard, Jobs API, "
+                f"Serve HTTP and Ray-core gRPC: {', '.join(names)}); {len(replica_grpc)} on [::], one per Serve replica "
+                f"(its inter-deployment gRPC server, hard-coded in Ray 2.60), each refusing a call without the token; "
+                f"the GCS refuses a client without the token")

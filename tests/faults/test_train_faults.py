@@ -53,7 +53,7 @@ def _checkpoint_dirs(run_name: str) -> list[Path]:
     return sorted(p for p in (Path(train.runs_root(_storage())) / run_name).glob("checkpoint_*") if p.is_dir())
 
 
-def test_a_killed_worker_and_a_killed_driver_lose_no_work(trained_digits, reliability):
+def test_a_killed_worker_and_a_killed_driver_lose_no_epoch_and_redo_at_most_one(trained_digits, reliability):
     submitted = run_cli("train", "--no-wait", "--json", "--set", f"epochs={TRAINED_EPOCHS}", "--run-name", RUN)
     job_id = json.loads(submitted.stdout)["id"]
 

@@ -63,7 +63,13 @@
 
   async function refresh() {
     try {
-      const resp = await fetch("/_gallery/apps", { cache: "no-store" });
+      const resp = await fetch("/_gallery/apps", { headers: headers(), cache: "no-store" });
+      if (resp.status === 401) {  // keyed apps on this cluster: their list needs one of their keys
+        $("status").textContent = "The models on this cluster need an API key; the list opens with any of them.";
+        $("key-form").hidden = false;
+        return;
+      }
+      $("key-form").hidden = true;
       const body = await resp.json();
       const cards = await Promise.all(body.apps.map(card));
       $("gallery").replaceChildren(...cards);
@@ -73,6 +79,14 @@
       $("status").textContent = `Could not read Serve's status (${e.message}); retrying.`;
     }
   }
+
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("key-input").value.trim();
+    if (!key) return;
+    try { sessionStorage.setItem(KEY_STORE, key); } catch (e) { /* private mode: this refresh only */ }
+    refresh();
+  });
 
   refresh();
   setInterval(refresh, 10000);

@@ -1,0 +1,138 @@
+"""The API key, checked in Serve's HTTP proxy: a request without a valid key is refused before it reaches
+a replica's queue, so a keyless flood takes no queue slot and drives no autoscaling.
+
+Ray wraps each HTTP proxy's ASGI app in the middlewares that ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
+names (read when the proxy starts: `atoll up` sets it in the environment of `ray start`, cluster.yaml's
+start commands and the KubeRay manifests set it too). The middleware matches a request to its app by route
+prefix and checks the key against the app's record (``api_key_hash`` in its args, see atoll.apikeys), which
+it reads from the Serve controller's app configs about once a second. Routes that need no key
+(``/healthz``, the playground's page shell, Serve's own ``/-/`` routes) pass untouched. Each replica checks
+the key again, so a proxy started without this middleware still guards every app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from atoll import apikeys
+
+log = logging.getLogger("ray.serve")
+
+ENV_VAR = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+IMPORT_PATH = "atoll.proxy_auth:middlewares"
+REFRESH_S = 1.0
+#: A refused key triggers a refresh (a key just deployed) at most this often, so a flood cannot make the
+#: proxy hammer the controller.
+RECHECK_S = 0.25
+MODEL_IMPORT_PATH = "atoll.serving:app"
+GALLERY_IMPORT_PATH = "atoll.playground:gallery_app"
+REFUSED_BY = (b"x-atoll-refused-by", b"proxy")  # tells a test (or an operator) where the 401 came from
+
+
+@dataclass(frozen=True)
+class Guard:
+    """One keyed app: its route prefix, whether it is the gallery, and the key records that open it."""
+
+    prefix: str
+    gallery: bool
+    records: tuple[str, ...]
+
+
+def guards_from_configs(configs: dict[str, Any]) -> list[Guard]:
+    """Keyed Atoll apps from the controller's app configs (pydantic objects or dicts), longest prefix first."""
+    guards = []
+    for config in configs.values():
+        conf = config.model_dump() if hasattr(config, "model_dump") else dict(config)
+        args, path = conf.get("args") or {}, conf.get("import_path")
+        if path == MODEL_IMPORT_PATH and args.get("api_key_hash"):
+            records = (args["api_key_hash"],)
+        elif path == GALLERY_IMPORT_PATH and args.get("api_key_hashes"):
+            records = tuple(args["api_key_hashes"])
+        else:
+            continue
+        prefix = (conf.get("route_prefix") or "/").rstrip("/") or "/"
+        guards.append(Guard(prefix, path == GALLERY_IMPORT_PATH, records))
+    return sorted(guards, key=lambda g: len(g.prefix), reverse=True)
+
+
+def guard_for(path: str, guards: list[Guard]) -> tuple[Guard, str] | None:
+    """The guard of the app that serves ``path`` (longest prefix, as Serve routes) and the path below it."""
+    for guard in guards:
+        if guard.prefix == "/":
+            return guard, path
+        if path == guard.prefix or path.startswith(guard.prefix + "/"):
+            return guard, path[len(guard.prefix):]
+    return None
+
+
+class KeyTable:
+    """The keyed apps, read from the Serve controller and kept for ``REFRESH_S``."""
+
+    def __init__(self) -> None:
+        self.guards: list[Guard] = []
+        self.read_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self.read_at < RECHECK_S:
+                return  # another request refreshed meanwhile
+            try:
+                import ray
+                from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+                controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+                self.guards = guards_from_configs(await controller.get_app_configs.remote())
+            except Exception as exc:  # noqa: BLE001 - keep the last table; replicas still check every key
+                log.warning("atoll.proxy_auth: cannot read the app configs from the Serve controller (%s)", exc)
+            self.read_at = time.monotonic()
+
+    async def lookup(self, path: str, *, fresh: bool = False) -> tuple[Guard, str] | None:
+        age = time.monotonic() - self.read_at
+        if age > REFRESH_S or (fresh and age > RECHECK_S):
+            await self.refresh()
+        return guard_for(path, self.guards)
+
+
+class APIKeyMiddleware:
+    """Pure ASGI middleware: 401 for a keyed route without a valid ``Authorization: Bearer`` key."""
+
+    def __init__(self, app: Any, table: KeyTable | None = None) -> None:
+        self.app = app
+        self.table = table or KeyTable()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("path", "").startswith("/-/"):
+            return await self.app(scope, receive, send)
+        header = next((v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"authorization"), None)
+        if await self._allowed(scope.get("path", "/"), header):
+            return await self.app(scope, receive, send)
+        body = json.dumps({"error": apikeys.REFUSED}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b"Bearer"), REFUSED_BY]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _allowed(self, path: str, header: str | None) -> bool:
+        for fresh in (False, True):  # a refusal is re-checked once against fresh configs (a key just deployed)
+            found = await self.table.lookup(path, fresh=fresh)
+            if found is None:
+                return True
+            guard, subpath = found
+            if not apikeys.needs_key(subpath, gallery=guard.gallery):
+                return True
+            if apikeys.any_key_matches(header, guard.records):
+                return True
+        return False
+
+
+def middlewares() -> list[Any]:
+    """What Ray's proxy calls (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=atoll.proxy_auth:middlewares``)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(APIKeyMiddleware)]
