@@ -21,23 +21,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 IDLE_TIMEOUT_MIN = 0.2
 
 
 def _cluster_yaml(path: Path) -> Path:
-    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    config["max_workers"] = 2
-    config["available_node_types"] = {
-        "head": {"node_config": {}, "resources": {"CPU": 0}, "max_workers": 0},
-        "cpu": {"node_config": {}, "resources": {"CPU": 1}, "min_workers": 0, "max_workers": 2},
-    }
-    config["metadata"]["atoll"]["local"] = {"host": "127.0.0.1", "port": 6391, "dashboard_port": 8276}
-    config["metadata"]["atoll"]["serve"]["port"] = 8011
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    """cluster.yaml with a 0-CPU head and a 1-CPU worker type (max 2), on private ports (as the test)."""
+    from atoll.config import write_local_variant
+
+    return write_local_variant(path, port=6391, dashboard_port=8276, serve_port=8011, max_workers=2,
+                               source=REPO / "cluster.yaml", node_types=SMALL_NODE_TYPES)
+
+
+SMALL_NODE_TYPES = {
+    "head": {"node_config": {}, "resources": {"CPU": 0}, "max_workers": 0},
+    "cpu": {"node_config": {}, "resources": {"CPU": 1, "memory": 2_000_000_000}, "min_workers": 0, "max_workers": 2},
+}
 
 
 def _time_to_two_running(ray) -> float:
@@ -54,9 +53,9 @@ def _time_to_two_running(ray) -> float:
 
 
 def _alive_workers() -> int:
-    from atoll import cluster
+    from atoll import status
 
-    return sum(1 for n in cluster.status()["nodes"] if n["type"] == "cpu" and n["alive"])
+    return sum(1 for n in status.status()["nodes"] if n["type"] == "cpu" and n["alive"])
 
 
 def main() -> int:

@@ -33,9 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table, rounded as _rounded
-
 import numpy as np
+from _common import print_table
+from _common import rounded as _rounded
 
 VALIDATION_FRACTION, SEED, LABEL = 0.2, 0, "label"
 
@@ -186,7 +186,8 @@ def main() -> int:
 
     os.environ.pop("RAY_ADDRESS", None)  # never attach to someone else's cluster
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import ForeignRay, own_session as _own_session  # a watcher for another Ray cluster's contention
+    from _common import ForeignRay  # a watcher for another Ray cluster's contention
+    from _common import own_session as _own_session
 
     watcher = ForeignRay().__enter__()
     work = Path(tempfile.mkdtemp(prefix="atoll_bench_ingest_"))

@@ -50,11 +50,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-from _common import print_table, median as _median, rounded as _rounded
 from typing import Any
 
 import numpy as np
+from _common import median as _median
+from _common import print_table
+from _common import rounded as _rounded
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "jobs" / "configs" / "train.yaml"
@@ -416,7 +417,8 @@ def stop_ray() -> None:
 def throughput_optimized_child(args) -> int:
     """Run in a fresh process with RAY_SERVE_THROUGHPUT_OPTIMIZED=1: deploy, measure, print one JSON line."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import ForeignRay, own_session as _own_session
+    from _common import ForeignRay
+    from _common import own_session as _own_session
 
     body = Path(args.body).read_bytes()
     expected = json.loads(args.expected)
@@ -506,7 +508,8 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
-    from _common import ForeignRay, own_session as _own_session
+    from _common import ForeignRay
+    from _common import own_session as _own_session
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="atoll_bench_serve_"))

@@ -10,7 +10,7 @@ Ours, as users run it (the headline): ``atoll up``, then ``atoll train --set epo
 register_model=false --run-name R`` — the CLI itself, as a subprocess, so the job gets exactly what
 ``atoll.jobs.submit_atoll_job`` gives every training job (its runtime_env and env vars, among them Ray
 Train's report poll ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``; the figure printed is read back from the job's
-own runtime_env) — and the job's driver runs ``jobs/train.py`` on the cluster. The CLI is called with
+own runtime_env) — and the job's driver runs ``python -m atoll.train`` on the cluster. The CLI is called with
 ``--no-wait`` and the bench then follows the job with ``atoll.jobs.follow``, the very call ``atoll train``
 follows it with, noting when each epoch's progress event arrives (wall per epoch as a user sees it).
 Per-epoch figures come from the run's own history (atoll.json of its latest checkpoint); ``atoll down``

@@ -34,12 +34,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-from _common import rounded as _rounded
 from typing import Any
 
+from _common import rounded as _rounded
+
 REPO = Path(__file__).resolve().parent.parent
-SWEEP = "jobs/configs/sweep.yaml"  # relative to the project root, as jobs run it
+SWEEP = "jobs/configs/sweep.yaml"  # relative to the repo (main() runs from there)
 
 
 def run_one(name: str, storage: str, overrides: list[str], log_path: Path) -> dict[str, Any]:
@@ -88,9 +88,10 @@ def main() -> int:
     extra = not (args.quick or args.no_extra)
 
     os.environ.pop("RAY_ADDRESS", None)  # never attach to someone else's cluster
-    os.chdir(REPO)  # the sweep names its training spec relative to the project root
+    os.chdir(REPO)  # SWEEP is relative to the repo
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import ForeignRay, own_session as _own_session
+    from _common import ForeignRay
+    from _common import own_session as _own_session
 
     work = Path(tempfile.mkdtemp(prefix="atoll_bench_tune_"))
     storage = str(work / "storage")

@@ -76,15 +76,11 @@ def trained_digits(ray_cluster) -> dict:
 def private_cluster_config(tmp_path: Path, port: int, dashboard_port: int) -> tuple[Path, dict[str, str]]:
     """A cluster.yaml for a second, private local cluster (its own ports) and the env that keeps its records
     apart from the session's (its own ATOLL_HOME)."""
-    import yaml
+    from atoll.config import write_local_variant
 
-    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    config["metadata"]["atoll"]["local"] = {"host": "127.0.0.1", "port": port, "dashboard_port": dashboard_port,
-                                            "num_cpus": 1}
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(config))
-    home = tmp_path / "home"
-    return path, {"ATOLL_HOME": str(home), "ATOLL_CLUSTER_CONFIG": str(path)}
+    path = write_local_variant(tmp_path / "cluster.yaml", port=port, dashboard_port=dashboard_port, num_cpus=1,
+                               source=REPO / "cluster.yaml")
+    return path, {"ATOLL_HOME": str(tmp_path / "home"), "ATOLL_CLUSTER_CONFIG": str(path)}
 
 
 def processes_with_home(home: str) -> list[int]:
@@ -99,6 +95,12 @@ def processes_with_home(home: str) -> list[int]:
     return found
 
 
+def _needs_a_cluster(item: pytest.Item) -> bool:
+    return bool(item.get_closest_marker("cluster") or item.get_closest_marker("slow")
+                or "ray_cluster" in getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The end-to-end quickstart ends with `--down`, which stops the shared cluster: it runs last."""
-    items.sort(key=lambda item: item.get_closest_marker("quickstart") is not None)
+    """Fail fast: the tests that need no cluster run first (in a few seconds each), then those on the shared
+    cluster, and the end-to-end quickstart last. The sort is stable: modules stay in order within a group."""
+    items.sort(key=lambda item: 2 if item.get_closest_marker("quickstart") else int(_needs_a_cluster(item)))

@@ -8,10 +8,9 @@ import time
 
 import httpx
 import pytest
-from fastapi import FastAPI
-
 from atoll import apikeys, proxy_auth
 from atoll.errors import ConfigError
+from fastapi import FastAPI
 
 KEY = "a-long-enough-api-key-0123"
 

@@ -10,11 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from ray.autoscaler._private.util import validate_config
-
-from atoll import cluster
+from atoll import capacity, cluster, config
 from conftest import REPO, run_cli
+from ray.autoscaler._private.util import validate_config
 
 NEED_TWO_CPUS = '''
 import time, ray
@@ -31,18 +29,13 @@ print("ran on", ray.get([hold.remote(4), hold.remote(4)]))
 
 
 def _small_cluster_yaml(path: Path) -> Path:
-    """The repo's cluster.yaml with a 0-CPU head and a 1-CPU worker type (max 2), on private ports."""
-    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    config["max_workers"] = 2
-    config["available_node_types"] = {
-        "head": {"node_config": {}, "resources": {"CPU": 0}, "max_workers": 0},
-        "cpu": {"node_config": {}, "resources": {"CPU": 1, "memory": 2_000_000_000},
-                "min_workers": 0, "max_workers": 2},
-    }
-    config["metadata"]["atoll"]["local"] = {"host": "127.0.0.1", "port": 6390, "dashboard_port": 8275}
-    config["metadata"]["atoll"]["serve"]["port"] = 8010
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    """The repo's cluster.yaml with a 0-CPU head and a 1-CPU worker type (max 2), on private ports: bench/autoscale.py
+    measures one like it."""
+    node_types = {"head": {"node_config": {}, "resources": {"CPU": 0}, "max_workers": 0},
+                  "cpu": {"node_config": {}, "resources": {"CPU": 1, "memory": 2_000_000_000}, "min_workers": 0,
+                          "max_workers": 2}}
+    return config.write_local_variant(path, port=6390, dashboard_port=8275, serve_port=8010, max_workers=2,
+                                      source=REPO / "cluster.yaml", node_types=node_types)
 
 
 def test_simulation_config_carries_cluster_yaml_node_types_and_passes_rays_validator():
@@ -63,7 +56,7 @@ def test_demand_no_node_type_can_hold_is_called_infeasible():
     nodes = [{"CPU": 0.0}, {"CPU": 1.0}]  # a CPU-only cluster
     demand = [{"shape": {"CPU": 1.0}, "count": 2}, {"shape": {"GPU": 1.0}, "count": 1},
               {"shape": "placement group", "bundles": [{"CPU": 1.0}, {"CPU": 4.0}]}]
-    bad = cluster.infeasible(demand, nodes)
+    bad = capacity.infeasible(demand, nodes)
     assert [d["fits_no_node"] for d in bad] == [[{"GPU": 1.0}], [{"CPU": 4.0}]]
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import tomllib
 from importlib.metadata import version
@@ -20,9 +21,13 @@ from typing import Any
 import click
 import pytest
 import typer
-from atoll import cli, cli_common, endpoints, jobs, runs
-from atoll.cli_runs import runs_table
-from atoll.cli_serve import deploy_summary
+from atoll import cli, endpoints, jobs, runs
+from atoll.cli import common as cli_common
+from atoll.cli import errors as cli_errors
+from atoll.cli.jobs import _skipping, jobs_table
+from atoll.cli.runs import runs_table
+from atoll.cli.serve import deploy_summary
+from atoll.config import load_spec
 from atoll.errors import AtollError, ConfigError, RegistryError
 from atoll.specs import ServeSettings
 from conftest import ATOLL, REPO
@@ -81,12 +86,12 @@ def test_plain_click_usage_errors_get_the_same_line() -> None:
     group = click.Group("atoll", commands=[click.Command("list"), click.Command("show")])
     ctx = click.Context(group, info_name="atoll")
     typo = click.UsageError("No such command 'lst'.", ctx)
-    assert isinstance(typo, cli_common.USAGE_ERRORS)
-    assert cli_common.usage_line(typo) == "atoll: no such command 'lst'; did you mean 'list'? (see `atoll --help`)"
+    assert isinstance(typo, cli_errors.USAGE_ERRORS)
+    assert cli_errors.usage_line(typo) == "atoll: no such command 'lst'; did you mean 'list'? (see `atoll --help`)"
     command = click.Command("train", params=[click.Option(["--resume"]), click.Option(["--set"])])
     option = click.exceptions.NoSuchOption("--resum", ctx=click.Context(command, info_name="train"))
-    assert "no such option --resum; did you mean --resume?" in cli_common.usage_line(option)
-    assert len(cli_common.USAGE_ERRORS) == 2  # typer's vendored click and click itself
+    assert "no such option --resum; did you mean --resume?" in cli_errors.usage_line(option)
+    assert len(cli_errors.USAGE_ERRORS) == 2  # typer's vendored click and click itself
 
 
 def test_version_prints_atoll_and_the_ray_it_runs_on(capsys) -> None:
@@ -103,6 +108,22 @@ def test_debug_is_in_the_help_and_works_after_a_command(capsys, storage) -> None
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     with pytest.raises(RegistryError):  # --debug: the real exception, with its traceback
         cli.main(["models", "show", "nosuch", "--debug"])
+
+
+#: What makes a start-up slow; the CLI's modules import them (through the library) inside their commands.
+HEAVY = ("ray", "torch", "pandas", "pyarrow", "httpx", "pydantic")
+
+
+def test_the_cli_and_its_help_import_no_heavy_library() -> None:
+    """`atoll --help` starts fast: importing atoll.cli and printing the help import none of HEAVY (in a fresh
+    interpreter: this one's collection has imported them all)."""
+    code = ("import json, sys\nimport atoll.cli\n"
+            "try:\n    atoll.cli.main(['--help'])\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+            f"print(json.dumps(sorted(set({HEAVY!r}) & set(sys.modules))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Commands" in out.stdout
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def _requirements() -> list[str]:
@@ -277,15 +298,26 @@ def _render(table, width: int = 80) -> str:
 def test_listings_keep_ids_and_names_whole_at_80_columns() -> None:
     ids = ["raysubmit_U6MntR7Hn2cGx3YzAbCd", "atoll-train-20260101-120000-ab12"]
     rows = [{"id": i, "status": "SUCCEEDED", "start_time": 1767268800000,
-             "entrypoint": "python jobs/train.py -c jobs/configs/train.yaml --set epochs=3 --set optimizer.lr=0.01"}
+             "entrypoint": "python -m atoll.train -c jobs/configs/train.yaml --set epochs=3 --set optimizer.lr=0.01"}
             for i in ids]
-    text = _render(cli.jobs_table(rows, width=80))
+    text = _render(jobs_table(rows, width=80))
     assert all(i in text for i in ids)  # `atoll jobs list | grep ID` finds it
     assert "…" in text and max(len(line) for line in text.splitlines()) <= 80  # the entrypoint is cut instead
     name = "digits-with-a-long-run-name-20260101-120000-ab12"
     run = {"kind": "run", "name": name, "state": runs.INCOMPLETE, "updated": "2026-01-01T12:00:00+00:00",
            "epochs_done": 3, "epochs": 10, "metrics": {"val_accuracy": 0.91234}}
     assert name in _render(runs_table([run], width=80))
+
+
+def test_a_setting_no_app_may_override_is_refused_before_any_cluster_is_asked(tmp_path, monkeypatch) -> None:
+    """The per-app check lives in endpoints.deploy: library callers get it too, and it comes first (with no
+    cluster recorded, a later check would fail with "no cluster is up" instead)."""
+    monkeypatch.setenv("ATOLL_HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match="--set max_batchsize: not a per-app Serve setting; choose from "
+                                          "min_replicas, max_replicas"):
+        endpoints.deploy("digits:1", settings={"max_batchsize": 64})
+    result = invoke("serve", "deploy", "digits:1", "--set", "max_batchsize=64")
+    assert isinstance(result.exception, ConfigError) and "not a per-app Serve setting" in str(result.exception)
 
 
 def test_deploy_prints_live_links_and_the_key_header_by_name(monkeypatch) -> None:
@@ -302,7 +334,7 @@ def test_deploy_prints_live_links_and_the_key_header_by_name(monkeypatch) -> Non
 
 def test_jobs_logs_tail_then_follow_skips_what_it_showed() -> None:
     got: list[str] = []
-    take = cli._skipping(7, got.append)
+    take = _skipping(7, got.append)
     for chunk in ("line 1\n", "line", " 2\nline 3\n"):  # the stream starts again at the beginning
         take(chunk)
     assert "".join(got) == "line 2\nline 3\n"
@@ -353,7 +385,7 @@ def test_serve_logs_show_the_replicas_of_an_app_deployed_with_a_key(ray_cluster,
     try:
         assert deployed.exit_code == 0, deployed.output
         assert '-H "Authorization: Bearer $ATOLL_API_KEY"' in deployed.output and KEY not in deployed.output
-        url = endpoints.endpoint_url(cli.cluster.load_spec(), "t-cli")
+        url = endpoints.endpoint_url(load_spec(), "t-cli")
         for link in (f"{url}/openapi.json", f"{url}/ui"):  # every link it prints answers
             assert link in deployed.output
             assert httpx.get(link, headers={"Authorization": f"Bearer {KEY}"}, timeout=30).status_code == 200

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import ATOLL, private_cluster_config, processes_with_home, run_cli
 
 

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import yaml
-
 from atoll import cluster
 from atoll.errors import ConfigError
 from conftest import REPO, run_cli

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from atoll import data, models, train
 from atoll.config import apply_overrides, load_file, load_model
 from atoll.errors import ConfigError, DataError

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import run_cli
 
 pytestmark = pytest.mark.cluster

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 import typer
 import yaml
 from atoll import apikeys, cluster, endpoints, kuberay, playground
-from atoll.cli_k8s import k8s_app
+from atoll.cli.k8s import k8s_app
 from atoll.errors import ConfigError
 from conftest import REPO
 from typer.testing import CliRunner
@@ -198,8 +199,11 @@ def test_crd_validation_is_real():
         how(bad)
         return "\n".join(schema_errors(bad))
 
-    worker = lambda m: m["spec"]["workerGroupSpecs"][0]
-    ray_container = lambda m: worker(m)["template"]["spec"]["containers"][0]
+    def worker(m):
+        return m["spec"]["workerGroupSpecs"][0]
+
+    def ray_container(m):
+        return worker(m)["template"]["spec"]["containers"][0]
     cases = [
         (lambda m: worker(m).update(minReplica=1), "'minReplica' was unexpected"),  # a typo: unknown field
         (lambda m: m["spec"]["autoscalerOptions"].update(upscalingMode="Fast"), "'Fast' is not one of"),
@@ -351,12 +355,12 @@ def test_rayjob_runs_the_training_job(raw, tmp_path):
     job = kuberay.rayjob(spec)
     assert job["metadata"]["name"] == "atoll-train"
     s = job["spec"]
-    assert s["entrypoint"] == "python jobs/train.py -c jobs/configs/train.yaml"
+    assert s["entrypoint"] == "python -m atoll.train -c jobs/configs/train.yaml"
     assert s["shutdownAfterJobFinishes"] is True and s["ttlSecondsAfterFinished"] > 0
     renv = yaml.safe_load(s["runtimeEnvYAML"])
     assert renv["working_dir"] == spec.atoll.k8s.project_dir == "/home/ray/atoll"
     assert renv["env_vars"]["RAY_DEDUP_LOGS"] == "0"
-    assert (REPO / "jobs" / "train.py").is_file() and (REPO / "jobs" / "configs" / "train.yaml").is_file()
+    assert importlib.util.find_spec("atoll.train") and (REPO / "jobs" / "configs" / "train.yaml").is_file()
 
 
 def test_rayservice_serves_the_demo_app_with_the_serve_deploy_structure(raw, tmp_path):
@@ -463,7 +467,7 @@ def test_bad_k8s_settings_name_the_field(raw, tmp_path, k8s, expected):
 @pytest.fixture()
 def cli() -> typer.Typer:
     root = typer.Typer()
-    root.add_typer(k8s_app, name="k8s")  # as cli.py wires it
+    root.add_typer(k8s_app, name="k8s")  # as atoll.cli wires it
     return root
 
 

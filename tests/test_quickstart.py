@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from atoll import registry
 from conftest import private_cluster_config, processes_with_home, run_cli
 

@@ -1,4 +1,4 @@
-"""The model registry (atoll.registry) and its CLI (atoll.cli_models): no Ray, no cluster, tmp_path only."""
+"""The model registry (atoll.registry) and its CLI (atoll.cli.models): no Ray, no cluster, tmp_path only."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import pytest
-
 from atoll.errors import ConfigError, RegistryError
 from atoll.registry import ModelVersion, Registry, open_registry, parse_ref
 
@@ -164,6 +163,19 @@ def test_alias_moves_atomically(reg: Registry, ckpt: Path, tmp_path: Path) -> No
         reg.set_alias("digits", 1, "bad alias")
     reg.remove_alias("digits", "staging")
     assert reg.aliases("digits") == {"production": 2}
+
+
+def test_promote_moves_an_alias_says_where_it_was_and_refuses_a_bare_name(reg: Registry, ckpt: Path) -> None:
+    _register(reg, ckpt)
+    _register(reg, ckpt)
+    assert [(mv.ref, before) for mv, before in (reg.promote("digits:1", "production"),
+                                                 reg.promote("digits:2", "production"),
+                                                 reg.promote("digits@production", "staging"))] == \
+        [("digits:1", None), ("digits:2", 1), ("digits:2", None)]
+    assert reg.aliases("digits") == {"production": 2, "staging": 2}
+    with pytest.raises(RegistryError, match=r"needs an explicit version, NAME:VERSION \(e.g. digits:1\)"):
+        reg.promote("digits", "production")  # "the latest" would move the alias silently later on
+    assert reg.aliases("digits") == {"production": 2, "staging": 2}
 
 
 def test_delete_refused_while_aliased_then_allowed(reg: Registry, ckpt: Path) -> None:
@@ -674,9 +686,8 @@ def test_parse_ref_invalid(ref: str, message: str) -> None:
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reg: Registry, ckpt: Path) -> Any:
     """Invoke `atoll models ...` against the tmp registry, holding digits:1 and digits:2."""
+    from atoll.cli.models import models_app
     from typer.testing import CliRunner
-
-    from atoll.cli_models import models_app
 
     monkeypatch.setenv("ATOLL_STORAGE", reg.root)
     monkeypatch.delenv("ATOLL_CLUSTER_CONFIG", raising=False)

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from atoll import data, endpoints, jobs, models, registry
 from conftest import ATOLL, run_cli
 
@@ -194,10 +193,9 @@ def test_an_api_key_guards_every_route_but_healthz_and_the_gallery_list(deployed
 def test_the_api_key_reaches_no_job_no_serve_config_and_no_manifest(deployed, two_more_apps, tmp_path):
     """A job submitted with the key in the shell's environment: the key is nowhere the cluster shows (job info,
     runtime env, the job's own environment, the Serve config) nor in the rendered KubeRay manifests."""
-    from typer.testing import CliRunner
-
     from atoll import auth, cluster
     from atoll.cli import app as cli
+    from typer.testing import CliRunner
 
     env = {"ATOLL_API_KEY": KEY}
     job = run_cli("submit", "--json", "--", "python", "-c", "import os, json; print(json.dumps(dict(os.environ)))",

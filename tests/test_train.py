@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-
 from atoll import registry
 from conftest import TRAINED_EPOCHS, run_cli
 

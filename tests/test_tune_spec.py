@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from atoll import config, data, tune
 from atoll.config import load_model
 from atoll.errors import ConfigError
@@ -22,8 +21,8 @@ SWEEP = REPO / "jobs/configs/sweep.yaml"
 
 
 @pytest.fixture(autouse=True)
-def _project_root(monkeypatch):
-    monkeypatch.chdir(REPO)  # a sweep's `train:` path is relative to the project root
+def _elsewhere(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # a sweep's paths are relative to its own folder, whatever the current one
 
 
 def _sweep(**fields) -> tune.SweepSpec:
@@ -322,7 +321,6 @@ class _Batches:
 
 def test_tune_session_runs_the_training_loop(monkeypatch, capsys):
     import ray.tune
-
     from atoll import train
 
     reports = []

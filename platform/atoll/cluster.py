@@ -10,9 +10,7 @@ cluster launcher on the same file (``ray up cluster.yaml``).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
 import json
 import os
 import shutil
@@ -27,155 +25,11 @@ import httpx
 import yaml
 
 from atoll import auth, proxy_auth
-from atoll.config import load_model, read_yaml
+
+# cluster.yaml is loaded by atoll.config; these names stay importable from here too, where users look first.
+from atoll.config import DEFAULT_CONFIG, find_config, load_spec, project_root, validate_ray_config  # noqa: F401
 from atoll.errors import ClusterError, ClusterNotUpError, ConfigError
-from atoll.specs import AtollSettings, ClusterSpec
-
-DEFAULT_CONFIG = "cluster.yaml"
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading and validating cluster.yaml
-
-
-def find_config(path: str | Path | None = None) -> Path | None:
-    """The cluster.yaml to use: ``path``, ``$ATOLL_CLUSTER_CONFIG``, or ./cluster.yaml if present."""
-    if path:
-        return Path(path).expanduser()
-    if os.environ.get("ATOLL_CLUSTER_CONFIG"):
-        return Path(os.environ["ATOLL_CLUSTER_CONFIG"]).expanduser()
-    local = Path.cwd() / DEFAULT_CONFIG
-    return local if local.exists() else None
-
-
-def _ray_schema_error(exc: Exception, config: dict[str, Any], source: str) -> ConfigError:
-    """Turn a jsonschema error from Ray's schema into one line naming the field."""
-    path = ".".join(str(p) for p in getattr(exc, "absolute_path", [])) or "(top level)"
-    message = getattr(exc, "message", str(exc)).splitlines()[0]
-    validator = getattr(exc, "validator", "")
-    if validator == "additionalProperties":
-        import re
-
-        bad = re.findall(r"'([^']+)'", message.split("(")[-1]) if "(" in message else []
-        node: Any = config
-        for part in getattr(exc, "absolute_path", []):
-            node = node[part]
-        schema_props = list((getattr(exc, "schema", {}) or {}).get("properties", {}))
-        hints = []
-        for key in bad:
-            close = difflib.get_close_matches(key, schema_props, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        where = f"{path}: " if path != "(top level)" else ""
-        return ConfigError(f"{source}: {where}unknown key {', '.join(hints)}; Ray's cluster-launcher schema "
-                           f"does not allow it. Atoll's own settings go under metadata.atoll.")
-    if validator == "required":
-        return ConfigError(f"{source}: {path}: {message}; add it.")
-    if validator == "type":
-        kinds = getattr(exc, "validator_value", None)
-        kinds = " or ".join(kinds) if isinstance(kinds, list) else kinds
-        return ConfigError(f"{source}: {path}: {message}; change it to type {kinds}.")
-    return ConfigError(f"{source}: {path}: {message}.")
-
-
-def _check_node_types(config: dict[str, Any], source: str) -> None:
-    """Semantic checks Ray's schema leaves out, each with the field and the fix."""
-    types = config.get("available_node_types")
-    if not isinstance(types, dict) or not types:
-        raise ConfigError(f"{source}: available_node_types: missing or empty; declare at least a head node type.")
-    head = config.get("head_node_type")
-    if head is None:
-        raise ConfigError(f"{source}: head_node_type: missing; set it to one of {sorted(types)}.")
-    if head not in types:
-        close = difflib.get_close_matches(str(head), list(types), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"choose one of {sorted(types)}"
-        raise ConfigError(f"{source}: head_node_type: {head!r} is not in available_node_types; {hint}")
-    total_max = config.get("max_workers")
-    if total_max is not None and total_max < 0:
-        raise ConfigError(f"{source}: max_workers: must be >= 0 (got {total_max}).")
-    for name, node in types.items():
-        lo, hi = node.get("min_workers", 0), node.get("max_workers")
-        if lo < 0:
-            raise ConfigError(f"{source}: available_node_types.{name}.min_workers: must be >= 0 (got {lo}).")
-        if hi is not None and hi < 0:
-            raise ConfigError(f"{source}: available_node_types.{name}.max_workers: must be >= 0 (got {hi}).")
-        if hi is not None and hi < lo:
-            raise ConfigError(f"{source}: available_node_types.{name}.max_workers: must be >= min_workers "
-                              f"({hi} < {lo}); raise max_workers or lower min_workers.")
-        for res, amount in (node.get("resources") or {}).items():
-            if amount < 0:
-                raise ConfigError(f"{source}: available_node_types.{name}.resources.{res}: must be >= 0 "
-                                  f"(got {amount}).")
-        # Resources declared (not left to Ray's detection) and all zero: a worker type that runs nothing.
-        declared = node.get("resources") or {}
-        usable = [v for k, v in declared.items() if k not in ("memory", "object_store_memory")]
-        if name != head and declared and not any(usable):
-            raise ConfigError(f"{source}: available_node_types.{name}.resources: a worker type with no CPU, GPU "
-                              f"or custom resource can run nothing; give it some, e.g. {{CPU: 4}}, or remove it.")
-    mins = sum(n.get("min_workers", 0) for n in types.values())
-    if total_max is not None and mins > total_max:
-        raise ConfigError(f"{source}: max_workers: {total_max} is less than the sum of min_workers ({mins}); "
-                          f"raise max_workers.")
-
-
-def validate_ray_config(config: dict[str, Any], source: str = "cluster.yaml") -> dict[str, Any]:
-    """Validate against Ray's own schema, the way ``ray up`` does; return Ray's filled-out config."""
-    import jsonschema
-    import ray.autoscaler
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
-    try:
-        jsonschema.validate(config, json.loads(schema_path.read_text()))
-    except jsonschema.ValidationError as exc:
-        raise _ray_schema_error(exc, config, source) from None
-    _check_node_types(config, source)
-    try:
-        filled = prepare_config(copy.deepcopy(config))
-        validate_config(filled)
-    except jsonschema.ValidationError as exc:
-        raise _ray_schema_error(exc, config, source) from None
-    except (ValueError, RuntimeError, KeyError, NotImplementedError) as exc:
-        raise ConfigError(f"{source}: Ray's cluster launcher rejects it: {exc}") from None
-    return filled
-
-
-def project_root(spec: ClusterSpec | None = None) -> Path:
-    """The project a job ships by default: the folder of cluster.yaml, else the current folder."""
-    found = Path(spec.source) if spec and spec.source and not spec.source.startswith("(") else find_config()
-    return found.resolve().parent if found and found.exists() else Path.cwd()
-
-
-def load_spec(path: str | Path | None = None) -> ClusterSpec:
-    """Load cluster.yaml into a typed :class:`ClusterSpec`, validating Ray's part and Atoll's part.
-
-    Without a file (no ``path``, no ``$ATOLL_CLUSTER_CONFIG``, no ./cluster.yaml) the local defaults
-    apply. ``$ATOLL_STORAGE`` overrides ``metadata.atoll.storage``.
-
-    Raises:
-        ConfigError: naming the field and the fix.
-    """
-    found = find_config(path)
-    if found is None:
-        data: dict[str, Any] = {
-            "cluster_name": "atoll-local", "provider": {"type": "local", "head_ip": "127.0.0.1"},
-            "head_node_type": "head", "max_workers": 0,
-            "available_node_types": {"head": {"node_config": {}, "resources": {}, "max_workers": 0}},
-        }
-        source = "(built-in local defaults)"
-    else:
-        data = read_yaml(found)
-        source = str(found)
-        validate_ray_config(data, source)
-    metadata = data.get("metadata") or {}
-    atoll_raw = metadata.get("atoll") or {}
-    if not isinstance(atoll_raw, dict):
-        raise ConfigError(f"{source}: metadata.atoll: expected a mapping of Atoll settings.")
-    settings = load_model(AtollSettings, atoll_raw, source, prefix=("metadata", "atoll"))
-    if os.environ.get("ATOLL_STORAGE"):
-        settings.storage = os.environ["ATOLL_STORAGE"]
-    fields = {k: v for k, v in data.items() if k != "metadata"}
-    return ClusterSpec.model_validate({**fields, "atoll": settings, "source": source})
-
+from atoll.specs import ClusterSpec
 
 # ------------------------------------------------------------------------------------------------
 # Where things are: the state file and the addresses of a running cluster
@@ -194,21 +48,15 @@ def state_path() -> Path:
 class ClusterInfo:
     """A running cluster as Atoll knows it (what ``up`` recorded, or an address the user gave)."""
 
-    mode: str  # "local" | "remote" | "cloud"
+    mode: str  # "local" | "simulated" (both started by `atoll up`) | "remote" (ATOLL_ADDRESS)
     dashboard_url: str
     gcs_address: str | None = None
-    serve_host: str = "127.0.0.1"
-    serve_port: int = 8000
     session_name: str | None = None
     session_dir: str | None = None
     processes: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # pid + create_time
     config_path: str | None = None
     started_at: float | None = None
     already_up: bool = False
-
-    @property
-    def serve_url(self) -> str:
-        return f"http://{self.serve_host}:{self.serve_port}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -220,8 +68,8 @@ def _read_state() -> ClusterInfo | None:
         return None
     try:
         data = json.loads(path.read_text())
-        data.pop("already_up", None)
-        return ClusterInfo(**data)
+        known = {f.name for f in dataclasses.fields(ClusterInfo)} - {"already_up"}
+        return ClusterInfo(**{k: v for k, v in data.items() if k in known})  # a record from an older Atoll too
     except (json.JSONDecodeError, TypeError):
         return None
 
@@ -267,10 +115,7 @@ def current(spec: ClusterSpec | None = None) -> ClusterInfo:
         address = address.rstrip("/")
         if not address.startswith("http"):
             address = f"http://{address}"
-        serve = spec.atoll.serve if spec else None
-        info = ClusterInfo(mode="remote", dashboard_url=address,
-                           serve_host=os.environ.get("ATOLL_SERVE_HOST", serve.host if serve else "127.0.0.1"),
-                           serve_port=int(os.environ.get("ATOLL_SERVE_PORT", serve.port if serve else 8000)))
+        info = ClusterInfo(mode="remote", dashboard_url=address)
         version = _ping(address)
         if version is None:
             raise ClusterNotUpError(f"no Ray cluster answers at {address} (from $ATOLL_ADDRESS). Start one "
@@ -334,15 +179,23 @@ def local_start_command(spec: ClusterSpec, num_cpus: int | None = None) -> list[
 
 
 def cloud_up_command(spec: ClusterSpec) -> list[str]:
-    """What ``atoll up --cloud`` runs: Ray's cluster launcher on the same file."""
+    """What ``atoll up --cloud`` runs: Ray's cluster launcher on the same file. Makes the cluster token first:
+    cluster.yaml's file_mounts sync it to every node."""
     if not spec.source or spec.source.startswith("("):
         raise ConfigError("`atoll up --cloud` needs a cluster.yaml with a cloud provider; pass -c FILE.")
+    auth.ensure_token()
     return [_ray_executable(), "up", spec.source, "-y", "--no-config-cache"]
 
 
 def cloud_down_command(spec: ClusterSpec) -> list[str]:
     """What ``atoll down --cloud`` runs."""
     return [_ray_executable(), "down", spec.source, "-y"]
+
+
+def cloud_launch(cmd: list[str]) -> int:
+    """Run a command of Ray's cluster launcher (:func:`cloud_up_command`, :func:`cloud_down_command`) in the
+    foreground, its clients sending the token; its exit code."""
+    return subprocess.call(cmd, env={**os.environ, **auth.client_env()})
 
 
 def _ray_pids() -> set[int]:
@@ -529,8 +382,7 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
         session_dir = str(Path(ray_temp_dir(local.port)) / session_name) if session_name else None
         info = ClusterInfo(
             mode="simulated" if simulate else "local", dashboard_url=dashboard_url,
-            gcs_address=f"127.0.0.1:{local.port}", serve_host=spec.atoll.serve.host,
-            serve_port=spec.atoll.serve.port, session_name=session_name, session_dir=session_dir,
+            gcs_address=f"127.0.0.1:{local.port}", session_name=session_name, session_dir=session_dir,
             processes=_merge(_new_ray_processes(before, mark), _session_processes(session_dir) if session_dir else []),
             config_path=spec.source, started_at=time.time())
         _write_state(info)
@@ -635,115 +487,3 @@ def ray_processes_of(info: ClusterInfo) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return sorted(set(alive))
-
-
-# ------------------------------------------------------------------------------------------------
-# Status
-
-
-def status(info: ClusterInfo | None = None) -> dict[str, Any]:
-    """Nodes, total vs available resources, pending demand, running jobs and Serve apps, as a dict."""
-    info = info or current()
-    result: dict[str, Any] = {"mode": info.mode, "dashboard_url": info.dashboard_url,
-                              "session": info.session_name, "nodes": [], "resources": {},
-                              "pending_demand": [], "jobs": [], "serve_apps": {}}
-    if info.gcs_address:
-        result.update(_autoscaler_status(info.gcs_address))
-    from atoll import jobs  # late import: jobs imports cluster
-
-    result["jobs"] = [j for j in jobs.list_jobs(info) if j["status"] in ("PENDING", "RUNNING")]
-    result["serve_apps"] = serve_applications(info)
-    result["autoscaler_events"] = autoscaler_events(info)
-    node_shapes = [{k: v["total"] for k, v in n["resources"].items()} for n in result["nodes"] if n["alive"]]
-    if info.mode == "simulated":
-        try:
-            node_shapes += [dict(t.resources) for t in load_spec(info.config_path).worker_types().values()]
-        except (ConfigError, OSError):
-            pass
-    result["infeasible_demand"] = infeasible(result["pending_demand"], node_shapes)
-    return result
-
-
-def infeasible(demand: list[dict[str, Any]], node_shapes: list[dict[str, float]]) -> list[dict[str, Any]]:
-    """Pending resource requests that no node (alive, or a type the autoscaler may add) could ever hold:
-    work that would wait forever, e.g. ``{"GPU": 1}`` on a cluster without a GPU type."""
-    def fits(shape: dict[str, float]) -> bool:
-        return any(all(node.get(k, 0) >= v for k, v in shape.items()) for node in node_shapes)
-
-    out = []
-    for d in demand:
-        shapes = d["bundles"] if d.get("shape") == "placement group" else [d["shape"]]
-        bad = [s for s in shapes if isinstance(s, dict) and not fits(s)]
-        if bad:
-            out.append({**d, "fits_no_node": bad})
-    return out
-
-
-def autoscaler_events(info: ClusterInfo, last: int = 6) -> list[str]:
-    """The autoscaler's recent actions ("Adding 2 node(s) of type cpu.", "Removing 2 nodes of type cpu
-    (idle).") from the session's event log, when this machine runs the head (local / simulated)."""
-    if not info.session_dir:
-        return []
-    path = Path(info.session_dir) / "logs" / "events" / "event_AUTOSCALER.log"
-    try:
-        lines = path.read_text().splitlines()[-last * 3:]
-    except OSError:
-        return []
-    events = []
-    for line in lines:
-        try:
-            ev = json.loads(line)
-            stamp = time.strftime("%H:%M:%S", time.localtime(int(ev["timestamp"])))
-        except (ValueError, KeyError):
-            continue
-        events.append(f"{stamp} {ev.get('message', '').strip()}")
-    return events[-last:]
-
-
-def _autoscaler_status(gcs_address: str) -> dict[str, Any]:
-    auth.enable_for_this_process()
-    from ray.autoscaler.v2.sdk import get_cluster_status
-
-    try:
-        st = get_cluster_status(gcs_address)
-    except Exception as exc:  # gRPC errors carry no stable type across Ray releases
-        raise ClusterError(f"cannot read the cluster status from the GCS at {gcs_address}: {exc}") from None
-    nodes = []
-    for node in list(st.active_nodes) + list(st.idle_nodes):
-        usage = {u.resource_name: {"total": u.total, "used": u.used}
-                 for u in node.resource_usage.usage if not u.resource_name.startswith("node:")}
-        is_head = any(u.resource_name == "node:__internal_head__" for u in node.resource_usage.usage)
-        # A plain `ray start` node has no launcher type; Ray names it node_<id>.
-        node_type = node.ray_node_type_name
-        if not node_type or node_type.startswith("node_"):
-            node_type = "head" if is_head else "worker"
-        nodes.append({"node_id": node.node_id, "type": node_type,
-                      "ip": node.ip_address, "status": node.node_status, "alive": True,
-                      "head": is_head,
-                      "resources": usage})
-    for node in st.failed_nodes:
-        nodes.append({"node_id": node.node_id, "type": node.ray_node_type_name, "ip": node.ip_address,
-                      "status": "DEAD", "alive": False, "head": False, "resources": {}})
-    resources = {u.resource_name: {"total": u.total, "available": u.total - u.used}
-                 for u in st.cluster_resource_usage if not u.resource_name.startswith("node:")}
-    demand = [{"shape": dict(d.bundles_by_count[0].bundle) if d.bundles_by_count else {},
-               "count": sum(b.count for b in d.bundles_by_count)}
-              for d in st.resource_demands.ray_task_actor_demand]
-    demand += [{"shape": "placement group", "bundles": [dict(b.bundle) for b in d.bundles_by_count]}
-               for d in st.resource_demands.placement_group_demand]
-    pending = [{"type": p.ray_node_type_name, "count": p.count} for p in st.pending_launches]
-    pending += [{"type": p.ray_node_type_name, "status": p.details} for p in st.pending_nodes]
-    return {"nodes": nodes, "resources": resources, "pending_demand": demand, "pending_nodes": pending}
-
-
-def serve_applications(info: ClusterInfo) -> dict[str, Any]:
-    """Serve's applications on the cluster (status, route prefix), via the dashboard's REST API."""
-    try:
-        resp = httpx.get(f"{info.dashboard_url}/api/serve/applications/", headers=auth.headers(), timeout=10)
-    except httpx.HTTPError as exc:
-        raise ClusterNotUpError(f"cannot reach the dashboard at {info.dashboard_url}: {exc}") from None
-    if resp.status_code != 200:
-        return {}
-    apps = resp.json().get("applications") or {}
-    return {name: {"status": app.get("status"), "route_prefix": app.get("route_prefix"),
-                   "message": app.get("message", "")} for name, app in apps.items()}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -18,7 +20,9 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
+from atoll import capacity
 from atoll.errors import ConfigError
+from atoll.specs import AtollSettings, ClusterSpec
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -180,10 +184,203 @@ def load_model(model: type[M], data: dict[str, Any], source: str = "", prefix: t
         raise ConfigError(format_validation_error(exc, model, source, prefix)) from None
 
 
-def load_file(model: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
-    """Read a YAML file, apply ``--set`` overrides, validate: the one way every spec file is loaded."""
-    from atoll.specs import CHECK_CLUSTER, CHECK_FILES
+def load_file(model: type[M], path: str | Path, overrides: list[str] | None = None,
+              context: dict[str, Any] | None = None) -> M:
+    """Read a YAML file, apply ``--set`` overrides, validate: the one way every spec file is loaded.
+
+    Relative local paths in it are relative to its folder; ``context`` adds validation-context entries
+    (e.g. :data:`atoll.specs.SHIPPED`).
+    """
+    from atoll.specs import BASE_DIR, CHECK_CLUSTER, CHECK_FILES
 
     data = apply_overrides(read_yaml(path), overrides)
+
+    def fit_problem(cpus: float, gpus: float, needs_gpu: bool) -> str | None:
+        return capacity.fit_problem(cpus, gpus, needs_gpu, load_spec())
+
     # A user's file: also check what it points at (data files, cluster.yaml), before anything is submitted.
-    return load_model(model, data, str(path), context={CHECK_FILES: True, CHECK_CLUSTER: True})
+    base_dir = str(Path(path).expanduser().resolve().parent)
+    return load_model(model, data, str(path), context={
+        CHECK_FILES: True, CHECK_CLUSTER: fit_problem, BASE_DIR: base_dir, **(context or {})})
+
+
+# ------------------------------------------------------------------------------------------------
+# cluster.yaml: Ray's cluster-launcher format, validated by Ray's own schema; Atoll's part under metadata.atoll
+
+
+DEFAULT_CONFIG = "cluster.yaml"
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading and validating cluster.yaml
+
+
+def find_config(path: str | Path | None = None) -> Path | None:
+    """The cluster.yaml to use: ``path``, ``$ATOLL_CLUSTER_CONFIG``, or ./cluster.yaml if present."""
+    if path:
+        return Path(path).expanduser()
+    if os.environ.get("ATOLL_CLUSTER_CONFIG"):
+        return Path(os.environ["ATOLL_CLUSTER_CONFIG"]).expanduser()
+    local = Path.cwd() / DEFAULT_CONFIG
+    return local if local.exists() else None
+
+
+def _ray_schema_error(exc: Exception, config: dict[str, Any], source: str) -> ConfigError:
+    """Turn a jsonschema error from Ray's schema into one line naming the field."""
+    path = ".".join(str(p) for p in getattr(exc, "absolute_path", [])) or "(top level)"
+    message = getattr(exc, "message", str(exc)).splitlines()[0]
+    validator = getattr(exc, "validator", "")
+    if validator == "additionalProperties":
+        import re
+
+        bad = re.findall(r"'([^']+)'", message.split("(")[-1]) if "(" in message else []
+        node: Any = config
+        for part in getattr(exc, "absolute_path", []):
+            node = node[part]
+        schema_props = list((getattr(exc, "schema", {}) or {}).get("properties", {}))
+        hints = []
+        for key in bad:
+            close = difflib.get_close_matches(key, schema_props, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        where = f"{path}: " if path != "(top level)" else ""
+        return ConfigError(f"{source}: {where}unknown key {', '.join(hints)}; Ray's cluster-launcher schema "
+                           f"does not allow it. Atoll's own settings go under metadata.atoll.")
+    if validator == "required":
+        return ConfigError(f"{source}: {path}: {message}; add it.")
+    if validator == "type":
+        kinds = getattr(exc, "validator_value", None)
+        kinds = " or ".join(kinds) if isinstance(kinds, list) else kinds
+        return ConfigError(f"{source}: {path}: {message}; change it to type {kinds}.")
+    return ConfigError(f"{source}: {path}: {message}.")
+
+
+def _check_node_types(config: dict[str, Any], source: str) -> None:
+    """Semantic checks Ray's schema leaves out, each with the field and the fix."""
+    types = config.get("available_node_types")
+    if not isinstance(types, dict) or not types:
+        raise ConfigError(f"{source}: available_node_types: missing or empty; declare at least a head node type.")
+    head = config.get("head_node_type")
+    if head is None:
+        raise ConfigError(f"{source}: head_node_type: missing; set it to one of {sorted(types)}.")
+    if head not in types:
+        close = difflib.get_close_matches(str(head), list(types), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose one of {sorted(types)}"
+        raise ConfigError(f"{source}: head_node_type: {head!r} is not in available_node_types; {hint}")
+    total_max = config.get("max_workers")
+    if total_max is not None and total_max < 0:
+        raise ConfigError(f"{source}: max_workers: must be >= 0 (got {total_max}).")
+    for name, node in types.items():
+        lo, hi = node.get("min_workers", 0), node.get("max_workers")
+        if lo < 0:
+            raise ConfigError(f"{source}: available_node_types.{name}.min_workers: must be >= 0 (got {lo}).")
+        if hi is not None and hi < 0:
+            raise ConfigError(f"{source}: available_node_types.{name}.max_workers: must be >= 0 (got {hi}).")
+        if hi is not None and hi < lo:
+            raise ConfigError(f"{source}: available_node_types.{name}.max_workers: must be >= min_workers "
+                              f"({hi} < {lo}); raise max_workers or lower min_workers.")
+        for res, amount in (node.get("resources") or {}).items():
+            if amount < 0:
+                raise ConfigError(f"{source}: available_node_types.{name}.resources.{res}: must be >= 0 "
+                                  f"(got {amount}).")
+        # Resources declared (not left to Ray's detection) and all zero: a worker type that runs nothing.
+        declared = node.get("resources") or {}
+        usable = [v for k, v in declared.items() if k not in ("memory", "object_store_memory")]
+        if name != head and declared and not any(usable):
+            raise ConfigError(f"{source}: available_node_types.{name}.resources: a worker type with no CPU, GPU "
+                              f"or custom resource can run nothing; give it some, e.g. {{CPU: 4}}, or remove it.")
+    mins = sum(n.get("min_workers", 0) for n in types.values())
+    if total_max is not None and mins > total_max:
+        raise ConfigError(f"{source}: max_workers: {total_max} is less than the sum of min_workers ({mins}); "
+                          f"raise max_workers.")
+
+
+def validate_ray_config(config: dict[str, Any], source: str = "cluster.yaml") -> dict[str, Any]:
+    """Validate against Ray's own schema, the way ``ray up`` does; return Ray's filled-out config."""
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+    try:
+        jsonschema.validate(config, json.loads(schema_path.read_text()))
+    except jsonschema.ValidationError as exc:
+        raise _ray_schema_error(exc, config, source) from None
+    _check_node_types(config, source)
+    try:
+        filled = prepare_config(copy.deepcopy(config))
+        validate_config(filled)
+    except jsonschema.ValidationError as exc:
+        raise _ray_schema_error(exc, config, source) from None
+    except (ValueError, RuntimeError, KeyError, NotImplementedError) as exc:
+        raise ConfigError(f"{source}: Ray's cluster launcher rejects it: {exc}") from None
+    return filled
+
+
+def project_root(spec: ClusterSpec | None = None) -> Path:
+    """The project a job ships by default: the folder of cluster.yaml, else the current folder."""
+    found = Path(spec.source) if spec and spec.source and not spec.source.startswith("(") else find_config()
+    return found.resolve().parent if found and found.exists() else Path.cwd()
+
+
+def load_spec(path: str | Path | None = None) -> ClusterSpec:
+    """Load cluster.yaml into a typed :class:`ClusterSpec`, validating Ray's part and Atoll's part.
+
+    Without a file (no ``path``, no ``$ATOLL_CLUSTER_CONFIG``, no ./cluster.yaml) the local defaults
+    apply. ``$ATOLL_STORAGE`` overrides ``metadata.atoll.storage``.
+
+    Raises:
+        ConfigError: naming the field and the fix.
+    """
+    found = find_config(path)
+    if found is None:
+        data: dict[str, Any] = {
+            "cluster_name": "atoll-local", "provider": {"type": "local", "head_ip": "127.0.0.1"},
+            "head_node_type": "head", "max_workers": 0,
+            "available_node_types": {"head": {"node_config": {}, "resources": {}, "max_workers": 0}},
+        }
+        source = "(built-in local defaults)"
+    else:
+        data = read_yaml(found)
+        source = str(found)
+        validate_ray_config(data, source)
+    metadata = data.get("metadata") or {}
+    atoll_raw = metadata.get("atoll") or {}
+    if not isinstance(atoll_raw, dict):
+        raise ConfigError(f"{source}: metadata.atoll: expected a mapping of Atoll settings.")
+    settings = load_model(AtollSettings, atoll_raw, source, prefix=("metadata", "atoll"))
+    if os.environ.get("ATOLL_STORAGE"):
+        settings.storage = os.environ["ATOLL_STORAGE"]
+    fields = {k: v for k, v in data.items() if k != "metadata"}
+    return ClusterSpec.model_validate({**fields, "atoll": settings, "source": source})
+
+
+def autoscaling_worker_types() -> list:
+    """Inside a job: the worker node types an autoscaler may add (cluster.yaml's), when one runs
+    (``ATOLL_AUTOSCALING=1``, set by `atoll up --simulate`); else none."""
+    if os.environ.get("ATOLL_AUTOSCALING") != "1":
+        return []
+    return list(load_spec().worker_types().values())
+
+
+def write_local_variant(dest: str | Path, *, port: int, dashboard_port: int, serve_port: int | None = None,
+                        num_cpus: int | None = None, node_types: dict[str, Any] | None = None,
+                        max_workers: int | None = None, source: str | Path | None = None) -> Path:
+    """Write a copy of cluster.yaml (``source``, default: the one :func:`find_config` finds) for a second local
+    cluster on its own ports, e.g. a sandbox beside a running one, a test or a benchmark; optionally with other
+    node types (for `atoll up --simulate`). Returns ``dest``."""
+    found = Path(source) if source else find_config()
+    if found is None:
+        raise ConfigError("no cluster.yaml to copy: pass source=PATH or run from the project folder.")
+    data = read_yaml(found)
+    atoll = data.setdefault("metadata", {}).setdefault("atoll", {})
+    atoll["local"] = {"host": "127.0.0.1", "port": port, "dashboard_port": dashboard_port,
+                      **({"num_cpus": num_cpus} if num_cpus else {})}
+    if serve_port is not None:
+        atoll.setdefault("serve", {})["port"] = serve_port
+    if node_types is not None:
+        data["available_node_types"] = node_types
+    if max_workers is not None:
+        data["max_workers"] = max_workers
+    dest = Path(dest)
+    dest.write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest

@@ -271,7 +271,7 @@ class Preprocessor:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocessor":
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
         return cls(**data)
 
     def transform_features(self, x: np.ndarray) -> np.ndarray:

@@ -27,10 +27,10 @@ import httpx
 from atoll import apikeys, auth, cluster, playground, registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import ClusterNotUpError, ConfigError, ServingError
+from atoll.serve_names import DEPLOYMENT_NAME, MODEL_IMPORT_PATH
 from atoll.specs import ClusterSpec, ServeSettings
 
-IMPORT_PATH = "atoll.serving:app"
-DEPLOYMENT_NAME = "ModelServer"
+IMPORT_PATH = MODEL_IMPORT_PATH
 APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
@@ -136,16 +136,21 @@ def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None
     the version reported here. Other applications on the cluster are left as they are.
 
     Raises:
+        ConfigError: a setting that is not one of ``ServeSettings.PER_APP``, or a bad app name.
         RegistryError: unknown model, version or alias (listing what exists).
         ServingError: Serve refused the app, or it failed to start (with Serve's reason).
     """
+    unknown = sorted(set(settings or {}) - set(ServeSettings.PER_APP))  # before any cluster call: fail fast
+    if unknown:
+        raise ConfigError(f"--set {unknown[0]}: not a per-app Serve setting; choose from "
+                          f"{', '.join(ServeSettings.PER_APP)}.")
     spec = spec or cluster.load_spec()
     info = info or cluster.current()
     version = registry.Registry(spec.atoll.storage).get(ref)
     app = app or version.name
     if not APP_NAME.match(app):
         raise ConfigError(f"--app {app!r}: use letters, digits, '-' and '_' (it becomes the URL path /{app}).")
-    overrides = {k: v for k, v in (settings or {}).items() if k in ServeSettings.PER_APP}
+    overrides = dict(settings or {})
     if replicas:
         overrides["min_replicas"], overrides["max_replicas"] = replicas
     merged = ServeSettings.model_validate({**spec.atoll.serve.model_dump(), **overrides})  # fail here, not in Serve

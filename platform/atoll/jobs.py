@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -87,28 +88,52 @@ def package_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
-def runtime_env(working_dir: str | Path | None, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The job's runtime_env: the working dir (minus data/caches) plus this very ``atoll`` package,
-    so the cluster runs the same Atoll code as the client that submitted the job."""
+def runtime_env(working_dir: str | Path | None, env: dict[str, str] | None = None,
+                keep: list[Path] | None = None) -> dict[str, Any]:
+    """The job's runtime_env: the working dir (minus data/caches, but with the files in ``keep``) plus this
+    very ``atoll`` package, so the cluster runs the same Atoll code as the client that submitted the job."""
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     env_vars.update(env or {})
     renv: dict[str, Any] = {"py_modules": [str(package_dir())], "env_vars": env_vars}
     if working_dir is not None:
         renv["working_dir"] = str(Path(working_dir).resolve())
-        renv["excludes"] = list(DEFAULT_EXCLUDES)
+        renv["excludes"] = list(DEFAULT_EXCLUDES) + _kept(Path(working_dir).resolve(), keep or [])
     return renv
+
+
+def _kept(folder: Path, files: list[Path]) -> list[str]:
+    """Exclude patterns that put ``files`` (those inside ``folder``) back where the default excludes would
+    drop them: a spec's own dataset in ``data/`` ships with its job, the rest of ``data/`` does not.
+
+    Ray reads the excludes as one gitignore list (the last matching pattern wins, and ``!/a/b`` matches
+    ``a/b`` alone) and never enters a folder it skips, hence the folders on the way too.
+    """
+    def escaped(parts: tuple[str, ...]) -> str:
+        return "/".join(re.sub(r"([\[\]*?!#\\])", r"\\\1", part) for part in parts)
+
+    folders, targets = set(), []
+    for file in files:
+        file = file.resolve()
+        if not file.is_relative_to(folder) or file == folder:
+            continue
+        parts = file.relative_to(folder).parts
+        folders.update(parts[:depth] for depth in range(1, len(parts)))
+        targets += [f"!/{escaped(parts)}"] + ([f"!/{escaped(parts)}/**"] if file.is_dir() else [])
+    return [f"!/{escaped(parts)}" for parts in sorted(folders, key=len)] + targets
 
 
 def submit(entrypoint: list[str] | str, *, info: ClusterInfo | None = None,
            working_dir: str | Path | None = None, env: dict[str, str] | None = None,
            submission_id: str | None = None, metadata: dict[str, str] | None = None,
-           entrypoint_num_cpus: float | None = None) -> str:
+           entrypoint_num_cpus: float | None = None, keep: list[Path] | None = None) -> str:
     """Submit a job through the Jobs API; returns its submission id.
 
     Args:
         entrypoint: the command, as a list of arguments (quoted for the shell) or one string.
         working_dir: shipped to the cluster as the job's working directory (default: none).
         env: extra environment variables for the job.
+        keep: files of ``working_dir`` to ship even where the default excludes (``data``, ``*.parquet``, ...)
+            would leave them out.
     """
     info = info or current()
     command = entrypoint if isinstance(entrypoint, str) else shlex.join(entrypoint)
@@ -118,39 +143,72 @@ def submit(entrypoint: list[str] | str, *, info: ClusterInfo | None = None,
     if entrypoint_num_cpus is not None:
         kwargs["entrypoint_num_cpus"] = entrypoint_num_cpus
     return _call(info, submission_id, lambda c: c.submit_job(
-        entrypoint=command, runtime_env=runtime_env(working_dir, env), submission_id=submission_id,
+        entrypoint=command, runtime_env=runtime_env(working_dir, env, keep), submission_id=submission_id,
         metadata={"submitted_by": "atoll", **(metadata or {})}, **kwargs))
+
+
+#: The jobs `atoll train` and `atoll tune` submit: kind → the module run as ``python -m MODULE -c SPEC``.
+ENTRY_POINTS = {"train": "atoll.train", "tune": "atoll.tune"}
+
+
+def job_folder(spec: str | Path) -> Path:
+    """The folder a job of ``spec`` ships as its working dir: the project (the folder of cluster.yaml, else
+    the current folder) when the spec is inside it, else the spec's own folder."""
+    from atoll.config import project_root
+
+    spec, root = Path(spec).expanduser().resolve(), project_root().resolve()
+    return root if spec.is_relative_to(root) else spec.parent
+
+
+def job_files(kind: str, spec: str | Path, overrides: list[str] | None, folder: Path) -> list[Path]:
+    """The spec and the local files its job reads (a sweep's training spec, the dataset). Loading the spec
+    checks it, and that no relative path in it leaves ``folder`` (the job could not read it)."""
+    from atoll import config, specs
+
+    spec = Path(spec).expanduser()
+    if kind == "tune":
+        from atoll import tune  # above this module: the sweep's own loader (`atoll tune` has imported it)
+
+        sweep, train = tune.load_sweep(spec, overrides, shipped=folder)
+        files = [spec, tune.training_spec_path(spec, sweep)]
+    else:
+        train = config.load_file(specs.TrainSpec, spec, overrides, context={specs.SHIPPED: str(folder)})
+        files = [spec]
+    return files + ([Path(train.dataset.path).expanduser()] if specs.is_local(train.dataset.path) else [])
 
 
 def submit_atoll_job(kind: str, config: str | Path, overrides: list[str] | None = None,
                      extra_args: list[str] | None = None, *, info: ClusterInfo | None = None) -> str:
-    """Submit one of the project's entry points, ``jobs/<kind>.py -c CONFIG [--set K=V ...]``, as a job.
+    """Submit a training or sweep job, ``python -m atoll.<kind> -c CONFIG [--set K=V ...]``.
 
-    The project folder is its working dir; the job id and git commit go along as lineage, Ray's log
-    de-duplication is off so that no progress event of one trial/worker is folded into another's, and
-    Ray Train's controller polls its workers often enough for short epochs.
+    It runs wherever Atoll is installed: the ``atoll`` package ships with the job, and the working dir is
+    the user's project (:func:`job_folder`) with the spec and the files it reads, even those the default
+    excludes leave out (a dataset in ``data/``). Relative paths in a spec are relative to its folder, on
+    this machine and in the job alike; a file your .gitignore lists is not shipped (Ray honours it). The job
+    id and git commit go along as lineage, Ray's log de-duplication is off so that no progress event of one
+    trial/worker is folded into another's, and Ray Train's controller polls its workers often enough for
+    short epochs.
 
     Raises:
-        ValueError: the config file is outside the project folder (the job could not see it).
+        ConfigError: the spec is invalid, or a relative path in it leaves the shipped folder.
     """
-    from atoll.cluster import project_root
     from atoll.events import git_commit
 
-    root = project_root()
-    try:
-        config_arg = str(Path(config).resolve().relative_to(root.resolve()))
-    except ValueError:
-        raise ValueError(f"{config} is outside the project folder {root}, which is what the job ships; "
-                         f"move the spec into it.") from None
-    cmd = ["python", f"jobs/{kind}.py", "-c", config_arg]
+    if kind not in ENTRY_POINTS:
+        raise ValueError(f"unknown job kind {kind!r}; one of {', '.join(ENTRY_POINTS)}")
+    folder = job_folder(config)
+    files = job_files(kind, config, overrides, folder)
+    spec_arg = Path(config).expanduser().resolve().relative_to(folder).as_posix()
+    cmd = ["python", "-m", ENTRY_POINTS[kind], "-c", spec_arg]
     for item in overrides or []:
         cmd += ["--set", item]
     submission_id = f"atoll-{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-    env = {"ATOLL_JOB_ID": submission_id, "ATOLL_GIT_COMMIT": git_commit(root) or "", "RAY_DEDUP_LOGS": "0",
+    env = {"ATOLL_JOB_ID": submission_id, "ATOLL_GIT_COMMIT": git_commit(folder) or "", "RAY_DEDUP_LOGS": "0",
            # Ray Train's controller collects one report per poll, every 2 s by default: an epoch shorter than
            # that waits for it in ray.train.report (measured: 0.4 s epochs took 2 s each).
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
-    return submit(cmd + list(extra_args or []), info=info, working_dir=root, env=env, submission_id=submission_id)
+    return submit(cmd + list(extra_args or []), info=info, working_dir=folder, env=env,
+                  submission_id=submission_id, keep=files)
 
 
 def _job_dict(job: Any) -> dict[str, Any]:
@@ -196,20 +254,38 @@ def stop(job_id: str, info: ClusterInfo | None = None, wait_s: float = 30.0) -> 
     return status(job_id, info)["status"]
 
 
+#: Modes whose autoscaler may add cluster.yaml's worker types (a plain local head adds nothing).
+AUTOSCALING_MODES = ("simulated", "remote")
+
+
+def _addable_node_types(info: ClusterInfo) -> list | None:
+    """The node types the cluster's autoscaler may add (None: it adds none)."""
+    from atoll import config
+
+    if info.mode not in AUTOSCALING_MODES:
+        return None
+    try:
+        return list(config.load_spec(info.config_path).worker_types().values())
+    except (ConfigError, OSError):
+        return []
+
+
 #: Seconds between checks that a followed job's pending work can fit some node.
 FEASIBILITY_CHECK_S = 3.0
 
 
 def unschedulable(job_id: str, info: ClusterInfo | None = None) -> str | None:
     """Why a running job can never finish (pending work that fits no node), or None."""
-    from atoll import feasibility
+    from atoll import capacity
 
     info = info or current()
     details = status(job_id, info)
     if details["status"] not in ("PENDING", "RUNNING"):
         return None
+    auth.enable_for_this_process()
     try:
-        return feasibility.unschedulable(info, details.get("job_id"))
+        return capacity.unschedulable(info.dashboard_url, auth.headers(), details.get("job_id"),
+                                      worker_types=_addable_node_types(info))
     except Exception:  # the state API is best effort (a restarting dashboard); the next check retries
         return None
 

@@ -21,12 +21,14 @@ import copy
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from atoll.errors import ConfigError
-from atoll.specs import ClusterSpec, NodeType, ServeSettings
+
+if TYPE_CHECKING:  # annotations only: `atoll k8s` shows this module's defaults in its help, which starts fast
+    from atoll.specs import ClusterSpec, NodeType
 
 API_VERSION = "ray.io/v1"
 #: The data key KubeRay reads the token from in ``authOptions.secretName``'s Secret.
@@ -253,7 +255,7 @@ def raycluster(spec: ClusterSpec) -> dict[str, Any]:
 
 
 def rayjob(spec: ClusterSpec, *, config: str = TRAIN_CONFIG, on_cluster: str | None = None) -> dict[str, Any]:
-    """A RayJob running ``python jobs/train.py -c CONFIG``.
+    """A RayJob running ``python -m atoll.train -c CONFIG``.
 
     By default it brings its own cluster (``rayClusterSpec``, the RayCluster's spec) and deletes it when the job
     ends: training is bursty and may want GPU nodes that should not stay up, a failed run cannot disturb the
@@ -269,7 +271,7 @@ def rayjob(spec: ClusterSpec, *, config: str = TRAIN_CONFIG, on_cluster: str | N
     # The project is in the image at project_dir; as with `atoll train`, it is the job's working dir.
     runtime_env = {"working_dir": k8s.project_dir, "excludes": list(DEFAULT_EXCLUDES), "env_vars": env_vars}
     job: dict[str, Any] = {
-        "entrypoint": f"python jobs/train.py -c {config}",
+        "entrypoint": f"python -m atoll.train -c {config}",
         "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=False),
         "submissionMode": "K8sJobMode",
     }
@@ -294,6 +296,7 @@ def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | No
     """
     from atoll import endpoints
     from atoll.registry import parse_ref
+    from atoll.specs import ServeSettings
 
     name = parse_ref(model)[0]
     app = app or name
@@ -379,7 +382,7 @@ HEADERS = {
 # dashboard through the head Service. The token (RAY_AUTH_MODE=token) guards it, as it guards the GCS.
 """,
     "RayJob": """\
-# The training job (python jobs/train.py) on its own cluster, rendered by `atoll k8s render` from {source}.
+# The training job (python -m atoll.train) on its own cluster, rendered by `atoll k8s render` from {source}.
 # The cluster is created for the job and deleted {ttl}after it ends; the model lands in the registry
 # (storage), where the RayService finds it. Same Secret as the RayCluster:
 #   {secret}

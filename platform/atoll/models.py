@@ -84,9 +84,9 @@ class AllowList:
     @classmethod
     def from_cluster(cls) -> AllowList:
         """The list in the cluster.yaml this process finds (as ``AppArgs.serve_settings`` does)."""
-        from atoll import cluster
+        from atoll import config
 
-        spec = cluster.load_spec()
+        spec = config.load_spec()
         return cls(tuple(spec.atoll.model_types), spec.source)
 
     def admits(self, model_type: str) -> bool:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.errors import AtollError
+from atoll.serve_names import DEPLOYMENT_NAME, GALLERY_APP, GALLERY_IMPORT_PATH
 
 log = logging.getLogger("ray.serve")
 
@@ -36,7 +37,6 @@ UI_DIR = Path(__file__).with_name("ui")
 EXAMPLES_FILE = "examples.json"
 CURVE_FILE = "training_curve.png"
 NUM_EXAMPLES = 10
-GALLERY_APP = "_gallery"  # not a valid `--app` name, so it never collides with a model app
 GALLERY_STATIC = "/_gallery/static"
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml"}
@@ -256,8 +256,6 @@ def live_apps() -> list[dict[str, Any]]:
     app for its card, with the API key the app may need)."""
     from ray import serve
 
-    from atoll.endpoints import DEPLOYMENT_NAME
-
     prefixes: dict[str, str] = {}
     try:  # route prefixes are in the controller's details; Atoll's apps are at /<app> anyway
         from ray.serve.context import _get_global_client
@@ -327,9 +325,6 @@ def _gallery_deployment():
 def gallery_app(args: dict[str, Any] | None = None):
     """Serve application builder (``import_path: atoll.playground:gallery_app``), route prefix ``/``."""
     return _gallery_deployment().bind((args or {}).get("api_key_hashes"))
-
-
-GALLERY_IMPORT_PATH = "atoll.playground:gallery_app"
 
 
 def gallery_config(api_key_hashes: list[str] | None = None) -> dict[str, Any]:

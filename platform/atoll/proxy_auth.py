@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atoll import apikeys
+from atoll.serve_names import GALLERY_IMPORT_PATH, MODEL_IMPORT_PATH
 
 log = logging.getLogger("ray.serve")
 
@@ -29,8 +30,6 @@ REFRESH_S = 1.0
 #: A refused key triggers a refresh (a key just deployed) at most this often, so a flood cannot make the
 #: proxy hammer the controller.
 RECHECK_S = 0.25
-MODEL_IMPORT_PATH = "atoll.serving:app"
-GALLERY_IMPORT_PATH = "atoll.playground:gallery_app"
 REFUSED_BY = (b"x-atoll-refused-by", b"proxy")  # tells a test (or an operator) where the 401 came from
 
 

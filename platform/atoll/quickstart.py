@@ -15,8 +15,8 @@ import numpy as np
 from rich.panel import Panel
 from rich.table import Table
 
-from atoll import cli_views, cluster, data, endpoints, jobs, registry
-from atoll.cli_common import console
+from atoll import cluster, data, endpoints, jobs, progress, registry
+from atoll.console import console
 from atoll.errors import AtollError
 
 ALIAS = "production"
@@ -105,9 +105,9 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool) -> None
     job_id = jobs.submit_atoll_job("train", configs / "train.yaml", [f"epochs={epochs}"],
                                    ["--run-name", f"quickstart-{stamp}"])
     console.print(f"job {job_id}")
-    details, view = cli_views.follow_training(job_id)
+    details, view = progress.follow_training(job_id)
     trained = _job_outcome("training", job_id, details, view.last("registered"))
-    cli_views.print_registered(trained)
+    progress.print_registered(trained)
     out["trained"] = trained
     t = lap("train", t)
 
@@ -115,12 +115,12 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool) -> None
     sweep_set = [f"name=quickstart-{stamp}", f"num_samples={4 if fast else 8}", f"overrides.epochs={4 if fast else 8}"]
     job_id = jobs.submit_atoll_job("tune", configs / "sweep.yaml", sweep_set)
     console.print(f"job {job_id}")
-    details, view = cli_views.follow_sweep(job_id)
+    details, view = progress.follow_sweep(job_id)
     swept = _job_outcome("sweep", job_id, details, view.last("registered"))
     if done := view.last("sweep_done"):
-        cli_views.print_sweep_summary(done)
+        progress.print_sweep_summary(done)
         out["sweep"] = {k: done.get(k) for k in ("trials", "trial_epochs", "stopped_early", "results_csv", "plot")}
-    cli_views.print_registered(swept, f" from trial {swept.get('trial')}")
+    progress.print_registered(swept, f" from trial {swept.get('trial')}")
     t = lap("sweep", t)
 
     _step(5, f"Registry: point @{ALIAS} at the best version")

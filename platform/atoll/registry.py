@@ -129,6 +129,19 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
     return _check_name(ref, "model name"), None, None
 
 
+def versioned_ref(ref: str, action: str) -> tuple[str, int]:
+    """``NAME:VERSION`` as ``(name, version)``, for an ``action`` (e.g. "`atoll models delete`") that a bare
+    name or an alias must not silently aim at whatever version it means today.
+
+    Raises:
+        RegistryError: not ``NAME:VERSION``.
+    """
+    name, version, _ = parse_ref(ref)
+    if version is None:
+        raise RegistryError(f"{action} needs an explicit version, NAME:VERSION (e.g. {name}:1), not {ref!r}.")
+    return name, version
+
+
 # ------------------------------------------------------------------------------------------------
 # Model versions
 
@@ -214,7 +227,7 @@ def _resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _json_default(obj: Any) -> Any:
@@ -592,6 +605,26 @@ class Registry:
                                       manifest=manifest))
         return sorted(found, key=lambda r: (r.started_at or "", r.id))
 
+    def version_rows(self, name: str, *, unready: bool = False) -> list[dict[str, Any]]:
+        """The versions of ``name``, oldest first, as ``{name, version, state, created_at, metrics, aliases}``;
+        with ``unready``, then its PENDING and FAILED registrations (:meth:`Registration.to_dict`).
+
+        Raises:
+            RegistryError: no such model (only failed or pending registrations of it are fine with ``unready``).
+        """
+        pending = self.registrations(name) if unready else []
+        try:
+            versions = self.list_versions(name)
+        except RegistryError:
+            if not pending:  # no such model: the error lists the models
+                raise
+            versions = []
+        aliases = self.aliases(name)
+        rows = [{"name": name, "version": mv.version, "state": READY, "created_at": mv.created_at,
+                 "metrics": mv.metrics, "aliases": sorted(a for a, v in aliases.items() if v == mv.version)}
+                for mv in versions]
+        return rows + [r.to_dict() for r in pending]
+
     def list_models(self) -> list[dict[str, Any]]:
         """One summary per model: ``{name, latest_version, versions, aliases}``, by name."""
         rows = []
@@ -811,6 +844,21 @@ class Registry:
             aliases = self._read_aliases(name)
             aliases[alias] = int(version)
             self._write_json_atomic(posixpath.join(self._model_dir(name), "aliases.json"), aliases)
+
+    def promote(self, ref: str, alias: str) -> tuple[ModelVersion, int | None]:
+        """Point ``alias`` at the version ``ref`` names, ``NAME:VERSION`` or ``NAME@ALIAS`` (a bare name, which
+        would silently mean the latest, is refused); returns it and the version the alias pointed at before.
+
+        Raises:
+            RegistryError: a bare name, an unknown model or version, or an invalid alias.
+        """
+        _, version, source_alias = parse_ref(ref)
+        if version is None and source_alias is None:
+            versioned_ref(ref, "`atoll models promote`")
+        mv = self.get(ref)
+        before = self.aliases(mv.name).get(alias)
+        self.set_alias(mv.name, mv.version, alias)
+        return mv, before
 
     def remove_alias(self, name: str, alias: str) -> None:
         """Remove ``alias`` from ``name``.

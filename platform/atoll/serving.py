@@ -27,8 +27,8 @@ from pydantic import ConfigDict, Field
 from ray import serve
 
 from atoll import apikeys, playground
-from atoll.endpoints import DEPLOYMENT_NAME
 from atoll.errors import AtollError
+from atoll.serve_names import DEPLOYMENT_NAME
 from atoll.specs import ServeSettings
 
 log = logging.getLogger("ray.serve")
@@ -52,18 +52,18 @@ class AppArgs(pydantic.BaseModel):
                                           "metadata.atoll.model_types at deploy time); unset: read it here.")
 
     def serve_settings(self) -> ServeSettings:
-        from atoll import cluster
+        from atoll import config
 
         try:
-            base = cluster.load_spec().atoll.serve
+            base = config.load_spec().atoll.serve
         except AtollError:  # an unreadable cluster.yaml next to the replica: Atoll's defaults
             base = ServeSettings()
         return ServeSettings.model_validate({**base.model_dump(), **self.settings})
 
     def storage_root(self) -> str:
-        from atoll import cluster
+        from atoll import config
 
-        return self.storage or cluster.load_spec().atoll.storage
+        return self.storage or config.load_spec().atoll.storage
 
 
 # ------------------------------------------------------------------------------------------------

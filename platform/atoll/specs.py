@@ -6,7 +6,6 @@ class is the schema, the validator and the constructor. Loading goes through :mo
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from pathlib import Path
@@ -23,7 +22,31 @@ class Strict(BaseModel):
 # itself run only when a user's file is loaded (:func:`atoll.config.load_file`), not whenever a spec is
 # rebuilt from a dict (trials, tests, manifests).
 CHECK_FILES = "check_files"  # local data files exist
-CHECK_CLUSTER = "check_cluster"  # the resources fit a node type of cluster.yaml
+CHECK_CLUSTER = "check_cluster"  # a callable (cpus, gpus, needs_gpu) -> problem | None: workers fit a node
+BASE_DIR = "base_dir"  # the spec file's folder: its relative local paths are relative to it (made absolute)
+SHIPPED = "shipped"  # the folder a job ships: a relative local path must stay in it (or the job misses it)
+
+
+def is_local(path: str) -> bool:
+    """A file or folder on disk, not a remote URI (``s3://``, ``gs://``) or a built-in ``demo:`` dataset."""
+    return "://" not in path and not path.startswith("demo:")
+
+
+def resolve_local(path: str, base_dir: str | Path | None, shipped: str | Path | None = None) -> str:
+    """``path`` made absolute against ``base_dir`` when it is a relative local path; absolute and ``~`` paths,
+    URIs and ``demo:`` datasets stay as they are (as does everything without a ``base_dir``).
+
+    Raises:
+        ValueError: the relative path leaves ``shipped``, the folder a job ships.
+    """
+    if base_dir is None or not is_local(path) or path.startswith("~") or Path(path).is_absolute():
+        return path
+    resolved = os.path.normpath(Path(base_dir) / path)
+    if shipped is not None and not Path(resolved).is_relative_to(shipped):
+        raise ValueError(f"{resolved} is outside {shipped}, the folder shipped with the job, so the job "
+                         f"could not read it; move it into that folder, or use an absolute path (read as is "
+                         f"where the job runs) or an s3:// URI")
+    return resolved
 
 
 def _checking(info: ValidationInfo, flag: str) -> bool:
@@ -77,7 +100,7 @@ class ServeSettings(Strict):
                                                "(default: 1 when the cluster has GPUs, else 0).")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ServeSettings":
+    def _bounds(self) -> ServeSettings:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas must be <= max_replicas ({self.min_replicas} > {self.max_replicas})")
         if self.max_batch_size > self.max_ongoing_requests:
@@ -112,7 +135,7 @@ class K8sSettings(Strict):
                              "type declares none, as a Kubernetes quantity.")
 
     @model_validator(mode="after")
-    def _token_auth_version(self) -> "K8sSettings":
+    def _token_auth_version(self) -> K8sSettings:
         if tuple(int(p) for p in self.ray_version.split(".")) < (2, 52, 0):
             raise ValueError(f"ray_version {self.ray_version} is too old: Ray token auth (which Atoll turns on) "
                              f"needs 2.52.0 or later")
@@ -206,9 +229,11 @@ class DatasetSpec(Strict):
     @classmethod
     def _exists(cls, path: str, info: ValidationInfo) -> str:
         # Remote URIs and demo datasets are resolved where the job runs; a local path must exist here.
-        if _checking(info, CHECK_FILES) and "://" not in path and not path.startswith("demo:") \
-                and not Path(path).expanduser().exists():
-            raise ValueError(f"no such file or folder (relative to {Path.cwd()}); fix the path, or use "
+        base_dir = (info.context or {}).get(BASE_DIR)
+        path = resolve_local(path, base_dir, (info.context or {}).get(SHIPPED))
+        if _checking(info, CHECK_FILES) and is_local(path) and not Path(path).expanduser().exists():
+            where = f"relative to the spec's folder, {base_dir}" if base_dir else f"relative to {Path.cwd()}"
+            raise ValueError(f"no such file or folder ({where}); fix the path, or use "
                              f"demo:digits for the built-in demo")
         return path
 
@@ -246,52 +271,19 @@ class TrainSpec(Strict):
     register_model: bool = Field(True, description="Register the best checkpoint in the model registry.")
 
     @model_validator(mode="after")
-    def _checks(self) -> "TrainSpec":
+    def _checks(self) -> TrainSpec:
         if self.dataset.features is not None and not self.dataset.features:
             raise ValueError("dataset.features: empty list; leave it out to use every column but the label")
         return self
 
     @model_validator(mode="after")
-    def _fits_a_node(self, info: ValidationInfo) -> "TrainSpec":
-        if _checking(info, CHECK_CLUSTER):
-            check_fits_a_node(self.cpus_per_worker, self.gpus_per_worker if self.use_gpu is not False else 0,
-                              self.use_gpu is True)
+    def _fits_a_node(self, info: ValidationInfo) -> TrainSpec:
+        fit_problem = (info.context or {}).get(CHECK_CLUSTER)
+        if callable(fit_problem):  # the loader's check against cluster.yaml's nodes (atoll.capacity)
+            problem = fit_problem(self.cpus_per_worker, self.gpus_per_worker if self.use_gpu is not False else 0,
+                                  self.use_gpu is True)
+            if problem:
+                raise ValueError(problem)
         return self
 
 
-def _largest_node(cluster_spec: ClusterSpec) -> tuple[float, float] | None:
-    """Most CPUs and most GPUs any one node can have: cluster.yaml's node types, or this machine (which
-    `atoll up` runs the local cluster on). None when a type leaves its resources to Ray's detection."""
-    types = cluster_spec.available_node_types.values()
-    if any("CPU" not in t.resources for t in types):
-        return None
-    local = cluster_spec.atoll.local
-    here_cpus = local.num_cpus or os.cpu_count() or 1
-    here_gpus = local.num_gpus if local.num_gpus is not None else len(glob.glob("/dev/nvidia[0-9]*"))
-    return (max([here_cpus, *(t.resources["CPU"] for t in types)]),
-            max([here_gpus, *(t.resources.get("GPU", 0) for t in types)]))
-
-
-def check_fits_a_node(cpus: float, gpus: float, needs_gpu: bool) -> None:
-    """Refuse a worker no node of cluster.yaml can ever hold (it would wait forever, never fail).
-
-    Raises:
-        ValueError: naming the field and the fix.
-    """
-    from atoll import cluster  # cluster imports this module
-
-    spec = cluster.load_spec()
-    largest = _largest_node(spec)
-    if largest is None:
-        return
-    node_cpus, node_gpus = largest
-    where = f"the largest node of {spec.source} (or this machine)"
-    if needs_gpu and node_gpus <= 0:
-        raise ValueError(f"use_gpu: true, but no node type of {spec.source} has a GPU (nor this machine); "
-                         f"set use_gpu: auto (or false), or add a GPU node type to cluster.yaml")
-    if cpus > node_cpus:
-        raise ValueError(f"cpus_per_worker: {cpus:g} CPUs per worker, but {where} has {node_cpus:g}; "
-                         f"lower cpus_per_worker (e.g. 1) or add a bigger node type to cluster.yaml")
-    if node_gpus > 0 and gpus > node_gpus:
-        raise ValueError(f"gpus_per_worker: {gpus:g} GPUs per worker, but {where} has {node_gpus:g}; "
-                         f"lower gpus_per_worker (e.g. 1) or add a node type with more GPUs")

@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from atoll import data, models
+from atoll import capacity, config, data, driver, models
 from atoll.errors import ConfigError
+
 # Re-exported: progress events and lineage live in atoll.events (the CLI reads them without torch).
 from atoll.events import EVENT_PREFIX, emit, git_commit, parse_events  # noqa: F401
 from atoll.specs import TrainSpec
@@ -322,23 +323,6 @@ def check_run_name(storage: str, run_name: str, resume: bool) -> None:
                           f"check the name (the runs folder lists them).")
 
 
-def cluster_capacity() -> tuple[float, float, float, float]:
-    """CPUs/GPUs now, and at most (with the autoscaler's node types from cluster.yaml, if any)."""
-    import ray
-
-    res = ray.cluster_resources()
-    cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
-    max_cpus, max_gpus = cpus, gpus
-    if os.environ.get("ATOLL_AUTOSCALING") == "1":
-        from atoll import cluster
-
-        spec = cluster.load_spec()
-        for t in spec.worker_types().values():
-            max_cpus += t.resources.get("CPU", 0) * (t.max_workers or 0)
-            max_gpus += t.resources.get("GPU", 0) * (t.max_workers or 0)
-    return cpus, gpus, max_cpus, max_gpus
-
-
 def prepare(spec: TrainSpec, storage: str):
     """Plan, read, split and fit preprocessing; every data error surfaces here, before workers start."""
     uri = data.resolve_path(spec.dataset.path, storage)
@@ -388,7 +372,7 @@ def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
         ConfigError / DataError: before any worker starts.
     """
     check_run_name(storage, run_name, resume)
-    cpus, gpus, max_cpus, max_gpus = cluster_capacity()
+    cpus, gpus, max_cpus, max_gpus = capacity.live_capacity(config.autoscaling_worker_types())
     plan = choose_scaling(spec, cluster_cpus=cpus, cluster_gpus=gpus, max_cpus=max_cpus, max_gpus=max_gpus)
     dplan, pre, train_ds, val_ds = prepare(spec, storage)
     if report_events:
@@ -431,3 +415,43 @@ def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, na
 
 def default_run_name(spec: TrainSpec) -> str:
     return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The job: `python -m atoll.train`, what `atoll train` submits
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The training job's driver, run ON the cluster: train, then register the best checkpoint.
+
+    ``python -m atoll.train -c SPEC [--set KEY=VALUE ...] [--run-name NAME | --resume NAME]``; what
+    `atoll train SPEC` submits through the Jobs API, and what ``ray job submit`` can run as well.
+    """
+    parser = driver.parser("atoll.train", "Train a model with Ray Train and register the best checkpoint "
+                           "(run on a Ray cluster; `atoll train` submits it).", "jobs/configs/train.yaml",
+                           "override a field of the spec, e.g. --set epochs=3 --set optimizer.lr=0.01")
+    parser.add_argument("--run-name", help="name of the run (default: NAME-TIMESTAMP)")
+    parser.add_argument("--resume", metavar="RUN_NAME", help="resume this run from its latest checkpoint")
+    args = parser.parse_args(argv)
+    return driver.run(lambda: _train_job(args.config, args.set, args.run_name, args.resume))
+
+
+def _train_job(spec_path: str, overrides: list[str], run_name: str | None, resume: str | None) -> None:
+    spec = config.load_file(TrainSpec, spec_path, overrides)
+    storage = config.load_spec().atoll.storage
+    run_name = resume or run_name or default_run_name(spec)
+    print("resolved spec:", json.dumps(spec.model_dump(mode="json")), flush=True)
+    driver.connect()
+    result, dplan, _, plan = fit(spec, storage=storage, run_name=run_name, resume=bool(resume))
+    ckpt, metrics = best_checkpoint(result)
+    emit("finished", run=run_name, best=metrics, checkpoint=ckpt.path)
+    if spec.register_model:
+        lineage = {"run_name": run_name, "run_path": result.path, "dataset": dplan.uri,
+                   "dataset_fingerprint": dplan.fingerprint, **driver.lineage(),
+                   "num_workers": plan.num_workers, "use_gpu": plan.use_gpu, "epoch": metrics.get("epoch")}
+        version = register_checkpoint(ckpt, metrics, storage=storage, name=spec.name, lineage=lineage)
+        emit("registered", name=version.name, version=version.version, metrics=version.manifest["metrics"])
+
+
+if __name__ == "__main__":
+    sys.exit(driver.main_of("atoll.train"))

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import sys
 import tempfile
 import types
 import typing
@@ -32,9 +33,9 @@ from typing import Any, Literal
 import pydantic
 from pydantic import Field, field_validator, model_validator
 
-from atoll import config, data, models, train
+from atoll import capacity, config, data, driver, models, train
 from atoll.errors import ConfigError
-from atoll.specs import CHECK_FILES, NAME_PATTERN, Strict, TrainSpec
+from atoll.specs import BASE_DIR, CHECK_FILES, NAME_PATTERN, SHIPPED, Strict, TrainSpec, resolve_local
 
 #: What :func:`atoll.train.train_loop` reports every epoch: the metrics a sweep can optimise.
 TRAINING_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch", "train_samples",
@@ -83,7 +84,7 @@ class Distribution(Strict):
         return raw
 
     @model_validator(mode="after")
-    def _checks(self) -> "Distribution":
+    def _checks(self) -> Distribution:
         given = [k for k in KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of {', '.join(KINDS)} (got {', '.join(given) or 'none'}), "
@@ -188,8 +189,8 @@ class SweepSpec(Strict):
 
     name: str = Field(..., pattern=NAME_PATTERN, description="Sweep name: its experiment folder "
                       "<storage>/sweeps/<name> and the lineage of the model it registers.")
-    train: str = Field(..., description="Training spec YAML every trial starts from, relative to the project "
-                       "root (where jobs run), e.g. jobs/configs/train.yaml.")
+    train: str = Field(..., description="Training spec YAML every trial starts from, relative to the sweep "
+                       "file's folder, e.g. train.yaml.")
     overrides: dict[str, Any] = Field(
         default_factory=dict,
         description="Fixed changes to the training spec for every trial, by dotted path, "
@@ -244,7 +245,7 @@ class SweepSpec(Strict):
         return space
 
     @model_validator(mode="after")
-    def _direction(self) -> "SweepSpec":
+    def _direction(self) -> SweepSpec:
         wrong = ("max" if self.metric.endswith("_loss") else
                  "min" if self.metric.endswith("_accuracy") else None)
         if self.mode == wrong:
@@ -487,9 +488,24 @@ def trial_spec(base: TrainSpec, resources: ResourcePlan) -> TrainSpec:
         "gpus_per_worker": resources.gpus_per_worker, "use_gpu": resources.gpus_per_worker > 0}))
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepSpec, TrainSpec]:
+def training_spec_path(sweep_path: str | Path, sweep: SweepSpec, shipped: str | Path | None = None) -> Path:
+    """The sweep's training spec file: its ``train:``, relative to the sweep file's folder.
+
+    Raises:
+        ConfigError: a relative ``train:`` leaves ``shipped``, the folder a job ships.
+    """
+    folder = Path(sweep_path).expanduser().resolve().parent
+    try:
+        return Path(resolve_local(sweep.train, folder, shipped)).expanduser()
+    except ValueError as exc:
+        raise ConfigError(f"{sweep_path}: train: {exc}.") from None
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None, *,
+               shipped: str | Path | None = None) -> tuple[SweepSpec, TrainSpec]:
     """Read a sweep file (with ``--set`` overrides) and its training spec (with the sweep's overrides);
-    check them together.
+    check them together. Relative paths are relative to the folder of the file they are in (``train:`` to
+    the sweep's, ``dataset.path`` to the training spec's); with ``shipped``, none may leave that folder.
 
     Returns:
         The sweep and the training spec every trial starts from.
@@ -499,14 +515,16 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
     """
     raw = config.apply_overrides(config.read_yaml(path), overrides)
     sweep = config.load_model(SweepSpec, raw, str(path))
-    train_path = Path(sweep.train)
+    train_path = training_spec_path(path, sweep, shipped)
     if not train_path.is_file():
-        raise ConfigError(f"{path}: train: {sweep.train} not found (relative to {Path.cwd()}, the project "
-                          f"root where jobs run); fix the path, e.g. train: jobs/configs/train.yaml.")
+        raise ConfigError(f"{path}: train: {sweep.train} not found (relative to the sweep's folder, "
+                          f"{Path(path).expanduser().resolve().parent}); fix the path, e.g. train: train.yaml.")
     merged = config.apply_values(config.read_yaml(train_path), sweep.overrides)
     # The data must exist; the spec's per-worker resources need not fit, resources_per_trial replaces them.
-    base = config.load_model(TrainSpec, merged, f"{train_path} (with the overrides of {path})",
-                             context={CHECK_FILES: True})
+    context: dict[str, Any] = {CHECK_FILES: True, BASE_DIR: str(train_path.resolve().parent)}
+    if shipped is not None:
+        context[SHIPPED] = str(shipped)
+    base = config.load_model(TrainSpec, merged, f"{train_path} (with the overrides of {path})", context=context)
     check_sweep(sweep, base, str(path))
     return sweep, base
 
@@ -810,22 +828,6 @@ def _check_experiment(path: str, name: str, resume: bool) -> None:
                           f"--resume.")
 
 
-def _largest_node() -> tuple[float | None, float | None]:
-    """CPUs and GPUs of the largest node that is (or, with the autoscaler, can be) in the cluster."""
-    import ray
-
-    sizes = [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0))
-             for n in ray.nodes() if n["Alive"]]
-    if os.environ.get("ATOLL_AUTOSCALING") == "1":
-        from atoll import cluster
-
-        sizes += [(t.resources.get("CPU", 0.0), t.resources.get("GPU", 0.0))
-                  for t in cluster.load_spec().worker_types().values()]
-    if not sizes:
-        return None, None
-    return max(c for c, _ in sizes), max(g for _, g in sizes)
-
-
 def _best_checkpoint(result, row: dict[str, Any], sweep: SweepSpec, nested: bool):
     """(checkpoint, metrics) of a trial's best epoch."""
     from ray import tune
@@ -930,8 +932,9 @@ def run_sweep(sweep: SweepSpec, base: TrainSpec, *, storage: str, resume: bool =
     # Tune saves the experiment's state every 10 s or more by default; a driver that dies loses what happened
     # since, and a resume redoes it. The state of a small sweep is cheap to write every second.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    cpus, gpus, max_cpus, max_gpus = train.cluster_capacity()
-    node_cpus, node_gpus = _largest_node()
+    addable = config.autoscaling_worker_types()
+    cpus, gpus, max_cpus, max_gpus = capacity.live_capacity(addable)
+    node_cpus, node_gpus = capacity.largest_live_node(addable)
     resources = check_resources(sweep, max_cpus, max_gpus, node_cpus=node_cpus, node_gpus=node_gpus,
                                 use_gpu=base.use_gpu)
     spec = trial_spec(base, resources)
@@ -988,3 +991,41 @@ def run_sweep(sweep: SweepSpec, base: TrainSpec, *, storage: str, resume: bool =
         train.emit("registered", name=version.name, version=version.version,
                    metrics=version.manifest["metrics"], sweep=sweep.name, trial=best["trial_id"])
     return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# The job: `python -m atoll.tune`, what `atoll tune` submits
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The sweep job's driver, run ON the cluster: run the sweep, then register the best model.
+
+    ``python -m atoll.tune -c SWEEP [--set KEY=VALUE ...] [--resume]``; what `atoll tune SWEEP` submits
+    through the Jobs API. The experiment, its results table (results.csv / results.parquet) and plot (sweep.png) go
+    to <storage>/sweeps/<name>; ``--resume`` continues an interrupted sweep of the same name (finished trials
+    are not redone); a new sweep needs a new name (``--set name=NEW``).
+    """
+    parser = driver.parser("atoll.tune", "Run a hyperparameter sweep with Ray Tune and register the best "
+                           "model (run on a Ray cluster; `atoll tune` submits it).", "jobs/configs/sweep.yaml",
+                           "override a field of the sweep (overrides.KEY=VALUE changes the training spec)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
+    args = parser.parse_args(argv)
+    return driver.run(lambda: _sweep_job(args.config, args.set, args.resume))
+
+
+def _sweep_job(sweep_path: str, overrides: list[str], resume: bool) -> int:
+    sweep, base = load_sweep(sweep_path, overrides)
+    storage = config.load_spec().atoll.storage
+    print("resolved sweep:", json.dumps(sweep.model_dump(mode="json", exclude_none=True)), flush=True)
+    print("resolved training spec:", json.dumps(base.model_dump(mode="json")), flush=True)
+    driver.connect()
+    summary = run_sweep(sweep, base, storage=storage, resume=resume, lineage=driver.lineage())
+    if summary["best"] is None:
+        print(f"error: no trial reported a metric; see the trial errors in {summary['results_csv']}",
+              file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(driver.main_of("atoll.tune"))

@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,7 @@ def run_info() -> dict:
     """This pytest session's run: an id, its start time and the commit (plus whether the tree was dirty)."""
     global _run
     if _run is None:  # this conftest is imported once per session: one run id per session
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         status = _git("status", "--porcelain")
         _run = {"run": f"{started:%Y%m%dT%H%M%S%fZ}-{os.getpid()}", "started": started.isoformat(timespec="seconds"),
                 "commit": _git("rev-parse", "HEAD") or "unknown", "dirty": bool(status) if status is not None else None}

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-
 from atoll.data import Preprocessor
 from atoll.errors import ConfigError, RegistryError
 from atoll.registry import ModelVersion, Registry, TamperedManifestError, _seal

@@ -19,7 +19,6 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-
 from atoll import endpoints
 from conftest import run_cli
 
@@ -316,7 +315,7 @@ def test_fuzzing_every_route_from_its_openapi_document_gives_no_5xx(app, reliabi
                 bodies = _from_schema(body_schema["schema"], doc) | json_values if body_schema else st.none()
                 seen = statuses.setdefault(f"{method.upper()} {path}", [])
 
-                def fuzz(method: str, path: str, seen: list[int], with_body: bool):
+                def fuzz(method: str, path: str, seen: list[int], with_body: bool, bodies=bodies):
                     @settings(max_examples=200 if with_body else 5, deadline=None, database=None,
                               suppress_health_check=list(HealthCheck))
                     @given(body=bodies)
@@ -340,7 +339,6 @@ def test_fuzzing_every_route_from_its_openapi_document_gives_no_5xx(app, reliabi
 def test_a_model_with_nan_output_gets_a_clean_error_not_an_encoder_500(trained_digits):
     """The broken-model branch, in process: NaN weights give a message that names the version."""
     import torch
-
     from atoll import serving
 
     version = trained_digits["registered"]["version"]

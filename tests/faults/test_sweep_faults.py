@@ -10,7 +10,6 @@ import time
 
 import psutil
 import pytest
-
 from atoll import jobs, train
 from conftest import run_cli
 
@@ -54,7 +53,7 @@ def test_a_killed_sweep_driver_resumes_without_redoing_finished_trials(ray_clust
         time.sleep(0.2)
     # (The job runs its entrypoint through `sh -c`: the driver is the python process under it.)
     drivers = [p for p in psutil.process_iter(["cmdline", "name"]) if p.info["name"] != "sh"
-               and "jobs/tune.py" in " ".join(p.info["cmdline"] or []) and NAME in " ".join(p.info["cmdline"])]
+               and "-m atoll.tune" in " ".join(p.info["cmdline"] or []) and NAME in " ".join(p.info["cmdline"])]
     assert len(drivers) == 1, drivers
     os.kill(drivers[0].pid, signal.SIGKILL)
     before = _trial_events(job_id)  # everything the dead driver printed

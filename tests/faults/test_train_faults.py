@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from atoll import jobs, registry, train
 from conftest import TRAINED_EPOCHS, run_cli
 
@@ -74,7 +73,7 @@ def test_a_killed_worker_and_a_killed_driver_lose_no_epoch_and_redo_at_most_one(
     epochs_before = {e["epoch"] for e in train.parse_events(jobs.logs(job_id)) if e["event"] == "epoch"}
     assert len(epochs_before) < TRAINED_EPOCHS, "the run finished before its driver could be killed"
     # (The job runs its entrypoint through `sh -c`: the driver is the python process under it.)
-    drivers = [p for p in _processes("jobs/train.py") if RUN in " ".join(p.info["cmdline"]) and p.name() != "sh"]
+    drivers = [p for p in _processes("-m atoll.train") if RUN in " ".join(p.info["cmdline"]) and p.name() != "sh"]
     assert len(drivers) == 1, drivers
     os.kill(drivers[0].pid, signal.SIGKILL)
     deadline = time.time() + 60

@@ -1,25 +1,23 @@
-"""What every `atoll` sub-command shares: consoles, the common options, JSON output, listings, the
-one-line rendering of usage errors, and what Ctrl-C means while a job is followed."""
+"""What every `atoll` sub-command shares: the consoles, the common options, JSON output, listings, and what
+Ctrl-C means while a job is followed. Light on purpose: every command module imports it at start-up."""
 
 from __future__ import annotations
 
 import contextlib
-import difflib
-import importlib
 import json
 import os
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+from atoll.console import console, err_console
+
+__all__ = ["ALL_HELP", "ConfigOpt", "JsonOpt", "cluster_config", "console", "err_console", "following",
+           "json_option", "listing", "print_json"]
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="cluster.yaml to use (default: $ATOLL_CLUSTER_CONFIG, "
                          "else ./cluster.yaml).")
@@ -96,57 +94,3 @@ def listing(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], *,
     for row in cells:
         table.add_row(*row)
     return table
-
-
-# ------------------------------------------------------------------------------------------------
-# Usage errors. typer 0.29 raises the exceptions of its vendored click (typer._click); older typers and
-# anything built on click itself raise click's. The same class names in both: recognise either.
-
-
-def _exception_classes(name: str) -> tuple[type[BaseException], ...]:
-    found = []
-    for module in ("typer._click.exceptions", "click.exceptions"):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
-
-
-USAGE_ERRORS = _exception_classes("UsageError")
-CLICK_ERRORS = _exception_classes("ClickException")  # usage errors and the rest (e.g. a file it cannot open)
-NO_SUCH_OPTION = _exception_classes("NoSuchOption")[0]
-ABORTS = (typer.Abort, *_exception_classes("Abort"))
-EXITS = (typer.Exit, *_exception_classes("Exit"))
-
-
-def _long_options(ctx: Any) -> list[str]:
-    return sorted({o for p in ctx.command.get_params(ctx) for o in (*p.opts, *p.secondary_opts)
-                   if o.startswith("--")})
-
-
-def usage_line(exc: BaseException, path: str = "atoll") -> str:
-    """A usage error as one line: the command, what is wrong, the closest valid command or option.
-
-    ``path`` names the command when the error does not (click raises some without their context)."""
-    ctx = getattr(exc, "ctx", None)
-    path = ctx.command_path if ctx is not None else path
-    message = str(getattr(exc, "message", exc))
-    typed, choices, what = None, [], None
-    if type(exc).__name__ == "NoSuchOption":
-        typed = exc.option_name  # type: ignore[attr-defined]
-        choices = _long_options(ctx) if ctx is not None else []
-        what = f"no such option {typed}"
-    elif (found := re.match(r"No such command '(.+?)'", message)) and ctx is not None:
-        typed = found[1]
-        choices = list(ctx.command.list_commands(ctx))
-        what = f"no such command {typed!r}"
-    if what is None:
-        what = exc.format_message() if hasattr(exc, "format_message") else message
-        return f"{path}: {what.rstrip('.')} (see `{path} --help`)"
-    best = difflib.get_close_matches(typed, choices, n=1, cutoff=0.6)
-    if best:
-        shown = best[0] if best[0].startswith("-") else repr(best[0])
-        return f"{path}: {what}; did you mean {shown}? (see `{path} --help`)"
-    known = f"; commands: {', '.join(choices)}" if what.startswith("no such command") else ""
-    return f"{path}: {what}{known} (see `{path} --help`)"

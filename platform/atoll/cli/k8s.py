@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from atoll import cluster, endpoints, kuberay  # light: no torch, no Ray import
-from atoll.cli_common import ConfigOpt, console, err_console, print_json
+from atoll import kuberay  # its defaults are in the help; it imports no Ray, torch or httpx
+from atoll.cli.common import ConfigOpt, console, err_console, print_json
 
 k8s_app = typer.Typer(help="Kubernetes: KubeRay manifests for the same cluster (RayCluster, RayJob, RayService).",
                       no_args_is_help=True)
@@ -31,7 +31,10 @@ def render(config: Path | None = ConfigOpt,
            as_json: bool = typer.Option(False, "--json", help="Print the manifests (one `kind: List`, ready for "
                                         "`kubectl apply -f -`) instead of writing files.")) -> None:
     """Write a RayCluster, a RayJob (training) and a RayService (the model endpoint) for cluster.yaml."""
-    spec = cluster.load_spec(config)
+    from atoll import endpoints
+    from atoll.config import load_spec
+
+    spec = load_spec(config)
     manifests = kuberay.render(spec, model=model, app=app, api_key=endpoints.api_key(spec.atoll.serve),
                                train_config=train_config, job_on_cluster=job_on_cluster)
     notes = kuberay.warnings(spec)

@@ -7,37 +7,30 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Group
-from rich.markup import escape
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
 
-from atoll import cluster, registry
-from atoll.cli_common import ALL_HELP, ConfigOpt, JsonOpt, console, json_option, listing
-from atoll.cli_common import print_json as _print_json
+from atoll.cli.common import ALL_HELP, ConfigOpt, JsonOpt, console, json_option, listing, print_json
 from atoll.errors import ConfigError, RegistryError
 
 models_app = typer.Typer(help="The model registry: versions, metrics, lineage and aliases.",
                          no_args_is_help=True)
 
-def _open(config: Path | None) -> registry.Registry:
-    return registry.open_registry(cluster.load_spec(config).atoll.storage)
 
+def _open(config: Path | None):
+    from atoll import registry
+    from atoll.config import load_spec
 
-def _versioned(ref: str, command: str) -> tuple[str, int]:
-    name, version, _ = registry.parse_ref(ref)
-    if version is None:
-        raise RegistryError(f"`atoll models {command}` needs an explicit version, NAME:VERSION "
-                            f"(e.g. {name}:1), not {ref!r}.")
-    return name, version
+    return registry.open_registry(load_spec(config).atoll.storage)
 
 
 def _flat(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _section(title: str, data: dict[str, Any] | None) -> Group:
+def _section(title: str, data: dict[str, Any] | None):
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     # A heading line, not a table title: rich wraps a title to the width of a narrow table.
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="cyan", no_wrap=True)
@@ -55,15 +48,17 @@ def list_(name: str | None = typer.Argument(None, help="A model: list its versio
                                         f"that are not READY (PENDING, FAILED)."),
           config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Registered models (latest version, number of versions, aliases), or the versions of NAME."""
+    from rich.markup import escape
+
     if name is not None:
-        _list_versions(_open(config), name, show_all, as_json)
+        _list_versions(_open(config).version_rows(name, unready=show_all), name, as_json)
         return
     if show_all:
         raise RegistryError("--all lists the registrations of one model: pass its name, e.g. "
                             "`atoll models list digits --all`.")
     rows = _open(config).list_models()
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         console.print("No models registered yet.")
@@ -73,32 +68,25 @@ def list_(name: str | None = typer.Argument(None, help="A model: list its versio
     console.print(listing(f"Models ({len(rows)})", ["name", "latest", "versions", "aliases"], cells))
 
 
-def _list_versions(reg: registry.Registry, name: str, show_all: bool, as_json: bool) -> None:
-    unready = reg.registrations(name) if show_all else []
-    try:
-        versions = reg.list_versions(name)
-    except RegistryError:
-        if not unready:  # no such model: the error lists the models
-            raise
-        versions = []  # only failed or pending registrations so far
-    aliases = reg.aliases(name)
-    rows = [{"name": name, "version": mv.version, "state": registry.READY, "created_at": mv.created_at,
-             "metrics": mv.metrics, "aliases": sorted(a for a, v in aliases.items() if v == mv.version)}
-            for mv in versions]
-    rows += [r.to_dict() for r in unready]
+def _list_versions(rows: list[dict[str, Any]], name: str, as_json: bool) -> None:
+    from rich.table import Table
+
+    from atoll import registry
+
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("version", "state", "created", "metrics", "aliases / detail",
                   title=f"{name} ({len(rows)})")
-    for mv, row in zip(versions, rows):
-        table.add_row(str(mv.version), "[green]READY[/]", mv.created_at or "-", _flat(mv.metrics),
-                      ", ".join(f"@{a}" for a in row["aliases"]) or "-")
-    for r in unready:
-        where = f"{r.writer.get('host', '?')} pid {r.writer.get('pid', '?')}"
-        detail = r.error or f"being written on {where}"
-        table.add_row("-", f"[{'red' if r.state == registry.FAILED else 'yellow'}]{r.state}[/]",
-                      r.started_at or "-", _flat(r.manifest.get("metrics") or {}), detail)
+    for row in rows:
+        if row["state"] == registry.READY:
+            table.add_row(str(row["version"]), "[green]READY[/]", row["created_at"] or "-", _flat(row["metrics"]),
+                          ", ".join(f"@{a}" for a in row["aliases"]) or "-")
+            continue
+        writer = row["writer"]
+        detail = row["error"] or f"being written on {writer.get('host', '?')} pid {writer.get('pid', '?')}"
+        table.add_row("-", f"[{'red' if row['state'] == registry.FAILED else 'yellow'}]{row['state']}[/]",
+                      row["started_at"] or "-", _flat(row["metrics"] or {}), detail)
     console.print(table)
 
 
@@ -106,11 +94,16 @@ def _list_versions(reg: registry.Registry, name: str, show_all: bool, as_json: b
 def show(ref: str = typer.Argument(..., help="NAME (latest), NAME:VERSION or NAME@ALIAS."),
          config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """One version: metrics, aliases, input schema, lineage and files."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
     reg = _open(config)
     mv = reg.get(ref)
     aliases = sorted(a for a, v in reg.aliases(mv.name).items() if v == mv.version)
     if as_json:
-        _print_json({**mv.to_dict(), "aliases": aliases})
+        print_json({**mv.to_dict(), "aliases": aliases})
         return
     head = _section("Version", {"ref": mv.ref, "created": mv.created_at or "-",
                                  "aliases": ", ".join(f"@{a}" for a in aliases) or "-", "uri": mv.uri})
@@ -129,13 +122,7 @@ def promote(ref: str = typer.Argument(..., help="NAME:VERSION to promote (NAME@A
             alias: str = typer.Argument(..., help="Alias to point at it, e.g. production."),
             config: Path | None = ConfigOpt) -> None:
     """Point ALIAS at a version (moving it from the version it pointed at)."""
-    _, version, source_alias = registry.parse_ref(ref)
-    if version is None and source_alias is None:  # a bare name would silently mean "latest"
-        _versioned(ref, "promote")
-    reg = _open(config)
-    mv = reg.get(ref)
-    before = reg.aliases(mv.name).get(alias)
-    reg.set_alias(mv.name, mv.version, alias)
+    mv, before = _open(config).promote(ref, alias)
     was = "" if before is None else f" (was {mv.name}:{before})"
     console.print(f"[green]{mv.name}@{alias}[/] → {mv.ref}{was}", highlight=False)
 
@@ -145,7 +132,9 @@ def delete(ref: str = typer.Argument(..., help="NAME:VERSION to delete."),
            yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
            config: Path | None = ConfigOpt) -> None:
     """Delete one version (refused while an alias points at it); its number is never reused."""
-    name, version = _versioned(ref, "delete")
+    from atoll import registry
+
+    name, version = registry.versioned_ref(ref, "`atoll models delete`")
     reg = _open(config)
     reg.deletable(name, version)  # fail on an unknown version before asking (a tampered one is deletable)
     if not yes:
@@ -182,7 +171,7 @@ def download(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or N
         raise ConfigError(f"--output {dest}: exists and is not an empty folder; choose a new one.")
     path = reg.local_copy(mv, dest)
     if as_json:
-        _print_json({"ref": mv.ref, "path": path, "files": sorted(mv.files)})
+        print_json({"ref": mv.ref, "path": path, "files": sorted(mv.files)})
         return
     console.print(f"Downloaded {mv.ref} ({len(mv.files)} files, sha256 checked) to {path}", highlight=False)
 
@@ -195,13 +184,14 @@ def register(name: str = typer.Argument(..., help="Model name; the checkpoint be
              config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Register a checkpoint trained elsewhere as a new version (refused unless it is a whole checkpoint)."""
     from atoll import runs
+    from atoll.config import load_spec
 
     example = '{"val_accuracy": 0.97}'
     recorded = None if metrics is None else json_option(metrics, "--metrics", example)
     if recorded is not None and not isinstance(recorded, dict):
         raise ConfigError(f"--metrics: expected a JSON object, e.g. --metrics '{example}'.")
-    mv = runs.register_checkpoint(cluster.load_spec(config).atoll.storage, name, checkpoint, recorded)
+    mv = runs.register_checkpoint(load_spec(config).atoll.storage, name, checkpoint, recorded)
     if as_json:
-        _print_json(mv.to_dict())
+        print_json(mv.to_dict())
         return
     console.print(f"[green]Registered[/] {mv.ref} from {checkpoint}\n  atoll models show {mv.ref}", highlight=False)

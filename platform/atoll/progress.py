@@ -1,5 +1,6 @@
 """Live views of Atoll's jobs, rendered from their progress events: a training progress bar, a sweep's
-trial table, and the summaries printed at the end. Used by `atoll train`, `atoll tune` and the quickstart."""
+trial table, and the summaries printed at the end. Used by `atoll train`, `atoll tune` and the quickstart
+(the library: it imports nothing of the CLI)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,21 @@ from rich.live import Live
 from rich.table import Table
 
 from atoll import jobs
-from atoll.cli_common import console, err_console
+from atoll.console import console, err_console
 from atoll.events import parse_events
 
 
-class TrainProgress:
+class _EventView:
+    """What every live view keeps: the events seen so far, and the latest of a kind."""
+
+    events: list[dict[str, Any]]
+
+    def last(self, name: str) -> dict[str, Any] | None:
+        """The latest event called ``name`` (e.g. ``registered``), or None."""
+        return next((e for e in reversed(self.events) if e["event"] == name), None)
+
+
+class TrainProgress(_EventView):
     """Renders a training job's progress events (epoch, loss, accuracy) as a live rich progress bar."""
 
     def __init__(self, progress) -> None:
@@ -37,9 +48,6 @@ class TrainProgress:
             elif ev["event"] == "error":
                 self.progress.console.print(f"[red]error:[/] {ev['message']}", highlight=False, soft_wrap=True)
 
-    def last(self, name: str) -> dict[str, Any] | None:
-        return next((e for e in reversed(self.events) if e["event"] == name), None)
-
 
 def training_progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -54,7 +62,7 @@ def job_failed_hint(job_id: str) -> None:
     err_console.print(f"[red]Job {job_id} failed[/]; full logs: atoll jobs logs {job_id}", soft_wrap=True)
 
 
-class SweepView:
+class SweepView(_EventView):
     """Renders a sweep job's events as a live table of trials (config, epoch, metric, status)."""
 
     def __init__(self, live) -> None:
@@ -77,9 +85,6 @@ class SweepView:
             changed = True
         if changed:
             self.live.update(self.table())
-
-    def last(self, name: str) -> dict[str, Any] | None:
-        return next((e for e in reversed(self.events) if e["event"] == name), None)
 
     def table(self) -> Table:
         start = self.start or {}

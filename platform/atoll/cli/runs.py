@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
-from atoll import cluster, runs
-from atoll.cli_common import ConfigOpt, JsonOpt, console, listing, print_json
+from atoll import runs  # light: the standard library only
+from atoll.cli.common import ConfigOpt, JsonOpt, console, listing, print_json
 
 runs_app = typer.Typer(help="Training runs and sweeps: their state on disk, what to resume.", no_args_is_help=True)
 
@@ -19,7 +19,9 @@ _STATE = {runs.FINISHED: "green", runs.INCOMPLETE: "yellow", runs.EMPTY: "red"}
 def list_(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Training runs and sweeps, newest first: finished, or incomplete (interrupted or still running: resume
     it with `atoll train --resume NAME` / `atoll tune --resume NAME`)."""
-    storage = cluster.load_spec(config).atoll.storage
+    from atoll.config import load_spec
+
+    storage = load_spec(config).atoll.storage
     rows = runs.list_runs(storage) + runs.list_sweeps(storage)
     if as_json:
         print_json(rows)

@@ -9,12 +9,11 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from atoll import cluster, endpoints
-from atoll.cli_common import ConfigOpt, JsonOpt, console, err_console, json_option, listing, print_json
+from atoll.cli.common import ConfigOpt, JsonOpt, console, err_console, json_option, listing, print_json
 from atoll.errors import ConfigError
-from atoll.specs import ServeSettings
 
 serve_app = typer.Typer(help="Serve registered models as HTTP endpoints (Ray Serve).", no_args_is_help=True)
+query_app = typer.Typer()  # `atoll query`, a top-level command
 
 
 @serve_app.command("deploy")
@@ -25,14 +24,11 @@ def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS
                                           "app: --set max_batch_size=64 (repeat)."),
            config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Deploy a model version (or roll an app over to it); wait until it is RUNNING."""
-    from atoll.config import apply_overrides
+    from atoll import endpoints
+    from atoll.config import apply_overrides, load_spec
 
-    spec = cluster.load_spec(config)
+    spec = load_spec(config)
     settings = apply_overrides({}, set_)
-    unknown = sorted(set(settings) - set(ServeSettings.PER_APP))
-    if unknown:
-        raise ConfigError(f"--set {unknown[0]}: not a per-app Serve setting; choose from "
-                          f"{', '.join(ServeSettings.PER_APP)}.")
     with err_console.status(f"Deploying {ref} …"):
         result = endpoints.deploy(ref, app=app, replicas=endpoints.parse_replicas(replicas) if replicas else None,
                                   settings=settings, spec=spec)
@@ -60,7 +56,10 @@ def deploy_summary(result: dict[str, Any], auth: str) -> str:
 @serve_app.command("status")
 def status(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Serve applications: status, model version, replicas, URL."""
-    rows = endpoints.status(spec=cluster.load_spec(config))
+    from atoll import endpoints
+    from atoll.config import load_spec
+
+    rows = endpoints.status(spec=load_spec(config))
     if as_json:
         print_json(rows)
         return
@@ -83,11 +82,15 @@ def status(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
 @serve_app.command("delete")
 def delete(app: str = typer.Argument(..., help="Application name."), config: Path | None = ConfigOpt) -> None:
     """Remove an application; the other apps keep serving."""
+    from atoll import endpoints
+    from atoll.config import load_spec
+
     with err_console.status(f"Deleting {app} …"):
-        endpoints.delete(app, spec=cluster.load_spec(config))
+        endpoints.delete(app, spec=load_spec(config))
     console.print(f"Deleted Serve app {app}.")
 
 
+@query_app.command()
 def query(app: str = typer.Argument(..., help="Serve application name (see `atoll serve status`)."),
           body: str | None = typer.Option(None, "--body", "-d", help='Request body, e.g. '
                                              '\'{"inputs": [[0, 1, ...]]}\' (as curl -d).'),
@@ -95,11 +98,14 @@ def query(app: str = typer.Argument(..., help="Serve application name (see `atol
           config: Path | None = ConfigOpt,
           as_json: bool = typer.Option(False, "--json", help="Print JSON (what query always prints).")) -> None:
     """Send rows to a model endpoint and print its JSON answer."""
+    from atoll import endpoints
+    from atoll.config import load_spec
+
     if (body is None) == (file is None):
         raise ConfigError("give the rows with exactly one of -d/--body '{\"inputs\": [[...]]}' or "
                           "--file rows.json|rows.csv.")
     payload = json_option(body, "--body", '{"inputs": [[0, 1]]}') if body is not None else endpoints.read_rows_file(file)
-    print_json(endpoints.query(app, payload, spec=cluster.load_spec(config)))
+    print_json(endpoints.query(app, payload, spec=load_spec(config)))
 
 
 @serve_app.command("logs")
@@ -107,9 +113,10 @@ def logs(app: str = typer.Argument(..., help="Application name."),
          tail: int = typer.Option(100, "--tail", "-n", min=1, help="Lines from the end of each replica's log."),
          config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """The logs of an app's replicas (Serve's own lines, requests, what the model prints), on every node."""
-    from atoll import serve_logs
+    from atoll import cluster, serve_logs
+    from atoll.config import load_spec
 
-    found = serve_logs.replica_logs(app, lines=tail, info=cluster.current(cluster.load_spec(config)))
+    found = serve_logs.replica_logs(app, lines=tail, info=cluster.current(load_spec(config)))
     if as_json:
         print_json(found)
         return

@@ -1,0 +1,107 @@
+"""The lifecycle from Python: the verbs ``import atoll`` offers, each one documented call.
+
+    import atoll
+
+    atoll.up()                                          # the local cluster of ./cluster.yaml (or reuse it)
+    run = atoll.fit("jobs/configs/train.yaml", overrides=["epochs=3"])      # `atoll train`
+    best = atoll.sweep("jobs/configs/sweep.yaml", overrides=["num_samples=4"])  # `atoll tune`
+    atoll.open_registry().set_alias("digits", best["registered"]["version"], "production")
+    app = atoll.deploy("digits@production")
+    atoll.query(app["app"], {"inputs": [[0.0] * 64]})
+    atoll.down()
+
+Training and sweeps run as Ray jobs through the Jobs API, exactly as `atoll train` / `atoll tune` run them;
+these calls wait for the job and return what it registered. Everything else is the library module's own
+function (``atoll.cluster``, ``atoll.endpoints``, ``atoll.registry``), re-exported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from atoll import cluster, config, endpoints, jobs
+from atoll import registry as _registry
+from atoll.cluster import ClusterInfo
+from atoll.errors import JobFailedError
+from atoll.events import parse_events
+
+
+def up(config_path: str | Path | None = None, **options: Any) -> ClusterInfo:
+    """Start the cluster of cluster.yaml on this machine (or return the running one, ``already_up=True``);
+    ``options`` as for :func:`atoll.cluster.up` (``num_cpus``, ``simulate``, ``idle_timeout_minutes``)."""
+    return cluster.up(config.load_spec(config_path), **options)
+
+
+def down() -> list[int] | None:
+    """Stop the local cluster that :func:`up` started; the PIDs stopped (None when none was recorded)."""
+    return cluster.down()
+
+
+def open_registry(storage: str | None = None) -> _registry.Registry:
+    """The model registry under ``storage`` (default: cluster.yaml's ``metadata.atoll.storage``)."""
+    return _registry.Registry(storage or config.load_spec().atoll.storage)
+
+
+def _run_job(kind: str, spec: str | Path, overrides: Sequence[str], extra: list[str], wait: bool,
+             on_event: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    job_id = jobs.submit_atoll_job(kind, spec, list(overrides), extra)
+    if not wait:
+        return {"job": job_id}
+    events: list[dict[str, Any]] = []
+
+    def collect(text: str) -> None:
+        for event in parse_events(text):
+            events.append(event)
+            if on_event:
+                on_event(event)
+
+    details = jobs.follow(job_id, collect)
+    if details["status"] != "SUCCEEDED":
+        raise JobFailedError(f"{kind} job {job_id} {details['status']}: {details.get('message') or 'no message'}; "
+                             f"its logs: `atoll jobs logs {job_id}`.")
+
+    def last(name: str) -> dict[str, Any] | None:
+        return next((e for e in reversed(events) if e["event"] == name), None)
+
+    return {"job": job_id, "status": details["status"], "registered": last("registered"),
+            "finished": last("finished"), "summary": last("sweep_done"), "events": events}
+
+
+def fit(spec: str | Path = "jobs/configs/train.yaml", *, overrides: Sequence[str] = (), name: str | None = None,
+          resume: str | None = None, wait: bool = True,
+          on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train on the cluster as `atoll train` does (a Ray job); wait and return what it registered.
+
+    Args:
+        spec: the training spec (YAML). ``overrides``: ``--set`` items such as ``"epochs=3"``.
+        name / resume: name the run, or continue the run of that name from its checkpoint.
+        on_event: called with each progress event (``start``, ``epoch``, ``registered``, ...).
+
+    Returns:
+        ``{"job", "status", "registered", "finished", "events"}`` (only ``{"job"}`` with ``wait=False``).
+
+    Raises:
+        ConfigError: the spec is invalid (checked before anything is submitted). JobFailedError: the job failed.
+    """
+    from atoll.specs import TrainSpec
+
+    config.load_file(TrainSpec, spec, list(overrides))
+    extra = ["--resume", resume] if resume else (["--run-name", name] if name else [])
+    return _run_job("train", spec, overrides, extra, wait, on_event)
+
+
+def sweep(spec: str | Path = "jobs/configs/sweep.yaml", *, overrides: Sequence[str] = (), resume: bool = False,
+         wait: bool = True, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Sweep as `atoll tune` does (Ray Tune + ASHA in a Ray job); wait and return the best registered version
+    (``registered``) and the sweep's summary (``summary``). Raises as :func:`fit`."""
+    from atoll.tune import load_sweep
+
+    load_sweep(spec, list(overrides))
+    return _run_job("tune", spec, overrides, ["--resume"] if resume else [], wait, on_event)
+
+
+deploy = endpoints.deploy
+query = endpoints.query
+undeploy = endpoints.delete

@@ -1,0 +1,29 @@
+"""`atoll quickstart`: the whole lifecycle on this machine (atoll.quickstart does it and shows it)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import typer
+
+from atoll.cli.common import ConfigOpt, JsonOpt, print_json
+
+app = typer.Typer()
+
+
+@app.command()
+def quickstart(fast: bool = typer.Option(False, "--fast", help="Fewest epochs and trials (CI, smoke tests)."),
+               down: bool = typer.Option(False, "--down/--keep", help="Stop the cluster at the end (default: keep "
+                                         "the cluster and the endpoint running)."),
+               config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """The whole lifecycle on this machine: cluster, data, training, sweep, registry, Serve, queries."""
+    from atoll import quickstart as qs
+
+    if not as_json:
+        qs.run(fast=fast, down=down, config=config)
+        return
+    with contextlib.redirect_stdout(sys.stderr):  # the display goes to stderr, the JSON alone to stdout
+        result = qs.run(fast=fast, down=down, config=config)
+    print_json(result)

@@ -1,0 +1,112 @@
+"""`atoll train` and `atoll tune`: training runs and sweeps as Ray jobs, followed live. Parse, submit, render
+with atoll.progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from atoll.cli.common import ConfigOpt, JsonOpt, cluster_config, err_console, following, print_json
+from atoll.errors import ConfigError
+
+app = typer.Typer()
+
+
+def _one_name(what: str, *names: str | None) -> str | None:
+    """The one name that --name, --resume (and for a sweep --set name=) give, or None."""
+    given = sorted({n for n in names if n})
+    if any(n.startswith("-") for n in given):  # `--resume --json`: the option took the next flag as its value
+        raise ConfigError(f"--resume and --name take the {what}'s NAME (`atoll runs list` shows them), not "
+                          f"{next(n for n in given if n.startswith('-'))}.")
+    if len(given) > 1:
+        raise ConfigError(f"two names for the {what}: {', '.join(given)}; give one (`--resume NAME` alone "
+                          f"continues NAME).")
+    return given[0] if given else None
+
+
+def _submit_entrypoint(kind: str, spec: Path, overrides: list[str], extra: list[str]) -> str:
+    from atoll import jobs
+
+    try:
+        job_id = jobs.submit_atoll_job(kind, spec, overrides, extra)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    err_console.print(f"Submitted {kind} job [bold]{job_id}[/]", soft_wrap=True)
+    return job_id
+
+
+@app.command("train")
+def train_cmd(spec: Path = typer.Argument(Path("jobs/configs/train.yaml"), metavar="SPEC",
+                                          help="Training spec (YAML)."),
+              set_: list[str] = typer.Option([], "--set", help="Override a field: --set epochs=5 (repeat)."),
+              name: str | None = typer.Option(None, "--name", "--run-name", help="Name of the run (default: "
+                                                 "NAME-TIMESTAMP); a name in use is refused: resume it instead."),
+              resume: str | None = typer.Option(None, "--resume", metavar="NAME", help="Continue the run NAME "
+                                                   "from its latest checkpoint (`atoll runs list` shows them)."),
+              wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
+              config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Train a model on the cluster (a Ray job running jobs/train.py) and register it."""
+    from atoll import progress
+    from atoll.config import load_file
+    from atoll.specs import TrainSpec
+
+    _one_name("run", name, resume)
+    with cluster_config(config):
+        load_file(TrainSpec, spec, set_)  # fail fast, before anything is submitted
+        extra = ["--resume", resume] if resume else (["--run-name", name] if name else [])
+        job_id = _submit_entrypoint("train", spec, set_, extra)
+    if not wait:
+        if as_json:
+            print_json({"id": job_id})
+        return
+    with following(job_id):
+        details, view = progress.follow_training(job_id)
+    registered = view.last("registered")
+    if as_json:
+        print_json({"job": details, "registered": registered, "finished": view.last("finished")})
+    if details["status"] != "SUCCEEDED":
+        progress.job_failed_hint(job_id)
+        raise typer.Exit(1)
+    if registered and not as_json:
+        progress.print_registered(registered)
+
+
+@app.command("tune")
+def tune_cmd(spec: Path = typer.Argument(Path("jobs/configs/sweep.yaml"), metavar="SPEC",
+                                         help="Sweep spec (YAML)."),
+             set_: list[str] = typer.Option([], "--set", help="Override a field: --set num_samples=4, "
+                                            "--set overrides.epochs=4 (training spec) (repeat)."),
+             name: str | None = typer.Option(None, "--name", help="Name of the sweep (default: the spec's "
+                                                "`name`); a name in use is refused: resume it instead."),
+             resume: str | None = typer.Option(None, "--resume", metavar="NAME", help="Continue the interrupted "
+                                                  "sweep NAME; its finished trials are kept (`atoll runs list`)."),
+             wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the trials until it ends."),
+             config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Sweep hyperparameters with Ray Tune + ASHA (a Ray job running jobs/tune.py); register the best."""
+    from atoll import progress
+    from atoll.tune import load_sweep
+
+    in_set = [value for key, _, value in (o.partition("=") for o in set_) if key.strip() == "name"]
+    sweep = _one_name("sweep", name, resume, *in_set)
+    overrides = [*set_, f"name={sweep}"] if sweep else set_
+    with cluster_config(config):
+        load_sweep(spec, overrides)  # fail fast, before anything is submitted
+        job_id = _submit_entrypoint("tune", spec, overrides, ["--resume"] if resume else [])
+    if not wait:
+        if as_json:
+            print_json({"id": job_id})
+        return
+    with following(job_id):
+        details, view = progress.follow_sweep(job_id)
+    done, registered = view.last("sweep_done"), view.last("registered")
+    if as_json:
+        print_json({"job": details, "summary": done, "registered": registered})
+    if details["status"] != "SUCCEEDED":
+        progress.job_failed_hint(job_id)
+        raise typer.Exit(1)
+    if not as_json:
+        if done:
+            progress.print_sweep_summary(done)
+        if registered:
+            progress.print_registered(registered, f" from trial {registered['trial']}")

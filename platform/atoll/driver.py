@@ -1,0 +1,58 @@
+"""What every job's driver does (``python -m atoll.train``, ``python -m atoll.tune``): read its command line,
+connect to the cluster it runs on, record the job's lineage, and end on a user error with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from atoll.errors import AtollError
+from atoll.events import git_commit, report_error
+
+
+def parser(module: str, description: str, default_spec: str, set_help: str) -> argparse.ArgumentParser:
+    """The options every job takes: ``-c SPEC`` and ``--set KEY=VALUE`` (repeatable)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", default=default_spec,
+                        help=f"the spec (YAML; default: {default_spec}); relative paths in it are "
+                             f"relative to its folder")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    return parser
+
+
+def run(body: Callable[[], int | None]) -> int:
+    """The job's exit code: ``body``'s (0 when it returns None), or 2 with one ``error:`` line on an Atoll
+    error."""
+    try:
+        return body() or 0
+    except AtollError as exc:
+        return report_error(exc)
+
+
+def connect() -> None:
+    """Join the Ray cluster this driver runs on (``$RAY_ADDRESS`` when set), with the workers' output."""
+    import ray
+
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
+
+
+def lineage() -> dict[str, Any]:
+    """The job id and the project's git commit, which `atoll train`/`tune` send along (else read here)."""
+    return {"job_id": os.environ.get("ATOLL_JOB_ID"),
+            "git_commit": os.environ.get("ATOLL_GIT_COMMIT") or git_commit()}
+
+
+def main_of(module: str) -> int:
+    """Run ``module.main()`` from the imported module: what the ``__main__`` block of a job module calls.
+
+    ``python -m atoll.train`` runs that file as ``__main__``, a second copy of ``atoll.train``. Functions of
+    the copy would be pickled by value (cloudpickle does so for ``__main__``) and its classes would not be
+    the imported module's; running the imported module keeps every function Ray ships (the worker loop,
+    the trial) a reference to ``atoll.train``/``atoll.tune``, importable on every worker.
+    """
+    return importlib.import_module(module).main()

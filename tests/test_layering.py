@@ -1,0 +1,130 @@
+"""The shape of the package, read from its imports with the standard library's ``ast`` (every import, at
+module level or inside a function): no circles, the library never imports the CLI, and what runs in a Serve
+replica or proxy never imports client-side code."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "atoll"
+CLIENT_SIDE = {"atoll.cluster", "atoll.endpoints", "atoll.jobs", "atoll.status", "atoll.quickstart",
+               "atoll.kuberay", "atoll.runs"}
+REPLICA_SIDE = {"atoll.serving", "atoll.playground", "atoll.proxy_auth"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each atoll module → the atoll modules it imports."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets.add(base)
+                targets |= {f"{base}.{a.name}" for a in node.names}  # `from atoll import cluster`
+        graph[name] = {t for t in targets if t in modules and t not in (name, "atoll")}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph[todo.pop()] - seen:
+            seen.add(w)
+            todo.append(w)
+    return seen
+
+
+def test_the_graph_is_read_from_real_imports():
+    graph = import_graph()
+    assert "atoll.capacity" in graph["atoll.config"] and "atoll.specs" in graph["atoll.capacity"]
+    assert len(graph) > 20
+
+
+def test_no_module_imports_itself_back_through_others():
+    assert _cycles(import_graph()) == []
+
+
+def test_the_library_never_imports_the_cli():
+    graph = import_graph()
+    def is_cli(module: str) -> bool:
+        return module == "atoll.cli" or module.startswith(("atoll.cli.", "atoll.cli_"))
+
+    offenders = {m: sorted(filter(is_cli, targets)) for m, targets in graph.items() if not is_cli(m)}
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_a_serve_replica_or_proxy_never_imports_client_side_code():
+    graph = import_graph()
+    for module in REPLICA_SIDE:
+        assert _reachable(graph, module) & CLIENT_SIDE == set(), module
+
+
+def test_the_pure_layers_import_nothing_above_them():
+    graph = import_graph()
+    assert graph["atoll.specs"] == set()  # pydantic models only
+    assert _reachable(graph, "atoll.capacity") <= {"atoll.specs"}
+    assert _reachable(graph, "atoll.config") <= {"atoll.specs", "atoll.capacity", "atoll.errors"}
+
+
+def test_the_public_api_resolves_every_name_and_import_atoll_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, atoll\n"
+            "assert not {'ray', 'torch', 'pandas'} & set(sys.modules), 'import atoll pulled in the library'\n"
+            "missing = [n for n in atoll.__all__ if getattr(atoll, n, None) is None]\n"
+            "undocumented = [n for n in atoll.__all__ if n != '__version__' and not getattr(atoll, n).__doc__]\n"
+            "assert not missing and not undocumented, (missing, undocumented)\n"
+            "import atoll.train, atoll.registry\n"  # a verb never shadows a submodule of the same name
+            "from atoll import registry, train\n"
+            "assert type(registry).__name__ == type(train).__name__ == 'module'\n"
+            "print(len(atoll.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip()) >= 20
