@@ -1,4 +1,6 @@
-"""cluster.yaml → a running Ray cluster: load and validate the spec; up, down and status.
+"""cluster.yaml → a running Ray cluster: up and down (local, simulated autoscaling, or Ray's cluster launcher),
+and the cluster to talk to (:func:`current`). Loading cluster.yaml is atoll.config's (``load_spec`` is
+importable from here too); what a running cluster is doing is atoll.status's.
 
 The embedded default is a local Ray head on this machine (``ray start --head``), with token auth on and
 everything it listens on bound to 127.0.0.1 (Ray's local-only mode: the dashboard and Jobs API, and Ray's
@@ -241,6 +243,25 @@ def _new_ray_processes(before: set[int], mark: str) -> list[dict[str, Any]]:
     return found
 
 
+def _stop_marked(mark: str, within_s: float = 20.0) -> None:
+    """Stop every process that carries this ``ray start``'s mark, again and again until none is left: a
+    half-started head (Ctrl-C, a failure) may still be spawning workers while the first ones are stopped."""
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        marked = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if proc.pid != os.getpid() and proc.environ().get(MARK_VAR) == mark:
+                    marked.append({"pid": proc.pid, "create_time": proc.create_time()})
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        if not marked:
+            return
+        _stop_processes(marked, None, grace_s=3.0)
+
+
 def _session_processes(session_dir: str) -> list[dict[str, Any]]:
     """Top-level Ray processes of one session (their cmdline names the session directory)."""
     import psutil
@@ -389,7 +410,7 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
     except BaseException:
         # Interrupted (Ctrl-C) or failed half-way: stop whatever this `ray start` left running, so that no
         # cluster is ever up without a record for `atoll down`.
-        _stop_processes(_new_ray_processes(before, mark), None)
+        _stop_marked(mark)
         raise
     return info
 

@@ -930,8 +930,10 @@ def run_sweep(sweep: SweepSpec, base: TrainSpec, *, storage: str, resume: bool =
     experiment = experiment_path(storage, sweep.name)
     _check_experiment(experiment, sweep.name, resume)
     # Tune saves the experiment's state every 10 s or more by default; a driver that dies loses what happened
-    # since, and a resume redoes it. The state of a small sweep is cheap to write every second.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # since, and a resume redoes it. Worse, with num_to_keep=1 a trial's newer checkpoint deletes the one that
+    # state still names, and that trial cannot be restored (seen with 0.2 s epochs and a 1 s period). So the
+    # state is written at every step of the driver's loop: cheap for a sweep's few trials.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     addable = config.autoscaling_worker_types()
     cpus, gpus, max_cpus, max_gpus = capacity.live_capacity(addable)
     node_cpus, node_gpus = capacity.largest_live_node(addable)
