@@ -901,7 +901,10 @@ def build_tuner(sweep: SweepSpec, trainable, *, storage: str, max_t: int, max_co
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=sweeps_root(storage),
             stop={"training_iteration": max_t},  # max_t below epochs holds under FIFO too
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=sweep.metric,
+            # Every checkpoint of a trial is kept: Tune deletes one beyond num_to_keep as soon as a newer one
+            # is registered, while the experiment state on storage may still name it; a driver killed in that
+            # window leaves a trial that a resume cannot restore (seen in 2 of 4 runs of the sweep fault test).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=sweep.metric,
                                                     checkpoint_score_order=sweep.mode),
             failure_config=tune.FailureConfig(max_failures=max_failures)))
 
@@ -930,10 +933,8 @@ def run_sweep(sweep: SweepSpec, base: TrainSpec, *, storage: str, resume: bool =
     experiment = experiment_path(storage, sweep.name)
     _check_experiment(experiment, sweep.name, resume)
     # Tune saves the experiment's state every 10 s or more by default; a driver that dies loses what happened
-    # since, and a resume redoes it. Worse, with num_to_keep=1 a trial's newer checkpoint deletes the one that
-    # state still names, and that trial cannot be restored (seen with 0.2 s epochs and a 1 s period). So the
-    # state is written at every step of the driver's loop: cheap for a sweep's few trials.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # since, and a resume redoes it. The state of a small sweep is cheap to write every second.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     addable = config.autoscaling_worker_types()
     cpus, gpus, max_cpus, max_gpus = capacity.live_capacity(addable)
     node_cpus, node_gpus = capacity.largest_live_node(addable)
