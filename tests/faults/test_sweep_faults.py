@@ -37,17 +37,21 @@ def test_a_killed_sweep_driver_resumes_without_redoing_finished_trials(ray_clust
     # Epochs take ~0.2 s here: the kill follows the check at once, and a trial under way has at least 4
     # epochs ahead of it.
     finished_since: dict[str, float] = {}
+    reporting_since: dict[str, float] = {}  # a trial's first epoch seen: its checkpoints are in Tune's state SAVED_S on
     deadline = time.time() + 300
     while True:
         assert time.time() < deadline, jobs.logs(job_id)[-3000:]
         assert jobs.status(job_id)["status"] in ("PENDING", "RUNNING"), jobs.logs(job_id)[-3000:]
         events = _trial_events(job_id)
         for e in events:
+            reporting_since.setdefault(e["trial"], time.monotonic())
             if e["status"] == "finished":
                 finished_since.setdefault(e["trial"], time.monotonic())
         saved = {t for t, at in finished_since.items() if time.monotonic() - at >= SAVED_S}
+        # Under way: not finished, checkpoints for SAVED_S already (so the state names one), epochs still ahead.
         under_way = [t for t in {e["trial"] for e in events} - set(finished_since)
-                     if max(e["epoch"] for e in events if e["trial"] == t) < EPOCHS - 4]
+                     if time.monotonic() - reporting_since[t] >= SAVED_S
+                     and max(e["epoch"] for e in events if e["trial"] == t) < EPOCHS - 4]
         if saved and under_way:
             break
         time.sleep(0.2)
