@@ -46,7 +46,7 @@ def train_cmd(spec: Path = typer.Argument(Path("jobs/configs/train.yaml"), metav
                                                    "from its latest checkpoint (`atoll runs list` shows them)."),
               wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
               config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
-    """Train a model on the cluster (a Ray job running jobs/train.py) and register it."""
+    """Train a model on the cluster (a Ray job running `python -m atoll.train`) and register it."""
     from atoll import progress
     from atoll.config import load_file
     from atoll.specs import TrainSpec
@@ -83,7 +83,7 @@ def tune_cmd(spec: Path = typer.Argument(Path("jobs/configs/sweep.yaml"), metava
                                                   "sweep NAME; its finished trials are kept (`atoll runs list`)."),
              wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the trials until it ends."),
              config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
-    """Sweep hyperparameters with Ray Tune + ASHA (a Ray job running jobs/tune.py); register the best."""
+    """Sweep hyperparameters with Ray Tune + ASHA (a Ray job running `python -m atoll.tune`); register the best."""
     from atoll import progress
     from atoll.tune import load_sweep
 
