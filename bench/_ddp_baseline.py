@@ -43,7 +43,7 @@ def main() -> None:
     from atoll import models
     from atoll.data import SplitFilter
     from atoll.specs import TrainSpec
-    from atoll.train import _optimizer
+    from atoll.train.loop import _optimizer
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DistributedSampler
 

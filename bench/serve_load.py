@@ -6,15 +6,15 @@
 The model: the digits demo's MLP from jobs/configs/train.yaml (64 features px0..px63, 10 classes), trained
 here for 3 epochs with plain torch on the demo Parquet (``atoll.data.prepare_demo``), written as a checkpoint
 (model.pt + atoll.json with the Preprocessor and input schema) and registered as ``digits:1`` in a
-temporary ``atoll.registry.Registry``. Both servers load it with ``atoll.serving.Predictor``.
+temporary ``atoll.registry.Registry``. Both servers load it with ``atoll.serving.replica.Predictor``.
 
-Ours: ``atoll.serving.app`` (the ``ModelServer`` deployment: request validation, ``@serve.batch``) deployed
+Ours: ``atoll.serving.replica.app`` (the ``ModelServer`` deployment: request validation, ``@serve.batch``) deployed
 with ``serve.run`` on an in-process local Ray (``ray.init(address="local", num_cpus=2)``), Serve's proxy on
 127.0.0.1:8123, route ``/bench``; 1 replica of 1 CPU, max_batch_size 32, max_ongoing_requests 64,
 batch_wait_timeout_s 0.005 (cluster.yaml's defaults). Never ports 8000/8265/6379, never ``ray start``.
 
 Baseline: this very file run as ``--baseline-server``: a uvicorn process on 127.0.0.1:8124 with a FastAPI app
-whose ``POST /predict`` parses the body with the same ``atoll.serving.parse_rows`` and calls the same
+whose ``POST /predict`` parses the body with the same ``atoll.serving.replica.parse_rows`` and calls the same
 ``Predictor.predict`` per request (no batching), torch on 1 thread like the 1-CPU replica. Both servers keep
 their default access logs, to files: Serve's proxy and replica write one line per request each under the Ray
 session's logs/serve/; uvicorn, at its default log level (info), one line per request to the bench's uvicorn.log.
@@ -130,7 +130,7 @@ def make_model(storage: str) -> dict[str, Any]:
 def baseline_app(storage: str, ref: str):
     # (no `from __future__ import annotations` in this file: FastAPI must see `Request` itself, not a string)
     import torch
-    from atoll.serving import Predictor, RequestError, parse_rows
+    from atoll.serving.replica import Predictor, RequestError, parse_rows
     from atoll.specs import ServeSettings
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -377,11 +377,11 @@ def start_ray() -> None:
 def deploy(storage: str, ref: str, settings: dict[str, Any], timeout: float = 180,
            logging_config: dict[str, Any] | None = None) -> float:
     """serve.run Atoll's app builder; return seconds until it answers /healthz."""
-    import atoll.serving
+    import atoll.serving.replica
     from ray import serve
 
     t = time.perf_counter()
-    serve.run(atoll.serving.app({"model": ref, "storage": storage, "requested": ref, "settings": settings}),
+    serve.run(atoll.serving.replica.app({"model": ref, "storage": storage, "requested": ref, "settings": settings}),
               name=APP_NAME, route_prefix=ROUTE, blocking=False, logging_config=logging_config)
     wait_http(f"http://{HOST}:{SERVE_PORT}{ROUTE}/healthz", timeout)
     _wait_replicas(settings["min_replicas"], timeout)
@@ -523,7 +523,7 @@ def main() -> int:
         res["model_s"] = time.perf_counter() - t
         ref = model["ref"]
         body = json.dumps({"inputs": [model["row"]]}).encode()
-        from atoll.serving import Predictor
+        from atoll.serving.replica import Predictor
 
         predictor = Predictor(storage, ref, device="cpu")
         expected = predictor.predict(np.asarray([model["row"]], dtype=np.float32))[0]

@@ -21,7 +21,7 @@ Ours in-process: ``atoll.train.fit`` called from this process on an in-process l
 (``ray.init(address="local", num_cpus=2)``, never port 6379/8265) with Ray Train's defaults: what a
 Python caller of the library gets. It takes the very code path of the job's driver but not the job's
 environment, so the two Atoll figures differ by what that environment does. To split ``fit()`` the bench
-wraps ``atoll.train.prepare`` in a timer and passes a Train callback that records when each epoch's
+wraps ``atoll.train.run.prepare`` in a timer and passes a Train callback that records when each epoch's
 report reaches the controller; the training itself is untouched.
 
 Baseline: ``python -m torch.distributed.run --standalone --nproc_per_node 2 bench/_ddp_baseline.py``:
@@ -136,9 +136,9 @@ def run_baseline(parquet: str, spec_json: str, work: Path, round_no: int) -> dic
 
 def run_in_process(spec, storage: str, work: Path, round_no: int, watcher: ForeignRay | None = None) -> dict:
     """``atoll.train.fit`` from this process on an in-process local Ray, with Ray Train's defaults."""
-    import atoll.train as atrain
     import ray
     from atoll import train
+    from atoll.train import run as atrain  # fit() calls the prepare() of its own module: time that one
 
     clock_file = work / f"reports_{round_no}.jsonl"
     clock_file.unlink(missing_ok=True)
@@ -237,7 +237,7 @@ def job_env(job_id: str) -> dict[str, str]:
 
 def run_atoll_train(epochs: int, storage: str, round_no: int, watcher: ForeignRay | None = None) -> dict:
     """`atoll up`, `atoll train` (submitted by the CLI, followed with ``atoll.jobs.follow``), `atoll down`."""
-    from atoll import jobs, train
+    from atoll import events, jobs
 
     if watcher is not None:
         watcher.paused = True
@@ -250,7 +250,7 @@ def run_atoll_train(epochs: int, storage: str, round_no: int, watcher: ForeignRa
     seen = [0]  # epoch events in the job's log, repeats included
 
     def clock(text: str) -> None:
-        for e in train.parse_events(text):
+        for e in events.parse_events(text):
             if e.get("event") == "epoch":
                 seen[0] += 1
                 ended.setdefault(e["epoch"], e["wall_time"])  # a job's log can repeat a worker's line

@@ -7,7 +7,7 @@
 
 import sys
 
-from atoll.train import main
+from atoll.train.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,7 @@
 
 import sys
 
-from atoll.tune import main
+from atoll.tune.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main())

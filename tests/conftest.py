@@ -73,6 +73,44 @@ def trained_digits(ray_cluster) -> dict:
     return out
 
 
+#: One replica on half a CPU: a rollover briefly runs old and new replicas side by side on the 4-CPU cluster.
+SMALL_APP = ["--replicas", "1:1", "--set", "num_cpus_per_replica=0.5"]
+APP_KEY = "shared-app-key-0123456789abc"  # the keyed app's API key (long enough for the key check)
+
+
+@pytest.fixture(scope="session")
+def public_app(trained_digits) -> dict:
+    """The session's digits version promoted to `production` and deployed by alias as app `digits` with
+    `atoll serve deploy`, once for every module that queries it (Serve, browser, CLI). Every app left is
+    removed at the end, and the gallery goes with the last one. Returns the CLI's JSON answer."""
+    import httpx
+    from atoll.serving import endpoints
+
+    version = trained_digits["registered"]["version"]
+    promoted = run_cli("models", "promote", f"digits:{version}", "production")
+    assert promoted.returncode == 0, promoted.stderr
+    result = run_cli("serve", "deploy", "digits@production", *SMALL_APP, "--json", timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    info = json.loads(result.stdout)
+    assert (info["app"], info["version"], info["status"]) == ("digits", version, "RUNNING")
+    yield info
+    for app in endpoints.status():
+        endpoints.delete(app["app"])
+    assert httpx.get(info["gallery"], timeout=10).status_code == 404
+
+
+@pytest.fixture(scope="session")
+def keyed_app(public_app) -> dict:
+    """The same version as app `digits-private` behind the API key APP_KEY, deployed by `atoll serve deploy`
+    with the key in its environment; ``output`` is what the command printed for a person."""
+    result = run_cli("serve", "deploy", f"digits:{public_app['version']}", "--app", "digits-private",
+                     *SMALL_APP, env={"ATOLL_API_KEY": APP_KEY}, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    url = public_app["url"].rsplit("/", 1)[0] + "/digits-private"
+    return {**public_app, "app": "digits-private", "url": url, "playground": f"{url}/ui",
+            "requested": f"digits:{public_app['version']}", "output": result.stdout}
+
+
 def private_cluster_config(tmp_path: Path, port: int, dashboard_port: int) -> tuple[Path, dict[str, str]]:
     """A cluster.yaml for a second, private local cluster (its own ports) and the env that keeps its records
     apart from the session's (its own ATOLL_HOME)."""

@@ -1,5 +1,5 @@
 """API keys without a cluster: their length, their salted HMAC record, the constant-work check, and the
-proxy middleware (atoll.proxy_auth) in front of a real ASGI app."""
+proxy middleware (atoll.serving.proxy_auth) in front of a real ASGI app."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import time
 
 import httpx
 import pytest
-from atoll import apikeys, proxy_auth
+from atoll import apikeys
 from atoll.errors import ConfigError
+from atoll.serving import proxy_auth
 from fastapi import FastAPI
 
 KEY = "a-long-enough-api-key-0123"
@@ -62,10 +63,10 @@ def test_which_routes_need_the_key():
 
 def _configs(record: str) -> dict:
     return {
-        "digits": {"name": "digits", "route_prefix": "/digits", "import_path": "atoll.serving:app",
+        "digits": {"name": "digits", "route_prefix": "/digits", "import_path": "atoll.serving.replica:app",
                    "args": {"model": "digits:1", "api_key_hash": record}},
-        "open": {"name": "open", "route_prefix": "/open", "import_path": "atoll.serving:app", "args": {"model": "m:1"}},
-        "_gallery": {"name": "_gallery", "route_prefix": "/", "import_path": "atoll.playground:gallery_app",
+        "open": {"name": "open", "route_prefix": "/open", "import_path": "atoll.serving.replica:app", "args": {"model": "m:1"}},
+        "_gallery": {"name": "_gallery", "route_prefix": "/", "import_path": "atoll.serving.playground:gallery_app",
                      "args": {"api_key_hashes": [record]}},
         "theirs": {"name": "theirs", "route_prefix": "/theirs", "import_path": "their.app:app",
                    "args": {"api_key_hash": record}},

@@ -21,16 +21,16 @@ from typing import Any
 import click
 import pytest
 import typer
-from atoll import cli, endpoints, jobs, runs
+from atoll import cli, jobs, runs
 from atoll.cli import common as cli_common
 from atoll.cli import errors as cli_errors
 from atoll.cli.jobs import _skipping, jobs_table
 from atoll.cli.runs import runs_table
 from atoll.cli.serve import deploy_summary
-from atoll.config import load_spec
 from atoll.errors import AtollError, ConfigError, RegistryError
+from atoll.serving import endpoints
 from atoll.specs import ServeSettings
-from conftest import ATOLL, REPO
+from conftest import APP_KEY, ATOLL, REPO
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -375,33 +375,24 @@ def _submitted(job_id: str) -> bool:
 
 
 @pytest.mark.cluster
-def test_serve_logs_show_the_replicas_of_an_app_deployed_with_a_key(ray_cluster, storage, tmp_path) -> None:
+def test_serve_logs_show_the_replicas_of_an_app_deployed_with_a_key(keyed_app) -> None:
     import httpx
 
-    ckpt = write_checkpoint(tmp_path / "elsewhere")
-    assert invoke("models", "register", "t-cli", str(ckpt)).exit_code == 0
-    deployed = invoke("serve", "deploy", "t-cli:1", "--replicas", "1:1", "--set", "num_cpus_per_replica=0.5",
-                      env={"ATOLL_API_KEY": KEY})
-    try:
-        assert deployed.exit_code == 0, deployed.output
-        assert '-H "Authorization: Bearer $ATOLL_API_KEY"' in deployed.output and KEY not in deployed.output
-        url = endpoints.endpoint_url(load_spec(), "t-cli")
-        for link in (f"{url}/openapi.json", f"{url}/ui"):  # every link it prints answers
-            assert link in deployed.output
-            assert httpx.get(link, headers={"Authorization": f"Bearer {KEY}"}, timeout=30).status_code == 200
-        assert f"{url}/docs" not in deployed.output
-        rows = {"inputs": [[0.0] * 64]}
-        assert httpx.post(f"{url}/predict", json=rows, headers={"Authorization": f"Bearer {KEY}"},
-                          timeout=30).status_code == 200
-        logs = invoke("serve", "logs", "t-cli", "--json")
-        assert logs.exit_code == 0, logs.output
-        files = json.loads(logs.stdout)
-        assert files and all(f["file"].startswith("serve/replica_t-cli_") for f in files)
-        assert any("predict" in f["text"] for f in files)  # the replica's access log
-        unknown = invoke("serve", "logs", "t-cli-nope")
-        assert isinstance(unknown.exception, AtollError) and "t-cli" in str(unknown.exception)
-    finally:
-        endpoints.delete("t-cli")
+    auth = {"Authorization": f"Bearer {APP_KEY}"}
+    printed, url = keyed_app["output"], keyed_app["url"]
+    assert '-H "Authorization: Bearer $ATOLL_API_KEY"' in printed and APP_KEY not in printed
+    for link in (f"{url}/openapi.json", f"{url}/ui"):  # every link `atoll serve deploy` prints answers
+        assert link in printed
+        assert httpx.get(link, headers=auth, timeout=30).status_code == 200
+    assert f"{url}/docs" not in printed
+    assert httpx.post(f"{url}/predict", json={"inputs": [[0.0] * 64]}, headers=auth, timeout=30).status_code == 200
+    logs = invoke("serve", "logs", "digits-private", "--json")
+    assert logs.exit_code == 0, logs.output
+    files = json.loads(logs.stdout)
+    assert files and all(f["file"].startswith("serve/replica_digits-private_") for f in files)
+    assert any("predict" in f["text"] for f in files)  # the replica's access log
+    unknown = invoke("serve", "logs", "digits-nope")
+    assert isinstance(unknown.exception, AtollError) and "digits-nope" in str(unknown.exception)
 
 
 @pytest.mark.cluster

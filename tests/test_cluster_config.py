@@ -153,7 +153,7 @@ def test_every_module_imports_without_side_effects(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert {"atoll.cli", "atoll.serving", "atoll.train", "atoll.tune"} <= set(seen["modules"])
+    assert {"atoll.cli", "atoll.serving.replica", "atoll.train", "atoll.tune"} <= set(seen["modules"])
     assert seen["env"] in ({}, {"RAY_CLIENT_MODE": "0"}), seen["env"]  # `import ray` sets RAY_CLIENT_MODE=0
     assert not seen["ray_initialized"]
     assert seen["children"] == [] and seen["threads"] == ["MainThread"], seen

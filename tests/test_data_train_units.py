@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from atoll import data, models, train
+from atoll import data, events, models, train
 from atoll.config import apply_overrides, load_file, load_model
 from atoll.errors import ConfigError, DataError
 from atoll.specs import TrainSpec
@@ -165,7 +165,7 @@ def test_models_build_and_user_import_paths():
 
 def test_event_lines_survive_ray_log_prefixes():
     line = '(RayTrainWorker pid=1) ATOLL_EVENT {"event": "epoch", "epoch": 2}\nnoise\nATOLL_EVENT {bad'
-    assert train.parse_events(line) == [{"event": "epoch", "epoch": 2}]
+    assert events.parse_events(line) == [{"event": "epoch", "epoch": 2}]
 
 
 def test_run_names_are_never_silently_reused(tmp_path):

@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from atoll import models, train
 from atoll.specs import TrainSpec
+from atoll.train import loop
 
 WORLD, STEPS = 2, 3
 MODEL = ("mlp", 16, 4, {"hidden": [8], "dropout": 0.0})  # no dropout: steps are deterministic
@@ -65,7 +66,7 @@ def _resume_and_compare(rank: int, wrap, ckpt: Path) -> None:
     def fresh(seed: int):
         torch.manual_seed(seed)
         model = wrap(models.build(*MODEL))
-        return model, train._optimizer(spec, model.parameters())
+        return model, loop._optimizer(spec, model.parameters())
 
     def params(model) -> dict[str, torch.Tensor]:
         return get_model_state_dict(model, options=full)
@@ -116,7 +117,7 @@ def test_unsharded_resume_restores_sgd_momentum_and_reads_checkpoints_keyed_by_p
     x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))
     torch.manual_seed(0)
     model = models.build(*MODEL)
-    optimizer = train._optimizer(spec, model.parameters())
+    optimizer = loop._optimizer(spec, model.parameters())
     _step(model, optimizer, x, y)
     train.save_training_state(model, optimizer, tmp_path, rank=0)
     _write_meta(tmp_path)
@@ -133,7 +134,7 @@ def test_unsharded_resume_restores_sgd_momentum_and_reads_checkpoints_keyed_by_p
     for directory in (tmp_path, legacy):
         torch.manual_seed(1)
         restored = models.build(*MODEL)
-        restored_opt = train._optimizer(spec, restored.parameters())
+        restored_opt = loop._optimizer(spec, restored.parameters())
         train.load_training_state(restored, restored_opt, directory)
         _step(restored, restored_opt, x, y)
         for name, value in restored.state_dict().items():

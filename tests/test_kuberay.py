@@ -17,9 +17,10 @@ import jsonschema
 import pytest
 import typer
 import yaml
-from atoll import apikeys, cluster, endpoints, kuberay, playground
+from atoll import apikeys, cluster, kuberay
 from atoll.cli.k8s import k8s_app
 from atoll.errors import ConfigError
+from atoll.serving import endpoints, playground
 from conftest import REPO
 from typer.testing import CliRunner
 
@@ -371,7 +372,7 @@ def test_rayservice_serves_the_demo_app_with_the_serve_deploy_structure(raw, tmp
     assert config["http_options"] == {"host": "0.0.0.0", "port": spec.atoll.serve.port}
     app, gallery = config["applications"]
     assert (gallery["name"], gallery["route_prefix"]) == (playground.GALLERY_APP, "/")
-    assert app["import_path"] == "atoll.serving:app" == endpoints.IMPORT_PATH
+    assert app["import_path"] == "atoll.serving.replica:app" == endpoints.IMPORT_PATH
     assert (app["name"], app["route_prefix"]) == ("digits", "/digits")
     assert app["args"]["model"] == app["args"]["requested"] == "digits@production"
     assert "s3cret-key" not in svc["spec"]["serveConfigV2"]
@@ -386,7 +387,7 @@ def test_rayservice_serves_the_demo_app_with_the_serve_deploy_structure(raw, tmp
     expected["http_options"]["host"] = "0.0.0.0"
     assert config == expected
     # Serve settings go along explicitly and are valid for the app.
-    from atoll.serving import AppArgs
+    from atoll.serving.replica import AppArgs
 
     assert AppArgs.model_validate(app["args"]).settings["max_batch_size"] == spec.atoll.serve.max_batch_size
 

@@ -8,9 +8,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "atoll"
-CLIENT_SIDE = {"atoll.cluster", "atoll.endpoints", "atoll.jobs", "atoll.status", "atoll.quickstart",
-               "atoll.kuberay", "atoll.runs"}
-REPLICA_SIDE = {"atoll.serving", "atoll.playground", "atoll.proxy_auth"}
+CLIENT_SIDE = {"atoll.cluster", "atoll.serving.endpoints", "atoll.jobs", "atoll.status", "atoll.quickstart",
+               "atoll.kuberay", "atoll.runs", "atoll.serving.logs"}
+REPLICA_SIDE = {"atoll.serving", "atoll.serving.replica", "atoll.serving.playground", "atoll.serving.proxy_auth"}
 
 
 def _module_name(path: Path) -> str:

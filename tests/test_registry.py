@@ -372,7 +372,7 @@ def test_dead_or_stale_writers_are_reported_failed(reg: Registry, ckpt: Path) ->
 def test_unreaped_killed_writer_counts_as_dead() -> None:
     import subprocess
 
-    from atoll.registry import _pid_alive
+    from atoll.registry.writers import _pid_alive
 
     zombie = subprocess.Popen(["true"])
     try:
@@ -482,7 +482,7 @@ def test_root_forms(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     (3, "is not a non-empty string"),
 ])
 def test_file_names_must_stay_inside_the_version_folder(name: Any, reason: str | None) -> None:
-    from atoll.registry import _escape_reason
+    from atoll.registry.manifest import _escape_reason
 
     assert _escape_reason(name) == reason
 
@@ -496,7 +496,7 @@ def test_register_refuses_a_checkpoint_file_a_version_folder_cannot_hold(reg: Re
 
 
 def _sealed(path: Path) -> bool:
-    from atoll.registry import _manifest_digest
+    from atoll.registry.manifest import _manifest_digest
 
     manifest = json.loads(path.read_text())
     return manifest["format"] == 2 and manifest["manifest_sha256"] == _manifest_digest(manifest)

@@ -15,32 +15,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from atoll import data, endpoints, jobs, models, registry
+from atoll import data, jobs, models, registry
+from atoll.serving import endpoints
+from conftest import APP_KEY as KEY
 from conftest import ATOLL, run_cli
+from conftest import SMALL_APP as SMALL
 
 pytestmark = pytest.mark.cluster
-
-# Half a CPU per replica: a rollover briefly runs old and new replicas side by side on the 4-CPU cluster.
-SMALL = ["--replicas", "1:1", "--set", "num_cpus_per_replica=0.5"]
-
 
 def _storage() -> str:
     return os.environ["ATOLL_STORAGE"]
 
 
 @pytest.fixture(scope="module")
-def deployed(trained_digits):
-    """digits trained for real (3 epochs), promoted to production, deployed by alias."""
-    version = trained_digits["registered"]["version"]
-    promoted = run_cli("models", "promote", f"digits:{version}", "production")
-    assert promoted.returncode == 0, promoted.stderr
-    result = run_cli("serve", "deploy", "digits@production", *SMALL, "--json", timeout=400)
-    assert result.returncode == 0, result.stdout + result.stderr
-    info = json.loads(result.stdout)
-    assert (info["app"], info["version"], info["status"]) == ("digits", version, "RUNNING")
-    yield info
-    for app in endpoints.status():
-        endpoints.delete(app["app"])
+def deployed(public_app):
+    """digits trained for real, promoted to production, deployed by alias (the session's shared app)."""
+    return public_app
 
 
 @pytest.fixture(scope="module")
@@ -144,32 +134,27 @@ def test_unknown_versions_and_apps_are_one_clear_line(deployed):
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, result.stderr)
 
 
-KEY = "s3cret-key-0123456789abc"
-
-
 @pytest.fixture(scope="module")
 def two_more_apps(deployed):
-    """`digits-private` (with an API key) and `digits-b` deployed by two `atoll serve deploy` at once."""
+    """`digits-b` and `digits-c` deployed by two `atoll serve deploy` at once (removed by the delete test)."""
     version = deployed["version"]
     procs = [subprocess.Popen([ATOLL, "serve", "deploy", f"digits:{version}", "--app", app, *SMALL, "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, **({"ATOLL_API_KEY": KEY} if app == "digits-private" else {})})
-             for app in ("digits-private", "digits-b")]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for app in ("digits-b", "digits-c")]
     outs = [p.communicate(timeout=400) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     return {json.loads(out)["app"]: json.loads(out) for out, _ in outs}
 
 
 def test_two_deploys_at_once_both_land_and_both_apps_serve(deployed, two_more_apps):
-    for app in ("digits-private", "digits-b"):
-        headers = {"Authorization": f"Bearer {KEY}"} if app == "digits-private" else {}
-        resp = httpx.post(f"{two_more_apps[app]['url']}/predict", json={"inputs": [ROW]}, headers=headers, timeout=30)
+    for app in ("digits-b", "digits-c"):
+        resp = httpx.post(f"{two_more_apps[app]['url']}/predict", json={"inputs": [ROW]}, timeout=30)
         assert resp.status_code == 200, (app, resp.text)
-    assert {"digits", "digits-private", "digits-b"} <= {a["app"] for a in endpoints.status()}
+    assert {"digits", "digits-b", "digits-c"} <= {a["app"] for a in endpoints.status()}
 
 
-def test_an_api_key_guards_every_route_but_healthz_and_the_gallery_list(deployed, two_more_apps):
-    url = two_more_apps["digits-private"]["url"]
+def test_an_api_key_guards_every_route_but_healthz_and_the_gallery_list(keyed_app):
+    url = keyed_app["url"]
     assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, timeout=30).status_code == 401
     wrong = {"Authorization": "Bearer nope-nope-nope-nope"}
     assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, headers=wrong, timeout=30).status_code == 401
@@ -178,7 +163,7 @@ def test_an_api_key_guards_every_route_but_healthz_and_the_gallery_list(deployed
     good = {"Authorization": f"Bearer {KEY}"}
     assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, headers=good, timeout=30).status_code == 200
     # With a keyed app on the cluster, the gallery's list of apps opens with that key only.
-    gallery = two_more_apps["digits-private"]["gallery"]
+    gallery = keyed_app["gallery"]
     assert httpx.get(f"{gallery}_gallery/apps", timeout=30).status_code == 401
     listed = httpx.get(f"{gallery}_gallery/apps", headers=good, timeout=30)
     assert listed.status_code == 200 and "digits-private" in {a["app"] for a in listed.json()["apps"]}
@@ -190,7 +175,7 @@ def test_an_api_key_guards_every_route_but_healthz_and_the_gallery_list(deployed
     assert short.returncode != 0 and "at least 16" in short.stderr and len(short.stderr.strip().splitlines()) == 1
 
 
-def test_the_api_key_reaches_no_job_no_serve_config_and_no_manifest(deployed, two_more_apps, tmp_path):
+def test_the_api_key_reaches_no_job_no_serve_config_and_no_manifest(keyed_app, tmp_path):
     """A job submitted with the key in the shell's environment: the key is nowhere the cluster shows (job info,
     runtime env, the job's own environment, the Serve config) nor in the rendered KubeRay manifests."""
     from atoll import auth, cluster
@@ -224,11 +209,11 @@ def test_the_api_key_reaches_no_job_no_serve_config_and_no_manifest(deployed, tw
 
 def test_two_deletes_at_once_both_land_and_the_other_apps_keep_serving(deployed, two_more_apps):
     procs = [subprocess.Popen([ATOLL, "serve", "delete", app], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for app in ("digits-private", "digits-b")]
+                              text=True) for app in two_more_apps]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     left = {a["app"] for a in endpoints.status()}
-    assert "digits" in left and not left & {"digits-private", "digits-b"}
+    assert "digits" in left and not left & set(two_more_apps)
     assert httpx.post(f"{deployed['url']}/predict", json={"inputs": [ROW]}, timeout=30).status_code == 200
 
 

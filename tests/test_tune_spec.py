@@ -15,6 +15,8 @@ from atoll import config, data, tune
 from atoll.config import load_model
 from atoll.errors import ConfigError
 from atoll.specs import TrainSpec
+from atoll.tune import results as sweep_results
+from atoll.tune import run as sweep_run
 from conftest import REPO
 
 SWEEP = REPO / "jobs/configs/sweep.yaml"
@@ -298,10 +300,10 @@ def test_results_frame_has_one_column_per_swept_field(tmp_path):
 def test_a_sweep_name_is_never_silently_reused(tmp_path):
     path = tune.experiment_path(str(tmp_path), "s1")
     assert path == str(tmp_path.resolve() / "sweeps" / "s1")
-    assert "--resume: sweep 's1' at" in _error(tune._check_experiment, path, "s1", True)  # nothing there
+    assert "--resume: sweep 's1' at" in _error(sweep_run._check_experiment, path, "s1", True)  # nothing there
     Path(path).mkdir(parents=True)
-    assert "sweep 's1' already exists" in _error(tune._check_experiment, path, "s1", False)
-    assert "holds no Tune experiment state" in _error(tune._check_experiment, path, "s1", True)
+    assert "sweep 's1' already exists" in _error(sweep_run._check_experiment, path, "s1", False)
+    assert "holds no Tune experiment state" in _error(sweep_run._check_experiment, path, "s1", True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,6 +324,7 @@ class _Batches:
 def test_tune_session_runs_the_training_loop(monkeypatch, capsys):
     import ray.tune
     from atoll import train
+    from atoll.events import parse_events
 
     reports = []
 
@@ -344,7 +347,7 @@ def test_tune_session_runs_the_training_loop(monkeypatch, capsys):
 
     assert [m["epoch"] for m, _, _ in reports] == [0, 1, 2]
     assert all(files == ["atoll.json", "model.pt", "optim.pt"] and ws == 1 for _, files, ws in reports)
-    events = [e for e in train.parse_events(capsys.readouterr().out) if e["event"] == "trial"]
+    events = [e for e in parse_events(capsys.readouterr().out) if e["event"] == "trial"]
     assert [(e["trial"], e["epoch"], e["status"]) for e in events] == \
         [("t_00001", 0, "running"), ("t_00001", 1, "running"), ("t_00001", 2, "finished")]
     assert events[0]["config"] == {"optimizer.lr": 0.01} and events[0]["metric"] == "val_accuracy"
@@ -383,16 +386,17 @@ def test_tune_results_become_trial_records_and_best_checkpoints():
     result = _result(history, {"model.params.hidden": "[32]", "batch_size": 64},
                      best_checkpoints=[("ckpt1", {"val_accuracy": 0.8, "epoch": 1}),
                                        ("ckpt0", {"val_accuracy": 0.5, "epoch": 0})])
-    record = tune._trial_record(sweep, result)
+    record = sweep_results._trial_record(sweep, result)
     assert record["trial_id"] == "abc_00001" and record["error"] is None
     assert record["config"] == {"model.params.hidden": [32], "batch_size": 64}
     assert [h["epoch"] for h in record["history"]] == [0, 1, 2] and "time_this_iter_s" not in record["history"][0]
     row = tune.results_table([record], metric="val_accuracy", mode="max", max_t=8)[0]
     assert (row["status"], row["best_epoch"]) == ("stopped early", 1)
-    assert tune._best_checkpoint(result, row, sweep, nested=False) == ("ckpt1", {"val_accuracy": 0.8, "epoch": 1})
-    ckpt, metrics = tune._best_checkpoint(result, row, sweep, nested=True)  # the path came with the metrics
+    assert sweep_run._best_checkpoint(result, row, sweep, nested=False) == \
+        ("ckpt1", {"val_accuracy": 0.8, "epoch": 1})
+    ckpt, metrics = sweep_run._best_checkpoint(result, row, sweep, nested=True)  # the path came with the metrics
     assert ckpt.path == "/ck/1" and metrics["val_accuracy"] == 0.8
-    failed = tune._trial_record(sweep, _result([], {"batch_size": 32}, error=RuntimeError("boom")))
+    failed = sweep_results._trial_record(sweep, _result([], {"batch_size": 32}, error=RuntimeError("boom")))
     assert failed["history"] == [] and "boom" in failed["error"]
 
 
@@ -401,7 +405,8 @@ def test_results_and_plot_are_written_next_to_the_experiment(tmp_path):
 
     rows = tune.results_table(_trials(), metric="val_accuracy", mode="max", max_t=4)
     experiment = tune.experiment_path(str(tmp_path), "s")
-    paths = tune._write_outputs(rows, {t["trial_id"]: t["history"] for t in _trials()}, "val_accuracy", experiment)
+    paths = sweep_results._write_outputs(rows, {t["trial_id"]: t["history"] for t in _trials()}, "val_accuracy",
+                                         experiment)
     assert paths["results_csv"] == f"{experiment}/results.csv"
     assert list(pd.read_csv(paths["results_csv"]).trial_id) == ["c", "a", "b", "d"]
     assert len(pd.read_parquet(paths["results_parquet"])) == 4
@@ -424,4 +429,4 @@ def test_tuner_is_built_without_a_cluster(tmp_path, monkeypatch, algorithm, sche
     experiment = tune.experiment_path(str(tmp_path), sweep.name)
     assert ray.tune.Tuner.can_restore(experiment) and not ray.is_initialized()
     # From now on the name is taken: only --resume continues it.
-    assert "already exists" in _error(tune._check_experiment, experiment, sweep.name, False)
+    assert "already exists" in _error(sweep_run._check_experiment, experiment, sweep.name, False)

@@ -12,7 +12,7 @@
 
 Training and sweeps run as Ray jobs through the Jobs API, exactly as `atoll train` / `atoll tune` run them;
 these calls wait for the job and return what it registered. Everything else is the library module's own
-function (``atoll.cluster``, ``atoll.endpoints``, ``atoll.registry``), re-exported here.
+function (``atoll.cluster``, ``atoll.serving.endpoints``, ``atoll.registry``), re-exported here.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from atoll import cluster, config, endpoints, jobs
+from atoll import cluster, config, jobs
 from atoll import registry as _registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import JobFailedError
 from atoll.events import parse_events
+from atoll.serving import endpoints
 
 
 def up(config_path: str | Path | None = None, **options: Any) -> ClusterInfo:

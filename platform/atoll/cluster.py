@@ -26,11 +26,12 @@ from typing import Any
 import httpx
 import yaml
 
-from atoll import auth, proxy_auth
+from atoll import auth
 
 # cluster.yaml is loaded by atoll.config; these names stay importable from here too, where users look first.
 from atoll.config import DEFAULT_CONFIG, find_config, load_spec, project_root, validate_ray_config  # noqa: F401
 from atoll.errors import ClusterError, ClusterNotUpError, ConfigError
+from atoll.serving import proxy_auth
 from atoll.specs import ClusterSpec
 
 # ------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ connect to the cluster it runs on, record the job's lineage, and end on a user e
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -45,14 +44,3 @@ def lineage() -> dict[str, Any]:
     """The job id and the project's git commit, which `atoll train`/`tune` send along (else read here)."""
     return {"job_id": os.environ.get("ATOLL_JOB_ID"),
             "git_commit": os.environ.get("ATOLL_GIT_COMMIT") or git_commit()}
-
-
-def main_of(module: str) -> int:
-    """Run ``module.main()`` from the imported module: what the ``__main__`` block of a job module calls.
-
-    ``python -m atoll.train`` runs that file as ``__main__``, a second copy of ``atoll.train``. Functions of
-    the copy would be pickled by value (cloudpickle does so for ``__main__``) and its classes would not be
-    the imported module's; running the imported module keeps every function Ray ships (the worker loop,
-    the trial) a reference to ``atoll.train``/``atoll.tune``, importable on every worker.
-    """
-    return importlib.import_module(module).main()

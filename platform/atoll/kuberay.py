@@ -105,7 +105,7 @@ def token_env(spec: ClusterSpec) -> list[dict[str, Any]]:
 
 
 def _env(spec: ClusterSpec) -> list[dict[str, Any]]:
-    from atoll import proxy_auth
+    from atoll.serving import proxy_auth
 
     # Serve's proxy on every pod refuses requests without a valid API key before a replica's queue.
     env = [*token_env(spec), {"name": proxy_auth.ENV_VAR, "value": proxy_auth.IMPORT_PATH}]
@@ -294,8 +294,8 @@ def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | No
     ``http_options.host`` is 0.0.0.0: inside the pod the proxy must listen on the pod's interfaces for the
     Kubernetes Service (``<name>-serve-svc``) to reach it; the Service, not the bind address, decides exposure.
     """
-    from atoll import endpoints
     from atoll.registry import parse_ref
+    from atoll.serving import endpoints
     from atoll.specs import ServeSettings
 
     name = parse_ref(model)[0]

@@ -15,9 +15,10 @@ import numpy as np
 from rich.panel import Panel
 from rich.table import Table
 
-from atoll import cluster, data, endpoints, jobs, progress, registry
+from atoll import cluster, data, jobs, progress, registry
 from atoll.console import console
 from atoll.errors import AtollError
+from atoll.serving import endpoints
 
 ALIAS = "production"
 

@@ -1,7 +1,7 @@
 """The showcase in a real browser: Debian's Chromium, headless, driven by Playwright, against the digits
 model trained for real and deployed on the shared cluster with `atoll serve deploy`.
 
-One browser and one deployment for the module (plus a second app with an API key); a screenshot of every
+One browser for the module, and the session's two shared apps (one public, one behind an API key); a screenshot of every
 test goes to the artefact folder (``$ATOLL_TEST_ARTIFACTS``, else the session's temporary folder), and with
 ``ATOLL_UPDATE_SCREENSHOT=1`` the playground's screenshot also replaces ``docs/playground.png``.
 """
@@ -18,14 +18,13 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from atoll import endpoints, playground
-from atoll.errors import ServingError
-from conftest import REPO, run_cli
+from atoll.serving import playground
+from conftest import APP_KEY as KEY
+from conftest import REPO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
 
-APP, PRIVATE, KEY = "digits", "digits-private", "pl4yground-key-0123"
-SMALL = ["--replicas", "1:1", "--set", "num_cpus_per_replica=0.5"]
+APP, PRIVATE = "digits", "digits-private"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update"]
 REQUIRED = bool(os.environ.get("CI") or os.environ.get("ATOLL_REQUIRE_BROWSER"))
@@ -60,34 +59,18 @@ def artifacts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def digits_app(trained_digits):
-    """The trained digits version deployed as app `digits` (and `digits-private`, with an API key, on
-    demand); both and the gallery are removed at the end."""
-    version = trained_digits["registered"]["version"]
-    result = run_cli("serve", "deploy", f"digits:{version}", "--app", APP, *SMALL, "--json", timeout=400)
-    assert result.returncode == 0, result.stdout + result.stderr
-    info = json.loads(result.stdout)
+def digits_app(public_app):
+    """The session's digits version deployed as app `digits` (shared with the Serve and CLI tests)."""
+    info = public_app
     assert info["playground"] == f"{info['url']}/ui" and info["gallery"] == info["url"].rsplit("/", 1)[0] + "/"
-    yield info
-    for name in (PRIVATE, APP):
-        try:
-            endpoints.delete(name)
-        except ServingError:
-            pass
-    left = {a["app"] for a in endpoints.status()}
-    assert not left & {APP, PRIVATE}
-    if not left:  # the gallery leaves with the last model app
-        assert httpx.get(info["gallery"], timeout=10).status_code == 404
+    return info
 
 
 @pytest.fixture(scope="module")
-def private_app(digits_app):
-    result = run_cli("serve", "deploy", f"digits:{digits_app['version']}", "--app", PRIVATE, *SMALL,
-                     env={"ATOLL_API_KEY": KEY}, timeout=400)
-    assert result.returncode == 0, result.stdout + result.stderr
-    url = digits_app["url"].rsplit("/", 1)[0] + f"/{PRIVATE}"
-    assert f"playground: {url}/ui" in result.stdout  # `atoll serve deploy` prints the page's URL
-    return {**digits_app, "app": PRIVATE, "url": url, "playground": f"{url}/ui"}
+def private_app(keyed_app):
+    """The same version as `digits-private`, behind the API key KEY (shared too)."""
+    assert f"playground: {keyed_app['playground']}" in keyed_app["output"]  # `atoll serve deploy` prints it
+    return keyed_app
 
 
 class Recorder:

@@ -9,7 +9,8 @@ import shutil
 
 import pandas as pd
 import pytest
-from atoll import config, data, playground, specs
+from atoll import config, data, specs
+from atoll.serving import playground
 from conftest import REPO
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

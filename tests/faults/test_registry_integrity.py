@@ -26,7 +26,8 @@ import pytest
 import yaml
 from atoll.data import Preprocessor
 from atoll.errors import ConfigError, RegistryError
-from atoll.registry import ModelVersion, Registry, TamperedManifestError, _seal
+from atoll.registry import ModelVersion, Registry, TamperedManifestError
+from atoll.registry.manifest import _seal
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "atoll"
 
@@ -37,6 +38,7 @@ KILLABLE_WRITER = r'''
 import json, os, signal, sys
 
 import atoll.registry as registry
+import atoll.registry.store as store
 
 root, ckpt, name, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 events = []
@@ -90,9 +92,9 @@ def counted(fn, what):
 
 
 os.rename, os.replace = counted(os.rename, "rename"), counted(os.replace, "replace")
-registry._CHUNK = 1 << 17  # a few write events inside model.pt
+store._CHUNK = 1 << 17  # a few write events inside model.pt
 reg = registry.Registry(root)
-reg._fs = CountingFS(reg._fs)
+reg._folders.fs = CountingFS(reg._folders.fs)
 mv = reg.register(name, ckpt, metrics={"kill_at": kill_at}, spec={})
 print(json.dumps({"version": mv.version, "events": events}))
 '''
@@ -474,7 +476,7 @@ def _user_model_version(reg: Registry, tmp_path: Path, model_type: str) -> Model
 def test_a_model_type_cluster_yaml_does_not_allow_is_refused_and_not_imported(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probes: dict[str, Path],
         reliability: Callable[..., None]) -> None:
-    from atoll.serving import Predictor  # late: Serve and FastAPI, for this test only
+    from atoll.serving.replica import Predictor  # late: Serve and FastAPI, for this test only
 
     reg = Registry(str(tmp_path / "store"))
     monkeypatch.setenv("ATOLL_CLUSTER_CONFIG", str(_cluster_yaml(tmp_path, ["atoll_probe_user.*"])))

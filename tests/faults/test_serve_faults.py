@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from atoll import endpoints
+from atoll.serving import endpoints
 from conftest import run_cli
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -162,7 +162,7 @@ def test_a_flood_gets_fast_503s_with_retry_after_and_the_app_recovers(app, relia
 
 
 def test_a_keyless_flood_is_refused_at_the_proxy_and_a_keyed_client_loses_no_request(app, reliability):
-    """The API key is checked in Serve's HTTP proxy (atoll.proxy_auth): keyless requests never take a slot of
+    """The API key is checked in Serve's HTTP proxy (atoll.serving.proxy_auth): keyless requests never take a slot of
     the replicas' queues (16 here), so a keyed client beside a flood of 64 at a time gets every answer."""
     keyed: list[int] = []
     stop = threading.Event()
@@ -339,7 +339,7 @@ def test_fuzzing_every_route_from_its_openapi_document_gives_no_5xx(app, reliabi
 def test_a_model_with_nan_output_gets_a_clean_error_not_an_encoder_500(trained_digits):
     """The broken-model branch, in process: NaN weights give a message that names the version."""
     import torch
-    from atoll import serving
+    from atoll.serving import replica as serving
 
     version = trained_digits["registered"]["version"]
     predictor = serving.Predictor(os.environ["ATOLL_STORAGE"], f"digits:{version}")

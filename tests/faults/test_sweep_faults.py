@@ -10,7 +10,7 @@ import time
 
 import psutil
 import pytest
-from atoll import jobs, train
+from atoll import events, jobs
 from conftest import run_cli
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -25,7 +25,7 @@ SMALL = ["--set", f"name={NAME}", "--set", f"num_samples={TRIALS}", "--set", f"o
 
 
 def _trial_events(job_id: str) -> list[dict]:
-    return [e for e in train.parse_events(jobs.logs(job_id)) if e["event"] == "trial"]
+    return [e for e in events.parse_events(jobs.logs(job_id)) if e["event"] == "trial"]
 
 
 def test_a_killed_sweep_driver_resumes_without_redoing_finished_trials(ray_cluster, reliability):

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from atoll import jobs, registry, train
+from atoll.events import parse_events
 from conftest import TRAINED_EPOCHS, run_cli
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -62,15 +63,15 @@ def test_a_killed_worker_and_a_killed_driver_lose_no_epoch_and_redo_at_most_one(
     assert len(workers) == 2
     killed_worker_at = time.monotonic()
     os.kill(workers[0].pid, signal.SIGKILL)
-    _wait(lambda: any(e["event"] == "resumed" for e in train.parse_events(jobs.logs(job_id))), job_id,
+    _wait(lambda: any(e["event"] == "resumed" for e in parse_events(jobs.logs(job_id))), job_id,
           "the restart from the checkpoint")
     worker_recovery_s = time.monotonic() - killed_worker_at
-    resumed_at = [e for e in train.parse_events(jobs.logs(job_id)) if e["event"] == "resumed"][0]["epoch"]
+    resumed_at = [e for e in parse_events(jobs.logs(job_id)) if e["event"] == "resumed"][0]["epoch"]
 
     # 2. SIGKILL the job's driver once the restarted run has registered one more checkpoint.
     done = len(_checkpoints(RUN))
     _wait(lambda: len(_checkpoints(RUN)) > done, job_id, "a checkpoint after the restart")
-    epochs_before = {e["epoch"] for e in train.parse_events(jobs.logs(job_id)) if e["event"] == "epoch"}
+    epochs_before = {e["epoch"] for e in parse_events(jobs.logs(job_id)) if e["event"] == "epoch"}
     assert len(epochs_before) < TRAINED_EPOCHS, "the run finished before its driver could be killed"
     # (The job runs its entrypoint through `sh -c`: the driver is the python process under it.)
     drivers = [p for p in _processes("-m atoll.train") if RUN in " ".join(p.info["cmdline"]) and p.name() != "sh"]
@@ -94,7 +95,7 @@ def test_a_killed_worker_and_a_killed_driver_lose_no_epoch_and_redo_at_most_one(
     result = run_cli("train", "--set", f"epochs={TRAINED_EPOCHS}", "--resume", RUN, "--json", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = json.loads(result.stdout)
-    events = train.parse_events(jobs.logs(out["job"]["id"]))
+    events = parse_events(jobs.logs(out["job"]["id"]))
     resumed_epoch = [e for e in events if e["event"] == "resumed"][0]["epoch"]
     epochs_after = {e["epoch"] for e in events if e["event"] == "epoch"}
     assert resumed_epoch >= 1 and epochs_before | epochs_after == set(range(TRAINED_EPOCHS))

@@ -31,8 +31,8 @@ def render(config: Path | None = ConfigOpt,
            as_json: bool = typer.Option(False, "--json", help="Print the manifests (one `kind: List`, ready for "
                                         "`kubectl apply -f -`) instead of writing files.")) -> None:
     """Write a RayCluster, a RayJob (training) and a RayService (the model endpoint) for cluster.yaml."""
-    from atoll import endpoints
     from atoll.config import load_spec
+    from atoll.serving import endpoints
 
     spec = load_spec(config)
     manifests = kuberay.render(spec, model=model, app=app, api_key=endpoints.api_key(spec.atoll.serve),

@@ -1,5 +1,5 @@
 """`atoll serve ...` and `atoll query`: model endpoints from the command line. Parse, call
-atoll.endpoints, render."""
+atoll.serving.endpoints, render."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS
                                           "app: --set max_batch_size=64 (repeat)."),
            config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Deploy a model version (or roll an app over to it); wait until it is RUNNING."""
-    from atoll import endpoints
     from atoll.config import apply_overrides, load_spec
+    from atoll.serving import endpoints
 
     spec = load_spec(config)
     settings = apply_overrides({}, set_)
@@ -56,8 +56,8 @@ def deploy_summary(result: dict[str, Any], auth: str) -> str:
 @serve_app.command("status")
 def status(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Serve applications: status, model version, replicas, URL."""
-    from atoll import endpoints
     from atoll.config import load_spec
+    from atoll.serving import endpoints
 
     rows = endpoints.status(spec=load_spec(config))
     if as_json:
@@ -82,8 +82,8 @@ def status(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
 @serve_app.command("delete")
 def delete(app: str = typer.Argument(..., help="Application name."), config: Path | None = ConfigOpt) -> None:
     """Remove an application; the other apps keep serving."""
-    from atoll import endpoints
     from atoll.config import load_spec
+    from atoll.serving import endpoints
 
     with err_console.status(f"Deleting {app} …"):
         endpoints.delete(app, spec=load_spec(config))
@@ -98,8 +98,8 @@ def query(app: str = typer.Argument(..., help="Serve application name (see `atol
           config: Path | None = ConfigOpt,
           as_json: bool = typer.Option(False, "--json", help="Print JSON (what query always prints).")) -> None:
     """Send rows to a model endpoint and print its JSON answer."""
-    from atoll import endpoints
     from atoll.config import load_spec
+    from atoll.serving import endpoints
 
     if (body is None) == (file is None):
         raise ConfigError("give the rows with exactly one of -d/--body '{\"inputs\": [[...]]}' or "
@@ -113,8 +113,9 @@ def logs(app: str = typer.Argument(..., help="Application name."),
          tail: int = typer.Option(100, "--tail", "-n", min=1, help="Lines from the end of each replica's log."),
          config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """The logs of an app's replicas (Serve's own lines, requests, what the model prints), on every node."""
-    from atoll import cluster, serve_logs
+    from atoll import cluster
     from atoll.config import load_spec
+    from atoll.serving import logs as serve_logs
 
     found = serve_logs.replica_logs(app, lines=tail, info=cluster.current(load_spec(config)))
     if as_json:

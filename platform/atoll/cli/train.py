@@ -25,15 +25,9 @@ def _one_name(what: str, *names: str | None) -> str | None:
     return given[0] if given else None
 
 
-def _submit_entrypoint(kind: str, spec: Path, overrides: list[str], extra: list[str]) -> str:
-    from atoll import jobs
-
-    try:
-        job_id = jobs.submit_atoll_job(kind, spec, overrides, extra)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    err_console.print(f"Submitted {kind} job [bold]{job_id}[/]", soft_wrap=True)
-    return job_id
+def _submitted(kind: str, job: dict[str, str]) -> str:
+    err_console.print(f"Submitted {kind} job [bold]{job['job']}[/]", soft_wrap=True)
+    return job["job"]
 
 
 @app.command("train")
@@ -47,15 +41,11 @@ def train_cmd(spec: Path = typer.Argument(Path("jobs/configs/train.yaml"), metav
               wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
               config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Train a model on the cluster (a Ray job running `python -m atoll.train`) and register it."""
-    from atoll import progress
-    from atoll.config import load_file
-    from atoll.specs import TrainSpec
+    from atoll import api, progress
 
     _one_name("run", name, resume)
-    with cluster_config(config):
-        load_file(TrainSpec, spec, set_)  # fail fast, before anything is submitted
-        extra = ["--resume", resume] if resume else (["--run-name", name] if name else [])
-        job_id = _submit_entrypoint("train", spec, set_, extra)
+    with cluster_config(config):  # api.fit checks the spec before anything is submitted
+        job_id = _submitted("train", api.fit(spec, overrides=set_, name=name, resume=resume, wait=False))
     if not wait:
         if as_json:
             print_json({"id": job_id})
@@ -84,15 +74,13 @@ def tune_cmd(spec: Path = typer.Argument(Path("jobs/configs/sweep.yaml"), metava
              wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the trials until it ends."),
              config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Sweep hyperparameters with Ray Tune + ASHA (a Ray job running `python -m atoll.tune`); register the best."""
-    from atoll import progress
-    from atoll.tune import load_sweep
+    from atoll import api, progress
 
     in_set = [value for key, _, value in (o.partition("=") for o in set_) if key.strip() == "name"]
     sweep = _one_name("sweep", name, resume, *in_set)
     overrides = [*set_, f"name={sweep}"] if sweep else set_
-    with cluster_config(config):
-        load_sweep(spec, overrides)  # fail fast, before anything is submitted
-        job_id = _submit_entrypoint("tune", spec, overrides, ["--resume"] if resume else [])
+    with cluster_config(config):  # api.sweep checks the spec before anything is submitted
+        job_id = _submitted("tune", api.sweep(spec, overrides=overrides, resume=bool(resume), wait=False))
     if not wait:
         if as_json:
             print_json({"id": job_id})

@@ -1,7 +1,7 @@
 """The showcase: a playground page for every model app, and a gallery of them all at the HTTP root.
 
 * **Playground** (``GET /<app>/ui``): one static page shell, the same bytes for every app and shipped in
-  ``atoll/ui/`` (no CDN, no external fonts: it works on an offline cluster). It holds no model data; its
+  ``atoll/serving/ui/`` (no CDN, no external fonts: it works on an offline cluster). It holds no model data; its
   script fetches the model card (``GET /<app>/``), the held-out examples and input-panel layout
   (``GET /<app>/examples``) and the training curve (``GET /<app>/curve.png``) from routes that the API
   key guards like every other route, and predicts through the very ``POST /<app>/predict`` that every
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.errors import AtollError
-from atoll.serve_names import DEPLOYMENT_NAME, GALLERY_APP, GALLERY_IMPORT_PATH
+from atoll.serving.names import DEPLOYMENT_NAME, GALLERY_APP, GALLERY_IMPORT_PATH
 
 log = logging.getLogger("ray.serve")
 
@@ -51,7 +51,7 @@ PIXEL_NAME = re.compile(r"^(px|pix|pixel|pixels|p)[_-]?\d+$", re.IGNORECASE)
 
 
 def static_asset(name: str) -> tuple[bytes, str] | None:
-    """(bytes, media type) of a file of ``atoll/ui/`` by bare name, or None (no paths, no dotfiles)."""
+    """(bytes, media type) of a file of ``atoll/serving/ui/`` by bare name, or None (no paths, no dotfiles)."""
     suffix = Path(name).suffix
     if "/" in name or "\\" in name or name.startswith(".") or suffix not in STATIC_TYPES:
         return None
@@ -323,7 +323,7 @@ def _gallery_deployment():
 
 
 def gallery_app(args: dict[str, Any] | None = None):
-    """Serve application builder (``import_path: atoll.playground:gallery_app``), route prefix ``/``."""
+    """Serve application builder (``import_path: atoll.serving.playground:gallery_app``), route prefix ``/``."""
     return _gallery_deployment().bind((args or {}).get("api_key_hashes"))
 
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from atoll import apikeys
-from atoll.serve_names import GALLERY_IMPORT_PATH, MODEL_IMPORT_PATH
+from atoll.serving.names import GALLERY_IMPORT_PATH, MODEL_IMPORT_PATH
 
 log = logging.getLogger("ray.serve")
 
 ENV_VAR = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-IMPORT_PATH = "atoll.proxy_auth:middlewares"
+IMPORT_PATH = "atoll.serving.proxy_auth:middlewares"
 REFRESH_S = 1.0
 #: A refused key triggers a refresh (a key just deployed) at most this often, so a flood cannot make the
 #: proxy hammer the controller.
@@ -88,7 +88,7 @@ class KeyTable:
                 controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
                 self.guards = guards_from_configs(await controller.get_app_configs.remote())
             except Exception as exc:  # noqa: BLE001 - keep the last table; replicas still check every key
-                log.warning("atoll.proxy_auth: cannot read the app configs from the Serve controller (%s)", exc)
+                log.warning("atoll.serving.proxy_auth: cannot read the app configs from the Serve controller (%s)", exc)
             self.read_at = time.monotonic()
 
     async def lookup(self, path: str, *, fresh: bool = False) -> tuple[Guard, str] | None:
@@ -131,7 +131,7 @@ class APIKeyMiddleware:
 
 
 def middlewares() -> list[Any]:
-    """What Ray's proxy calls (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=atoll.proxy_auth:middlewares``)."""
+    """What Ray's proxy calls (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=atoll.serving.proxy_auth:middlewares``)."""
     from starlette.middleware import Middleware
 
     return [Middleware(APIKeyMiddleware)]

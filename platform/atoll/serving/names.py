@@ -1,7 +1,7 @@
 """Names Atoll's Serve apps share between the client side (deploy, status, the proxy's key check) and the
 replica side: one home, so that a replica never imports client code for a constant."""
 
-MODEL_IMPORT_PATH = "atoll.serving:app"
+MODEL_IMPORT_PATH = "atoll.serving.replica:app"
 DEPLOYMENT_NAME = "ModelServer"
 GALLERY_APP = "_gallery"  # not a valid `--app` name, so it never collides with a model app
-GALLERY_IMPORT_PATH = "atoll.playground:gallery_app"
+GALLERY_IMPORT_PATH = "atoll.serving.playground:gallery_app"

@@ -2,9 +2,9 @@
 
 Deploys go through the dashboard's Serve REST API, the very one `serve deploy` and `serve status` use, so
 the cluster's Serve config is one declarative document: Atoll reads it, adds or replaces one application
-(``atoll.serving:app`` with the model's arguments) and writes it back. Redeploying an application with a
+(``atoll.serving.replica:app`` with the model's arguments) and writes it back. Redeploying an application with a
 new version makes Serve roll its replicas over; requests keep being answered meanwhile. The showcase gallery
-(``atoll.playground``, an app at route ``/``) is added with the first model app and removed with the last.
+(``atoll.serving.playground``, an app at route ``/``) is added with the first model app and removed with the last.
 
 That API only takes the whole document, so two clients that read, change and write it at once would drop
 each other's apps. Writes from this machine are serialised by a lock file; and every writer checks, after
@@ -24,10 +24,11 @@ from typing import Any
 
 import httpx
 
-from atoll import apikeys, auth, cluster, playground, registry
+from atoll import apikeys, auth, cluster, registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import ClusterNotUpError, ConfigError, ServingError
-from atoll.serve_names import DEPLOYMENT_NAME, MODEL_IMPORT_PATH
+from atoll.serving import playground
+from atoll.serving.names import DEPLOYMENT_NAME, MODEL_IMPORT_PATH
 from atoll.specs import ClusterSpec, ServeSettings
 
 IMPORT_PATH = MODEL_IMPORT_PATH
@@ -77,7 +78,7 @@ def serve_config(spec: ClusterSpec, applications: list[dict[str, Any]]) -> dict[
 def app_config(app: str, model: str, *, storage: str, requested: str | None = None,
                settings: dict[str, Any] | None = None, api_key: str | None = None,
                model_types: list[str] | None = None) -> dict[str, Any]:
-    """One model application: ``atoll.serving:app`` at route ``/<app>`` with its arguments (the user model
+    """One model application: ``atoll.serving.replica:app`` at route ``/<app>`` with its arguments (the user model
     types cluster.yaml allows go along, so a replica that finds no cluster.yaml, e.g. on KubeRay, has them)."""
     args: dict[str, Any] = {"model": model, "storage": storage, "requested": requested or model,
                             "settings": dict(settings or {}), "model_types": list(model_types or [])}

@@ -1,11 +1,11 @@
 """The Serve deployment: load a registered version, validate requests, batch them, predict.
 
 One Serve application per deployed model (``atoll serve deploy`` / ``serve deploy serve/config.yaml``):
-its import path is ``atoll.serving:app``, an application builder that takes the arguments below, so it
+its import path is ``atoll.serving.replica:app``, an application builder that takes the arguments below, so it
 runs wherever Atoll is installed (every node of a cluster.yaml cluster) without shipping files.
 
 Routes under the app's prefix: ``POST /predict``, ``GET /`` (model card), ``GET /healthz``, and FastAPI's
-``/openapi.json`` and ``/docs``; for the playground page (atoll.playground): ``GET /ui`` and ``/ui/static/*``
+``/openapi.json`` and ``/docs``; for the playground page (atoll.serving.playground): ``GET /ui`` and ``/ui/static/*``
 (a public page shell with no model data, the same for every app) and ``GET /examples`` and ``/curve.png``
 (model data, behind the API key like the card and ``/predict``: the page asks for the key). Request
 bodies are parsed as JSON (never unpickled) and validated against the version's input schema; a bad
@@ -26,9 +26,10 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ConfigDict, Field
 from ray import serve
 
-from atoll import apikeys, playground
+from atoll import apikeys
 from atoll.errors import AtollError
-from atoll.serve_names import DEPLOYMENT_NAME
+from atoll.serving import playground
+from atoll.serving.names import DEPLOYMENT_NAME
 from atoll.specs import ServeSettings
 
 log = logging.getLogger("ray.serve")
@@ -275,7 +276,7 @@ class ModelServer:
         log.info("serving %s on %s", self.predictor.version.ref, self.predictor.device)
 
     def _refused(self, request: Request) -> JSONResponse | None:
-        # The proxy's middleware (atoll.proxy_auth) refuses these first; this check stays for a proxy without it.
+        # The proxy's middleware (atoll.serving.proxy_auth) refuses these first; this check stays for a proxy without it.
         if self.args.api_key_hash and not apikeys.key_matches(request.headers.get("authorization"),
                                                               self.args.api_key_hash):
             return _error(401, apikeys.REFUSED)
@@ -363,7 +364,7 @@ def replica_resources(settings: ServeSettings, cluster_gpus: float) -> dict[str,
 
 
 def app(args: dict[str, Any]):
-    """Serve application builder (``import_path: atoll.serving:app``): one model, autoscaled replicas."""
+    """Serve application builder (``import_path: atoll.serving.replica:app``): one model, autoscaled replicas."""
     import ray
 
     parsed = AppArgs.model_validate(args)

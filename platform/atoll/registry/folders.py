@@ -1,0 +1,142 @@
+"""The registry's folders on one pyarrow filesystem, a local disk or an object store: where each model's
+versions, staging folders and aliases live under ``<root>/registry/``, and the IO on them that holds up
+under concurrent writers (small JSON files replaced whole, listings that look again when a folder appears
+or vanishes mid-walk, folder ages, the per-model lock). It knows nothing of manifests, so publishing
+(:mod:`atoll.registry.publish`) and the :class:`~atoll.registry.store.Registry` share it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from atoll.errors import RegistryError
+
+try:  # POSIX only; without it (Windows) concurrent alias updates are last-writer-wins.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+
+def _resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """A filesystem and a path in it for a local path (``~`` allowed) or a URI."""
+    text = os.fspath(location)
+    if "://" not in text:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... depending on the scheme
+        raise RegistryError(f"cannot open storage {text!r}: {exc}. Check the URI (a local path, "
+                            f"s3://bucket/prefix or gs://bucket/prefix) and the credentials.") from None
+    return fs, path.rstrip("/") or path
+
+
+class Folders:
+    """``<base>/<name>/{versions/N, .staging/ID, aliases.json, .lock}`` on ``fs``.
+
+    Args:
+        fs: The filesystem; every read and write of the registry goes through this attribute.
+        base: The ``registry`` folder in it.
+        local: Whether ``fs`` is a local filesystem (atomic renames, file locks) or an object store.
+    """
+
+    def __init__(self, fs: pafs.FileSystem, base: str, *, local: bool) -> None:
+        self.fs, self.base, self.local = fs, base, local
+
+    # -- paths ------------------------------------------------------------------------------------
+
+    def model_dir(self, name: str) -> str:
+        return posixpath.join(self.base, name)
+
+    def versions_dir(self, name: str) -> str:
+        return posixpath.join(self.model_dir(name), "versions")
+
+    def version_dir(self, name: str, version: int) -> str:
+        return posixpath.join(self.versions_dir(name), str(version))
+
+    def staging_root(self, name: str) -> str:
+        return posixpath.join(self.model_dir(name), ".staging")
+
+    def aliases_file(self, name: str) -> str:
+        return posixpath.join(self.model_dir(name), "aliases.json")
+
+    def version_numbers(self, name: str) -> list[int]:
+        """Every version folder, visible or not (tombstones and half uploads included)."""
+        return sorted(int(i.base_name) for i in self.listing(self.versions_dir(name))
+                      if i.type == pafs.FileType.Directory and i.base_name.isdigit())
+
+    # -- IO ---------------------------------------------------------------------------------------
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path, compression=None) as f:
+            return f.read()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        with self.fs.open_output_stream(path, compression=None) as f:
+            f.write(data)
+
+    def write_json_atomic(self, path: str, data: Any) -> None:
+        """Replace a small JSON file so that readers see the old or the new content, never half."""
+        payload = json.dumps(data, indent=2, sort_keys=True).encode()
+        if not self.local:
+            self.write_bytes(path, payload)  # an object PUT is atomic on its own
+            return
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        self.write_bytes(tmp, payload)
+        os.replace(tmp, path)
+
+    def read_json(self, path: str) -> Any | None:
+        """Parsed JSON, or None when the file is missing or unreadable (half-written, foreign)."""
+        try:
+            return json.loads(self.read_bytes(path))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def listing(self, path: str, recursive: bool = False) -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
+        for _ in range(2):
+            try:
+                return self.fs.get_file_info(selector)
+            except FileNotFoundError:
+                # pyarrow raises when the folder appears between its failed listing and its existence check
+                # (a concurrent first registration), or a subfolder vanishes mid-walk (a publish): look again.
+                continue
+        return self.fs.get_file_info(selector)
+
+    def idle_s(self, folder: pafs.FileInfo) -> float:
+        """Seconds since the last write in a folder (0 when the store reports no times)."""
+        stamps = [i.mtime for i in [folder, *self.listing(folder.path, recursive=True)] if i.mtime]
+        return time.time() - max(s.timestamp() for s in stamps) if stamps else 0.0
+
+    def empty_dir(self, path: str, keep: str) -> None:
+        """Delete everything in a folder but the file named ``keep``."""
+        for entry in self.listing(path):
+            if entry.base_name == keep:
+                continue
+            if entry.type == pafs.FileType.Directory:
+                self.fs.delete_dir(entry.path)
+            else:
+                self.fs.delete_file(entry.path)
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Serialize alias updates and deletes of one model (local filesystems; object stores: no-op)."""
+        if not self.local or fcntl is None:
+            yield
+            return
+        path = posixpath.join(self.model_dir(name), ".lock")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock

@@ -1,0 +1,486 @@
+"""The :class:`Registry`: resolving references to READY versions, listing models, versions and unfinished
+registrations, aliases, deletion with tombstones, reading a version's files back against their sha256, and
+``register``, which checks a checkpoint, stages it and hands it to :mod:`atoll.registry.publish`. The top of
+the package: it composes the folders and IO (:mod:`~atoll.registry.folders`), the manifest rules
+(:mod:`~atoll.registry.manifest`) and the writer checks (:mod:`~atoll.registry.writers`)."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import io
+import json
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from atoll.errors import RegistryError
+from atoll.registry.folders import Folders, _resolve
+from atoll.registry.manifest import (
+    CHECKPOINT_META,
+    DELETED,
+    FAILED,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    PENDING,
+    READY,
+    WEIGHTS,
+    TamperedManifestError,
+    _escaping_file,
+    _inside,
+    _jsonable,
+    _now,
+    _seal,
+    _sha256_of,
+    _verify_manifest,
+)
+from atoll.registry.publish import (
+    bad_checkpoint_file,
+    checkpoint_files,
+    checkpoint_meta,
+    clean_stale_staging,
+    fail_staging,
+    open_staging,
+    publish,
+)
+from atoll.registry.refs import _NAME_RE, _check_name, parse_ref, versioned_ref
+from atoll.registry.versions import ModelVersion, Registration, _check_digest, _file_meta, _missing
+from atoll.registry.writers import STALE_STAGING_S, _this_writer, _writer_died
+
+_CHUNK = 1 << 20  # bytes per read when streaming a file in or out
+
+
+class Registry:
+    """Numbered, immutable model versions under ``<root>/registry/``.
+
+    Args:
+        root: The storage root: a local directory (``~`` allowed) or an ``s3://`` / ``gs://`` URI.
+        filesystem: Use this pyarrow filesystem, with ``root`` a path inside it, instead of resolving
+            ``root`` (for tests and custom stores). A non-local filesystem gets the object-store protocol.
+    """
+
+    def __init__(self, root: str, *, filesystem: pafs.FileSystem | None = None) -> None:
+        self.root = os.fspath(root)
+        if filesystem is not None:
+            fs, base = filesystem, self.root.rstrip("/")
+            self._uri_prefix = base
+        else:
+            fs, base = _resolve(self.root)
+            if "://" in self.root and not isinstance(fs, pafs.LocalFileSystem):
+                self._uri_prefix = f"{self.root.split('://', 1)[0]}://{base}"
+            else:
+                self._uri_prefix = base
+        self._folders = Folders(fs, posixpath.join(base, "registry") if base else "registry",
+                                local=isinstance(fs, pafs.LocalFileSystem))
+
+    def __repr__(self) -> str:
+        return f"Registry({self.root!r})"
+
+    def _uri(self, name: str, version: int) -> str:
+        rel = f"registry/{name}/versions/{version}"
+        return f"{self._uri_prefix}/{rel}" if self._uri_prefix else rel
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _raw_manifest(self, name: str, version: int) -> dict[str, Any] | None:
+        data = self._folders.read_json(posixpath.join(self._folders.version_dir(name, version), MANIFEST))
+        return data if isinstance(data, dict) else None
+
+    def _manifest(self, name: str, version: int) -> dict[str, Any] | None:
+        """The manifest of a visible (READY) version, else None.
+
+        Raises:
+            TamperedManifestError: a READY manifest that fails :func:`_verify_manifest`.
+        """
+        data = self._raw_manifest(name, version)
+        if data is None or data.get("status") != READY:
+            return None
+        _verify_manifest(name, version, data)
+        return data
+
+    def _has_versions(self, name: str) -> bool:
+        try:
+            return self._latest(name) is not None
+        except TamperedManifestError:  # it has one (refused when used): not an unknown model
+            return True
+
+    def _model_version(self, name: str, version: int, manifest: dict[str, Any]) -> ModelVersion:
+        return ModelVersion(name=name, version=version, uri=self._uri(name, version), manifest=manifest)
+
+    def _candidate_names(self) -> list[str]:
+        return sorted(i.base_name for i in self._folders.listing(self._folders.base)
+                      if i.type == pafs.FileType.Directory and _NAME_RE.match(i.base_name))
+
+    def _latest(self, name: str) -> ModelVersion | None:
+        for version in reversed(self._folders.version_numbers(name)):
+            if (manifest := self._manifest(name, version)) is not None:
+                return self._model_version(name, version, manifest)
+        return None
+
+    def _unknown_model(self, name: str) -> RegistryError:
+        names = [n for n in self._candidate_names() if self._has_versions(n)]
+        msg = f"no model named {name!r} in the registry at {self._uri_prefix or self.root}."
+        close = difflib.get_close_matches(name, names, n=1)
+        if close:
+            msg += f" Did you mean {close[0]!r}?"
+        if names:
+            msg += f" Models: {', '.join(names)}."
+        else:
+            msg += " The registry is empty: register a model first."
+        return RegistryError(msg)
+
+    def _unknown_alias(self, name: str, alias: str, aliases: dict[str, int]) -> RegistryError:
+        if not self._has_versions(name):
+            return self._unknown_model(name)
+        known = ", ".join(f"@{a} → {v}" for a, v in sorted(aliases.items()))
+        hint = f"aliases: {known}" if known else \
+            f"it has none yet; create one with `atoll models promote {name}:N {alias}`"
+        return RegistryError(f"model {name!r} has no alias {alias!r}; {hint}.")
+
+    def _visible(self, name: str) -> list[ModelVersion]:
+        return [self._model_version(name, v, m) for v in self._folders.version_numbers(name)
+                if (m := self._manifest(name, v)) is not None]
+
+    def _read_aliases(self, name: str) -> dict[str, int]:
+        data = self._folders.read_json(self._folders.aliases_file(name))
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """The aliases of a model, ``{alias: version}`` (empty when it has none)."""
+        return self._read_aliases(_check_name(name, "model name"))
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """The visible versions of ``name``, oldest first.
+
+        Raises:
+            RegistryError: when no model of that name exists (the message lists the models).
+        """
+        _check_name(name, "model name")
+        versions = self._visible(name)
+        if not versions:
+            raise self._unknown_model(name)
+        return versions
+
+    def registrations(self, name: str) -> list[Registration]:
+        """The registrations of ``name`` that are not versions, PENDING or FAILED, oldest first.
+
+        A FAILED one stays listed until its staging folder is cleaned, ``STALE_STAGING_S`` after its
+        last write.
+        """
+        _check_name(name, "model name")
+        found = []
+        for entry in self._folders.listing(self._folders.staging_root(name)):
+            if entry.type != pafs.FileType.Directory or entry.base_name.startswith("."):
+                continue  # hidden: a staging folder still being created
+            manifest = self._folders.read_json(posixpath.join(entry.path, MANIFEST))
+            manifest = manifest if isinstance(manifest, dict) else {}
+            writer = manifest.get("writer") if isinstance(manifest.get("writer"), dict) else {}
+            state, error = PENDING, None
+            if manifest.get("status") == FAILED:
+                state, error = FAILED, str(manifest.get("error") or "failed")
+            elif _writer_died(writer):
+                state, error = FAILED, f"writer died (host {writer['host']}, pid {writer['pid']})"
+            elif (idle := self._folders.idle_s(entry)) > STALE_STAGING_S:
+                state, error = FAILED, f"writer died: no write for {idle / 60:.0f} min"
+            found.append(Registration(name=name, id=entry.base_name, state=state, writer=writer, error=error,
+                                      manifest=manifest))
+        return sorted(found, key=lambda r: (r.started_at or "", r.id))
+
+    def version_rows(self, name: str, *, unready: bool = False) -> list[dict[str, Any]]:
+        """The versions of ``name``, oldest first, as ``{name, version, state, created_at, metrics, aliases}``;
+        with ``unready``, then its PENDING and FAILED registrations (:meth:`Registration.to_dict`).
+
+        Raises:
+            RegistryError: no such model (only failed or pending registrations of it are fine with ``unready``).
+        """
+        pending = self.registrations(name) if unready else []
+        try:
+            versions = self.list_versions(name)
+        except RegistryError:
+            if not pending:  # no such model: the error lists the models
+                raise
+            versions = []
+        aliases = self.aliases(name)
+        rows = [{"name": name, "version": mv.version, "state": READY, "created_at": mv.created_at,
+                 "metrics": mv.metrics, "aliases": sorted(a for a, v in aliases.items() if v == mv.version)}
+                for mv in versions]
+        return rows + [r.to_dict() for r in pending]
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """One summary per model: ``{name, latest_version, versions, aliases}``, by name."""
+        rows = []
+        for name in self._candidate_names():
+            versions = self._visible(name)
+            if versions:
+                rows.append({"name": name, "latest_version": versions[-1].version, "versions": len(versions),
+                             "aliases": self._read_aliases(name)})
+        return rows
+
+    def get(self, ref: str) -> ModelVersion:
+        """Resolve ``name`` (latest version), ``name:N`` or ``name@alias`` to a visible version.
+
+        Raises:
+            RegistryError: an unknown model, version or alias; the message lists what exists.
+        """
+        name, version, alias = parse_ref(ref)
+        if alias is not None:
+            aliases = self._read_aliases(name)
+            if alias not in aliases:
+                raise self._unknown_alias(name, alias, aliases)
+            version = aliases[alias]
+        if version is None:
+            latest = self._latest(name)
+            if latest is None:
+                raise self._unknown_model(name)
+            return latest
+        if (manifest := self._manifest(name, version)) is not None:
+            return self._model_version(name, version, manifest)
+        existing = ", ".join(str(mv.version) for mv in self.list_versions(name))  # unknown model raises
+        via = f" (alias @{alias} points at it)" if alias else ""
+        why = self._why_not_ready(name, version)
+        raise RegistryError(f"model {name!r} has no version {version}{via}{why}; versions: {existing}.")
+
+    def _why_not_ready(self, name: str, version: int) -> str:
+        if version not in self._folders.version_numbers(name):
+            return ""
+        raw = self._raw_manifest(name, version)
+        if raw is not None and raw.get("status") == DELETED:
+            return f": it was deleted at {raw.get('deleted_at', '?')}"
+        path = posixpath.join(self._folders.version_dir(name, version), MANIFEST)
+        if raw is None and self._folders.fs.get_file_info(path).type == pafs.FileType.File:
+            # Manifests are written whole (rename or one PUT): unreadable means damaged, not unfinished.
+            return f": its {MANIFEST} is not a JSON object (corrupted or changed by hand)"
+        return ": its publish never finished (no READY manifest)"
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def register(self, name: str, checkpoint_dir: str | os.PathLike[str], *, metrics: dict[str, Any],
+                 spec: dict[str, Any], lineage: dict[str, Any] | None = None,
+                 input_schema: dict[str, Any] | None = None,
+                 files_from_checkpoint: bool = True) -> ModelVersion:
+        """Register a checkpoint as the next version of ``name`` (immutable once published).
+
+        Args:
+            name: Model name (letters, digits, ``_ . -``).
+            checkpoint_dir: A local directory or URI holding ``model.pt`` and usually ``atoll.json``.
+            metrics: Evaluation metrics to record (e.g. ``{"val_accuracy": 0.97}``).
+            spec: The training spec that produced the model.
+            lineage: Where it came from: dataset fingerprint, Ray job id, git commit, run name, ...
+            input_schema: The serving input schema; defaults to ``input_schema`` of ``atoll.json``.
+            files_from_checkpoint: Copy every file of the checkpoint (default); False copies only
+                ``model.pt`` and ``atoll.json``.
+
+        Returns:
+            The new version.
+
+        Raises:
+            RegistryError: a bad name, a missing checkpoint or ``model.pt``, unserializable metadata.
+                Any error once staging began leaves a FAILED registration (see the module docstring).
+        """
+        _check_name(name, "model name")
+        if not isinstance(metrics, dict) or not isinstance(spec, dict):
+            raise RegistryError("register: metrics and spec must be dicts, e.g. metrics={'accuracy': 0.97}.")
+        src_fs, src = _resolve(checkpoint_dir)
+        files = checkpoint_files(src_fs, src, os.fspath(checkpoint_dir))
+        if not files_from_checkpoint:
+            files = [f for f in files if f in (WEIGHTS, CHECKPOINT_META)]
+        meta = checkpoint_meta(src_fs, src) if CHECKPOINT_META in files else {}
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT, "name": name, "version": None, "status": PENDING, "created_at": _now(),
+            "writer": _this_writer(),
+            "metrics": _jsonable(metrics, "metrics"), "spec": _jsonable(spec, "spec"),
+            "input_schema": _jsonable(input_schema if input_schema is not None else meta.get("input_schema"),
+                                      "input_schema"),
+            "lineage": _jsonable(lineage or {}, "lineage"), "files": {},
+            "source": src if isinstance(src_fs, pafs.LocalFileSystem) else os.fspath(checkpoint_dir),
+        }
+        clean_stale_staging(self._folders, name)
+        staging = open_staging(self._folders, name, manifest)
+        try:
+            for rel in files:
+                refuse = bad_checkpoint_file(os.fspath(checkpoint_dir), rel)
+                manifest["files"][rel] = self._copy_in(src_fs, _inside(src, rel, refuse),
+                                                       _inside(staging, rel, refuse))
+            manifest["status"] = READY  # what versions/N says; in staging it means "publishing now"
+            version = publish(self._folders, name, staging, manifest)
+        except BaseException as exc:
+            fail_staging(self._folders, staging, manifest, exc)
+            raise
+        if not self._folders.local:  # the staged copies (a local publish renamed the folder away)
+            with contextlib.suppress(OSError):
+                self._folders.fs.delete_dir(staging)
+        return self._model_version(name, version, manifest)
+
+    def _copy_in(self, src_fs: pafs.FileSystem, src: str, dst: str) -> dict[str, Any]:
+        """Stream one file into the registry; return its sha256 and size."""
+        digest, size = hashlib.sha256(), 0
+        self._folders.fs.create_dir(posixpath.dirname(dst), recursive=True)
+        with src_fs.open_input_stream(src, compression=None) as fin, \
+                self._folders.fs.open_output_stream(dst, compression=None) as fout:
+            while chunk := fin.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                fout.write(chunk)
+        return {"sha256": digest.hexdigest(), "size": size}
+
+    def set_alias(self, name: str, version: int, alias: str) -> None:
+        """Point ``alias`` at ``name:version`` (moving it if it pointed elsewhere), atomically.
+
+        Raises:
+            RegistryError: an unknown model or version, or an invalid alias.
+        """
+        _check_name(alias, "alias")
+        self._require_version(name, version)  # before locking: no lock file for a mistyped name
+        with self._folders.lock(name):
+            self._require_version(name, version)  # a concurrent delete may have won the lock first
+            aliases = self._read_aliases(name)
+            aliases[alias] = int(version)
+            self._folders.write_json_atomic(self._folders.aliases_file(name), aliases)
+
+    def promote(self, ref: str, alias: str) -> tuple[ModelVersion, int | None]:
+        """Point ``alias`` at the version ``ref`` names, ``NAME:VERSION`` or ``NAME@ALIAS`` (a bare name, which
+        would silently mean the latest, is refused); returns it and the version the alias pointed at before.
+
+        Raises:
+            RegistryError: a bare name, an unknown model or version, or an invalid alias.
+        """
+        _, version, source_alias = parse_ref(ref)
+        if version is None and source_alias is None:
+            versioned_ref(ref, "`atoll models promote`")
+        mv = self.get(ref)
+        before = self.aliases(mv.name).get(alias)
+        self.set_alias(mv.name, mv.version, alias)
+        return mv, before
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        """Remove ``alias`` from ``name``.
+
+        Raises:
+            RegistryError: an unknown model or alias.
+        """
+        _check_name(name, "model name")
+        if alias not in self._read_aliases(name):
+            raise self._unknown_alias(name, alias, self._read_aliases(name))
+        with self._folders.lock(name):
+            aliases = self._read_aliases(name)
+            aliases.pop(alias, None)
+            self._folders.write_json_atomic(self._folders.aliases_file(name), aliases)
+
+    def _require_version(self, name: str, version: int) -> ModelVersion:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise RegistryError(f"version must be a positive integer (got {version!r}).")
+        return self.get(f"{name}:{version}")
+
+    def deletable(self, name: str, version: int) -> dict[str, Any]:
+        """The manifest of a version :meth:`delete` would delete: READY, or READY but refused as tampered.
+
+        Raises:
+            RegistryError: an unknown or already deleted version.
+        """
+        try:
+            return self._require_version(name, version).manifest
+        except TamperedManifestError:  # deleting is how such a version is cleared
+            return self._raw_manifest(name, version) or {}
+
+    def delete(self, name: str, version: int) -> None:
+        """Delete ``name:version``; its number is never reused.
+
+        Raises:
+            RegistryError: an unknown version, or an alias still points at it (move the alias first).
+        """
+        self.deletable(name, version)
+        with self._folders.lock(name):
+            manifest = self.deletable(name, version)
+            pointing = sorted(a for a, v in self._read_aliases(name).items() if v == version)
+            if pointing:
+                shown = ", ".join(f"@{a}" for a in pointing)
+                raise RegistryError(f"cannot delete {name}:{version}: {shown} points at it. Move the alias "
+                                    f"first (`atoll models promote {name}:OTHER {pointing[0]}`).")
+            # The tombstone goes first: from then on readers no longer see the version.
+            tombstone = {**manifest, "status": DELETED, "deleted_at": _now()}
+            vdir = self._folders.version_dir(name, version)
+            self._folders.write_json_atomic(posixpath.join(vdir, MANIFEST), _seal(tombstone))
+            self._folders.empty_dir(vdir, keep=MANIFEST)
+
+    # -- files ------------------------------------------------------------------------------------
+
+    def _version_file(self, mv: ModelVersion, rel: str) -> str:
+        """The path of one file of a version; a name from its manifest that leaves the folder is refused."""
+        return _inside(self._folders.version_dir(mv.name, mv.version), rel, _escaping_file(mv.ref, rel))
+
+    def read_file(self, mv: ModelVersion, filename: str) -> bytes:
+        """The bytes of one file of a version, checked against the sha256 in its manifest.
+
+        Raises:
+            RegistryError: an unknown file, a missing file or a checksum mismatch.
+        """
+        _file_meta(mv, filename)
+        path = self._version_file(mv, filename)
+        try:
+            data = self._folders.read_bytes(path)
+        except FileNotFoundError:
+            raise _missing(mv, filename) from None
+        _check_digest(mv, filename, _sha256_of(data), len(data))
+        return data
+
+    def load_weights(self, mv: ModelVersion) -> dict[str, Any]:
+        """The state dict of a version, verified against its sha256, loaded on the CPU.
+
+        Raises:
+            RegistryError: a checksum mismatch, or a file that is not a plain state dict.
+        """
+        import pickle
+
+        import torch  # late: listing and promoting need no torch
+
+        data = self.read_file(mv, WEIGHTS)
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise RegistryError(f"{mv.ref}: {WEIGHTS} is not a loadable state dict ({exc}). Save it with "
+                                f"torch.save(model.state_dict(), path).") from None
+        if not isinstance(state, dict):
+            raise RegistryError(f"{mv.ref}: {WEIGHTS} holds a {type(state).__name__}, not a state dict.")
+        return state
+
+    def local_copy(self, mv: ModelVersion, dest_dir: str | os.PathLike[str]) -> str:
+        """Download a version's files (checked against their sha256) and manifest into a local folder.
+
+        Returns:
+            The absolute path of ``dest_dir``.
+
+        Raises:
+            RegistryError: a missing file or a checksum mismatch (nothing half-written stays behind).
+        """
+        dest = Path(dest_dir).expanduser().resolve()
+        sources = {rel: self._version_file(mv, rel) for rel in sorted(mv.files)}  # every name, before any IO
+        for rel, source in sources.items():
+            target = Path(_inside(str(dest), rel, _escaping_file(mv.ref, rel)))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+            digest, size = hashlib.sha256(), 0
+            try:
+                with self._folders.fs.open_input_stream(source, compression=None) as fin, \
+                        open(tmp, "wb") as fout:
+                    while chunk := fin.read(_CHUNK):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        fout.write(chunk)
+                _check_digest(mv, rel, digest.hexdigest(), size)
+                os.replace(tmp, target)
+            except FileNotFoundError:
+                raise _missing(mv, rel) from None
+            finally:
+                tmp.unlink(missing_ok=True)
+        (dest / MANIFEST).write_text(json.dumps(mv.manifest, indent=2))
+        return str(dest)
+
+
+def open_registry(storage_root: str) -> Registry:
+    """The registry under a storage root (cluster.yaml's ``metadata.atoll.storage``, ``$ATOLL_STORAGE``)."""
+    return Registry(storage_root)

@@ -1,0 +1,171 @@
+"""The per-worker training loop: optimiser, one epoch, and the loop that builds, resumes, trains, evaluates
+and reports with a checkpoint every epoch.
+
+:func:`train_loop` is the one loop: Ray Train workers run it through :func:`train_loop_per_worker` with a
+:class:`TrainSession`, and a Tune trial runs it in its own process with a session of its own
+(``atoll.tune``). Ray pickles :func:`train_loop_per_worker` by reference, so it must stay importable as
+``atoll.train.loop.train_loop_per_worker`` on every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from atoll import data, models
+from atoll.events import emit
+from atoll.specs import TrainSpec
+from atoll.train.checkpoints import META_FILE, input_schema, load_training_state, save_training_state
+
+
+def wrap_fsdp(model, device):
+    """``model`` sharded with FSDP on ``device``, CPU included (Ray's ``prepare_model`` refuses FSDP on CPU).
+
+    FSDP finds no accelerator for CPU parameters unless it is handed the CPU device explicitly.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP(model.to(device), device_id=device)
+
+
+def _optimizer(spec: TrainSpec, params):
+    import torch
+
+    opt = spec.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def _epoch(model, shard, spec: TrainSpec, device, optimizer=None, autocast=None, seed: int = 0):
+    """One pass over a shard; trains when ``optimizer`` is given. Returns [loss_sum, correct, count]."""
+    import torch
+    import torch.nn.functional as F
+
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    training = optimizer is not None
+    model.train(training)
+    kwargs = {"local_shuffle_buffer_size": 4 * spec.batch_size, "local_shuffle_seed": seed} if training else {}
+    with torch.set_grad_enabled(training):
+        for batch in shard.iter_torch_batches(batch_size=spec.batch_size, device=device,
+                                              dtypes={"x": torch.float32, "y": torch.int64}, **kwargs):
+            x, y = batch["x"], batch["y"]
+            with autocast() if autocast else contextlib.nullcontext():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            n = y.shape[0]
+            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
+                                 torch.tensor(float(n), dtype=torch.float64, device=device)])
+    return sums
+
+
+class TrainSession:
+    """Where the loop gets its data, checkpoint and rank, and where it reports: Ray Train's session.
+
+    A Tune trial that trains in one process passes its own session (see ``atoll.tune``), so sweeps run
+    the very same loop.
+    """
+
+    def __init__(self) -> None:
+        import ray.train
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+
+    def device(self):
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare(self, model, strategy: str):
+        import ray.train.torch
+
+        if strategy == "fsdp" and self.world_size > 1:
+            return wrap_fsdp(model, self.device())
+        return ray.train.torch.prepare_model(model, parallel_strategy=strategy)
+
+    def get_checkpoint(self):
+        return self._train.get_checkpoint()
+
+    def dataset(self, name: str):
+        return self._train.get_dataset_shard(name)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        ckpt = self._train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self._train.report(metrics, checkpoint=ckpt)
+
+
+def train_loop(config: dict[str, Any], session) -> None:
+    """Build, (resume,) train, evaluate, report + checkpoint per epoch: the one training loop."""
+    import torch
+    import torch.distributed as dist
+
+    spec = TrainSpec.model_validate(config["spec"])
+    pre = data.Preprocessor.from_dict(config["preprocess"])
+    rank = session.rank
+    torch.manual_seed(spec.seed)
+    device = session.device()
+
+    model = models.build(spec.model.type, pre.input_dim, pre.num_classes, spec.model.params)
+    model = session.prepare(model, spec.strategy)
+    optimizer = _optimizer(spec, model.parameters())
+    start_epoch, history = 0, []
+    checkpoint = session.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            meta = load_training_state(model, optimizer, ckpt_dir)
+        start_epoch, history = meta["epoch"] + 1, meta["history"]
+        if rank == 0:
+            emit("resumed", epoch=start_epoch, run=config["run_name"])
+    autocast = None
+    if config["precision"] == "bf16" and device.type == "cuda":
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+
+    train_data, val_data = session.dataset("train"), session.dataset("validation")
+    for epoch in range(start_epoch, spec.epochs):
+        started = time.perf_counter()
+        train_sums = _epoch(model, train_data, spec, device, optimizer, autocast, seed=spec.seed + epoch)
+        train_time = time.perf_counter() - started
+        val_sums = _epoch(model, val_data, spec, device, autocast=autocast)
+        sums = torch.cat([train_sums, val_sums])
+        if session.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)  # global metrics, not rank 0's shard
+        t_loss, t_correct, t_n, v_loss, v_correct, v_n = sums.tolist()
+        metrics = {"epoch": epoch, "train_loss": t_loss / max(t_n, 1), "train_accuracy": t_correct / max(t_n, 1),
+                   "val_loss": v_loss / max(v_n, 1), "val_accuracy": v_correct / max(v_n, 1),
+                   "train_samples": int(t_n), "epoch_time_s": round(time.perf_counter() - started, 3),
+                   "samples_per_s": round(t_n / train_time, 1) if train_time > 0 else None}
+        history = history + [metrics]
+        with tempfile.TemporaryDirectory() as tmp:
+            save_training_state(model, optimizer, tmp, rank=rank)
+            ckpt_dir = None
+            if rank == 0:
+                meta = {"epoch": epoch, "history": history, "metrics": metrics, "spec": config["spec"],
+                        "preprocess": pre.to_dict(), "input_schema": config["input_schema"],
+                        "run_name": config["run_name"], "world_size": session.world_size}
+                (Path(tmp) / META_FILE).write_text(json.dumps(meta, default=str))
+                ckpt_dir = tmp
+                # wall_time: when the epoch ended, so a reader of the log can time epochs end to end.
+                emit("epoch", epochs=spec.epochs, wall_time=round(time.time(), 3), **metrics)
+            session.report(metrics, ckpt_dir)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    train_loop(config, TrainSession())
+
+
+def loop_config(spec: TrainSpec, pre: data.Preprocessor, run_name: str, precision: str) -> dict[str, Any]:
+    """The (JSON-able) config the training loop receives."""
+    return {"spec": spec.model_dump(mode="json"), "preprocess": pre.to_dict(),
+            "input_schema": input_schema(spec, pre), "run_name": run_name, "precision": precision}

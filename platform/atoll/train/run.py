@@ -1,0 +1,142 @@
+"""The driver side of a training run: name the run, prepare the data, choose scaling, fit, register.
+
+Everything here runs in the job's driver (or a sweep's trial driver), never in a Ray Train worker:
+:func:`fit` checks the run name and the data before any worker starts, builds the ``TorchTrainer``
+(:func:`build_trainer`, shared with sweeps) around :func:`atoll.train.loop.train_loop_per_worker`, and
+:func:`register_checkpoint` turns the best checkpoint into a model version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from atoll import capacity, config, data, models
+from atoll.errors import ConfigError
+from atoll.events import emit
+from atoll.specs import TrainSpec
+from atoll.train.checkpoints import META_FILE
+from atoll.train.loop import loop_config, train_loop_per_worker
+from atoll.train.scaling import ScalingPlan, choose_scaling
+
+
+def runs_root(storage: str) -> str:
+    return storage.rstrip("/") + "/runs" if "://" in storage else str(Path(storage).expanduser() / "runs")
+
+
+def run_exists(storage: str, run_name: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = data._filesystem(runs_root(storage) + "/" + run_name)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def check_run_name(storage: str, run_name: str, resume: bool) -> None:
+    """A new run never silently continues an old run's state; --resume needs a run to resume."""
+    exists = run_exists(storage, run_name)
+    if exists and not resume:
+        raise ConfigError(f"run {run_name!r} already exists under {runs_root(storage)}. Resume it with "
+                          f"--resume {run_name}, or choose a new name with --run-name.")
+    if resume and not exists:
+        raise ConfigError(f"--resume {run_name}: no such run under {runs_root(storage)}; "
+                          f"check the name (the runs folder lists them).")
+
+
+def prepare(spec: TrainSpec, storage: str):
+    """Plan, read, split and fit preprocessing; every data error surfaces here, before workers start."""
+    uri = data.resolve_path(spec.dataset.path, storage)
+    dplan = data.plan(uri, spec.dataset.format, spec.dataset.features, spec.dataset.label)
+    models.resolve(spec.model.type)  # a bad import path fails now, not in every worker
+    data.quiet_progress()
+    ds = data.read(dplan.uri, dplan.format)
+    train_raw, val_raw = data.split(ds, dplan, spec.dataset.validation_fraction, spec.seed)
+    pre = data.fit_preprocessor(train_raw, dplan)
+    # Build once on the driver: wrong params / image shapes fail here with the field named.
+    models.build(spec.model.type, pre.input_dim, pre.num_classes, spec.model.params)
+    cache = data.should_cache(dplan, spec.dataset.cache)
+    return dplan, pre, data.to_training(train_raw, pre, cache), data.to_training(val_raw, pre, cache)
+
+
+def build_trainer(plan: ScalingPlan, train_config: dict[str, Any], *, storage: str, run_name: str,
+                  datasets: dict[str, Any], callbacks: list | None = None, keep: int = 2,
+                  metric: str = "val_accuracy", mode: str = "max", max_failures: int = 1):
+    """The TorchTrainer running :func:`train_loop_per_worker`, for ``atoll train`` and sweeps alike.
+
+    Checkpoints go to ``<storage>/runs/<run_name>`` (re-running the name resumes it); the best ``keep``
+    by ``metric`` are kept; a failed worker group restarts from the last one up to ``max_failures`` times.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=train_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+                                               resources_per_worker=plan.resources_per_worker),
+        torch_config=TorchConfig(backend=plan.backend),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=runs_root(storage), callbacks=callbacks,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=metric,
+                                                         checkpoint_score_order=mode),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures)),
+        datasets=datasets,
+    )
+
+
+def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
+        callbacks: list | None = None, report_events: bool = True):
+    """Train on the connected Ray cluster. Returns (ray.train.Result, DatasetPlan, Preprocessor, plan).
+
+    Raises:
+        ConfigError / DataError: before any worker starts.
+    """
+    check_run_name(storage, run_name, resume)
+    cpus, gpus, max_cpus, max_gpus = capacity.live_capacity(config.autoscaling_worker_types())
+    plan = choose_scaling(spec, cluster_cpus=cpus, cluster_gpus=gpus, max_cpus=max_cpus, max_gpus=max_gpus)
+    dplan, pre, train_ds, val_ds = prepare(spec, storage)
+    if report_events:
+        emit("start", run=run_name, workers=plan.num_workers, use_gpu=plan.use_gpu, backend=plan.backend,
+             dataset=dplan.uri, rows=dplan.rows, features=len(dplan.features), classes=pre.num_classes,
+             epochs=spec.epochs)
+    trainer = build_trainer(plan, loop_config(spec, pre, run_name, plan.precision), storage=storage,
+                            run_name=run_name, datasets={"train": train_ds, "validation": val_ds},
+                            callbacks=callbacks, keep=spec.keep_checkpoints, max_failures=spec.max_failures)
+    result = trainer.fit()
+    return result, dplan, pre, plan
+
+
+def best_checkpoint(result) -> tuple[Any, dict[str, Any]]:
+    """The kept checkpoint with the highest validation accuracy, and its metrics."""
+    ranked = sorted(result.best_checkpoints or [], key=lambda cm: cm[1].get("val_accuracy", -1), reverse=True)
+    if not ranked:
+        if result.checkpoint is None:
+            raise ConfigError("the run reported no checkpoint; nothing to register.")
+        return result.checkpoint, result.metrics
+    return ranked[0]
+
+
+def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, name: str,
+                        lineage: dict[str, Any]):
+    """Register a training checkpoint (plus its training-curve picture and ~10 held-out examples of the
+    validation split for the playground page) as a new model version."""
+    from atoll import plots, registry
+    from atoll.serving import playground
+
+    with checkpoint.as_directory() as ckpt_dir, tempfile.TemporaryDirectory() as staging:
+        version_dir = Path(staging) / "version"
+        shutil.copytree(ckpt_dir, version_dir)
+        meta = json.loads((version_dir / META_FILE).read_text())
+        plots.training_curve(meta["history"], version_dir / "training_curve.png", title=name)
+        schema = playground.add_examples(version_dir, meta, storage)  # examples.json; image shape if any
+        return registry.Registry(storage).register(
+            name, str(version_dir), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            spec=meta["spec"], lineage=lineage, input_schema=schema)
+
+
+def default_run_name(spec: TrainSpec) -> str:
+    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
