@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ATOLL = str(Path(sys.executable).parent / "atoll")
+
+# A suite started in the background without job control (`pytest &` in a script) ignores SIGINT, and every
+# `atoll` it starts inherits that: the Ctrl-C tests would interrupt nothing. Children get the default back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -109,6 +115,29 @@ def keyed_app(public_app) -> dict:
     url = public_app["url"].rsplit("/", 1)[0] + "/digits-private"
     return {**public_app, "app": "digits-private", "url": url, "playground": f"{url}/ui",
             "requested": f"digits:{public_app['version']}", "output": result.stdout}
+
+
+@pytest.fixture(scope="session")
+def trained_diabetes(ray_cluster) -> dict:
+    """The regression demo (jobs/configs/regression.yaml, 2 workers, run `t-diabetes`) trained by `atoll train`
+    once per session; the CLI's JSON answer."""
+    result = run_cli("train", "jobs/configs/regression.yaml", "--run-name", "t-diabetes", "--json", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert out["registered"], out
+    return out
+
+
+@pytest.fixture(scope="session")
+def diabetes_app(trained_diabetes) -> dict:
+    """That version deployed as app `diabetes` (for the regression and browser tests); removed at the end."""
+    from atoll.serving import endpoints
+
+    version = trained_diabetes["registered"]["version"]
+    result = run_cli("serve", "deploy", f"diabetes:{version}", "--app", "diabetes", *SMALL_APP, "--json", timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield json.loads(result.stdout)
+    endpoints.delete("diabetes")
 
 
 def private_cluster_config(tmp_path: Path, port: int, dashboard_port: int) -> tuple[Path, dict[str, str]]:
