@@ -20,7 +20,7 @@ import numpy as np
 from atoll.errors import DataError
 
 DEMO_PREFIX = "demo:"
-DEMO_DATASETS = ("digits",)
+DEMO_DATASETS = ("digits", "diabetes")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,7 +122,25 @@ def read(uri: str, fmt: str):
 
 
 # ------------------------------------------------------------------------------------------------
-# The demo dataset: scikit-learn's handwritten digits (1,797 real 8x8 images, shipped with the package)
+# The demo datasets, shipped with scikit-learn (BSD-3-Clause), so no one downloads them:
+# - digits: 1,797 real 8x8 handwritten digits (UCI, E. Alpaydin and C. Kaynak), 10 classes;
+# - diabetes: 442 patients, 10 baseline measurements and a disease-progression score a year later
+#   (B. Efron et al., "Least Angle Regression", Annals of Statistics, 2004), for regression.
+
+
+def _demo_frame(name: str):
+    import pandas as pd
+    from sklearn import datasets
+
+    if name == "digits":
+        digits = datasets.load_digits()
+        frame = pd.DataFrame(digits.data.astype("float32"), columns=[f"px{i}" for i in range(64)])
+        frame["label"] = digits.target.astype("int64")
+        return frame
+    diabetes = datasets.load_diabetes(scaled=False)  # the measurements in their own units
+    frame = pd.DataFrame(diabetes.data.astype("float32"), columns=diabetes.feature_names)
+    frame["progression"] = diabetes.target.astype("float32")
+    return frame
 
 
 def demo_paths(storage_root: str, name: str = "digits") -> dict[str, str]:
@@ -130,7 +148,7 @@ def demo_paths(storage_root: str, name: str = "digits") -> dict[str, str]:
     return {"train": str(root / f"{name}.parquet"), "holdout": str(root / f"{name}_holdout.parquet")}
 
 
-def prepare_demo(storage_root: str, name: str = "digits", holdout: int = 180) -> dict[str, str]:
+def prepare_demo(storage_root: str, name: str = "digits", holdout: int | None = None) -> dict[str, str]:
     """Export the demo dataset to Parquet on first use (train file + a held-out file); return paths.
 
     The held-out rows (a fixed, seeded sample) never reach training: they are what the quickstart sends
@@ -141,12 +159,8 @@ def prepare_demo(storage_root: str, name: str = "digits", holdout: int = 180) ->
     paths = demo_paths(storage_root, name)
     if all(Path(p).exists() for p in paths.values()):
         return paths
-    import pandas as pd
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    frame = pd.DataFrame(digits.data.astype("float32"), columns=[f"px{i}" for i in range(64)])
-    frame["label"] = digits.target.astype("int64")
+    frame = _demo_frame(name)
+    holdout = holdout if holdout is not None else round(len(frame) / 10)  # digits: 180 of 1,797
     rng = np.random.default_rng(1234)
     held = np.zeros(len(frame), dtype=bool)
     held[rng.choice(len(frame), size=holdout, replace=False)] = True
@@ -188,8 +202,10 @@ class DatasetPlan:
 NUMERIC_PREFIXES = ("int", "uint", "float", "double", "halffloat", "bool", "decimal")
 
 
-def plan(uri: str, fmt: str, features: list[str] | None, label: str) -> DatasetPlan:
-    """Check the dataset exists, has the label and numeric features, and is not empty.
+def plan(uri: str, fmt: str, features: list[str] | None, label: str, *, numeric_label: bool = False
+         ) -> DatasetPlan:
+    """Check the dataset exists, has the label and numeric features (and a numeric label when
+    ``numeric_label``: a regression target), and is not empty.
 
     Raises:
         DataError: naming the column or file and the fix.
@@ -211,6 +227,9 @@ def plan(uri: str, fmt: str, features: list[str] | None, label: str) -> DatasetP
     if bad:
         raise DataError(f"dataset {uri}: feature column(s) {', '.join(bad)} are not numeric; "
                         f"encode them as numbers or leave them out of dataset.features.")
+    if numeric_label and not columns[label].startswith(NUMERIC_PREFIXES):
+        raise DataError(f"dataset {uri}: label column {label!r} is {columns[label]}, not numeric; a regression "
+                        f"target must be a number (or use task: tabular-classification for classes).")
     if rows == 0:
         raise DataError(f"dataset {uri}: it is empty (0 rows).")
     return DatasetPlan(uri=uri, format=fmt, features=chosen, label=label, rows=rows, fingerprint=fingerprint(uri))
@@ -251,13 +270,20 @@ def split(ds, plan: DatasetPlan, validation_fraction: float, seed: int = 0):
 
 @dataclasses.dataclass
 class Preprocessor:
-    """Standardisation (fitted on the training split) and label encoding; JSON-serialisable."""
+    """Standardisation (fitted on the training split) and label encoding; JSON-serialisable.
+
+    A classifier's labels become class indices (``classes``); a regression target (``target_mean`` set,
+    ``classes`` empty) is standardised too, so the loss is in units of its spread, and turned back into
+    the target's own units for metrics and answers.
+    """
 
     features: list[str]
     label: str
     mean: list[float]
     std: list[float]
     classes: list[Any]
+    target_mean: float | None = None
+    target_std: float | None = None
 
     @property
     def input_dim(self) -> int:
@@ -279,6 +305,8 @@ class Preprocessor:
         return (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
 
     def encode_labels(self, y: np.ndarray) -> np.ndarray:
+        if self.target_mean is not None:
+            return ((np.asarray(y, dtype=np.float64) - self.target_mean) / self.target_std).astype(np.float32)
         index = {c: i for i, c in enumerate(self.classes)}
         try:
             return np.fromiter((index[v] for v in y.tolist()), dtype=np.int64, count=len(y))
@@ -286,28 +314,36 @@ class Preprocessor:
             raise DataError(f"label {exc.args[0]!r} was not seen in the training split") from None
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
-        """``map_batches`` transform: a pandas batch → ``{"x": float32 [n, d], "y": int64 [n]}``."""
+        """``map_batches`` transform: a pandas batch → ``{"x": float32 [n, d], "y": int64 or float32 [n]}``."""
         x = self.transform_features(batch[self.features].to_numpy())
         return {"x": x, "y": self.encode_labels(batch[self.label].to_numpy())}
 
 
 class _PartialStats:
-    """Per-batch sums for mean/std and the labels seen: one streaming pass fits the preprocessor."""
+    """Per-batch sums for mean/std, and the labels seen (or, for a numeric target, its sum and sum of
+    squares): one streaming pass fits the preprocessor."""
 
-    def __init__(self, features: list[str], label: str):
-        self.features, self.label = features, label
+    def __init__(self, features: list[str], label: str, target_moments: bool = False):
+        self.features, self.label, self.target_moments = features, label, target_moments
 
     def __call__(self, batch):
         import pandas as pd
 
         x = batch[self.features].to_numpy(dtype=np.float64)
-        return pd.DataFrame({"n": [len(x)], "sum": [x.sum(0).tolist()], "sumsq": [(x * x).sum(0).tolist()],
-                             "labels": [sorted(set(batch[self.label].tolist()), key=str)]})
+        part = {"n": [len(x)], "sum": [x.sum(0).tolist()], "sumsq": [(x * x).sum(0).tolist()]}
+        if self.target_moments:
+            y = batch[self.label].to_numpy(dtype=np.float64)
+            part |= {"labels": [[]], "y_sum": [float(y.sum())], "y_sumsq": [float((y * y).sum())]}
+        else:
+            part["labels"] = [sorted(set(batch[self.label].tolist()), key=str)]
+        return pd.DataFrame(part)
 
 
-def fit_preprocessor(train_ds, plan: DatasetPlan) -> Preprocessor:
-    """Fit standardisation and the label classes on the training split (one streaming pass)."""
-    parts = train_ds.map_batches(_PartialStats(plan.features, plan.label), batch_format="pandas").take_all()
+def fit_preprocessor(train_ds, plan: DatasetPlan, *, regression: bool = False) -> Preprocessor:
+    """Fit standardisation and the label classes (or, for ``regression``, the target's mean and spread)
+    on the training split (one streaming pass)."""
+    stats = _PartialStats(plan.features, plan.label, target_moments=regression)
+    parts = train_ds.map_batches(stats, batch_format="pandas").take_all()
     n = sum(p["n"] for p in parts)
     if n == 0:
         raise DataError(f"dataset {plan.uri}: the training split is empty; add rows or lower "
@@ -319,8 +355,13 @@ def fit_preprocessor(train_ds, plan: DatasetPlan) -> Preprocessor:
     # A constant feature has std 0: divide by 1 instead, so it becomes 0 rather than NaN.
     std[std < 1e-8] = 1.0
     classes = sorted({v for p in parts for v in p["labels"]}, key=lambda v: (str(type(v)), v))
-    return Preprocessor(features=plan.features, label=plan.label, mean=mean.tolist(), std=std.tolist(),
-                        classes=[v.item() if hasattr(v, "item") else v for v in classes])
+    pre = Preprocessor(features=plan.features, label=plan.label, mean=mean.tolist(), std=std.tolist(),
+                       classes=[v.item() if hasattr(v, "item") else v for v in classes])
+    if regression:
+        y_mean = sum(p["y_sum"] for p in parts) / n
+        y_var = sum(p["y_sumsq"] for p in parts) / n - y_mean * y_mean
+        pre.target_mean, pre.target_std = float(y_mean), float(max(y_var, 0.0) ** 0.5 or 1.0)
+    return pre
 
 
 def to_training(ds, pre: Preprocessor, cache: bool = False):

@@ -22,18 +22,22 @@ def _integer_ticks():
 
 
 def training_curve(history: list[dict[str, Any]], path: str | Path, title: str = "") -> str:
-    """Loss and accuracy per epoch (train vs validation) side by side."""
+    """Loss and the task's first figure after it (accuracy, or RMSE for a regressor) per epoch, train vs
+    validation, side by side."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for key, style in (("train", "-"), ("val", "--")):
-        ax_loss.plot(epochs, [h[f"{key}_loss"] for h in history], style, marker="o", label=key)
-        ax_acc.plot(epochs, [h[f"{key}_accuracy"] for h in history], style, marker="o", label=key)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
-    for ax in (ax_loss, ax_acc):
+    # The first val_ figure after the loss that has a train_ twin: what the task reports (progress order).
+    figure = next((k.removeprefix("val_") for k in history[-1] if k.startswith("val_") and k != "val_loss"
+                   and f"train_{k.removeprefix('val_')}" in history[-1]), None)
+    fig, axes = plt.subplots(1, 2 if figure else 1, figsize=(9 if figure else 4.8, 3.4), squeeze=False)
+    panels = [("loss", axes[0][0])] + ([(figure, axes[0][1])] if figure else [])
+    for name, ax in panels:
+        for key, style in (("train", "-"), ("val", "--")):
+            ax.plot(epochs, [h.get(f"{key}_{name}") for h in history], style, marker="o", label=key)
+        ax.set(xlabel="epoch", ylabel=name, title=name)
+        if name in ("accuracy", "f1"):
+            ax.set_ylim(0, 1.02)
         ax.xaxis.set_major_locator(_integer_ticks())
-    for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import posixpath
 from pathlib import Path
 from typing import Any
 
+from atoll import tasks
 from atoll.errors import RegistryError
 
 FINISHED, INCOMPLETE, EMPTY = "finished", "incomplete", "no checkpoint"
@@ -74,7 +76,7 @@ def list_runs(storage: str) -> list[dict[str, Any]]:
                                "checkpoint": None, "updated": _iso(run.mtime)}
         if checkpoints:
             latest, latest_entry = max(checkpoints, key=lambda c: c[0]["epoch"])
-            best, best_entry = max(checkpoints, key=lambda c: (c[0].get("metrics") or {}).get("val_accuracy", -1))
+            best, best_entry = max(checkpoints, key=lambda c: _objective_score(c[0]))
             epochs = (latest.get("spec") or {}).get("epochs")
             done = latest["epoch"] + 1
             row.update(state=FINISHED if isinstance(epochs, int) and done >= epochs else INCOMPLETE,
@@ -82,6 +84,15 @@ def list_runs(storage: str) -> list[dict[str, Any]]:
                        checkpoint=f"{row['path']}/{best_entry.base_name}", updated=_iso(latest_entry.mtime))
         rows.append(row)
     return sorted(rows, key=lambda r: r["updated"] or "", reverse=True)
+
+
+def _objective_score(meta: dict[str, Any]) -> float:
+    """How good a checkpoint is by its task's objective (higher is better): val_accuracy, or -val_rmse."""
+    metric, mode = tasks.get((meta.get("spec") or {}).get("task")).objective
+    value = (meta.get("metrics") or {}).get(metric)
+    if not isinstance(value, (int, float)):
+        return -math.inf
+    return value if mode == "max" else -value
 
 
 def _results(fs, path: str) -> list[dict[str, str]]:

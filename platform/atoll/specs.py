@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from atoll.tasks import DEFAULT_TASK, TASK_NAMES, unknown_task_message
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -255,6 +257,7 @@ class TrainSpec(Strict):
     """A training run: data, model, optimiser, schedule, resources, and the registry name."""
 
     name: str = Field(..., pattern=NAME_PATTERN, description="Registry name of the trained model.")
+    task: str = Field(DEFAULT_TASK, description="The kind of problem: " + ", ".join(TASK_NAMES) + ".")
     dataset: DatasetSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -265,10 +268,18 @@ class TrainSpec(Strict):
     gpus_per_worker: float = Field(1, ge=0, description="GPUs per worker when training on GPU.")
     use_gpu: Literal["auto", True, False] = Field("auto", description="auto: on GPU when the cluster has GPUs.")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data-parallel strategy.")
-    keep_checkpoints: int = Field(2, ge=1, description="Best N checkpoints kept (by validation accuracy).")
+    keep_checkpoints: int = Field(2, ge=1, description="Best N checkpoints kept (by the task's objective: "
+                                  "validation accuracy, or RMSE for regression).")
     max_failures: int = Field(1, ge=0, description="Worker-group restarts from the last checkpoint.")
     seed: int = Field(0, description="Seed for weights, shuffling and the split.")
     register_model: bool = Field(True, description="Register the best checkpoint in the model registry.")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASK_NAMES:
+            raise ValueError(unknown_task_message(task))
+        return task
 
     @model_validator(mode="after")
     def _checks(self) -> TrainSpec:

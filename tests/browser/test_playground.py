@@ -272,3 +272,26 @@ def test_the_gallery_lists_the_live_apps(digits_app, private_app, session, artif
     page.wait_for_selector("#layout:not([hidden])")
     assert all("401" in e for e in rec.errors), rec.errors  # only the list of apps, before the key
     assert rec.foreign() == []
+
+
+def test_a_regressor_page_shows_a_form_and_the_predicted_value(diabetes_app, session):
+    """The same page for a tabular-regression version: a form of its 10 measurements, and a value, not bars."""
+    page, rec = session
+    seen_errors, seen_requests = len(rec.errors), len(rec.requests)  # the shared page's earlier visits aside
+    _open(page, diabetes_app["playground"])
+    assert page.text_content("#card-title") == "diabetes"
+    assert "val_rmse" in page.text_content("#metrics")
+    expect(page.locator("#form-input")).to_be_visible()
+    assert page.locator("#form-input input").count() == 10
+    example = httpx.get(f"{diabetes_app['url']}/examples", timeout=10).json()["examples"][0]
+    page.click("#examples button >> nth=0")
+    with page.expect_response(lambda r: r.url.endswith("/diabetes/predict")) as answer:
+        page.click("#predict")
+    assert answer.value.status == 200
+    page.wait_for_selector("#result:not([hidden])")
+    api = httpx.post(f"{diabetes_app['url']}/predict", json={"inputs": [example["inputs"]]}, timeout=30).json()
+    assert float(page.text_content("#predicted")) == pytest.approx(api["predictions"][0], rel=1e-3)
+    assert page.locator("#bars .bar-track").count() == 0
+    assert f"true value {example['label']:g}" in page.text_content("#truth")
+    assert rec.errors[seen_errors:] == []
+    assert all(urlparse(u.removeprefix("blob:")).hostname == "127.0.0.1" for u in rec.requests[seen_requests:])

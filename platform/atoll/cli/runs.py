@@ -35,9 +35,10 @@ def list_(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
 
 def _detail(row: dict[str, Any]) -> str:
     if row["kind"] == "run":
-        acc = row["metrics"].get("val_accuracy")
-        return f"epochs {row['epochs_done']}/{row['epochs'] or '?'}" + \
-            (f", best val_accuracy {acc:.4f}" if isinstance(acc, (int, float)) else "")
+        from atoll.progress import validation_figures
+
+        best = validation_figures(row["metrics"], most=1)
+        return f"epochs {row['epochs_done']}/{row['epochs'] or '?'}" + (f", best {best}" if best else "")
     best = f", best {row['metric']} {row['best']:.4f} ({row['best_trial']})" if row["best"] is not None else ""
     return f"{row['trials']} trials{best}"
 

@@ -79,34 +79,40 @@ class Predictor:
                  model_types: list[str] | None = None) -> None:
         import torch
 
-        from atoll import models, registry
-        from atoll.data import Preprocessor
+        from atoll import models, registry, tasks
 
         reg = registry.Registry(storage)
         self.version = reg.get(ref)
         meta = json.loads(reg.read_file(self.version, "atoll.json"))
-        self.pre = Preprocessor.from_dict(meta["preprocess"])
         self.schema = self.version.input_schema or meta["input_schema"]
+        # By name from the catalogue, never an import path from the manifest; older versions name none.
+        self.task = tasks.get(self.version.spec.get("task") or self.schema.get("task"))
+        self.pre = self.task.state_from_dict(meta["preprocess"])
         model_spec = self.version.spec["model"]
         # registered=: a user model type imports only if cluster.yaml's metadata.atoll.model_types allows it
         # (as the deploy passed it in ``model_types``, else as the cluster.yaml next to this process says).
         allowed = models.AllowList(tuple(model_types), "metadata.atoll.model_types of the deploy's cluster.yaml") \
             if model_types is not None else None
-        model = models.build(model_spec["type"], self.pre.input_dim, self.pre.num_classes, model_spec["params"],
+        model = models.build(model_spec["type"], self.pre.input_dim, self.task.out_dim(self.pre), model_spec["params"],
                              registered=self.version.ref, allowed=allowed)
         model.load_state_dict(reg.load_weights(self.version))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
 
-    def predict(self, rows: np.ndarray) -> tuple[list[Any], list[list[float]]]:
-        """Class labels and class probabilities for raw (unstandardised) feature rows ``[n, d]``."""
+    def predict(self, rows: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
+        """For raw (unstandardised) feature rows ``[n, d]``: class labels and class probabilities, or (for
+        regression) values and None."""
         import torch
 
         x = torch.from_numpy(self.pre.transform_features(rows)).to(self.device)
         with torch.inference_mode():
-            probs = torch.softmax(self.model(x).float(), dim=-1).cpu().numpy()
-        classes = self.pre.classes
-        return [classes[i] for i in probs.argmax(axis=1)], probs.astype(np.float64).round(6).tolist()
+            outputs = self.model(x).float().cpu().numpy()
+        return self.task.answer(outputs, self.pre)
+
+    def non_finite_rows(self, predictions: list[Any], probabilities: list[list[float]] | None) -> list[int]:
+        """Rows whose answer came out NaN/inf (JSON has no NaN)."""
+        values = probabilities if probabilities is not None else [[p] for p in predictions]
+        return [i for i, row in enumerate(values) if not all(math.isfinite(x) for x in row)]
 
     #: Standardised feature values beyond this many standard deviations are not data the model has seen.
     EXTREME_Z = 1e4
@@ -120,7 +126,7 @@ class Predictor:
         if not np.isfinite(z).all() or z.max() > self.EXTREME_Z:
             return 422, (f"{where}: values far outside the training data (over {self.EXTREME_Z:g} standard "
                          f"deviations) make the model's output NaN/inf; send values in the range it was trained on.")
-        return 500, (f"model {self.version.ref} returned NaN/inf probabilities for {where} although the input is "
+        return 500, (f"model {self.version.ref} returned NaN/inf outputs for {where} although the input is "
                      f"ordinary: this version is broken; deploy another one (`atoll serve deploy NAME:VERSION`).")
 
     def request_schema(self, max_rows: int) -> dict[str, Any]:
@@ -337,11 +343,13 @@ class ModelServer:
         except RequestError as exc:
             return _error(exc.status, exc.message)
         predictions, probabilities = await self.predict_batch(rows)
-        bad = [i for i, p in enumerate(probabilities) if not all(math.isfinite(x) for x in p)]
+        bad = self.predictor.non_finite_rows(predictions, probabilities)
         if bad:  # JSON has no NaN: say what happened instead of failing in the encoder
             return _error(*self.predictor.explain_non_finite(rows, bad))
         v = self.predictor.version
-        return {"predictions": predictions, "probabilities": probabilities, "model": v.name, "version": v.version}
+        answer = {"predictions": predictions, "probabilities": probabilities} if probabilities is not None \
+            else {"predictions": predictions}
+        return {**answer, "model": v.name, "version": v.version}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict_batch(self, requests: list[np.ndarray]) -> list[tuple[list[Any], list[list[float]]]]:
@@ -350,7 +358,7 @@ class ModelServer:
         out, start = [], 0
         for rows in requests:
             end = start + len(rows)
-            out.append((predictions[start:end], probabilities[start:end]))
+            out.append((predictions[start:end], probabilities[start:end] if probabilities is not None else None))
             start = end
         return out
 

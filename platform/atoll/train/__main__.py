@@ -38,7 +38,7 @@ def _train_job(spec_path: str, overrides: list[str], run_name: str | None, resum
     print("resolved spec:", json.dumps(spec.model_dump(mode="json")), flush=True)
     driver.connect()
     result, dplan, _, plan = fit(spec, storage=storage, run_name=run_name, resume=bool(resume))
-    ckpt, metrics = best_checkpoint(result)
+    ckpt, metrics = best_checkpoint(result, spec)
     emit("finished", run=run_name, best=metrics, checkpoint=ckpt.path)
     if spec.register_model:
         lineage = {"run_name": run_name, "run_path": result.path, "dataset": dplan.uri,

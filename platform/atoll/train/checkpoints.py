@@ -8,25 +8,20 @@ registry, ``atoll runs`` and serving read the same files, so the layout lives in
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from atoll import data
+from atoll import data, tasks
 from atoll.specs import TrainSpec
 
 MODEL_FILE, OPTIM_FILE, META_FILE = "model.pt", "optim.pt", "atoll.json"
 
 
 def input_schema(spec: TrainSpec, pre: data.Preprocessor) -> dict[str, Any]:
-    """What a request must look like: named features, their shape and dtype, and the classes."""
-    shape = spec.model.params.get("image_shape")
-    if shape is None and spec.model.type == "cnn":
-        side = math.isqrt(pre.input_dim)
-        shape = [1, side, side]
-    return {"features": pre.features, "num_features": pre.input_dim, "dtype": "float32",
-            "image_shape": shape, "classes": pre.classes, "label": pre.label}
+    """What a request must look like (named features, their shape and dtype, the classes), as the spec's task
+    says; recorded in ``atoll.json`` and with the version."""
+    return tasks.get(spec.task).input_schema(pre, spec.model.model_dump(mode="json"))
 
 
 def load_checkpoint_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:

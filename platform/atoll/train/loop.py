@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from atoll import data, models
+from atoll import data, models, tasks
 from atoll.events import emit
 from atoll.specs import TrainSpec
 from atoll.train.checkpoints import META_FILE, input_schema, load_training_state, save_training_state
@@ -42,29 +42,33 @@ def _optimizer(spec: TrainSpec, params):
     return cls(params, lr=opt.lr, weight_decay=opt.weight_decay)
 
 
-def _epoch(model, shard, spec: TrainSpec, device, optimizer=None, autocast=None, seed: int = 0):
-    """One pass over a shard; trains when ``optimizer`` is given. Returns [loss_sum, correct, count]."""
+def _epoch(model, shard, spec: TrainSpec, task, pre, device, optimizer=None, autocast=None, seed: int = 0):
+    """One pass over a shard; trains when ``optimizer`` is given. Returns the task's summed batch figures."""
     import torch
-    import torch.nn.functional as F
 
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    sums = None
     training = optimizer is not None
     model.train(training)
     kwargs = {"local_shuffle_buffer_size": 4 * spec.batch_size, "local_shuffle_seed": seed} if training else {}
+    dtypes = {"x": torch.float32, "y": getattr(torch, task.target_dtype)}
     with torch.set_grad_enabled(training):
-        for batch in shard.iter_torch_batches(batch_size=spec.batch_size, device=device,
-                                              dtypes={"x": torch.float32, "y": torch.int64}, **kwargs):
+        for batch in shard.iter_torch_batches(batch_size=spec.batch_size, device=device, dtypes=dtypes, **kwargs):
             x, y = batch["x"], batch["y"]
             with autocast() if autocast else contextlib.nullcontext():
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+                outputs = model(x)
+            loss = task.loss(outputs, y)
             if training:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            n = y.shape[0]
-            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
-                                 torch.tensor(float(n), dtype=torch.float64, device=device)])
+            with torch.no_grad():
+                batch_sums = task.batch_sums(outputs, y, loss, pre)
+            sums = batch_sums if sums is None else sums + batch_sums
+    if sums is None:  # an empty shard: the same length of zeros, so every rank all-reduces alike
+        with torch.no_grad():
+            empty_out = torch.zeros((0, task.out_dim(pre)), device=device)
+            empty_y = torch.zeros(0, dtype=dtypes["y"], device=device)
+            sums = task.batch_sums(empty_out, empty_y, torch.zeros((), device=device), pre)
     return sums
 
 
@@ -111,12 +115,13 @@ def train_loop(config: dict[str, Any], session) -> None:
     import torch.distributed as dist
 
     spec = TrainSpec.model_validate(config["spec"])
-    pre = data.Preprocessor.from_dict(config["preprocess"])
+    task = tasks.get(spec.task)
+    pre = task.state_from_dict(config["preprocess"])
     rank = session.rank
     torch.manual_seed(spec.seed)
     device = session.device()
 
-    model = models.build(spec.model.type, pre.input_dim, pre.num_classes, spec.model.params)
+    model = models.build(spec.model.type, pre.input_dim, task.out_dim(pre), spec.model.params)
     model = session.prepare(model, spec.strategy)
     optimizer = _optimizer(spec, model.parameters())
     start_epoch, history = 0, []
@@ -134,15 +139,17 @@ def train_loop(config: dict[str, Any], session) -> None:
     train_data, val_data = session.dataset("train"), session.dataset("validation")
     for epoch in range(start_epoch, spec.epochs):
         started = time.perf_counter()
-        train_sums = _epoch(model, train_data, spec, device, optimizer, autocast, seed=spec.seed + epoch)
+        train_sums = _epoch(model, train_data, spec, task, pre, device, optimizer, autocast, seed=spec.seed + epoch)
         train_time = time.perf_counter() - started
-        val_sums = _epoch(model, val_data, spec, device, autocast=autocast)
+        val_sums = _epoch(model, val_data, spec, task, pre, device, autocast=autocast)
         sums = torch.cat([train_sums, val_sums])
         if session.world_size > 1 and dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)  # global metrics, not rank 0's shard
-        t_loss, t_correct, t_n, v_loss, v_correct, v_n = sums.tolist()
-        metrics = {"epoch": epoch, "train_loss": t_loss / max(t_n, 1), "train_accuracy": t_correct / max(t_n, 1),
-                   "val_loss": v_loss / max(v_n, 1), "val_accuracy": v_correct / max(v_n, 1),
+        sums = sums.tolist()
+        t_n = sums[1]  # every task's sums begin [loss·n, n, ...]
+        metrics = {"epoch": epoch,
+                   **{f"train_{k}": v for k, v in task.metrics(sums[:len(train_sums)], pre).items()},
+                   **{f"val_{k}": v for k, v in task.metrics(sums[len(train_sums):], pre).items()},
                    "train_samples": int(t_n), "epoch_time_s": round(time.perf_counter() - started, 3),
                    "samples_per_s": round(t_n / train_time, 1) if train_time > 0 else None}
         history = history + [metrics]

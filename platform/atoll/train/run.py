@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from atoll import capacity, config, data, models
+from atoll import capacity, config, data, models, tasks
 from atoll.errors import ConfigError
 from atoll.events import emit
 from atoll.specs import TrainSpec
@@ -49,15 +49,16 @@ def check_run_name(storage: str, run_name: str, resume: bool) -> None:
 
 def prepare(spec: TrainSpec, storage: str):
     """Plan, read, split and fit preprocessing; every data error surfaces here, before workers start."""
+    task = tasks.get(spec.task)
     uri = data.resolve_path(spec.dataset.path, storage)
-    dplan = data.plan(uri, spec.dataset.format, spec.dataset.features, spec.dataset.label)
+    dplan = task.plan(uri, spec.dataset.format, spec.dataset.features, spec.dataset.label)
     models.resolve(spec.model.type)  # a bad import path fails now, not in every worker
     data.quiet_progress()
     ds = data.read(dplan.uri, dplan.format)
     train_raw, val_raw = data.split(ds, dplan, spec.dataset.validation_fraction, spec.seed)
-    pre = data.fit_preprocessor(train_raw, dplan)
+    pre = task.fit(train_raw, dplan)
     # Build once on the driver: wrong params / image shapes fail here with the field named.
-    models.build(spec.model.type, pre.input_dim, pre.num_classes, spec.model.params)
+    models.build(spec.model.type, pre.input_dim, task.out_dim(pre), spec.model.params)
     cache = data.should_cache(dplan, spec.dataset.cache)
     return dplan, pre, data.to_training(train_raw, pre, cache), data.to_training(val_raw, pre, cache)
 
@@ -101,18 +102,23 @@ def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
     dplan, pre, train_ds, val_ds = prepare(spec, storage)
     if report_events:
         emit("start", run=run_name, workers=plan.num_workers, use_gpu=plan.use_gpu, backend=plan.backend,
-             dataset=dplan.uri, rows=dplan.rows, features=len(dplan.features), classes=pre.num_classes,
+             dataset=dplan.uri, rows=dplan.rows, features=len(dplan.features), classes=pre.num_classes, task=spec.task,
              epochs=spec.epochs)
+    metric, mode = tasks.get(spec.task).objective
     trainer = build_trainer(plan, loop_config(spec, pre, run_name, plan.precision), storage=storage,
                             run_name=run_name, datasets={"train": train_ds, "validation": val_ds},
-                            callbacks=callbacks, keep=spec.keep_checkpoints, max_failures=spec.max_failures)
+                            callbacks=callbacks, keep=spec.keep_checkpoints, metric=metric, mode=mode,
+                            max_failures=spec.max_failures)
     result = trainer.fit()
     return result, dplan, pre, plan
 
 
-def best_checkpoint(result) -> tuple[Any, dict[str, Any]]:
-    """The kept checkpoint with the highest validation accuracy, and its metrics."""
-    ranked = sorted(result.best_checkpoints or [], key=lambda cm: cm[1].get("val_accuracy", -1), reverse=True)
+def best_checkpoint(result, spec: TrainSpec) -> tuple[Any, dict[str, Any]]:
+    """The kept checkpoint best by the task's objective (e.g. validation accuracy), and its metrics."""
+    metric, mode = tasks.get(spec.task).objective
+    sign = 1 if mode == "max" else -1
+    ranked = sorted((cm for cm in result.best_checkpoints or [] if cm[1].get(metric) is not None),
+                    key=lambda cm: sign * cm[1][metric], reverse=True)
     if not ranked:
         if result.checkpoint is None:
             raise ConfigError("the run reported no checkpoint; nothing to register.")

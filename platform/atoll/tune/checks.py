@@ -18,7 +18,7 @@ from typing import Any
 
 import pydantic
 
-from atoll import config, models
+from atoll import config, models, tasks
 from atoll.errors import ConfigError
 from atoll.specs import TrainSpec
 from atoll.tune.space import SweepSpec
@@ -128,6 +128,10 @@ def check_sweep(sweep: SweepSpec, base: TrainSpec, source: str = "") -> None:
         ConfigError: one line per problem, each naming the field and the fix.
     """
     problems = []
+    reported = tasks.get(base.task).reported_metrics()
+    if sweep.metric not in reported:
+        problems.append(f"metric: a {base.task} run does not report {sweep.metric!r}; it reports "
+                        f"{', '.join(reported)}")
     keys = sorted(sweep.search_space)
     base_dict = base.model_dump(mode="json")
     for key in keys:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from atoll import capacity, config, data, events, train
+from atoll import capacity, config, data, events, tasks, train
 from atoll.errors import ConfigError
 from atoll.specs import BASE_DIR, CHECK_FILES, SHIPPED, TrainSpec, resolve_local
 from atoll.tune.checks import check_models, check_resources, check_sweep, trial_spec
@@ -62,6 +62,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, *,
     if shipped is not None:
         context[SHIPPED] = str(shipped)
     base = config.load_model(TrainSpec, merged, f"{train_path} (with the overrides of {path})", context=context)
+    if "metric" not in raw:  # what the task optimises, e.g. val_accuracy, or val_rmse for a regressor
+        metric, mode = tasks.get(base.task).objective
+        sweep = sweep.model_copy(update={"metric": metric, "mode": raw.get("mode") or mode})
     check_sweep(sweep, base, str(path))
     return sweep, base
 

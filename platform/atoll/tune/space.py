@@ -18,12 +18,16 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from atoll import tasks
 from atoll.specs import NAME_PATTERN, Strict
 
-#: What :func:`atoll.train.train_loop` reports every epoch: the metrics a sweep can optimise.
-TRAINING_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch", "train_samples",
-                    "epoch_time_s", "samples_per_s")
-_MINIMIZED = ("train_loss", "val_loss", "epoch_time_s")
+#: What :func:`atoll.train.train_loop` reports every epoch, for some task: the metrics a sweep can optimise
+#: (which of them a given training spec reports is its task's to say: :func:`atoll.tune.checks.check_sweep`).
+TRAINING_METRICS = tuple(dict.fromkeys(m for task in tasks.all_tasks() for m in task.reported_metrics()))
+_MINIMIZED = tuple(m for m in TRAINING_METRICS if any(task.mode_of(m) == "min" for task in tasks.all_tasks()
+                                                       if m in task.reported_metrics()))
+#: Metrics with a direction: optimising them the other way would pick the worst trial.
+_DIRECTED = tuple(m for m in TRAINING_METRICS if m.startswith(("train_", "val_")))
 KINDS = ("uniform", "loguniform", "randint", "choice", "grid")
 
 
@@ -214,8 +218,9 @@ class SweepSpec(Strict):
 
     @model_validator(mode="after")
     def _direction(self) -> SweepSpec:
-        wrong = ("max" if self.metric.endswith("_loss") else
-                 "min" if self.metric.endswith("_accuracy") else None)
+        wrong = None
+        if self.metric in _DIRECTED:
+            wrong = "max" if self.metric in _MINIMIZED else "min"
         if self.mode == wrong:
             right = "min" if wrong == "max" else "max"
             raise ValueError(f"mode: {wrong} on {self.metric} would pick the worst trial; set mode: {right} "

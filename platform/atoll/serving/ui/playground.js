@@ -313,13 +313,19 @@
   function renderResult(answer, ms) {
     $("error").hidden = true;
     const predicted = answer.predictions[0];
-    const probs = answer.probabilities[0] || [];
+    // A regressor answers a value and no probabilities: show the value (and how far it is from the truth).
+    const probs = (answer.probabilities && answer.probabilities[0]) || [];
+    const isValue = !answer.probabilities && typeof predicted === "number";
     const classes = state.panel.classes && state.panel.classes.length === probs.length
       ? state.panel.classes : probs.map((_, i) => i);
-    $("predicted").textContent = String(predicted);
+    $("predicted").textContent = isValue ? Number(predicted.toPrecision(4)).toString() : String(predicted);
     const truth = $("truth");
     if (state.truth === null || state.truth === undefined) {
       truth.textContent = "";
+      truth.className = "truth";
+    } else if (isValue) {
+      const off = predicted - Number(state.truth);
+      truth.textContent = `true value ${state.truth} (off by ${off >= 0 ? "+" : ""}${Number(off.toPrecision(3))})`;
       truth.className = "truth";
     } else {
       const right = String(state.truth) === String(predicted);

@@ -1,0 +1,120 @@
+"""Tasks, without a cluster: each task's preprocessing, metrics (against scikit-learn's), answers and checks,
+and the stages that ask the task (spec, sweep) rather than assume a classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from atoll import data, tasks
+from atoll.config import load_model
+from atoll.errors import ConfigError, DataError
+from atoll.specs import TrainSpec
+from sklearn import metrics as skm
+
+
+class _Batches:
+    """A dataset's one contract the fit uses: ``map_batches(fn).take_all()``, over real pandas batches."""
+
+    def __init__(self, frame: pd.DataFrame, size: int = 50) -> None:
+        self.parts = [frame.iloc[i:i + size] for i in range(0, len(frame), size)]
+
+    def map_batches(self, fn, batch_format):
+        self.fn = fn
+        return self
+
+    def take_all(self):
+        return [self.fn(p).iloc[0].to_dict() for p in self.parts]
+
+
+def _sums_over_ranks(task, outputs, target, state, ranks: int = 3):
+    """The loop's reduction: per-batch sums on each 'rank', added up (as all_reduce does)."""
+    total = None
+    for out, y in zip(np.array_split(outputs, ranks), np.array_split(target, ranks), strict=True):
+        o, t = torch.from_numpy(out), torch.from_numpy(y)
+        s = task.batch_sums(o, t, task.loss(o, t), state)
+        total = s if total is None else total + s
+    return total.tolist()
+
+
+def test_the_catalogue_names_every_task_and_an_unknown_one_gets_the_list():
+    assert tasks.TASK_NAMES[:2] == ("tabular-classification", "tabular-regression")
+    assert tasks.get(None).name == tasks.DEFAULT_TASK
+    with pytest.raises(ConfigError, match=r"unknown task 'tabular-regresion' \(did you mean 'tabular-regression'"):
+        tasks.get("tabular-regresion")
+    spec = {"name": "m", "dataset": {"path": "demo:digits", "label": "label"}}
+    assert load_model(TrainSpec, spec, "t.yaml").task == "tabular-classification"
+    with pytest.raises(ConfigError, match=r"t.yaml: task: .*unknown task 'images'.*set task: to one of"):
+        load_model(TrainSpec, {**spec, "task": "images"}, "t.yaml")
+
+
+def test_classification_metrics_match_scikit_learn_across_ranks():
+    rng = np.random.default_rng(0)
+    task = tasks.get("tabular-classification")
+    state = data.Preprocessor(["a"], "y", [0.0], [1.0], classes=["a", "b", "c", "d"])
+    logits = rng.normal(size=(301, 4)).astype(np.float32)
+    target = rng.integers(0, 3, size=301)  # class "d" never occurs: it is predicted, so it counts in F1
+    got = task.metrics(_sums_over_ranks(task, logits, target, state), state)
+    predicted = logits.argmax(1)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(target, predicted))
+    assert got["f1"] == pytest.approx(skm.f1_score(target, predicted, average="macro"))
+    assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(torch.from_numpy(logits),
+                                                                          torch.from_numpy(target)).item(), rel=1e-5)
+    labels, probs = task.answer(logits[:2], state)
+    assert labels == [state.classes[i] for i in predicted[:2]] and np.allclose(np.sum(probs, axis=1), 1)
+
+
+def test_regression_fits_the_target_on_the_train_split_and_reports_in_its_units():
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"a": rng.normal(3, 2, 200), "b": rng.normal(size=200)})
+    frame["y"] = 100 + 30 * frame["a"] + rng.normal(0, 5, 200)
+    task = tasks.get("tabular-regression")
+    plan = data.DatasetPlan("x", "parquet", ["a", "b"], "y", 200, "fp")
+    state = task.fit(_Batches(frame), plan)
+    assert state.target_mean == pytest.approx(frame["y"].mean()) and state.target_std == pytest.approx(frame["y"].std(ddof=0))
+    assert state.classes == [] and task.out_dim(state) == 1
+    assert task.state_from_dict(state.to_dict()) == state
+    batch = state(frame)
+    assert batch["y"].dtype == np.float32 and abs(batch["y"].mean()) < 1e-4  # standardised for the loss
+
+    predicted_z = batch["y"] + rng.normal(0, 0.3, 200).astype(np.float32)  # a model close to the truth
+    got = task.metrics(_sums_over_ranks(task, predicted_z[:, None], batch["y"], state), state)
+    predicted = predicted_z * state.target_std + state.target_mean
+    assert got["rmse"] == pytest.approx(skm.root_mean_squared_error(frame["y"], predicted), rel=1e-4)
+    assert got["mae"] == pytest.approx(skm.mean_absolute_error(frame["y"], predicted), rel=1e-4)
+    assert got["r2"] == pytest.approx(skm.r2_score(frame["y"], predicted), rel=1e-4)
+    values, probabilities = task.answer(predicted_z[:3, None], state)
+    assert probabilities is None and np.allclose(values, predicted[:3], rtol=1e-5)
+
+
+def test_a_regression_target_must_be_numeric(tmp_path):
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "y": ["low", "high", "low"]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"label column 'y' is \w*string, not numeric; a regression target must be"):
+        tasks.get("tabular-regression").plan(str(tmp_path / "t.parquet"), "auto", None, "y")
+    assert tasks.get("tabular-classification").plan(str(tmp_path / "t.parquet"), "auto", None, "y").label == "y"
+
+
+def test_the_diabetes_demo_is_real_and_held_out(tmp_path):
+    paths = data.prepare_demo(str(tmp_path), "diabetes")
+    train_df, hold = pd.read_parquet(paths["train"]), pd.read_parquet(paths["holdout"])
+    assert len(train_df) + len(hold) == 442 and len(hold) == 44
+    assert {"age", "bmi", "bp", "progression"} <= set(train_df.columns)
+    assert train_df["progression"].between(25, 346).all()  # the published range of the score
+
+
+def test_a_sweep_over_a_regressor_optimises_its_rmse_unless_told(tmp_path):
+    from atoll.tune import load_sweep
+
+    (tmp_path / "train.yaml").write_text("name: r\ntask: tabular-regression\n"
+                                         "dataset: {path: 'demo:diabetes', label: progression}\n")
+    (tmp_path / "sweep.yaml").write_text("name: s\ntrain: train.yaml\nsearch_space: {optimizer.lr: {choice: [0.01]}}\n")
+    sweep, base = load_sweep(tmp_path / "sweep.yaml")
+    assert (base.task, sweep.metric, sweep.mode) == ("tabular-regression", "val_rmse", "min")
+    assert load_sweep(tmp_path / "sweep.yaml", ["metric=val_r2"])[0].mode == "max"
+    with pytest.raises(ConfigError, match=r"metric: a tabular-regression run does not report 'val_accuracy'; "
+                                          r"it reports train_loss, train_rmse"):
+        load_sweep(tmp_path / "sweep.yaml", ["metric=val_accuracy"])
+    with pytest.raises(ConfigError, match="mode: max on val_rmse would pick the worst trial"):
+        load_sweep(tmp_path / "sweep.yaml", ["metric=val_rmse", "mode=max"])
