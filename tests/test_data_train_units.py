@@ -168,6 +168,18 @@ def test_event_lines_survive_ray_log_prefixes():
     assert events.parse_events(line) == [{"event": "epoch", "epoch": 2}]
 
 
+def test_an_event_forwarded_twice_is_read_once(capsys):
+    events.emit("epoch", epoch=0)
+    events.emit("epoch", epoch=0)  # the same figures again: a second event, not a copy
+    printed = capsys.readouterr().out
+    doubled = "".join(f"(RayTrainWorker pid=7) {line}\n{line}\n" for line in printed.splitlines())
+    seen: set[str] = set()
+    first = events.parse_events(doubled, seen)
+    assert [e["epoch"] for e in first] == [0, 0] and len({e["id"] for e in first}) == 2
+    assert events.parse_events(doubled, seen) == []  # a later chunk repeating them adds nothing
+    assert len(events.parse_events(doubled)) == 4  # without ``seen``: every line, as before
+
+
 def test_run_names_are_never_silently_reused(tmp_path):
     (tmp_path / "runs" / "old").mkdir(parents=True)
     with pytest.raises(ConfigError, match="already exists.*--resume old"):

@@ -6,6 +6,7 @@ Lives apart from atoll.train so that the CLI can follow a job without importing 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,20 +16,30 @@ EVENT_PREFIX = "ATOLL_EVENT "
 
 
 def emit(event: str, **fields: Any) -> None:
-    """Print one machine-readable progress line; the CLI reads these from the job's logs."""
-    print(EVENT_PREFIX + json.dumps({"event": event, **fields}, default=str), flush=True)
+    """Print one machine-readable progress line; the CLI reads these from the job's logs.
+
+    Each line carries an ``id`` of its own: Ray forwards a Train worker's line into the job's log twice
+    (once through Train's worker logging, once through the log monitor), and readers drop the copy by it.
+    """
+    print(EVENT_PREFIX + json.dumps({"event": event, **fields, "id": os.urandom(6).hex()}, default=str), flush=True)
 
 
-def parse_events(text: str) -> list[dict[str, Any]]:
-    """Every progress event in a chunk of job logs (Ray prefixes worker lines; we look inside)."""
+def parse_events(text: str, seen: set[str] | None = None) -> list[dict[str, Any]]:
+    """Every progress event in a chunk of job logs (Ray prefixes worker lines; we look inside). With ``seen``
+    (the ids read so far, updated here), an event already read in an earlier line or chunk is left out."""
     events = []
     for line in text.splitlines():
         at = line.find(EVENT_PREFIX)
         if at >= 0:
             try:
-                events.append(json.loads(line[at + len(EVENT_PREFIX):]))
+                event = json.loads(line[at + len(EVENT_PREFIX):])
             except json.JSONDecodeError:
                 continue
+            if seen is not None and "id" in event:
+                if event["id"] in seen:
+                    continue
+                seen.add(event["id"])
+            events.append(event)
     return events
 
 

@@ -20,6 +20,14 @@ class _EventView:
 
     events: list[dict[str, Any]]
 
+    def read(self, text: str) -> list[dict[str, Any]]:
+        """The events new in ``text`` (each once, however often Ray forwarded its line), kept in order."""
+        if not hasattr(self, "_seen"):
+            self._seen: set[str] = set()
+        fresh = parse_events(text, self._seen)
+        self.events.extend(fresh)
+        return fresh
+
     def last(self, name: str) -> dict[str, Any] | None:
         """The latest event called ``name`` (e.g. ``registered``), or None."""
         return next((e for e in reversed(self.events) if e["event"] == name), None)
@@ -32,8 +40,7 @@ class TrainProgress(_EventView):
         self.progress, self.task, self.events = progress, None, []
 
     def __call__(self, text: str) -> None:
-        for ev in parse_events(text):
-            self.events.append(ev)
+        for ev in self.read(text):
             if ev["event"] == "start":
                 self.progress.console.print(
                     f"Training on {ev['workers']} {'GPU' if ev['use_gpu'] else 'CPU'} workers ({ev['backend']}), "
@@ -73,8 +80,7 @@ class SweepView(_EventView):
 
     def __call__(self, text: str) -> None:
         changed = False
-        for ev in parse_events(text):
-            self.events.append(ev)
+        for ev in self.read(text):
             if ev["event"] == "sweep_start":
                 self.start = ev
             elif ev["event"] == "trial":
