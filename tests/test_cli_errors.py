@@ -4,6 +4,7 @@ head that answers its version and then drops every connection (what a head dying
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -108,22 +109,30 @@ def test_an_interrupted_atoll_up_leaves_no_cluster_running(tmp_path):
     config, env = private_cluster_config(tmp_path, 6391, 8291)
     proc = subprocess.Popen([ATOLL, "up", "-c", str(config)], env={**os.environ, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    # Ctrl-C once Ray's own processes run (the GCS is among the first).
-    while time.monotonic() < deadline and not any("gcs_server" in " ".join(psutil.Process(p).cmdline())
-                                                   for p in processes_with_home(env["ATOLL_HOME"])
-                                                   if psutil.pid_exists(p)):
-        time.sleep(0.2)
-    assert time.monotonic() < deadline, "the head never started"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (out, err)
-    assert "Traceback" not in out + err and "interrupted" in (out + err).lower(), (out, err)
-    deadline = time.monotonic() + 30
-    while processes_with_home(env["ATOLL_HOME"]) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert processes_with_home(env["ATOLL_HOME"]) == []
-    assert not (Path(env["ATOLL_HOME"]) / "cluster.json").exists()
+    try:
+        deadline = time.monotonic() + 60
+        # Ctrl-C once Ray's own processes run (the GCS is among the first).
+        while time.monotonic() < deadline and not any("gcs_server" in " ".join(psutil.Process(p).cmdline())
+                                                       for p in processes_with_home(env["ATOLL_HOME"])
+                                                       if psutil.pid_exists(p)):
+            assert proc.poll() is None, proc.communicate()  # e.g. the port was taken: say so
+            time.sleep(0.2)
+        assert time.monotonic() < deadline, "the head never started"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (out, err)
+        assert "Traceback" not in out + err and "interrupted" in (out + err).lower(), (out, err)
+        deadline = time.monotonic() + 30
+        while processes_with_home(env["ATOLL_HOME"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert processes_with_home(env["ATOLL_HOME"]) == []
+        assert not (Path(env["ATOLL_HOME"]) / "cluster.json").exists()
+    finally:  # whatever failed above, leave no cluster behind on the private ports for later tests
+        proc.kill()
+        run_cli("down", "-c", str(config), env=env, cwd=tmp_path, timeout=120)
+        for pid in processes_with_home(env["ATOLL_HOME"]):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
 
 
 @pytest.mark.cluster
