@@ -14,7 +14,7 @@ with ``serve.run`` on an in-process local Ray (``ray.init(address="local", num_c
 batch_wait_timeout_s 0.005 (cluster.yaml's defaults). Never ports 8000/8265/6379, never ``ray start``.
 
 Baseline: this very file run as ``--baseline-server``: a uvicorn process on 127.0.0.1:8124 with a FastAPI app
-whose ``POST /predict`` parses the body with the same ``atoll.serving.replica.parse_rows`` and calls the same
+whose ``POST /predict`` parses the body with the same ``atoll.serving.replica.parse_request`` and calls the same
 ``Predictor.predict`` per request (no batching), torch on 1 thread like the 1-CPU replica. Both servers keep
 their default access logs, to files: Serve's proxy and replica write one line per request each under the Ray
 session's logs/serve/; uvicorn, at its default log level (info), one line per request to the bench's uvicorn.log.
@@ -130,7 +130,7 @@ def make_model(storage: str) -> dict[str, Any]:
 def baseline_app(storage: str, ref: str):
     # (no `from __future__ import annotations` in this file: FastAPI must see `Request` itself, not a string)
     import torch
-    from atoll.serving.replica import Predictor, RequestError, parse_rows
+    from atoll.serving.replica import Predictor, RequestError, parse_request
     from atoll.specs import ServeSettings
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -143,7 +143,7 @@ def baseline_app(storage: str, ref: str):
     @app.post("/predict")
     async def predict(request: Request):
         try:
-            rows = parse_rows(await request.body(), predictor.schema, max_rows=limits.max_rows,
+            rows = parse_request(await request.body(), predictor.schema, max_rows=limits.max_rows,
                               max_body_bytes=limits.max_body_bytes)
         except RequestError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)

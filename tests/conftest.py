@@ -117,27 +117,50 @@ def keyed_app(public_app) -> dict:
             "requested": f"digits:{public_app['version']}", "output": result.stdout}
 
 
-@pytest.fixture(scope="session")
-def trained_diabetes(ray_cluster) -> dict:
-    """The regression demo (jobs/configs/regression.yaml, 2 workers, run `t-diabetes`) trained by `atoll train`
-    once per session; the CLI's JSON answer."""
-    result = run_cli("train", "jobs/configs/regression.yaml", "--run-name", "t-diabetes", "--json", timeout=600)
+def _train(spec: str, run_name: str, *overrides: str) -> dict:
+    """`atoll train SPEC` run for real; the CLI's JSON answer, with a registered version."""
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    result = run_cli("train", spec, *sets, "--run-name", run_name, "--json", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = json.loads(result.stdout)
     assert out["registered"], out
     return out
 
 
-@pytest.fixture(scope="session")
-def diabetes_app(trained_diabetes) -> dict:
-    """That version deployed as app `diabetes` (for the regression and browser tests); removed at the end."""
+def _deployed(trained: dict, app: str):
+    """The version deployed as ``app`` with `atoll serve deploy`; removed at the end."""
     from atoll.serving import endpoints
 
-    version = trained_diabetes["registered"]["version"]
-    result = run_cli("serve", "deploy", f"diabetes:{version}", "--app", "diabetes", *SMALL_APP, "--json", timeout=400)
+    ref = f"{trained['registered']['name']}:{trained['registered']['version']}"
+    result = run_cli("serve", "deploy", ref, "--app", app, *SMALL_APP, "--json", timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     yield json.loads(result.stdout)
-    endpoints.delete("diabetes")
+    endpoints.delete(app)
+
+
+@pytest.fixture(scope="session")
+def trained_diabetes(ray_cluster) -> dict:
+    """The regression demo (jobs/configs/regression.yaml, 2 workers, run `t-diabetes`), once per session."""
+    return _train("jobs/configs/regression.yaml", "t-diabetes")
+
+
+@pytest.fixture(scope="session")
+def diabetes_app(trained_diabetes):
+    """That version deployed as app `diabetes` (for the regression and browser tests)."""
+    yield from _deployed(trained_diabetes, "diabetes")
+
+
+@pytest.fixture(scope="session")
+def trained_text(ray_cluster) -> dict:
+    """The text demo (jobs/configs/text.yaml: a small BERT on the SMS Spam Collection, 2 workers, 2 epochs,
+    run `t-text`), once per session."""
+    return _train("jobs/configs/text.yaml", "t-text", "epochs=2")
+
+
+@pytest.fixture(scope="session")
+def text_app(trained_text):
+    """That version deployed as app `sms-spam` (for the text and browser tests)."""
+    yield from _deployed(trained_text, "sms-spam")
 
 
 def private_cluster_config(tmp_path: Path, port: int, dashboard_port: int) -> tuple[Path, dict[str, str]]:

@@ -3,6 +3,9 @@ and the stages that ask the task (spec, sweep) rather than assume a classifier."
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,3 +121,74 @@ def test_a_sweep_over_a_regressor_optimises_its_rmse_unless_told(tmp_path):
         load_sweep(tmp_path / "sweep.yaml", ["metric=val_accuracy"])
     with pytest.raises(ConfigError, match="mode: max on val_rmse would pick the worst trial"):
         load_sweep(tmp_path / "sweep.yaml", ["metric=val_rmse", "mode=max"])
+
+
+class _Texts:
+    """The fit's one contract for text: ``iter_batches(...)`` over real pandas batches."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+
+    def iter_batches(self, batch_format, batch_size):
+        for i in range(0, len(self.frame), batch_size):
+            yield self.frame.iloc[i:i + batch_size]
+
+
+def test_text_fits_a_wordpiece_tokenizer_on_the_train_split_and_parses_texts(tmp_path):
+    from atoll.errors import RequestError
+    from atoll.serving.replica import parse_request
+
+    paths = data.prepare_demo(str(tmp_path), "sms_spam")
+    frame = pd.read_parquet(paths["train"])
+    assert len(frame) + len(pd.read_parquet(paths["holdout"])) == 4862 and set(frame["label"]) == {"ham", "spam"}
+    task = tasks.get("text-classification")
+    plan = task.plan(paths["train"], "auto", None, "label")
+    assert plan.features == ["text"]
+    state = task.fit(_Texts(frame.iloc[:800]), plan, {"vocab_size": 800, "max_length": 16})
+    assert state.classes == ["ham", "spam"] and 100 < state.vocab_size <= 800 and task.out_dim(state) == 2
+    again = task.state_from_dict(json.loads(json.dumps(state.to_dict())))  # plain JSON, nothing pickled
+    ids, cut = again.token_ids(["Free prize", "word " * 40])
+    assert ids.shape == (2, 16) and ids.dtype == np.int64 and cut == [False, True]
+    assert ids[0, 0] == 2 and ids[0, -1] == 0  # [CLS] first, [PAD] (0, masked) after the text
+    batch = state(frame.iloc[:5])
+    assert batch["x"].shape == (5, 16) and batch["y"].dtype == np.int64
+    schema = task.input_schema(state, {"type": "hf-bert"})
+    assert parse_request(b'{"inputs": ["hello there"]}', schema, max_rows=4, max_body_bytes=1000) == ["hello there"]
+    for body, status, message in ((b'{"inputs": [""]}', 422, "inputs.0: the text is empty"),
+                                  (b'{"inputs": ["a", 7]}', 422, "inputs.1: expected a text"),
+                                  (b'{"inputs": []}', 422, "a non-empty list of texts"),
+                                  (b'{"texts": ["a"]}', 422, "must be a JSON object like"),
+                                  (b'["a"]', 422, "must be a JSON object like"),
+                                  (b'{"inputs": ["a", "b", "c", "d", "e"]}', 413, "the limit is 4"),
+                                  (b"", 400, 'empty body: send JSON like {"inputs": ["some text"')):
+        with pytest.raises(RequestError, match=re.escape(message)) as caught:
+            parse_request(body, schema, max_rows=4, max_body_bytes=1000)
+        assert caught.value.status == status
+
+
+def test_a_model_made_for_other_inputs_is_refused_before_anything_runs():
+    from atoll import models
+    from atoll.tasks.base import BUILTIN_MODELS
+
+    assert set(BUILTIN_MODELS) == set(models.BUILTIN)
+    with pytest.raises(ConfigError, match=r"model.type: hf-bert does not take a tabular-classification task's "
+                                          r"inputs \(table\); use mlp or cnn"):
+        tasks.get("tabular-classification").check_model("hf-bert")
+    with pytest.raises(ConfigError, match="use hf-bert, or your own model"):
+        tasks.get("text-classification").check_model("mlp")
+    tasks.get("text-classification").check_model("mypkg.models:build")  # the user's call
+
+
+def test_the_bert_model_maps_token_ids_to_logits_and_reloads_weights_only(tmp_path):
+    from atoll import models
+
+    model = models.build("hf-bert", 300, 2, {"layers": 1, "hidden": 16, "heads": 2, "max_length": 16})
+    ids = torch.zeros((3, 16), dtype=torch.int64)
+    ids[:, :4] = torch.tensor([2, 57, 99, 3])
+    assert model.eval()(ids).shape == (3, 2)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    again = models.build("hf-bert", 300, 2, {"layers": 1, "hidden": 16, "heads": 2, "max_length": 16})
+    again.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    assert torch.equal(again.eval()(ids), model(ids))
+    with pytest.raises(ConfigError, match="hidden: 15 is not a multiple of heads"):
+        models.build("hf-bert", 300, 2, {"hidden": 15, "heads": 2})

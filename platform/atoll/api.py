@@ -51,9 +51,10 @@ def _run_job(kind: str, spec: str | Path, overrides: Sequence[str], extra: list[
     if not wait:
         return {"job": job_id}
     events: list[dict[str, Any]] = []
+    seen: set[str] = set()
 
     def collect(text: str) -> None:
-        for event in parse_events(text):
+        for event in parse_events(text, seen):
             events.append(event)
             if on_event:
                 on_event(event)
@@ -86,9 +87,11 @@ def fit(spec: str | Path = "jobs/configs/train.yaml", *, overrides: Sequence[str
     Raises:
         ConfigError: the spec is invalid (checked before anything is submitted). JobFailedError: the job failed.
     """
+    from atoll import tasks
     from atoll.specs import TrainSpec
 
-    config.load_file(TrainSpec, spec, list(overrides))
+    checked = config.load_file(TrainSpec, spec, list(overrides))
+    tasks.get(checked.task).check_model(checked.model.type)
     extra = ["--resume", resume] if resume else (["--run-name", name] if name else [])
     return _run_job("train", spec, overrides, extra, wait, on_event)
 

@@ -20,7 +20,7 @@ import numpy as np
 from atoll.errors import DataError
 
 DEMO_PREFIX = "demo:"
-DEMO_DATASETS = ("digits", "diabetes")
+DEMO_DATASETS = ("digits", "diabetes", "sms_spam")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -125,7 +125,9 @@ def read(uri: str, fmt: str):
 # The demo datasets, shipped with scikit-learn (BSD-3-Clause), so no one downloads them:
 # - digits: 1,797 real 8x8 handwritten digits (UCI, E. Alpaydin and C. Kaynak), 10 classes;
 # - diabetes: 442 patients, 10 baseline measurements and a disease-progression score a year later
-#   (B. Efron et al., "Least Angle Regression", Annals of Statistics, 2004), for regression.
+#   (B. Efron et al., "Least Angle Regression", Annals of Statistics, 2004), for regression;
+# and one Atoll ships itself (atoll/datasets/, with its licence and source):
+# - sms_spam: 4,862 SMS messages, ham or spam (the SMS Spam Collection, UCI, CC BY 4.0), for text.
 
 
 def _demo_frame(name: str):
@@ -137,6 +139,8 @@ def _demo_frame(name: str):
         frame = pd.DataFrame(digits.data.astype("float32"), columns=[f"px{i}" for i in range(64)])
         frame["label"] = digits.target.astype("int64")
         return frame
+    if name == "sms_spam":
+        return pd.read_csv(Path(__file__).with_name("datasets") / "sms_spam.csv.gz", dtype=str)
     diabetes = datasets.load_diabetes(scaled=False)  # the measurements in their own units
     frame = pd.DataFrame(diabetes.data.astype("float32"), columns=diabetes.feature_names)
     frame["progression"] = diabetes.target.astype("float32")
@@ -202,10 +206,13 @@ class DatasetPlan:
 NUMERIC_PREFIXES = ("int", "uint", "float", "double", "halffloat", "bool", "decimal")
 
 
-def plan(uri: str, fmt: str, features: list[str] | None, label: str, *, numeric_label: bool = False
-         ) -> DatasetPlan:
+STRING_PREFIXES = ("string", "large_string", "utf8", "large_utf8")
+
+
+def plan(uri: str, fmt: str, features: list[str] | None, label: str, *, numeric_label: bool = False,
+         text: bool = False) -> DatasetPlan:
     """Check the dataset exists, has the label and numeric features (and a numeric label when
-    ``numeric_label``: a regression target), and is not empty.
+    ``numeric_label``: a regression target; one string feature, the text, when ``text``), and is not empty.
 
     Raises:
         DataError: naming the column or file and the fix.
@@ -217,13 +224,22 @@ def plan(uri: str, fmt: str, features: list[str] | None, label: str, *, numeric_
         raise DataError(f"dataset {uri}: label column {label!r} does not exist; columns are "
                         f"{', '.join(columns)}. Set dataset.label.")
     chosen = features or [c for c in columns if c != label]
+    if text and not features:  # the one string column besides the label
+        chosen = [c for c in chosen if columns[c].startswith(STRING_PREFIXES)] or chosen
     missing = [c for c in chosen if c not in columns]
     if missing:
         raise DataError(f"dataset {uri}: feature column(s) {', '.join(missing)} do not exist; "
                         f"columns are {', '.join(columns)}. Fix dataset.features.")
     if label in chosen:
         raise DataError(f"dataset {uri}: the label {label!r} is also listed as a feature; remove it.")
-    bad = [f"{c} ({columns[c]})" for c in chosen if not columns[c].startswith(NUMERIC_PREFIXES)]
+    if text:
+        if len(chosen) != 1 or not columns[chosen[0]].startswith(STRING_PREFIXES):
+            kinds = ", ".join(f"{c} ({columns[c]})" for c in chosen)
+            raise DataError(f"dataset {uri}: a text task reads one string column, the text; found {kinds}. "
+                            f"Set dataset.features: [the text column].")
+        chosen, bad = chosen, []
+    else:
+        bad = [f"{c} ({columns[c]})" for c in chosen if not columns[c].startswith(NUMERIC_PREFIXES)]
     if bad:
         raise DataError(f"dataset {uri}: feature column(s) {', '.join(bad)} are not numeric; "
                         f"encode them as numbers or leave them out of dataset.features.")

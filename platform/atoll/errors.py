@@ -50,3 +50,11 @@ class RegistryError(AtollError):
 
 class ServingError(AtollError):
     """A Serve application could not be deployed, found or queried."""
+
+
+class RequestError(AtollError):
+    """A request an endpoint refuses: an HTTP status (4xx) and a message that says what to fix."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,33 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x.view(x.shape[0], *self.image_shape)))
 
 
-BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN}
+class BertClassifier(nn.Module):
+    """A BERT-style text classifier (``BertForSequenceClassification``) over token ids ``[n, max_length]``
+    ([PAD] = 0 is masked out), built from a small ``BertConfig`` given in the spec: nothing is downloaded
+    (``HF_HUB_OFFLINE=1``)."""
+
+    def __init__(self, input_dim: int, num_classes: int, layers: int = 2, hidden: int = 64, heads: int = 2,
+                 intermediate: int | None = None, max_length: int = 64, dropout: float = 0.1,
+                 vocab_size: int | None = None):
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id must never reach the network at run time
+        from transformers import BertConfig, BertForSequenceClassification
+
+        if hidden % heads:
+            raise ConfigError(f"model.params.hidden: {hidden} is not a multiple of heads ({heads}); "
+                              f"choose e.g. hidden: {heads * max(1, hidden // heads)}.")
+        # vocab_size is the tokenizer's (the task fits it); input_dim is that size, as the tokenizer came out.
+        config = BertConfig(vocab_size=input_dim, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=intermediate or 4 * hidden,
+                            max_position_embeddings=max_length, num_labels=num_classes,
+                            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, pad_token_id=0)
+        self.bert = BertForSequenceClassification(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=x, attention_mask=(x != 0).long()).logits
+
+
+BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "hf-bert": BertClassifier}
 
 
 @dataclasses.dataclass(frozen=True)

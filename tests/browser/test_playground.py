@@ -295,3 +295,24 @@ def test_a_regressor_page_shows_a_form_and_the_predicted_value(diabetes_app, ses
     assert f"true value {example['label']:g}" in page.text_content("#truth")
     assert rec.errors[seen_errors:] == []
     assert all(urlparse(u.removeprefix("blob:")).hostname == "127.0.0.1" for u in rec.requests[seen_requests:])
+
+
+def test_a_text_model_page_takes_typed_text_and_shows_class_bars(text_app, session):
+    """A text-classification version: a text box (no form, no CSV row), examples that fill it, class bars."""
+    page, rec = session
+    seen_errors = len(rec.errors)
+    _open(page, text_app["playground"])
+    expect(page.locator("#text-input")).to_be_visible()
+    assert page.locator("#form-input").is_hidden() and page.locator("#csv-box").is_hidden()
+    page.click("#examples button >> nth=0")
+    example = httpx.get(f"{text_app['url']}/examples", timeout=10).json()["examples"][0]
+    assert page.input_value("#text") == example["inputs"]
+    page.fill("#text", "Free entry! Text WIN to 80086 to claim your prize now")
+    with page.expect_response(lambda r: r.url.endswith("/sms-spam/predict")) as answer:
+        page.click("#predict")
+    assert answer.value.status == 200
+    assert answer.value.request.post_data_json == {"inputs": ["Free entry! Text WIN to 80086 to claim your prize now"]}
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.text_content("#predicted") == answer.value.json()["predictions"][0]
+    assert page.locator("#bars .bar-track").count() == 2
+    assert rec.errors[seen_errors:] == []

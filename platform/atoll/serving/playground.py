@@ -107,6 +107,8 @@ def panel(schema: dict[str, Any], examples: list[dict[str, Any]], spec: dict[str
     the demo's 0..16, else the largest value of the examples (else 0..1)."""
     out: dict[str, Any] = {"features": list(schema.get("features") or []), "classes": schema.get("classes") or [],
                            "num_features": schema.get("num_features")}
+    if schema.get("input_kind") == "text":
+        return {**out, "kind": "text", "max_length": schema.get("max_length")}
     shape = image_shape(schema)
     if shape is None:
         return {**out, "kind": "form"}
@@ -154,8 +156,11 @@ def pick_examples(spec: dict[str, Any], schema: dict[str, Any], storage: str, n:
         frame = keep(batch.to_pandas())
         if len(frame) == 0:
             continue
-        values = frame[features].to_numpy(dtype="float64")
-        low, high = min(low, float(values.min())), max(high, float(values.max()))
+        if schema.get("input_kind") == "text":  # one text per example, no value range
+            values = frame[features[0]].astype(str).to_numpy()
+        else:
+            values = frame[features].to_numpy(dtype="float64")
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
         for row, y in zip(values.tolist(), frame[label].tolist()):
             by_class.setdefault(_scalar(y), []).append({"inputs": row, "label": _scalar(y)})
         scanned += len(frame)
@@ -167,7 +172,7 @@ def pick_examples(spec: dict[str, Any], schema: dict[str, Any], storage: str, n:
     while len(picked) < n and any(len(by_class[c]) > depth for c in order):
         picked += [by_class[c][depth] for c in order if len(by_class[c]) > depth][: n - len(picked)]
         depth += 1
-    return picked, ([low, high] if scanned else None)
+    return picked, ([low, high] if scanned and low <= high else None)
 
 
 def add_examples(version_dir: str | Path, meta: dict[str, Any], storage: str) -> dict[str, Any]:

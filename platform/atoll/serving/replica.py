@@ -27,7 +27,7 @@ from pydantic import ConfigDict, Field
 from ray import serve
 
 from atoll import apikeys
-from atoll.errors import AtollError
+from atoll.errors import AtollError, RequestError
 from atoll.serving import playground
 from atoll.serving.names import DEPLOYMENT_NAME
 from atoll.specs import ServeSettings
@@ -99,12 +99,12 @@ class Predictor:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
 
-    def predict(self, rows: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
-        """For raw (unstandardised) feature rows ``[n, d]``: class labels and class probabilities, or (for
-        regression) values and None."""
+    def predict(self, inputs: Any) -> tuple[list[Any], list[list[float]] | None]:
+        """For the task's parsed inputs (raw feature rows ``[n, d]``, or texts): class labels and class
+        probabilities, or (for regression) values and None."""
         import torch
 
-        x = torch.from_numpy(self.pre.transform_features(rows)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(self.task.encode(inputs, self.pre))).to(self.device)
         with torch.inference_mode():
             outputs = self.model(x).float().cpu().numpy()
         return self.task.answer(outputs, self.pre)
@@ -120,9 +120,9 @@ class Predictor:
     def explain_non_finite(self, rows: np.ndarray, bad: list[int]) -> tuple[int, str]:
         """Status and message for rows whose class probabilities came out NaN/inf: the input's fault (422)
         when its values are extreme, else the model's (500: a broken version)."""
-        with np.errstate(all="ignore"):
-            z = np.abs(self.pre.transform_features(rows[bad]))
         where = ", ".join(f"inputs.{i}" for i in bad[:5])
+        with np.errstate(all="ignore"):
+            z = np.abs(self.pre.transform_features(rows[bad])) if self.task.input_kind == "table" else np.zeros(1)
         if not np.isfinite(z).all() or z.max() > self.EXTREME_Z:
             return 422, (f"{where}: values far outside the training data (over {self.EXTREME_Z:g} standard "
                          f"deviations) make the model's output NaN/inf; send values in the range it was trained on.")
@@ -130,13 +130,8 @@ class Predictor:
                      f"ordinary: this version is broken; deploy another one (`atoll serve deploy NAME:VERSION`).")
 
     def request_schema(self, max_rows: int) -> dict[str, Any]:
-        """The JSON Schema of a ``/predict`` body for this version: rows of exactly its features."""
-        features, width = self.schema["features"], self.schema["num_features"]
-        positional = {"type": "array", "items": {"type": "number"}, "minItems": width, "maxItems": width}
-        named = {"type": "object", "properties": {f: {"type": "number"} for f in features}, "required": features,
-                 "additionalProperties": False}
-        rows = {"type": "array", "minItems": 1, "maxItems": max_rows, "items": {"anyOf": [positional, named]}}
-        return {"type": "object", "properties": {"inputs": rows}, "required": ["inputs"], "additionalProperties": False}
+        """The JSON Schema of a ``/predict`` body for this version, as its task says."""
+        return self.task.request_schema(self.schema, max_rows)
 
     def card(self) -> dict[str, Any]:
         v = self.version
@@ -148,94 +143,34 @@ class Predictor:
 # Requests
 
 
-class RequestError(Exception):
-    """A request the endpoint refuses: an HTTP status and a message that says what to fix."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-class PredictRequest(pydantic.BaseModel):
-    """``{"inputs": [[x0, x1, ...], ...]}`` or ``{"inputs": [{"feature": x, ...}, ...]}``."""
-
-    # strict: no "1.5" strings or booleans taken for numbers; no NaN/inf (JSON's NaN literal included).
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-    inputs: list[list[float]] | list[dict[str, float]] = Field(
-        ..., min_length=1, description="Rows of feature values, positional or by feature name.")
-
-
-_ROW_KINDS = ("list[list[float]]", "list[dict[str,float]]")  # pydantic's names for the union's branches
-
-
-def _validation_message(exc: pydantic.ValidationError, payload: Any) -> str:
-    """pydantic's errors as one line; of the union's two branches, only the one the rows look like."""
-    if not isinstance(payload, dict):
-        return 'the body must be a JSON object like {"inputs": [[...feature values...]]}.'
-    rows = payload.get("inputs")
-    branch = _ROW_KINDS[1] if isinstance(rows, list) and rows and isinstance(rows[0], dict) else _ROW_KINDS[0]
-    parts = []
-    for err in exc.errors():
-        loc = err["loc"]
-        if len(loc) > 1 and loc[1] in _ROW_KINDS and loc[1] != branch:
-            continue
-        parts.append(f"{'.'.join(str(p) for p in loc if p not in _ROW_KINDS) or 'body'}: {err['msg']}")
-    return "; ".join(list(dict.fromkeys(parts))[:3])
-
-
-def parse_rows(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_bytes: int) -> np.ndarray:
-    """Validate a ``/predict`` body against a version's input schema; the rows as float32 ``[n, d]``.
+def parse_request(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_bytes: int) -> Any:
+    """Validate a ``/predict`` body: size and JSON here, what ``inputs`` must hold by the version's task
+    (feature rows as float32 ``[n, d]``, or a list of texts). Returns the task's parsed inputs.
 
     Raises:
         RequestError: 400 (not JSON), 413 (too large), 422 (wrong shape or values).
     """
+    from atoll import tasks
+
     if len(body) > max_body_bytes:
         raise RequestError(413, f"request body is {len(body)} bytes; the limit is {max_body_bytes} "
                                 f"(max_body_bytes): send fewer rows per request.")
+    task = tasks.get(schema.get("task"))
     if not body.strip():
-        raise RequestError(400, 'empty body: send JSON like {"inputs": [[...feature values...]]}.')
+        raise RequestError(400, f"empty body: send JSON like {task.request_example}.")
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"body is not valid JSON ({exc}); send {{\"inputs\": [[...]]}}.") from None
+        raise RequestError(400, f"body is not valid JSON ({exc}); send {task.request_example}.") from None
     except RecursionError:
-        raise RequestError(400, 'body is nested too deeply; send {"inputs": [[...feature values...]]}.') from None
+        raise RequestError(400, f"body is nested too deeply; send {task.request_example}.") from None
     if isinstance(payload, dict) and isinstance(payload.get("inputs"), list) and len(payload["inputs"]) > max_rows:
         raise RequestError(413, f"{len(payload['inputs'])} rows in one request; the limit is {max_rows} "
                                 f"(max_rows): split the request.")
     try:
-        request = PredictRequest.model_validate(payload)
-    except pydantic.ValidationError as exc:
-        raise RequestError(422, _validation_message(exc, payload)) from None
+        return task.parse_inputs(payload, schema)
     except RecursionError:
-        raise RequestError(400, 'body is nested too deeply; send {"inputs": [[...feature values...]]}.') from None
-
-    features, width = schema["features"], schema["num_features"]
-    if isinstance(request.inputs[0], dict):
-        rows = []
-        for i, row in enumerate(request.inputs):
-            missing = [f for f in features if f not in row]
-            unknown = [k for k in row if k not in set(features)]
-            if missing or unknown:
-                what = "; ".join(filter(None, [
-                    f"missing {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}" if missing else "",
-                    f"unknown {', '.join(unknown[:5])}" if unknown else ""]))
-                raise RequestError(422, f"inputs.{i}: {what} (this model takes {width} features: "
-                                        f"{', '.join(features[:4])}, …).")
-            rows.append([row[f] for f in features])
-    else:
-        rows = request.inputs
-        for i, row in enumerate(rows):
-            if len(row) != width:
-                raise RequestError(422, f"inputs.{i} has {len(row)} values; this model takes {width} "
-                                        f"({features[0]} … {features[-1]}).")
-    array = np.asarray(rows, dtype=np.float32)
-    if not np.isfinite(array).all():  # finite JSON numbers beyond float32's range become inf
-        row, col = map(int, np.argwhere(~np.isfinite(array))[0])
-        raise RequestError(422, f"inputs.{row}.{features[col]}: {rows[row][col]:g} is out of range; feature values "
-                                f"must lie within ±3.4e38 (float32).")
-    return array
+        raise RequestError(400, f"body is nested too deeply; send {task.request_example}.") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,7 +182,10 @@ def parse_rows(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_b
 api = FastAPI(title="Atoll model endpoint", docs_url=None, redoc_url=None, openapi_url=None,
               description="Predictions from a registered Atoll model version. POST rows to /predict.")
 # /predict reads its body itself (size limit, one-line errors), so FastAPI cannot infer its schema: declare it.
-_PREDICT_BODY = {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}
+_PREDICT_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["inputs"],
+    "properties": {"inputs": {"type": "array", "minItems": 1, "description": "What the model takes: rows of feature "
+                              "values, or texts; this version's own document (GET /openapi.json) says which."}}}}}}
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -338,8 +276,8 @@ class ModelServer:
                                f"(max_body_bytes): send fewer rows per request.")
         try:
             body = await _read_body(request, self.settings.max_body_bytes)
-            rows = parse_rows(body, self.predictor.schema, max_rows=self.settings.max_rows,
-                              max_body_bytes=self.settings.max_body_bytes)
+            rows = parse_request(body, self.predictor.schema, max_rows=self.settings.max_rows,
+                                 max_body_bytes=self.settings.max_body_bytes)
         except RequestError as exc:
             return _error(exc.status, exc.message)
         predictions, probabilities = await self.predict_batch(rows)
@@ -349,12 +287,13 @@ class ModelServer:
         v = self.predictor.version
         answer = {"predictions": predictions, "probabilities": probabilities} if probabilities is not None \
             else {"predictions": predictions}
-        return {**answer, "model": v.name, "version": v.version}
+        return {**answer, **self.predictor.task.notes(rows, self.predictor.pre), "model": v.name, "version": v.version}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def predict_batch(self, requests: list[np.ndarray]) -> list[tuple[list[Any], list[list[float]]]]:
+    async def predict_batch(self, requests: list[Any]) -> list[tuple[list[Any], list[list[float]] | None]]:
         """Many requests' rows through the model at once; each request gets its own slice back."""
-        predictions, probabilities = self.predictor.predict(np.concatenate(requests))
+        joined = np.concatenate(requests) if isinstance(requests[0], np.ndarray) else [x for r in requests for x in r]
+        predictions, probabilities = self.predictor.predict(joined)
         out, start = [], 0
         for rows in requests:
             end = start + len(rows)

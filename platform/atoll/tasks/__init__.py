@@ -24,6 +24,7 @@ DEFAULT_TASK = "tabular-classification"
 CATALOGUE = {
     "tabular-classification": "atoll.tasks.tabular:TabularClassification",
     "tabular-regression": "atoll.tasks.tabular:TabularRegression",
+    "text-classification": "atoll.tasks.text:TextClassification",
 }
 TASK_NAMES = tuple(CATALOGUE)
 

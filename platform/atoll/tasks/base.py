@@ -16,6 +16,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+#: The names of :data:`atoll.models.BUILTIN`, here without importing torch (a test keeps the two equal).
+BUILTIN_MODELS = ("mlp", "cnn", "hf-bert")
+
 
 class Task(ABC):
     name: ClassVar[str]
@@ -31,6 +34,12 @@ class Task(ABC):
     objective: ClassVar[tuple[str, str]]
     #: the dtype of a batch's target tensor ("int64" class indices, "float32" values)
     target_dtype: ClassVar[str]
+    #: the dtype of the model's input tensor ("float32" features, "int64" token ids)
+    input_dtype: ClassVar[str] = "float32"
+    #: a request body to show in error messages
+    request_example: ClassVar[str]
+    #: the built-in model types made for this task's inputs (user types by import path are the user's call)
+    builtin_models: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
 
     # ---- what every run reports
     def reported_metrics(self) -> tuple[str, ...]:
@@ -42,6 +51,19 @@ class Task(ABC):
         bare = metric.removeprefix("train_").removeprefix("val_")
         return "min" if bare in self.minimized or metric == "epoch_time_s" else "max"
 
+    def check_model(self, model_type: str) -> None:
+        """A built-in model made for other inputs is refused (a user type by import path is not checked).
+
+        Raises:
+            ConfigError: naming model.type and the models this task takes.
+        """
+        from atoll.errors import ConfigError
+
+        if model_type in BUILTIN_MODELS and model_type not in self.builtin_models:
+            raise ConfigError(f"model.type: {model_type} does not take a {self.name} task's inputs "
+                              f"({self.input_kind}); use {' or '.join(self.builtin_models)}, or your own model "
+                              f"(mypkg.models:build).")
+
     # ---- the data, on the driver (before any worker starts)
     @abstractmethod
     def plan(self, uri: str, fmt: str, features: list[str] | None, label: str):
@@ -52,8 +74,9 @@ class Task(ABC):
         """
 
     @abstractmethod
-    def fit(self, train_ds, plan):
-        """The fitted preprocessing state, from the training split only (one streaming pass)."""
+    def fit(self, train_ds, plan, model_params: dict[str, Any] | None = None):
+        """The fitted preprocessing state, from the training split only (``model_params``: the spec's
+        ``model.params``, for what the model and its inputs must agree on, e.g. a text's max length)."""
 
     @abstractmethod
     def state_from_dict(self, data: dict[str, Any]):
@@ -84,3 +107,23 @@ class Task(ABC):
     @abstractmethod
     def answer(self, outputs: np.ndarray, state) -> tuple[list[Any], list[list[float]] | None]:
         """(one prediction per row, the class probabilities per row or None) from raw model outputs."""
+
+    @abstractmethod
+    def parse_inputs(self, payload: Any, schema: dict[str, Any]) -> Any:
+        """A decoded ``/predict`` body's inputs, checked against the version's schema.
+
+        Raises:
+            RequestError: 422, naming the field (``inputs.3``) and what it must be.
+        """
+
+    @abstractmethod
+    def encode(self, inputs: Any, state) -> np.ndarray:
+        """Parsed inputs as the model's input array (what the training transform makes of a batch)."""
+
+    def notes(self, inputs: Any, state) -> dict[str, Any]:
+        """Extra fields of an answer about the inputs (e.g. which texts were truncated); none by default."""
+        return {}
+
+    @abstractmethod
+    def request_schema(self, schema: dict[str, Any], max_rows: int) -> dict[str, Any]:
+        """The JSON Schema of a ``/predict`` body for this version (its OpenAPI document)."""

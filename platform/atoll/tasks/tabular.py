@@ -3,7 +3,8 @@
 Both standardise the features with means and spreads fitted on the training split
 (:class:`atoll.data.Preprocessor`); regression standardises its target too and answers in the target's
 own units. Classification reports loss, accuracy and macro-F1; regression loss (MSE of the standardised
-target), RMSE, MAE and R², all in the target's units.
+target), RMSE, MAE and R², all in the target's units. A request holds rows of feature values, positional
+or by feature name.
 """
 
 from __future__ import annotations
@@ -12,78 +13,116 @@ import math
 from typing import Any
 
 import numpy as np
+import pydantic
+from pydantic import ConfigDict, Field
 
 from atoll import data
+from atoll.errors import RequestError
 from atoll.tasks.base import Task
+from atoll.tasks.classifier import Classifier
 
 
-def _input_schema(task: Task, pre: data.Preprocessor, model_spec: dict[str, Any]) -> dict[str, Any]:
-    shape = (model_spec.get("params") or {}).get("image_shape")
-    if shape is None and model_spec.get("type") == "cnn":
-        side = math.isqrt(pre.input_dim)
-        shape = [1, side, side]
-    return {"task": task.name, "input_kind": task.input_kind, "output_kind": task.output_kind,
-            "features": pre.features, "num_features": pre.input_dim, "dtype": "float32",
-            "image_shape": shape, "classes": pre.classes, "label": pre.label}
+class PredictRequest(pydantic.BaseModel):
+    """``{"inputs": [[x0, x1, ...], ...]}`` or ``{"inputs": [{"feature": x, ...}, ...]}``."""
+
+    # strict: no "1.5" strings or booleans taken for numbers; no NaN/inf (JSON's NaN literal included).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    inputs: list[list[float]] | list[dict[str, float]] = Field(
+        ..., min_length=1, description="Rows of feature values, positional or by feature name.")
+
+
+_ROW_KINDS = ("list[list[float]]", "list[dict[str,float]]")  # pydantic's names for the union's branches
+
+
+def _validation_message(exc: pydantic.ValidationError, payload: Any) -> str:
+    """pydantic's errors as one line; of the union's two branches, only the one the rows look like."""
+    if not isinstance(payload, dict):
+        return 'the body must be a JSON object like {"inputs": [[...feature values...]]}.'
+    rows = payload.get("inputs")
+    branch = _ROW_KINDS[1] if isinstance(rows, list) and rows and isinstance(rows[0], dict) else _ROW_KINDS[0]
+    parts = []
+    for err in exc.errors():
+        loc = err["loc"]
+        if len(loc) > 1 and loc[1] in _ROW_KINDS and loc[1] != branch:
+            continue
+        parts.append(f"{'.'.join(str(p) for p in loc if p not in _ROW_KINDS) or 'body'}: {err['msg']}")
+    return "; ".join(list(dict.fromkeys(parts))[:3])
+
 
 
 class _Tabular(Task):
     input_kind = "table"
+    request_example = '{"inputs": [[...feature values...]]}'
 
     def state_from_dict(self, state: dict[str, Any]) -> data.Preprocessor:
         return data.Preprocessor.from_dict(state)
 
     def input_schema(self, state: data.Preprocessor, model_spec: dict[str, Any]) -> dict[str, Any]:
-        return _input_schema(self, state, model_spec)
+        shape = (model_spec.get("params") or {}).get("image_shape")
+        if shape is None and model_spec.get("type") == "cnn":
+            side = math.isqrt(state.input_dim)
+            shape = [1, side, side]
+        return {"task": self.name, "input_kind": self.input_kind, "output_kind": self.output_kind,
+                "features": state.features, "num_features": state.input_dim, "dtype": "float32",
+                "image_shape": shape, "classes": state.classes, "label": state.label}
+
+    def encode(self, inputs: np.ndarray, state: data.Preprocessor) -> np.ndarray:
+        return state.transform_features(inputs)
+
+    def request_schema(self, schema: dict[str, Any], max_rows: int) -> dict[str, Any]:
+        """Rows of exactly this version's features, positional or by name."""
+        features, width = schema["features"], schema["num_features"]
+        positional = {"type": "array", "items": {"type": "number"}, "minItems": width, "maxItems": width}
+        named = {"type": "object", "properties": {f: {"type": "number"} for f in features}, "required": features,
+                 "additionalProperties": False}
+        rows = {"type": "array", "minItems": 1, "maxItems": max_rows, "items": {"anyOf": [positional, named]}}
+        return {"type": "object", "properties": {"inputs": rows}, "required": ["inputs"], "additionalProperties": False}
+
+    def parse_inputs(self, payload: Any, schema: dict[str, Any]) -> np.ndarray:
+        """The rows as float32 ``[n, d]``, in the order of the version's features."""
+        try:
+            request = PredictRequest.model_validate(payload)
+        except pydantic.ValidationError as exc:
+            raise RequestError(422, _validation_message(exc, payload)) from None
+
+        features, width = schema["features"], schema["num_features"]
+        if isinstance(request.inputs[0], dict):
+            rows = []
+            for i, row in enumerate(request.inputs):
+                missing = [f for f in features if f not in row]
+                unknown = [k for k in row if k not in set(features)]
+                if missing or unknown:
+                    what = "; ".join(filter(None, [
+                        f"missing {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}" if missing else "",
+                        f"unknown {', '.join(unknown[:5])}" if unknown else ""]))
+                    raise RequestError(422, f"inputs.{i}: {what} (this model takes {width} features: "
+                                            f"{', '.join(features[:4])}, …).")
+                rows.append([row[f] for f in features])
+        else:
+            rows = request.inputs
+            for i, row in enumerate(rows):
+                if len(row) != width:
+                    raise RequestError(422, f"inputs.{i} has {len(row)} values; this model takes {width} "
+                                            f"({features[0]} … {features[-1]}).")
+        array = np.asarray(rows, dtype=np.float32)
+        if not np.isfinite(array).all():  # finite JSON numbers beyond float32's range become inf
+            row, col = map(int, np.argwhere(~np.isfinite(array))[0])
+            raise RequestError(422, f"inputs.{row}.{features[col]}: {rows[row][col]:g} is out of range; feature values "
+                                    f"must lie within ±3.4e38 (float32).")
+        return array
 
 
-class TabularClassification(_Tabular):
+
+
+class TabularClassification(Classifier, _Tabular):
     name = "tabular-classification"
-    output_kind = "labels"
-    metric_names = ("loss", "accuracy", "f1")
-    minimized = ("loss",)
-    objective = ("val_accuracy", "max")
-    target_dtype = "int64"
 
     def plan(self, uri, fmt, features, label):
         return data.plan(uri, fmt, features, label)
 
-    def fit(self, train_ds, plan) -> data.Preprocessor:
+    def fit(self, train_ds, plan, model_params=None) -> data.Preprocessor:
         return data.fit_preprocessor(train_ds, plan)
-
-    def out_dim(self, state: data.Preprocessor) -> int:
-        return state.num_classes
-
-    def loss(self, outputs, target):
-        import torch.nn.functional as F
-
-        return F.cross_entropy(outputs.float(), target)
-
-    def batch_sums(self, outputs, target, loss, state):
-        """[loss·n, n, correct, per class: true positives, predicted, actual] (macro-F1 needs all three)."""
-        import torch
-
-        c = state.num_classes
-        predicted = outputs.argmax(1)
-        n = float(target.shape[0])
-        head = torch.stack([loss.detach().double() * n, torch.tensor(n, dtype=torch.float64, device=target.device),
-                            (predicted == target).sum().double()])
-        tp = torch.bincount(target[predicted == target], minlength=c).double()
-        return torch.cat([head, tp, torch.bincount(predicted, minlength=c).double(),
-                          torch.bincount(target, minlength=c).double()])
-
-    def metrics(self, sums: list[float], state) -> dict[str, float]:
-        c = state.num_classes
-        loss, n, correct = sums[:3]
-        tp, predicted, actual = (np.asarray(sums[3 + i * c: 3 + (i + 1) * c]) for i in range(3))
-        present = (predicted + actual) > 0  # a class absent from both counts in no average
-        f1 = (2 * tp[present] / (predicted[present] + actual[present])).mean() if present.any() else 0.0
-        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "f1": float(f1)}
-
-    def answer(self, outputs: np.ndarray, state) -> tuple[list[Any], list[list[float]]]:
-        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-        probs = shifted / shifted.sum(axis=1, keepdims=True)
-        return [state.classes[i] for i in probs.argmax(axis=1)], probs.astype(np.float64).round(6).tolist()
 
 
 class TabularRegression(_Tabular):
@@ -97,7 +136,7 @@ class TabularRegression(_Tabular):
     def plan(self, uri, fmt, features, label):
         return data.plan(uri, fmt, features, label, numeric_label=True)
 
-    def fit(self, train_ds, plan) -> data.Preprocessor:
+    def fit(self, train_ds, plan, model_params=None) -> data.Preprocessor:
         return data.fit_preprocessor(train_ds, plan, regression=True)
 
     def out_dim(self, state) -> int:

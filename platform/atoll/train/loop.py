@@ -50,7 +50,7 @@ def _epoch(model, shard, spec: TrainSpec, task, pre, device, optimizer=None, aut
     training = optimizer is not None
     model.train(training)
     kwargs = {"local_shuffle_buffer_size": 4 * spec.batch_size, "local_shuffle_seed": seed} if training else {}
-    dtypes = {"x": torch.float32, "y": getattr(torch, task.target_dtype)}
+    dtypes = {"x": getattr(torch, task.input_dtype), "y": getattr(torch, task.target_dtype)}
     with torch.set_grad_enabled(training):
         for batch in shard.iter_torch_batches(batch_size=spec.batch_size, device=device, dtypes=dtypes, **kwargs):
             x, y = batch["x"], batch["y"]

@@ -50,13 +50,14 @@ def check_run_name(storage: str, run_name: str, resume: bool) -> None:
 def prepare(spec: TrainSpec, storage: str):
     """Plan, read, split and fit preprocessing; every data error surfaces here, before workers start."""
     task = tasks.get(spec.task)
+    task.check_model(spec.model.type)
     uri = data.resolve_path(spec.dataset.path, storage)
     dplan = task.plan(uri, spec.dataset.format, spec.dataset.features, spec.dataset.label)
     models.resolve(spec.model.type)  # a bad import path fails now, not in every worker
     data.quiet_progress()
     ds = data.read(dplan.uri, dplan.format)
     train_raw, val_raw = data.split(ds, dplan, spec.dataset.validation_fraction, spec.seed)
-    pre = task.fit(train_raw, dplan)
+    pre = task.fit(train_raw, dplan, spec.model.params)
     # Build once on the driver: wrong params / image shapes fail here with the field named.
     models.build(spec.model.type, pre.input_dim, task.out_dim(pre), spec.model.params)
     cache = data.should_cache(dplan, spec.dataset.cache)

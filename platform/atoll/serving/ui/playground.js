@@ -231,6 +231,14 @@
   function renderPanel(panel) {
     state.panel = panel;
     const n = panel.num_features || panel.features.length;
+    $("text-input").hidden = panel.kind !== "text";
+    $("csv-box").hidden = panel.kind === "text";
+    if (panel.kind === "text") {
+      $("image-input").hidden = true;
+      $("form-input").hidden = true;
+      $("panel-hint").textContent = `Type a message (cut to ${panel.max_length} tokens), or pick an example.`;
+      return;
+    }
     if (panel.kind === "image") {
       state.values = new Array(n).fill(range()[0]);
       $("image-input").hidden = false;
@@ -247,7 +255,9 @@
   }
 
   function setValues(values) {
-    if (state.panel.kind === "image") {
+    if (state.panel.kind === "text") {
+      $("text").value = String(values);
+    } else if (state.panel.kind === "image") {
       state.values = values.slice();
       drawGrid();
     } else {
@@ -289,6 +299,7 @@
   }
 
   function panelRow() {
+    if (state.panel.kind === "text") return $("text").value;
     if (state.panel.kind === "image") return state.values.slice();
     const row = {};
     state.panel.features.forEach((name, i) => { row[name] = numberOrRaw($(`f-${i}`).value); });
@@ -332,7 +343,8 @@
       truth.textContent = `true label ${state.truth} ${right ? "✓" : "✗"}`;
       truth.className = "truth " + (right ? "right" : "wrong");
     }
-    $("latency").textContent = `${Math.round(ms)} ms`;
+    const cut = answer.truncated && answer.truncated[0] ? ` · text cut to ${answer.max_length} tokens` : "";
+    $("latency").textContent = `${Math.round(ms)} ms${cut}`;
     const bars = $("bars");
     bars.replaceChildren();
     const top = probs.indexOf(Math.max(...probs));

@@ -1,0 +1,169 @@
+"""Text in, one class out (``text-classification``): a WordPiece tokenizer fitted on the training split, and
+messages as token ids for a BERT-style model (``model.type: hf-bert``).
+
+The tokenizer is trained with Hugging Face ``tokenizers`` on the training split's texts only (no download),
+and saved as its own JSON inside the fitted state, so every checkpoint and registry version carries it and
+a replica rebuilds it from data alone. A request holds texts (``{"inputs": ["...", ...]}``); a text longer
+than the model's ``max_length`` tokens is cut there, and the answer says which were (``truncated``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from atoll.errors import DataError, RequestError
+from atoll.tasks.classifier import Classifier
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # [PAD] is id 0: the model masks it out
+DEFAULT_VOCAB, DEFAULT_MAX_LENGTH = 4000, 64
+#: the most training texts the tokenizer is fitted on (a sample of the first ones for larger corpora)
+TOKENIZER_SAMPLE = 200_000
+
+
+@dataclasses.dataclass
+class TextState:
+    """The fitted state: the text and label columns, the classes, the tokenizer (JSON) and the max length."""
+
+    features: list[str]
+    label: str
+    classes: list[Any]
+    tokenizer: str
+    max_length: int
+    vocab_size: int
+
+    @property
+    def input_dim(self) -> int:  # what the model builder receives: the vocabulary's size
+        return self.vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextState:
+        return cls(**data)
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray ships the state to its map tasks: not the built tokenizer
+        return self.to_dict()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def _tokenizer(self):
+        cached = self.__dict__.get("_built")
+        if cached is None:
+            from tokenizers import Tokenizer
+
+            cached = Tokenizer.from_str(self.tokenizer)
+            cached.enable_truncation(self.max_length)
+            cached.enable_padding(pad_id=0, pad_token="[PAD]", length=self.max_length)
+            self.__dict__["_built"] = cached
+        return cached
+
+    def token_ids(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+        """Token ids ``[n, max_length]`` (int64, [PAD] = 0) and whether each text was cut to fit."""
+        encoded = self._tokenizer().encode_batch(list(texts))
+        ids = np.asarray([e.ids for e in encoded], dtype=np.int64).reshape(len(encoded), self.max_length)
+        return ids, [bool(e.overflowing) for e in encoded]
+
+    def encode_labels(self, y: np.ndarray) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        try:
+            return np.fromiter((index[v] for v in y.tolist()), dtype=np.int64, count=len(y))
+        except KeyError as exc:
+            raise DataError(f"label {exc.args[0]!r} was not seen in the training split") from None
+
+    def __call__(self, batch) -> dict[str, np.ndarray]:
+        """``map_batches`` transform: a pandas batch → ``{"x": int64 [n, max_length], "y": int64 [n]}``."""
+        texts = batch[self.features[0]].fillna("").astype(str).tolist()
+        return {"x": self.token_ids(texts)[0], "y": self.encode_labels(batch[self.label].to_numpy())}
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> str:
+    """A BERT-style WordPiece tokenizer (lower-cased, [CLS] text [SEP]) trained on ``texts``, as JSON."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainer=trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                                                     special_tokens=list(SPECIAL_TOKENS)))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return tok.to_str()
+
+
+class TextClassification(Classifier):
+    name = "text-classification"
+    input_kind = "text"
+    input_dtype = "int64"
+    request_example = '{"inputs": ["some text", ...]}'
+    builtin_models = ("hf-bert",)
+
+    def plan(self, uri, fmt, features, label):
+        from atoll import data
+
+        return data.plan(uri, fmt, features, label, text=True)
+
+    def fit(self, train_ds, plan, model_params=None) -> TextState:
+        """Read the training split's texts and labels once (up to TOKENIZER_SAMPLE texts for the tokenizer),
+        train the tokenizer, collect the classes."""
+        params = model_params or {}
+        texts: list[str] = []
+        classes: set[Any] = set()
+        for batch in train_ds.iter_batches(batch_format="pandas", batch_size=4096):
+            if len(texts) < TOKENIZER_SAMPLE:
+                texts += batch[plan.features[0]].fillna("").astype(str).tolist()[: TOKENIZER_SAMPLE - len(texts)]
+            classes |= set(batch[plan.label].tolist())
+        if not texts:
+            raise DataError(f"dataset {plan.uri}: the training split is empty; add rows or lower "
+                            f"dataset.validation_fraction.")
+        vocab = int(params.get("vocab_size", DEFAULT_VOCAB))
+        tokenizer = train_tokenizer(texts, vocab)
+        from tokenizers import Tokenizer
+
+        size = Tokenizer.from_str(tokenizer).get_vocab_size()  # a small corpus can give fewer than asked
+        ordered = sorted(classes, key=lambda v: (str(type(v)), v))
+        return TextState(features=list(plan.features), label=plan.label,
+                         classes=[v.item() if hasattr(v, "item") else v for v in ordered], tokenizer=tokenizer,
+                         max_length=int(params.get("max_length", DEFAULT_MAX_LENGTH)), vocab_size=size)
+
+    def state_from_dict(self, state: dict[str, Any]) -> TextState:
+        return TextState.from_dict(state)
+
+    def input_schema(self, state: TextState, model_spec: dict[str, Any]) -> dict[str, Any]:
+        return {"task": self.name, "input_kind": self.input_kind, "output_kind": self.output_kind,
+                "features": state.features, "num_features": 1, "dtype": "string", "max_length": state.max_length,
+                "image_shape": None, "classes": state.classes, "label": state.label}
+
+    def parse_inputs(self, payload: Any, schema: dict[str, Any]) -> list[str]:
+        if not isinstance(payload, dict) or set(payload) != {"inputs"}:
+            raise RequestError(422, f"the body must be a JSON object like {self.request_example}.")
+        texts = payload["inputs"]
+        if not isinstance(texts, list) or not texts:
+            raise RequestError(422, f"inputs: a non-empty list of texts, like {self.request_example}.")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise RequestError(422, f"inputs.{i}: expected a text (a JSON string), got {type(text).__name__}.")
+            if not text.strip():
+                raise RequestError(422, f"inputs.{i}: the text is empty; send at least one word.")
+        return texts
+
+    def encode(self, inputs: list[str], state: TextState) -> np.ndarray:
+        return state.token_ids(inputs)[0]
+
+    def notes(self, inputs: list[str], state: TextState) -> dict[str, Any]:
+        return {"truncated": state.token_ids(inputs)[1], "max_length": state.max_length}
+
+    def request_schema(self, schema: dict[str, Any], max_rows: int) -> dict[str, Any]:
+        texts = {"type": "array", "minItems": 1, "maxItems": max_rows,
+                 "items": {"type": "string", "minLength": 1,
+                           "description": f"cut to {schema.get('max_length')} tokens (the answer says so)"}}
+        return {"type": "object", "properties": {"inputs": texts}, "required": ["inputs"], "additionalProperties": False}
