@@ -217,7 +217,7 @@ def run_sweep(sweep: SweepSpec, base: TrainSpec, *, storage: str, resume: bool =
     plan = train.choose_scaling(spec, cluster_cpus=cpus, cluster_gpus=gpus, max_cpus=max_cpus,
                                 max_gpus=max_gpus)
     dplan, pre, train_ds, val_ds = train.prepare(spec, storage)
-    check_models(sweep, spec, pre.input_dim, pre.num_classes)
+    check_models(sweep, spec, pre.input_dim, tasks.get(spec.task).out_dim(pre))
     # Materialise once here: trials share the blocks in the object store instead of each re-reading and
     # re-preprocessing (which would also need CPUs beyond the ones the trials hold).
     train_ds, val_ds = train_ds.materialize(), val_ds.materialize()

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from atoll import config, data, events, train
+from atoll import config, data, events, tasks, train
 from atoll.specs import TrainSpec
 from atoll.tune.space import SweepSpec, decode_values
 
@@ -121,7 +121,7 @@ def run_trial(sampled: dict[str, Any], *, setup: TrialSetup, train_ds, val_ds) -
     sweep = SweepSpec.model_validate(setup.sweep)
     values = decode_values(sweep, sampled["overrides"])
     spec = TrainSpec.model_validate(config.apply_values(setup.base, values))
-    pre = data.Preprocessor.from_dict(setup.preprocess)
+    pre = tasks.get(spec.task).state_from_dict(setup.preprocess)  # the task's own fitted state
     trial_id = tune.get_context().get_trial_id()
     data.quiet_progress()  # this process's Ray Data context, not the driver's
     loop_config = train.loop_config(spec, pre, f"{sweep.name}-{trial_id}", setup.plan.precision)
