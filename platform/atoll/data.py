@@ -284,6 +284,19 @@ def split(ds, plan: DatasetPlan, validation_fraction: float, seed: int = 0):
     return train, val
 
 
+def encode_classes(classes: list[Any], y: np.ndarray) -> np.ndarray:
+    """Labels as int64 indices into ``classes`` (the classes the training split holds).
+
+    Raises:
+        DataError: a label the training split never had.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        return np.fromiter((index[v] for v in y.tolist()), dtype=np.int64, count=len(y))
+    except KeyError as exc:
+        raise DataError(f"label {exc.args[0]!r} was not seen in the training split") from None
+
+
 @dataclasses.dataclass
 class Preprocessor:
     """Standardisation (fitted on the training split) and label encoding; JSON-serialisable.
@@ -323,11 +336,7 @@ class Preprocessor:
     def encode_labels(self, y: np.ndarray) -> np.ndarray:
         if self.target_mean is not None:
             return ((np.asarray(y, dtype=np.float64) - self.target_mean) / self.target_std).astype(np.float32)
-        index = {c: i for i, c in enumerate(self.classes)}
-        try:
-            return np.fromiter((index[v] for v in y.tolist()), dtype=np.int64, count=len(y))
-        except KeyError as exc:
-            raise DataError(f"label {exc.args[0]!r} was not seen in the training split") from None
+        return encode_classes(self.classes, y)
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
         """``map_batches`` transform: a pandas batch → ``{"x": float32 [n, d], "y": int64 or float32 [n]}``."""

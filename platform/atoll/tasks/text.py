@@ -72,17 +72,12 @@ class TextState:
         ids = np.asarray([e.ids for e in encoded], dtype=np.int64).reshape(len(encoded), self.max_length)
         return ids, [bool(e.overflowing) for e in encoded]
 
-    def encode_labels(self, y: np.ndarray) -> np.ndarray:
-        index = {c: i for i, c in enumerate(self.classes)}
-        try:
-            return np.fromiter((index[v] for v in y.tolist()), dtype=np.int64, count=len(y))
-        except KeyError as exc:
-            raise DataError(f"label {exc.args[0]!r} was not seen in the training split") from None
-
     def __call__(self, batch) -> dict[str, np.ndarray]:
         """``map_batches`` transform: a pandas batch → ``{"x": int64 [n, max_length], "y": int64 [n]}``."""
+        from atoll.data import encode_classes
+
         texts = batch[self.features[0]].fillna("").astype(str).tolist()
-        return {"x": self.token_ids(texts)[0], "y": self.encode_labels(batch[self.label].to_numpy())}
+        return {"x": self.token_ids(texts)[0], "y": encode_classes(self.classes, batch[self.label].to_numpy())}
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> str:
