@@ -297,8 +297,24 @@ def encode_classes(classes: list[Any], y: np.ndarray) -> np.ndarray:
         raise DataError(f"label {exc.args[0]!r} was not seen in the training split") from None
 
 
+class FittedState:
+    """What every task's fitted state is (a dataclass with ``classes``): plain data, saved as JSON with each
+    checkpoint and version through ``to_dict`` and rebuilt with ``from_dict``, never pickled."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return cls(**data)
+
+
 @dataclasses.dataclass
-class Preprocessor:
+class Preprocessor(FittedState):
     """Standardisation (fitted on the training split) and label encoding; JSON-serialisable.
 
     A classifier's labels become class indices (``classes``); a regression target (``target_mean`` set,
@@ -317,17 +333,6 @@ class Preprocessor:
     @property
     def input_dim(self) -> int:
         return len(self.features)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
-        return cls(**data)
 
     def transform_features(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

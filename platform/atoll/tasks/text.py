@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from atoll import data
+from atoll.data import FittedState, encode_classes
 from atoll.errors import DataError, RequestError
 from atoll.tasks.classifier import Classifier
 
@@ -24,7 +26,7 @@ TOKENIZER_SAMPLE = 200_000
 
 
 @dataclasses.dataclass
-class TextState:
+class TextState(FittedState):
     """The fitted state: the text and label columns, the classes, the tokenizer (JSON) and the max length."""
 
     features: list[str]
@@ -37,17 +39,6 @@ class TextState:
     @property
     def input_dim(self) -> int:  # what the model builder receives: the vocabulary's size
         return self.vocab_size
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TextState:
-        return cls(**data)
 
     def __getstate__(self) -> dict[str, Any]:  # Ray ships the state to its map tasks: not the built tokenizer
         return self.to_dict()
@@ -74,8 +65,6 @@ class TextState:
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
         """``map_batches`` transform: a pandas batch → ``{"x": int64 [n, max_length], "y": int64 [n]}``."""
-        from atoll.data import encode_classes
-
         texts = batch[self.features[0]].fillna("").astype(str).tolist()
         return {"x": self.token_ids(texts)[0], "y": encode_classes(self.classes, batch[self.label].to_numpy())}
 
@@ -103,8 +92,6 @@ class TextClassification(Classifier):
     builtin_models = ("hf-bert",)
 
     def plan(self, uri, fmt, features, label):
-        from atoll import data
-
         return data.plan(uri, fmt, features, label, text=True)
 
     def fit(self, train_ds, plan, model_params=None) -> TextState:
