@@ -163,6 +163,19 @@ def text_app(trained_text):
     yield from _deployed(trained_text, "sms-spam")
 
 
+@pytest.fixture(scope="session")
+def trained_images(ray_cluster) -> dict:
+    """The image demo (jobs/configs/image.yaml: a small CNN on the digits as PNGs, 2 workers, run `t-images`),
+    once per session."""
+    return _train("jobs/configs/image.yaml", "t-images")
+
+
+@pytest.fixture(scope="session")
+def image_app(trained_images):
+    """That version deployed as app `digit-images` (for the image and browser tests)."""
+    yield from _deployed(trained_images, "digit-images")
+
+
 def private_cluster_config(tmp_path: Path, port: int, dashboard_port: int) -> tuple[Path, dict[str, str]]:
     """A cluster.yaml for a second, private local cluster (its own ports) and the env that keeps its records
     apart from the session's (its own ATOLL_HOME)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -207,3 +208,50 @@ def test_fingerprint_is_of_the_bytes_not_the_path_or_mtime(tmp_path, monkeypatch
     by_stat = data.fingerprint(str(copy))
     os.utime(copy, (2e9, 2e9))
     assert by_stat.startswith("stat:") and data.fingerprint(str(copy)) != by_stat
+
+
+class _Shard:
+    """What Ray Train hands a worker, as far as MemoryShard reads it: ``iter_torch_batches``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y, self.passes = x, y, 0
+
+    def iter_torch_batches(self, batch_size, dtypes):
+        self.passes += 1
+        for start in range(0, len(self.y), batch_size):
+            yield {"x": self.x[start:start + batch_size].to(dtypes["x"]),
+                   "y": self.y[start:start + batch_size].to(dtypes["y"])}
+
+
+def test_a_memory_shard_reads_once_and_each_epoch_sees_every_row_once_in_a_seeded_order():
+    from atoll.train.loop import MemoryShard
+
+    x = torch.arange(10_000, dtype=torch.float64).reshape(5000, 2)
+    shard = _Shard(x, torch.arange(5000))
+    held = MemoryShard(shard, {"x": torch.float32, "y": torch.int64})
+    orders = {}
+    for seed in (1, 1, 2, None):
+        batches = list(held.batches(64, torch.device("cpu"), shuffle_seed=seed))
+        assert [len(b[1]) for b in batches] == [64] * 78 + [8]
+        assert all(b[0].dtype == torch.float32 and b[1].dtype == torch.int64 for b in batches)
+        ys = torch.cat([b[1] for b in batches])
+        assert sorted(ys.tolist()) == list(range(5000))  # every row once
+        assert torch.equal(torch.cat([b[0] for b in batches])[:, 0], 2 * ys.float())  # rows stay whole
+        orders.setdefault(seed, []).append(ys.tolist())
+    assert shard.passes == 1  # read from Ray Data once, not once per epoch
+    assert orders[1][0] == orders[1][1] != orders[2][0]
+    assert orders[None][0] == list(range(5000))  # validation: in order
+
+    empty = MemoryShard(_Shard(torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64)),
+                        {"x": torch.float32, "y": torch.int64})
+    assert list(empty.batches(64, torch.device("cpu"), shuffle_seed=0)) == []
+
+
+def test_small_data_is_held_in_memory_and_a_csv_is_judged_by_its_size(table, tmp_path):
+    path, frame = table
+    parquet = data.plan(str(path), "auto", ["a", "b"], "label")
+    assert data.should_cache(parquet) and not data.should_cache(parquet, False)
+    csv = data.plan(str(tmp_path / "t.csv"), "auto", ["a", "b"], "label")
+    assert csv.rows is None and data.should_cache(csv)
+    big = dataclasses.replace(parquet, rows=10**9)
+    assert not data.should_cache(big) and data.should_cache(big, True)

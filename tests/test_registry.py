@@ -596,9 +596,11 @@ def test_cluster_yaml_model_types_are_checked(tmp_path: Path) -> None:
     from atoll import cluster
 
     text = (Path(__file__).resolve().parents[1] / "cluster.yaml").read_text()
-    example = '    # model_types: ["mypkg.models:build"]'
-    assert example in text  # documented, commented out: the default is the built-ins only
-    (tmp_path / "cluster.yaml").write_text(text.replace(example, example.replace("# ", "", 1)))
+    example = '    model_types: ["examples.keras_cnn:build"]'
+    assert example in text  # this project allows its own example, and only that
+    assert cluster.load_spec(Path(__file__).resolve().parents[1] / "cluster.yaml").atoll.model_types == [
+        "examples.keras_cnn:build"]
+    (tmp_path / "cluster.yaml").write_text(text.replace(example, '    model_types: ["mypkg.models:build"]'))
     assert cluster.load_spec(tmp_path / "cluster.yaml").atoll.model_types == ["mypkg.models:build"]
     for bad in ("mypkg", "mlp", "mypkg.models:build()", "../x:y", "*"):
         (tmp_path / "cluster.yaml").write_text(text.replace(example, f"    model_types: [{json.dumps(bad)}]"))

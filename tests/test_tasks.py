@@ -192,3 +192,89 @@ def test_the_bert_model_maps_token_ids_to_logits_and_reloads_weights_only(tmp_pa
     assert torch.equal(again.eval()(ids), model(ids))
     with pytest.raises(ConfigError, match="hidden: 15 is not a multiple of heads"):
         models.build("hf-bert", 300, 2, {"hidden": 15, "heads": 2})
+
+
+class _Images(_Batches):
+    """The image fit's contract: ``take(1)`` and ``map_batches(fn).take_all()``, over real pandas batches."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        super().__init__(frame)
+        self.frame = frame
+
+    def take(self, n):
+        return self.frame.iloc[:n].to_dict("records")
+
+
+def _png(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_images_are_decoded_resized_normalised_on_the_train_split_and_parsed_from_arrays_or_base64(tmp_path):
+    import base64
+    import io
+
+    import jsonschema
+    from atoll import models
+    from atoll.errors import RequestError
+    from atoll.serving.replica import parse_request
+    from PIL import Image
+
+    paths = data.prepare_demo(str(tmp_path), "digits_images")
+    frame = pd.read_parquet(paths["train"])
+    assert len(frame) + len(pd.read_parquet(paths["holdout"])) == 1797 and frame["image"].map(type).eq(bytes).all()
+    task = tasks.get("image-classification")
+    plan = task.plan(paths["train"], "auto", None, "label")
+    assert plan.features == ["image"]
+    train_part = data.SplitFilter(["image", "label"], 0.2, "train")(frame)  # rows of bytes split like any other
+    assert 0.75 < len(train_part) / len(frame) < 0.85
+    state = task.fit(_Images(train_part), plan)
+    assert state.image_shape == [1, 8, 8] and state.classes == list(range(10)) and task.out_dim(state) == 10
+    again = task.state_from_dict(json.loads(json.dumps(state.to_dict())))  # plain JSON, nothing pickled
+    batch = again(train_part.iloc[:300])
+    assert batch["x"].shape == (300, 1, 8, 8) and batch["x"].dtype == np.float32 and batch["y"].dtype == np.int64
+    assert abs(float(batch["x"].mean())) < 0.1 and 0.9 < float(batch["x"].std()) < 1.1  # standardised
+    bigger = task.fit(_Images(train_part.iloc[:100]), plan, {"image_shape": [3, 16, 16]})
+    assert bigger(train_part.iloc[:2])["x"].shape == (2, 3, 16, 16)  # grey → 3 channels, 8×8 → 16×16
+    with pytest.raises(ConfigError, match=r"model.params.image_shape: \[2, 8, 8\] is not \[channels, height"):
+        task.fit(_Images(train_part.iloc[:10]), plan, {"image_shape": [2, 8, 8]})
+
+    for model_type in ("cnn", "mlp"):  # the task hands the builder its input shape
+        model = models.build(model_type, state.input_dim, 10, task.model_params(state, {}))
+        assert model(torch.from_numpy(batch["x"][:4])).shape == (4, 10)
+
+    schema = task.input_schema(state, {"type": "cnn"})
+    pixels_8x8 = np.asarray(again(frame.iloc[:1])["x"])  # what the PNG path makes of the first image
+    first_png = frame["image"].iloc[0]
+    raw = np.asarray(Image.open(io.BytesIO(first_png)))
+    b64 = base64.b64encode(first_png).decode()
+    big = base64.b64encode(_png(np.kron(raw, np.ones((4, 4))), "JPEG")).decode()  # 32×32 JPEG, resized to 8×8
+    for body in ({"inputs": [raw.tolist()]}, {"inputs": [{"b64": b64}]}, {"inputs": [f"data:image/png;base64,{b64}"]},
+                 {"inputs": [raw[:, :, None].tolist()]}):
+        parsed = parse_request(json.dumps(body).encode(), schema, max_rows=4, max_body_bytes=100_000)
+        assert np.allclose(task.encode(parsed, again), pixels_8x8, atol=1e-5)
+    resized = task.encode(parse_request(json.dumps({"inputs": [{"b64": big}]}).encode(), schema, max_rows=4,
+                                        max_body_bytes=100_000), again)
+    assert resized.shape == (1, 1, 8, 8) and np.abs(resized - pixels_8x8).mean() < 0.3  # JPEG is lossy
+
+    for payload, message in (({"inputs": [[[0, 300]]]}, "inputs.0: pixel values must be numbers from 0 to 255"),
+                             ({"inputs": [[[0, 1], [2]]]}, "inputs.0: the rows are not all the same length"),
+                             ({"inputs": [[1, 2, 3]]}, "inputs.0: an array image is height × width"),
+                             ({"inputs": ["%%%"]}, "inputs.0: not valid base64"),
+                             ({"inputs": [{"b64": base64.b64encode(b"not an image").decode()}]}, "inputs.0: not an image"),
+                             ({"inputs": [{"b64": base64.b64encode(first_png[:60]).decode()}]}, "inputs.0: "),
+                             ({"inputs": [7]}, "inputs.0: an image is an array of pixel rows"),
+                             ({"inputs": []}, "a non-empty list of images"),
+                             ({"images": []}, "must be a JSON object like")):
+        with pytest.raises(RequestError, match=re.escape(message)) as caught:
+            parse_request(json.dumps(payload).encode(), schema, max_rows=4, max_body_bytes=100_000)
+        assert caught.value.status == 422, payload
+    request = task.request_schema(schema, 4)
+    jsonschema.validate({"inputs": [raw.tolist(), {"b64": b64}]}, request)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"inputs": [{"b64": b64, "x": 1}]}, request)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import posixpath
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from atoll.errors import DataError
 
 DEMO_PREFIX = "demo:"
-DEMO_DATASETS = ("digits", "diabetes", "sms_spam")
+DEMO_DATASETS = ("digits", "digits_images", "diabetes", "sms_spam")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,11 +113,23 @@ def read_schema(uri: str, fmt: str) -> tuple[dict[str, str], int | None]:
     return {f.name: str(f.type) for f in schema}, rows
 
 
-def read(uri: str, fmt: str):
-    """A lazy Ray Dataset over the files (nothing is read until it is consumed)."""
+BLOCK_BYTES = 64 * 2**20
+
+
+def read(uri: str, fmt: str, *, small: bool = False):
+    """A Ray Dataset over the files: lazy (nothing is read until it is consumed), or, for ``small`` data,
+    read here in one pyarrow scan and put in the object store as ~64 MiB blocks (Ray Data's read planning,
+    listing and footer tasks, takes seconds; a small file reads in milliseconds)."""
     import ray.data
 
     fs, path = _filesystem(uri)
+    if small:
+        import pyarrow.dataset as pads
+
+        table = pads.dataset(path, filesystem=fs, format=fmt).to_table()
+        blocks = max(1, -(-table.nbytes // BLOCK_BYTES))
+        step = max(1, -(-table.num_rows // blocks))
+        return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
     reader = ray.data.read_csv if fmt == "csv" else ray.data.read_parquet
     return reader(path, filesystem=fs)
 
@@ -130,6 +143,15 @@ def read(uri: str, fmt: str):
 # - sms_spam: 4,862 SMS messages, ham or spam (the SMS Spam Collection, UCI, CC BY 4.0), for text.
 
 
+def _png(image: np.ndarray) -> bytes:
+    """A digits image (ink 0–16) as the bytes of an 8-bit grey PNG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(image * (255 / 16)).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _demo_frame(name: str):
     import pandas as pd
     from sklearn import datasets
@@ -139,6 +161,10 @@ def _demo_frame(name: str):
         frame = pd.DataFrame(digits.data.astype("float32"), columns=[f"px{i}" for i in range(64)])
         frame["label"] = digits.target.astype("int64")
         return frame
+    if name == "digits_images":  # the same digits as 8×8 grey PNGs (0–16 ink scaled to 0–255)
+        digits = datasets.load_digits()
+        return pd.DataFrame({"image": [_png(img) for img in digits.images],
+                             "label": digits.target.astype("int64")})
     if name == "sms_spam":
         return pd.read_csv(Path(__file__).with_name("datasets") / "sms_spam.csv.gz", dtype=str)
     diabetes = datasets.load_diabetes(scaled=False)  # the measurements in their own units
@@ -207,12 +233,14 @@ NUMERIC_PREFIXES = ("int", "uint", "float", "double", "halffloat", "bool", "deci
 
 
 STRING_PREFIXES = ("string", "large_string", "utf8", "large_utf8")
+BINARY_PREFIXES = ("binary", "large_binary", "fixed_size_binary")
 
 
 def plan(uri: str, fmt: str, features: list[str] | None, label: str, *, numeric_label: bool = False,
-         text: bool = False) -> DatasetPlan:
+         text: bool = False, image: bool = False) -> DatasetPlan:
     """Check the dataset exists, has the label and numeric features (and a numeric label when
-    ``numeric_label``: a regression target; one string feature, the text, when ``text``), and is not empty.
+    ``numeric_label``: a regression target; one string feature, the text, when ``text``; one binary
+    feature, the encoded images, when ``image``), and is not empty.
 
     Raises:
         DataError: naming the column or file and the fix.
@@ -224,20 +252,23 @@ def plan(uri: str, fmt: str, features: list[str] | None, label: str, *, numeric_
         raise DataError(f"dataset {uri}: label column {label!r} does not exist; columns are "
                         f"{', '.join(columns)}. Set dataset.label.")
     chosen = features or [c for c in columns if c != label]
-    if text and not features:  # the one string column besides the label
-        chosen = [c for c in chosen if columns[c].startswith(STRING_PREFIXES)] or chosen
+    one_of = STRING_PREFIXES if text else BINARY_PREFIXES if image else None
+    if one_of and not features:  # the one text or image column besides the label
+        chosen = [c for c in chosen if columns[c].startswith(one_of)] or chosen
     missing = [c for c in chosen if c not in columns]
     if missing:
         raise DataError(f"dataset {uri}: feature column(s) {', '.join(missing)} do not exist; "
                         f"columns are {', '.join(columns)}. Fix dataset.features.")
     if label in chosen:
         raise DataError(f"dataset {uri}: the label {label!r} is also listed as a feature; remove it.")
-    if text:
-        if len(chosen) != 1 or not columns[chosen[0]].startswith(STRING_PREFIXES):
+    if one_of:
+        what = ("a text task reads one string column, the text" if text else
+                "an image task reads one binary column of encoded images (PNG, JPEG, ...)")
+        if len(chosen) != 1 or not columns[chosen[0]].startswith(one_of):
             kinds = ", ".join(f"{c} ({columns[c]})" for c in chosen)
-            raise DataError(f"dataset {uri}: a text task reads one string column, the text; found {kinds}. "
-                            f"Set dataset.features: [the text column].")
-        chosen, bad = chosen, []
+            raise DataError(f"dataset {uri}: {what}; found {kinds}. Set dataset.features: "
+                            f"[the {'text' if text else 'image'} column].")
+        bad = []
     else:
         bad = [f"{c} ({columns[c]})" for c in chosen if not columns[c].startswith(NUMERIC_PREFIXES)]
     if bad:
@@ -407,11 +438,15 @@ def to_training(ds, pre: Preprocessor, cache: bool = False):
 CACHE_LIMIT_BYTES = 512 * 2**20
 
 
-def should_cache(plan: DatasetPlan, setting: bool | str = "auto") -> bool:
-    """Cache in the object store when asked, or (auto) when the float32 inputs take < 512 MiB."""
+def should_cache(plan: DatasetPlan, setting: bool | str = "auto", row_bytes: int | None = None) -> bool:
+    """Cache in the object store when asked, or (auto) when the rows as model inputs take < 512 MiB:
+    ``row_bytes`` each (the task knows, once fitted; before that, float32 features), or, while a CSV's
+    row count is unknown, when its files take less than that."""
     if setting != "auto":
         return bool(setting)
-    return plan.rows is not None and plan.rows * (len(plan.features) + 1) * 4 < CACHE_LIMIT_BYTES
+    if plan.rows is None:
+        return sum(f.size for f in _files(plan.uri)) < CACHE_LIMIT_BYTES
+    return plan.rows * (row_bytes or (len(plan.features) + 1) * 4) < CACHE_LIMIT_BYTES
 
 
 def quiet_progress() -> None:

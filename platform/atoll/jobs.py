@@ -54,6 +54,24 @@ def _client(info: ClusterInfo):
                                 f"Is the cluster up? (`atoll status`)") from None
 
 
+def upload_modules(paths: list[str], *, info: ClusterInfo | None = None) -> list[str]:
+    """Local packages (folders) or ``.py`` modules uploaded into the cluster, as ``gcs://`` URIs a Serve app's
+    ``runtime_env.py_modules`` can name: how a deploy ships a user model's code to its replicas (Serve's REST
+    API, unlike a job, takes no local folder). The upload is the Jobs SDK's own (the dashboard's package
+    store), with the same excludes as a job's working dir.
+
+    Raises:
+        ClusterNotUpError: no Jobs API to upload to.
+    """
+    renv: dict[str, Any] = {"py_modules": list(paths), "excludes": list(DEFAULT_EXCLUDES)}
+    client = _client(info or current())
+    try:
+        client._upload_py_modules_if_needed(renv)  # the SDK's upload (what `ray job submit` does), in place
+    except (ConnectionError, requests.RequestException) as exc:
+        raise ClusterNotUpError(f"cannot upload {', '.join(paths)} to the cluster ({_reason(exc)}).") from None
+    return list(renv["py_modules"])
+
+
 def _reason(exc: BaseException) -> str:
     """The first line of a connection error, without the library's nesting."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -28,8 +28,9 @@ from atoll.specs import MODEL_TYPE_RE
 class MLP(nn.Module):
     """Fully connected classifier: Linear → GELU → Dropout per hidden layer."""
 
-    def __init__(self, input_dim: int, num_classes: int, hidden: list[int] = (128, 64), dropout: float = 0.1):
-        super().__init__()
+    def __init__(self, input_dim: int, num_classes: int, hidden: list[int] = (128, 64), dropout: float = 0.1,
+                 image_shape: list[int] | None = None):
+        super().__init__()  # image_shape: an image task's; its pixels are flattened into one row
         layers: list[nn.Module] = []
         width = input_dim
         for h in hidden:
@@ -39,7 +40,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x.flatten(1))
 
 
 class SmallCNN(nn.Module):

@@ -7,6 +7,8 @@ them, and stops at the first failure with the step's name, the cause and the log
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,35 @@ from atoll.errors import AtollError
 from atoll.serving import endpoints
 
 ALIAS = "production"
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    """One task's demo: its data, its training and sweep specs (jobs/configs/) and how the run is sized."""
+
+    dataset: str
+    train: str
+    sweep: str
+    about: str  # the data, for people
+    inputs: str  # what a request holds, for the "what next" panel
+    epochs: tuple[int, int]  # (--fast, full)
+    trials: tuple[int, int]
+    trial_epochs: tuple[int, int]
+    try_it: str
+
+
+DEMOS = {
+    "tabular": Demo("digits", "train.yaml", "sweep.yaml",
+                    "scikit-learn's handwritten digits as Parquet, px0..px63: 8x8 pixels 0-16, label: 0-9",
+                    "rows of 64 pixel values", (3, 10), (4, 8), (4, 8), "draw a digit"),
+    "text": Demo("sms_spam", "text.yaml", "text_sweep.yaml",
+                 "the SMS Spam Collection (UCI, CC BY 4.0) as Parquet, text: a message, label: ham or spam",
+                 "a list of texts", (2, 3), (2, 4), (2, 3), "type a message"),
+    "image": Demo("digits_images", "image.yaml", "image_sweep.yaml",
+                  "scikit-learn's handwritten digits as 8x8 grey PNGs in Parquet, image: the PNG, label: 0-9",
+                  "pixel rows (0-255) or PNG/JPEG files in base64", (5, 10), (4, 6), (4, 8),
+                  "draw a digit or upload an image"),
+}
 
 
 class StepFailed(AtollError):
@@ -41,24 +72,34 @@ def _job_outcome(kind: str, job_id: str, details: dict[str, Any], registered: di
     return registered
 
 
-def _digit_art(row: np.ndarray) -> list[str]:
-    """An 8x8 digit (pixel values 0..16) as 4 lines of half-block characters."""
-    img = row.reshape(8, 8) / 16.0
+def _digit_art(row: np.ndarray, top: float = 16.0) -> list[str]:
+    """An 8x8 digit (pixel values 0..``top``) as 4 lines of half-block characters."""
+    img = np.asarray(row, dtype=np.float64).reshape(8, 8) / top
     chars = " ░▒▓█"
     return ["".join(chars[min(4, int(v * 4.99))] * 2 for v in line) for line in img[::2]]
 
 
-def run(*, fast: bool = False, down: bool = False, config: str | Path | None = None) -> dict[str, Any]:
+def run(*, fast: bool = False, down: bool = False, config: str | Path | None = None,
+        task: str = "tabular") -> dict[str, Any]:
     """Run the quickstart; returns what each step produced (versions, app, accuracy, paths, timings).
 
     Args:
         fast: Fewest epochs and trials (CI, smoke tests).
         down: Stop the cluster at the end (default: leave the cluster and endpoint running).
+        task: Whose demo: ``tabular`` (the digits as rows of pixels), ``text`` or ``image``.
+
+    Raises:
+        ConfigError: an unknown ``task``, before anything starts.
     """
+    from atoll.errors import ConfigError
+
+    if task not in DEMOS:
+        raise ConfigError(f"--task {task!r}: choose one of {', '.join(DEMOS)}.")
+    demo = DEMOS[task]
     started = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     timings: dict[str, float] = {}
-    out: dict[str, Any] = {"timings_s": timings}
+    out: dict[str, Any] = {"timings_s": timings, "task": task}
 
     def lap(name: str, since: float) -> float:
         timings[name] = round(time.monotonic() - since, 1)
@@ -75,35 +116,35 @@ def run(*, fast: bool = False, down: bool = False, config: str | Path | None = N
     stop_at_end = down and not info.already_up
     out["cluster"] = {"reused": info.already_up, "stopped": stop_at_end}
     try:
-        _steps(spec, info, out, lap, stamp, fast)
+        _steps(spec, info, out, lap, stamp, fast, demo)
     finally:
         if stop_at_end:
             with console.status("Stopping the cluster the quickstart started (--down) …"):
                 cluster.down()
     timings["total"] = round(time.monotonic() - started, 1)
-    _finish(out, info, spec, stopped=stop_at_end, reused_and_kept=down and info.already_up)
+    _finish(out, info, spec, demo, stopped=stop_at_end, reused_and_kept=down and info.already_up)
     return out
 
 
-def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool) -> None:
+def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: Demo) -> None:
     """Steps 2 to 7 on the running cluster; fills ``out``."""
     t = time.monotonic()
     _step(2, "Data")
     storage = spec.atoll.storage
-    paths = data.prepare_demo(storage)
+    paths = data.prepare_demo(storage, demo.dataset)
     summary = data.describe(paths["train"])
-    console.print(f"scikit-learn's handwritten digits as Parquet: {paths['train']}\n"
-                  f"{summary['rows']} rows x {len(summary['columns'])} columns (px0..px63: 8x8 pixels 0-16, "
-                  f"label: 0-9); {paths['holdout']} keeps 180 images back for the endpoint test", highlight=False)
+    held = data.describe(paths["holdout"])["rows"]
+    console.print(f"{demo.about}: {paths['train']}\n{summary['rows']} rows x {len(summary['columns'])} columns; "
+                  f"{paths['holdout']} keeps {held} rows back for the endpoint test", highlight=False)
     t = lap("data", t)
 
     _step(3, "Training job (Ray Train, 2 workers, through the Jobs API)")
-    epochs = 3 if fast else 10
+    epochs = demo.epochs[0 if fast else 1]
     configs = cluster.project_root(spec) / "jobs" / "configs"
-    if not (configs / "train.yaml").is_file():
-        raise StepFailed(f"no {configs / 'train.yaml'}: run the quickstart from the Atoll project folder (the "
+    if not (configs / demo.train).is_file():
+        raise StepFailed(f"no {configs / demo.train}: run the quickstart from the Atoll project folder (the "
                          f"one holding cluster.yaml and jobs/), or pass -c path/to/cluster.yaml.")
-    job_id = jobs.submit_atoll_job("train", configs / "train.yaml", [f"epochs={epochs}"],
+    job_id = jobs.submit_atoll_job("train", configs / demo.train, [f"epochs={epochs}"],
                                    ["--run-name", f"quickstart-{stamp}"])
     console.print(f"job {job_id}")
     details, view = progress.follow_training(job_id)
@@ -113,8 +154,10 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool) -> None
     t = lap("train", t)
 
     _step(4, "Sweep job (Ray Tune + ASHA over the same training loop)")
-    sweep_set = [f"name=quickstart-{stamp}", f"num_samples={4 if fast else 8}", f"overrides.epochs={4 if fast else 8}"]
-    job_id = jobs.submit_atoll_job("tune", configs / "sweep.yaml", sweep_set)
+    pick = 0 if fast else 1
+    sweep_set = [f"name=quickstart-{stamp}", f"num_samples={demo.trials[pick]}",
+                 f"overrides.epochs={demo.trial_epochs[pick]}"]
+    job_id = jobs.submit_atoll_job("tune", configs / demo.sweep, sweep_set)
     console.print(f"job {job_id}")
     details, view = progress.follow_sweep(job_id)
     swept = _job_outcome("sweep", job_id, details, view.last("registered"))
@@ -143,43 +186,57 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool) -> None
                   f"(serving {deployed['model']}:{deployed['version']})", highlight=False)
     t = lap("serve", t)
 
-    _step(7, "Query the endpoint with held-out images")
+    _step(7, "Query the endpoint with held-out examples")
     import pandas as pd
 
     holdout = pd.read_parquet(paths["holdout"])
-    features = [c for c in holdout.columns if c != "label"]
-    rows, labels = holdout[features].to_numpy(dtype=np.float32), holdout["label"].to_numpy()
+    inputs, labels, art = _requests(holdout, demo)
     predictions: list[Any] = []
-    for start in range(0, len(rows), 60):
-        answer = endpoints.query(deployed["app"], {"inputs": rows[start:start + 60].tolist()}, spec=spec)
+    for start in range(0, len(inputs), 60):
+        answer = endpoints.query(deployed["app"], {"inputs": inputs[start:start + 60]}, spec=spec)
         predictions += answer["predictions"]
     accuracy = float((np.asarray(predictions) == labels).mean())
     out["holdout_accuracy"] = accuracy
-    shown = range(max(3, min(8, console.width // 20)))  # as many 8x8 images as the terminal fits
+    shown = range(max(3, min(8, console.width // 20)))  # as many examples as the terminal fits
     table = Table.grid(padding=(0, 3))
     for _ in shown:
-        table.add_column(min_width=16, no_wrap=True)
-    table.add_row(*["\n".join(_digit_art(rows[i])) for i in shown])
+        table.add_column(min_width=16, max_width=18, no_wrap=art is not None, overflow="ellipsis")
+    table.add_row(*["\n".join(art(i)) if art else str(inputs[i])[:70] for i in shown])
     table.add_row(*[f"true      {labels[i]}\npredicted [{'green' if predictions[i] == labels[i] else 'red'}]"
                     f"{predictions[i]}[/]" for i in shown])
     console.print(table)
-    console.print(f"Endpoint accuracy on the {len(rows)} held-out images: [bold]{accuracy:.3f}[/]")
+    console.print(f"Endpoint accuracy on the {len(inputs)} held-out examples: [bold]{accuracy:.3f}[/]")
     lap("query", t)
 
 
-def _finish(out: dict[str, Any], info, spec, *, stopped: bool, reused_and_kept: bool) -> None:
+def _requests(holdout, demo: Demo):
+    """The held-out rows as request inputs, their labels, and a picture of row ``i`` for the terminal (None
+    for texts, which show themselves)."""
+    labels = holdout["label"].to_numpy()
+    if demo.dataset == "sms_spam":
+        return holdout["text"].astype(str).tolist(), labels, None
+    if demo.dataset == "digits_images":
+        from PIL import Image
+
+        grey = [np.asarray(Image.open(io.BytesIO(blob))) for blob in holdout["image"]]
+        return [g.tolist() for g in grey], labels, lambda i: _digit_art(grey[i], 255.0)
+    rows = holdout[[c for c in holdout.columns if c != "label"]].to_numpy(dtype=np.float32)
+    return rows.tolist(), labels, lambda i: _digit_art(rows[i])
+
+
+def _finish(out: dict[str, Any], info, spec, demo: Demo, *, stopped: bool, reused_and_kept: bool) -> None:
     deployed = out["deployed"]
     url = deployed["url"]
     sweep = out.get("sweep") or {}
     auth = endpoints.curl_auth(spec.atoll.serve)
     lines = [f"Done in {out['timings_s']['total']:.0f} s.",
              f"Dashboard     {info.dashboard_url}",
-             f"Query it      atoll query {deployed['app']} --file rows.json   (rows of 64 pixel values)",
+             f"Query it      atoll query {deployed['app']} --file rows.json   ({demo.inputs})",
              f"  with curl   curl -s {url}/predict -H 'Content-Type: application/json'{auth} -d @rows.json",
              f"API schema    {url}/openapi.json",
-             "Look around   atoll status | atoll models list | atoll models show digits@production",
+             f"Look around   atoll status | atoll models list | atoll models show {deployed['model']}@{ALIAS}",
              "              atoll serve status | atoll jobs list",
-             f"Models        {spec.atoll.storage}/registry/digits/ (training_curve.png in each version)"]
+             f"Models        {spec.atoll.storage}/registry/{deployed['model']}/ (training_curve.png in each version)"]
     if sweep.get("plot"):
         lines.append(f"Sweep         {sweep['plot']}")
     if stopped:
@@ -188,6 +245,6 @@ def _finish(out: dict[str, Any], info, spec, *, stopped: bool, reused_and_kept: 
         if reused_and_kept:
             lines.append("The cluster was up before the quickstart, so --down left it running.")
         lines.append("Stop it all   atoll down")
-        lines.append(f"Try it        {deployed.get('playground') or url + '/ui'}   (draw a digit; all models: "
+        lines.append(f"Try it        {deployed.get('playground') or url + '/ui'}   ({demo.try_it}; all models: "
                      f"{deployed.get('gallery') or '/'})")
     console.print(Panel("\n".join(lines), title="What next", title_align="left"), highlight=False)

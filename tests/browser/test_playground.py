@@ -316,3 +316,39 @@ def test_a_text_model_page_takes_typed_text_and_shows_class_bars(text_app, sessi
     assert page.text_content("#predicted") == answer.value.json()["predictions"][0]
     assert page.locator("#bars .bar-track").count() == 2
     assert rec.errors[seen_errors:] == []
+
+
+def test_an_image_model_page_draws_pixel_rows_and_takes_an_uploaded_file(image_app, session, tmp_path):
+    """An image-classification version: the drawing grid sends pixel rows (0–255), an example fills the grid,
+    and an uploaded PNG goes as a base64 data URL; class bars for each."""
+    import numpy as np
+    from PIL import Image
+
+    page, rec = session
+    seen_errors = len(rec.errors)
+    _open(page, image_app["playground"])
+    expect(page.locator("#image-input")).to_be_visible()
+    assert page.locator("#form-input").is_hidden() and page.locator("#csv-box").is_hidden()
+    page.click("#examples button >> nth=0")
+    example = httpx.get(f"{image_app['url']}/examples", timeout=10).json()["examples"][0]
+    with page.expect_response(lambda r: r.url.endswith("/digit-images/predict")) as answer:
+        page.click("#predict")
+    assert answer.value.status == 200
+    rows = answer.value.request.post_data_json["inputs"][0]
+    assert rows == example["inputs"] and len(rows) == 8 and all(len(r) == 8 for r in rows)
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.text_content("#predicted") == str(answer.value.json()["predictions"][0])
+    assert page.locator("#bars .bar-track").count() == 10
+
+    drawn = np.zeros((32, 32), dtype=np.uint8)
+    drawn[4:28, 14:18] = 255  # a one, four times the model's size
+    path = tmp_path / "one.png"
+    Image.fromarray(drawn).save(path)
+    with page.expect_response(lambda r: r.url.endswith("/digit-images/predict")) as uploaded:
+        page.set_input_files("#image-file", str(path))
+    assert uploaded.value.status == 200
+    assert uploaded.value.request.post_data_json["inputs"][0].startswith("data:image/png;base64,")
+    expect(page.locator("#upload-preview")).to_be_visible()
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.text_content("#predicted") == str(uploaded.value.json()["predictions"][0])
+    assert rec.errors[seen_errors:] == []

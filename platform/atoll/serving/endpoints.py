@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from atoll import apikeys, auth, cluster, registry
+from atoll import apikeys, auth, cluster, jobs, registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import ClusterNotUpError, ConfigError, ServingError
 from atoll.serving import playground
@@ -85,6 +85,30 @@ def app_config(app: str, model: str, *, storage: str, requested: str | None = No
     if api_key:
         args["api_key_hash"] = apikeys.hash_key(api_key)  # a salted HMAC, never the key itself
     return {"name": app, "route_prefix": f"/{app}", "import_path": IMPORT_PATH, "args": args}
+
+
+def model_code(model_type: str, spec: ClusterSpec, ref: str) -> list[str]:
+    """The project's own code a user model type needs in the replicas: the top-level package (folder) or
+    module (``.py``) of ``model_type`` in the project folder (cluster.yaml's, which jobs ship too), or
+    nothing for a built-in or for code the cluster has installed (its image). The allow-list is checked
+    here first, so a refused type fails at deploy, before any upload.
+
+    Raises:
+        ConfigError: cluster.yaml's ``metadata.atoll.model_types`` does not allow ``model_type``.
+    """
+    from atoll import config
+    from atoll.tasks.base import BUILTIN_MODELS
+
+    if model_type in BUILTIN_MODELS:
+        return []
+    from atoll.models import AllowList  # torch: only for a user type
+
+    allowed = AllowList(tuple(spec.atoll.model_types), spec.source)
+    if not allowed.admits(model_type):
+        raise allowed.refusal(model_type, ref)
+    top = model_type.partition(":")[0].split(".")[0]
+    root = config.project_root(spec)
+    return [str(path) for path in (root / top, root / f"{top}.py") if path.exists()][:1]
 
 
 def with_gallery(apps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,6 +181,9 @@ def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None
     merged = ServeSettings.model_validate({**spec.atoll.serve.model_dump(), **overrides})  # fail here, not in Serve
     new = app_config(app, version.ref, storage=spec.atoll.storage, requested=ref, settings=overrides,
                      api_key=api_key(merged), model_types=spec.atoll.model_types)
+    code = model_code(version.spec["model"]["type"], spec, version.ref)
+    if code:  # the user model's package goes with the app (replicas import it from there)
+        new["runtime_env"] = {"py_modules": jobs.upload_modules(code, info=info)}
     started = time.time()
     _change_apps(info, spec, lambda apps: {**apps, app: new},
                  landed=lambda apps: (apps.get(app) or {}).get("args") == new["args"])

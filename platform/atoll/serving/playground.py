@@ -109,6 +109,10 @@ def panel(schema: dict[str, Any], examples: list[dict[str, Any]], spec: dict[str
                            "num_features": schema.get("num_features")}
     if schema.get("input_kind") == "text":
         return {**out, "kind": "text", "max_length": schema.get("max_length")}
+    if schema.get("input_kind") == "image":  # an image task: pixel rows 0–255, or an uploaded file
+        _, rows, cols = schema["image_shape"]
+        return {**out, "kind": "image", "shape": [rows, cols], "range": [0, 255], "nested": True, "upload": True,
+                "num_features": rows * cols}
     shape = image_shape(schema)
     if shape is None:
         return {**out, "kind": "form"}
@@ -158,6 +162,13 @@ def pick_examples(spec: dict[str, Any], schema: dict[str, Any], storage: str, n:
             continue
         if schema.get("input_kind") == "text":  # one text per example, no value range
             values = frame[features[0]].astype(str).to_numpy()
+        elif schema.get("input_kind") == "image":  # grey pixel rows 0–255 in the model's size, as a request
+            import numpy as np
+
+            from atoll.tasks import image
+
+            grey = [1, *schema["image_shape"][1:]]
+            values = np.stack([image.pixels(image.decode(blob, features[0]), grey)[0] for blob in frame[features[0]]])
         else:
             values = frame[features].to_numpy(dtype="float64")
             low, high = min(low, float(values.min())), max(high, float(values.max()))

@@ -93,8 +93,8 @@ class Predictor:
         # (as the deploy passed it in ``model_types``, else as the cluster.yaml next to this process says).
         allowed = models.AllowList(tuple(model_types), "metadata.atoll.model_types of the deploy's cluster.yaml") \
             if model_types is not None else None
-        model = models.build(model_spec["type"], self.pre.input_dim, self.task.out_dim(self.pre), model_spec["params"],
-                             registered=self.version.ref, allowed=allowed)
+        model = models.build(model_spec["type"], self.pre.input_dim, self.task.out_dim(self.pre),
+                             self.task.model_params(self.pre, model_spec["params"]), registered=self.version.ref, allowed=allowed)
         model.load_state_dict(reg.load_weights(self.version))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()

@@ -25,6 +25,7 @@ CATALOGUE = {
     "tabular-classification": "atoll.tasks.tabular:TabularClassification",
     "tabular-regression": "atoll.tasks.tabular:TabularRegression",
     "text-classification": "atoll.tasks.text:TextClassification",
+    "image-classification": "atoll.tasks.image:ImageClassification",
 }
 TASK_NAMES = tuple(CATALOGUE)
 

@@ -82,6 +82,15 @@ class Task(ABC):
     def state_from_dict(self, data: dict[str, Any]):
         """The state :meth:`fit` returned, rebuilt from its ``to_dict()``."""
 
+    def row_bytes(self, state) -> int:
+        """The bytes one row takes as the model's input and target (whether the data fits in memory)."""
+        return 4 * (state.input_dim + 1)
+
+    def model_params(self, state, params: dict[str, Any] | None) -> dict[str, Any]:
+        """The keyword arguments the model builder gets besides ``input_dim`` and ``num_classes``: the spec's
+        ``model.params``, and what the fitted state adds (an image task's ``image_shape``)."""
+        return dict(params or {})
+
     @abstractmethod
     def out_dim(self, state) -> int:
         """Width of the model's output: the number of classes, or 1 for a value."""

@@ -117,6 +117,9 @@ class TextClassification(Classifier):
                          classes=[v.item() if hasattr(v, "item") else v for v in ordered], tokenizer=tokenizer,
                          max_length=int(params.get("max_length", DEFAULT_MAX_LENGTH)), vocab_size=size)
 
+    def row_bytes(self, state: TextState) -> int:
+        return 8 * (state.max_length + 1)
+
     def state_from_dict(self, state: dict[str, Any]) -> TextState:
         return TextState.from_dict(state)
 

@@ -22,11 +22,19 @@ from atoll.train.checkpoints import (
     save_training_state,
 )
 from atoll.train.loop import TrainSession, loop_config, train_loop, wrap_fsdp
-from atoll.train.run import build_trainer, check_run_name, fit, prepare, register_checkpoint, runs_root
+from atoll.train.run import (
+    build_trainer,
+    check_run_name,
+    fit,
+    in_memory,
+    prepare,
+    register_checkpoint,
+    runs_root,
+)
 from atoll.train.scaling import ScalingPlan, choose_scaling
 
 __all__ = [
     "META_FILE", "MODEL_FILE", "OPTIM_FILE", "ScalingPlan", "TrainSession", "build_trainer", "check_run_name",
-    "choose_scaling", "fit", "input_schema", "load_training_state", "loop_config", "prepare",
+    "choose_scaling", "fit", "in_memory", "input_schema", "load_training_state", "loop_config", "prepare",
     "register_checkpoint", "runs_root", "save_training_state", "train_loop", "wrap_fsdp",
 ]

@@ -42,6 +42,43 @@ def _optimizer(spec: TrainSpec, params):
     return cls(params, lr=opt.lr, weight_decay=opt.weight_decay)
 
 
+class StreamShard:
+    """A worker's shard streamed through Ray Data every epoch (data too large to hold; shuffled locally)."""
+
+    def __init__(self, shard, dtypes: dict[str, Any]) -> None:
+        self.shard, self.dtypes = shard, dtypes
+
+    def batches(self, batch_size: int, device, shuffle_seed: int | None = None):
+        kwargs = ({"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": shuffle_seed}
+                  if shuffle_seed is not None else {})
+        for batch in self.shard.iter_torch_batches(batch_size=batch_size, device=device, dtypes=self.dtypes,
+                                                   **kwargs):
+            yield batch["x"], batch["y"]
+
+
+class MemoryShard:
+    """A worker's shard read once from Ray Data into tensors; every epoch then shuffles and slices it in
+    memory (data that fits, ``dataset.cache``): re-streaming a small shard each epoch costs more than the
+    training itself."""
+
+    def __init__(self, shard, dtypes: dict[str, Any]) -> None:
+        import torch
+
+        parts = list(shard.iter_torch_batches(batch_size=4096, dtypes=dtypes))
+        self.x = torch.cat([p["x"] for p in parts]) if parts else torch.zeros(0)
+        self.y = torch.cat([p["y"] for p in parts]) if parts else torch.zeros(0, dtype=dtypes["y"])
+
+    def batches(self, batch_size: int, device, shuffle_seed: int | None = None):
+        import torch
+
+        n = len(self.y)
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+                 if shuffle_seed is not None else torch.arange(n))
+        for start in range(0, n, batch_size):
+            rows = order[start:start + batch_size]
+            yield self.x[rows].to(device), self.y[rows].to(device)
+
+
 def _epoch(model, shard, spec: TrainSpec, task, pre, device, optimizer=None, autocast=None, seed: int = 0):
     """One pass over a shard; trains when ``optimizer`` is given. Returns the task's summed batch figures."""
     import torch
@@ -49,11 +86,8 @@ def _epoch(model, shard, spec: TrainSpec, task, pre, device, optimizer=None, aut
     sums = None
     training = optimizer is not None
     model.train(training)
-    kwargs = {"local_shuffle_buffer_size": 4 * spec.batch_size, "local_shuffle_seed": seed} if training else {}
-    dtypes = {"x": getattr(torch, task.input_dtype), "y": getattr(torch, task.target_dtype)}
     with torch.set_grad_enabled(training):
-        for batch in shard.iter_torch_batches(batch_size=spec.batch_size, device=device, dtypes=dtypes, **kwargs):
-            x, y = batch["x"], batch["y"]
+        for x, y in shard.batches(spec.batch_size, device, shuffle_seed=seed if training else None):
             with autocast() if autocast else contextlib.nullcontext():
                 outputs = model(x)
             loss = task.loss(outputs, y)
@@ -67,7 +101,7 @@ def _epoch(model, shard, spec: TrainSpec, task, pre, device, optimizer=None, aut
     if sums is None:  # an empty shard: the same length of zeros, so every rank all-reduces alike
         with torch.no_grad():
             empty_out = torch.zeros((0, task.out_dim(pre)), device=device)
-            empty_y = torch.zeros(0, dtype=dtypes["y"], device=device)
+            empty_y = torch.zeros(0, dtype=getattr(torch, task.target_dtype), device=device)
             sums = task.batch_sums(empty_out, empty_y, torch.zeros((), device=device), pre)
     return sums
 
@@ -121,7 +155,7 @@ def train_loop(config: dict[str, Any], session) -> None:
     torch.manual_seed(spec.seed)
     device = session.device()
 
-    model = models.build(spec.model.type, pre.input_dim, task.out_dim(pre), spec.model.params)
+    model = models.build(spec.model.type, pre.input_dim, task.out_dim(pre), task.model_params(pre, spec.model.params))
     model = session.prepare(model, spec.strategy)
     optimizer = _optimizer(spec, model.parameters())
     start_epoch, history = 0, []
@@ -136,7 +170,9 @@ def train_loop(config: dict[str, Any], session) -> None:
     if config["precision"] == "bf16" and device.type == "cuda":
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
 
-    train_data, val_data = session.dataset("train"), session.dataset("validation")
+    dtypes = {"x": getattr(torch, task.input_dtype), "y": getattr(torch, task.target_dtype)}
+    shard_kind = MemoryShard if config.get("in_memory") else StreamShard
+    train_data, val_data = (shard_kind(session.dataset(name), dtypes) for name in ("train", "validation"))
     for epoch in range(start_epoch, spec.epochs):
         started = time.perf_counter()
         train_sums = _epoch(model, train_data, spec, task, pre, device, optimizer, autocast, seed=spec.seed + epoch)
@@ -172,7 +208,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_loop(config, TrainSession())
 
 
-def loop_config(spec: TrainSpec, pre: data.Preprocessor, run_name: str, precision: str) -> dict[str, Any]:
-    """The (JSON-able) config the training loop receives."""
+def loop_config(spec: TrainSpec, pre: data.Preprocessor, run_name: str, precision: str,
+                in_memory: bool = False) -> dict[str, Any]:
+    """The (JSON-able) config the training loop receives; ``in_memory``: each worker holds its shard as
+    tensors after the first pass (:class:`MemoryShard`)."""
     return {"spec": spec.model_dump(mode="json"), "preprocess": pre.to_dict(),
-            "input_schema": input_schema(spec, pre), "run_name": run_name, "precision": precision}
+            "input_schema": input_schema(spec, pre), "run_name": run_name, "precision": precision,
+            "in_memory": in_memory}

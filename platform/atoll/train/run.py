@@ -55,13 +55,19 @@ def prepare(spec: TrainSpec, storage: str):
     dplan = task.plan(uri, spec.dataset.format, spec.dataset.features, spec.dataset.label)
     models.resolve(spec.model.type)  # a bad import path fails now, not in every worker
     data.quiet_progress()
-    ds = data.read(dplan.uri, dplan.format)
+    ds = data.read(dplan.uri, dplan.format, small=data.should_cache(dplan, spec.dataset.cache))
     train_raw, val_raw = data.split(ds, dplan, spec.dataset.validation_fraction, spec.seed)
     pre = task.fit(train_raw, dplan, spec.model.params)
     # Build once on the driver: wrong params / image shapes fail here with the field named.
-    models.build(spec.model.type, pre.input_dim, task.out_dim(pre), spec.model.params)
-    cache = data.should_cache(dplan, spec.dataset.cache)
+    models.build(spec.model.type, pre.input_dim, task.out_dim(pre), task.model_params(pre, spec.model.params))
+    cache = in_memory(spec, dplan, pre)
     return dplan, pre, data.to_training(train_raw, pre, cache), data.to_training(val_raw, pre, cache)
+
+
+def in_memory(spec: TrainSpec, dplan, pre) -> bool:
+    """Whether the rows, as model inputs, fit in memory (``dataset.cache``): then they are materialised once
+    in the object store and each worker holds its shard as tensors."""
+    return data.should_cache(dplan, spec.dataset.cache, tasks.get(spec.task).row_bytes(pre))
 
 
 def build_trainer(plan: ScalingPlan, train_config: dict[str, Any], *, storage: str, run_name: str,
@@ -106,8 +112,8 @@ def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
              dataset=dplan.uri, rows=dplan.rows, features=len(dplan.features), classes=pre.num_classes, task=spec.task,
              epochs=spec.epochs)
     metric, mode = tasks.get(spec.task).objective
-    trainer = build_trainer(plan, loop_config(spec, pre, run_name, plan.precision), storage=storage,
-                            run_name=run_name, datasets={"train": train_ds, "validation": val_ds},
+    trainer = build_trainer(plan, loop_config(spec, pre, run_name, plan.precision, in_memory(spec, dplan, pre)),
+                            storage=storage, run_name=run_name, datasets={"train": train_ds, "validation": val_ds},
                             callbacks=callbacks, keep=spec.keep_checkpoints, metric=metric, mode=mode,
                             max_failures=spec.max_failures)
     result = trainer.fit()

@@ -217,14 +217,17 @@ def run_sweep(sweep: SweepSpec, base: TrainSpec, *, storage: str, resume: bool =
     plan = train.choose_scaling(spec, cluster_cpus=cpus, cluster_gpus=gpus, max_cpus=max_cpus,
                                 max_gpus=max_gpus)
     dplan, pre, train_ds, val_ds = train.prepare(spec, storage)
-    check_models(sweep, spec, pre.input_dim, tasks.get(spec.task).out_dim(pre))
+    task = tasks.get(spec.task)
+    model = spec.model.model_copy(update={"params": task.model_params(pre, spec.model.params)})
+    check_models(sweep, spec.model_copy(update={"model": model}), pre.input_dim, task.out_dim(pre))
     # Materialise once here: trials share the blocks in the object store instead of each re-reading and
     # re-preprocessing (which would also need CPUs beyond the ones the trials hold).
     train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
     max_t = sweep.scheduler.max_t or spec.epochs
 
     setup = TrialSetup(sweep=sweep.model_dump(mode="json"), base=spec.model_dump(mode="json"),
-                       preprocess=pre.to_dict(), plan=plan, storage=storage)
+                       preprocess=pre.to_dict(), plan=plan, storage=storage,
+                       in_memory=train.in_memory(spec, dplan, pre))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup, train_ds=train_ds, val_ds=val_ds), resources.trial)
     # A nested trainer's workers are invisible to Tune's accounting: cap trials at what the cluster holds.

@@ -78,6 +78,7 @@ class TrialSetup:
     preprocess: dict[str, Any]
     plan: train.ScalingPlan
     storage: str
+    in_memory: bool = False  # each trial holds the data as tensors after its first pass (data that fits)
 
 
 def _event_callback(trial_id: str, values: Mapping[str, Any], metric: str, epochs: int):
@@ -124,7 +125,8 @@ def run_trial(sampled: dict[str, Any], *, setup: TrialSetup, train_ds, val_ds) -
     pre = tasks.get(spec.task).state_from_dict(setup.preprocess)  # the task's own fitted state
     trial_id = tune.get_context().get_trial_id()
     data.quiet_progress()  # this process's Ray Data context, not the driver's
-    loop_config = train.loop_config(spec, pre, f"{sweep.name}-{trial_id}", setup.plan.precision)
+    loop_config = train.loop_config(spec, pre, f"{sweep.name}-{trial_id}", setup.plan.precision,
+                                    setup.in_memory)
     datasets = {"train": train_ds, "validation": val_ds}
     if setup.plan.num_workers > 1:
         _fit_nested(loop_config, spec, setup, sweep, trial_id, values, datasets)

@@ -232,7 +232,8 @@
     state.panel = panel;
     const n = panel.num_features || panel.features.length;
     $("text-input").hidden = panel.kind !== "text";
-    $("csv-box").hidden = panel.kind === "text";
+    $("csv-box").hidden = panel.kind === "text" || Boolean(panel.nested);
+    $("upload").hidden = !panel.upload;
     if (panel.kind === "text") {
       $("image-input").hidden = true;
       $("form-input").hidden = true;
@@ -258,7 +259,8 @@
     if (state.panel.kind === "text") {
       $("text").value = String(values);
     } else if (state.panel.kind === "image") {
-      state.values = values.slice();
+      state.values = values.flat();  // an image task's examples are pixel rows
+      $("upload-preview").hidden = true;
       drawGrid();
     } else {
       values.forEach((v, i) => { $(`f-${i}`).value = String(v); });
@@ -300,6 +302,10 @@
 
   function panelRow() {
     if (state.panel.kind === "text") return $("text").value;
+    if (state.panel.kind === "image" && state.panel.nested) {  // an image task takes pixel rows
+      const cols = state.panel.shape[1];
+      return Array.from({ length: state.panel.shape[0] }, (_, r) => state.values.slice(r * cols, (r + 1) * cols));
+    }
     if (state.panel.kind === "image") return state.values.slice();
     const row = {};
     state.panel.features.forEach((name, i) => { row[name] = numberOrRaw($(`f-${i}`).value); });
@@ -390,6 +396,20 @@
   function predictPanel() { predict(panelRow()); }
 
   $("predict").addEventListener("click", predictPanel);
+  $("image-file").addEventListener("change", () => {
+    const file = $("image-file").files[0];
+    if (!file) return;
+    const preview = $("upload-preview");
+    if (preview.src) URL.revokeObjectURL(preview.src);
+    preview.src = URL.createObjectURL(file);  // a blob: URL, which the page's policy allows
+    preview.hidden = false;
+    state.truth = null;
+    markExample(null);
+    const reader = new FileReader();
+    reader.onload = () => predict(String(reader.result));  // a data: URL, base64 of the file
+    reader.onerror = () => showError("file", `cannot read ${file.name}`);
+    reader.readAsDataURL(file);
+  });
   $("csv-predict").addEventListener("click", () => {
     const tokens = $("csv").value.split(/[,;\t\s]+/).filter((t) => t !== "");
     const row = tokens.map(numberOrRaw);
