@@ -255,3 +255,15 @@ def test_small_data_is_held_in_memory_and_a_csv_is_judged_by_its_size(table, tmp
     assert csv.rows is None and data.should_cache(csv)
     big = dataclasses.replace(parquet, rows=10**9)
     assert not data.should_cache(big) and data.should_cache(big, True)
+
+
+@pytest.mark.parametrize("name", ["train", "regression", "text", "image", "keras"])
+def test_every_task_and_framework_takes_the_same_scaling_policy(name):
+    """The Transformers, Keras and image specs as shipped: GPU workers with NCCL and bf16 autocast when the
+    cluster has (or can add) GPUs, CPU workers with gloo and fp32 when it has none."""
+    spec = load_file(TrainSpec, REPO / "jobs" / "configs" / f"{name}.yaml")
+    gpu = train.choose_scaling(spec, cluster_cpus=16, cluster_gpus=0, max_gpus=spec.num_workers)
+    assert (gpu.use_gpu, gpu.backend, gpu.precision) == (True, "nccl", "bf16")
+    assert gpu.resources_per_worker == {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker}
+    cpu = train.choose_scaling(spec, cluster_cpus=4, cluster_gpus=0)
+    assert (cpu.use_gpu, cpu.backend, cpu.precision, cpu.num_workers) == (False, "gloo", "fp32", 2)

@@ -194,6 +194,48 @@ def test_the_bert_model_maps_token_ids_to_logits_and_reloads_weights_only(tmp_pa
         models.build("hf-bert", 300, 2, {"hidden": 15, "heads": 2})
 
 
+def test_a_pretrained_bert_folder_brings_its_weights_and_tokenizer_and_a_replica_needs_only_the_version(tmp_path):
+    """model.params.pretrained: a local folder saved with save_pretrained (here made on the spot: nothing is
+    downloaded). Training starts from its weights with its tokenizer; the fitted state records its config,
+    so a model rebuilt where the folder is absent (a replica) has the same shape and takes the weights."""
+    from atoll import models
+    from atoll.tasks.text import train_tokenizer
+    from tokenizers import Tokenizer
+    from transformers import BertConfig, BertForSequenceClassification
+
+    paths = data.prepare_demo(str(tmp_path), "sms_spam")
+    frame = pd.read_parquet(paths["train"]).iloc[:400]
+    folder = tmp_path / "tiny-bert"
+    tokenizer = Tokenizer.from_str(train_tokenizer(frame["text"].tolist(), 500))
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=24, num_labels=5)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    saved = BertForSequenceClassification.from_pretrained(folder).bert.embeddings.word_embeddings.weight
+
+    task = tasks.get("text-classification")
+    plan = task.plan(paths["train"], "auto", None, "label")
+    params = {"pretrained": str(folder)}
+    state = task.fit(_Texts(frame), plan, params)
+    assert state.max_length == 24 and state.vocab_size == tokenizer.get_vocab_size()  # the folder's, not fitted
+    assert json.loads(state.tokenizer)["model"]["vocab"] == json.loads(tokenizer.to_str())["model"]["vocab"]
+    model = models.build("hf-bert", state.input_dim, 2, task.model_params(state, params))
+    assert torch.equal(model.bert.bert.embeddings.word_embeddings.weight, saved)  # pretrained weights
+    assert model.bert.config.num_labels == 2  # a new head for this task's classes
+    elsewhere = task.model_params(task.state_from_dict(json.loads(json.dumps(state.to_dict()))),
+                                  {"pretrained": str(tmp_path / "not-here")})
+    rebuilt = models.build("hf-bert", state.input_dim, 2, elsewhere)
+    rebuilt.load_state_dict(model.state_dict())
+    ids = torch.from_numpy(state.token_ids(["free prize call now"])[0])
+    assert torch.allclose(rebuilt.eval()(ids), model.eval()(ids), atol=1e-5)
+
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ConfigError, match=r"model.params.pretrained: .*tiny-bert has no tokenizer.json"):
+        task.fit(_Texts(frame), plan, params)
+    with pytest.raises(ConfigError, match=r"'bert-base-uncased' is not a local directory.*never downloads"):
+        task.fit(_Texts(frame), plan, {"pretrained": "bert-base-uncased"})
+
+
 class _Images(_Batches):
     """The image fit's contract: ``take(1)`` and ``map_batches(fn).take_all()``, over real pandas batches."""
 
@@ -278,3 +320,22 @@ def test_images_are_decoded_resized_normalised_on_the_train_split_and_parsed_fro
     jsonschema.validate({"inputs": [raw.tolist(), {"b64": b64}]}, request)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"inputs": [{"b64": b64, "x": 1}]}, request)
+
+
+@pytest.mark.parametrize(("sweep_file", "varied", "task"), [
+    ("text_sweep.yaml", "model.params.max_length", "text-classification"),
+    ("text_sweep.yaml", "model.params.vocab_size", "text-classification"),
+    ("image_sweep.yaml", "model.params.image_shape", "image-classification"),
+])
+def test_a_sweep_may_not_vary_what_the_preprocessing_is_fitted_with(sweep_file, varied, task):
+    """One tokenizer (or image size) is fitted per sweep and shared by every trial: varying it is refused
+    before anything runs; the shipped sweeps themselves load."""
+    from atoll.tune import load_sweep
+    from conftest import REPO
+
+    path = REPO / "jobs" / "configs" / sweep_file
+    load_sweep(path)
+    value = "[[1, 8, 8], [1, 16, 16]]" if varied.endswith("image_shape") else "[32, 64]"
+    with pytest.raises(ConfigError, match=rf"search_space.{re.escape(varied)}: the {task} task fits its "
+                                          rf"preprocessing with it once"):
+        load_sweep(path, [f"search_space.{varied}={{choice: {value}}}"])

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,11 +78,14 @@ class BertClassifier(nn.Module):
 
     def __init__(self, input_dim: int, num_classes: int, layers: int = 2, hidden: int = 64, heads: int = 2,
                  intermediate: int | None = None, max_length: int = 64, dropout: float = 0.1,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, pretrained: str | None = None, config_json: str | None = None):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id must never reach the network at run time
         from transformers import BertConfig, BertForSequenceClassification
 
+        if pretrained is not None or config_json is not None:
+            self.bert = _pretrained_bert(pretrained, config_json, input_dim, num_classes)
+            return
         if hidden % heads:
             raise ConfigError(f"model.params.hidden: {hidden} is not a multiple of heads ({heads}); "
                               f"choose e.g. hidden: {heads * max(1, hidden // heads)}.")
@@ -93,6 +98,29 @@ class BertClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bert(input_ids=x, attention_mask=(x != 0).long()).logits
+
+
+def _pretrained_bert(directory: str | None, config_json: str | None, vocab: int, num_classes: int):
+    """``BertForSequenceClassification.from_pretrained`` on a local directory (its weights, a new head of
+    ``num_classes``), or, where the directory is not at hand (a replica, whose weights come from the
+    registry), the same architecture from its recorded ``config.json``."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    if directory is not None and Path(directory).expanduser().is_dir():
+        model = BertForSequenceClassification.from_pretrained(
+            str(Path(directory).expanduser()), num_labels=num_classes, local_files_only=True,
+            ignore_mismatched_sizes=True)  # the checkpoint's own head, if any, has other classes
+    elif config_json is not None:
+        config = BertConfig.from_dict(json.loads(config_json))
+        config.num_labels = num_classes
+        model = BertForSequenceClassification(config)
+    else:
+        raise ConfigError(f"model.params.pretrained: {directory!r} is not a local directory; name a folder "
+                          f"holding config.json, the weights and tokenizer.json (Atoll never downloads a hub id).")
+    if model.config.vocab_size < vocab:
+        raise ConfigError(f"model.params.pretrained: the model's vocabulary ({model.config.vocab_size}) is smaller "
+                          f"than its tokenizer's ({vocab}); the folder's model and tokenizer do not belong together.")
+    return model
 
 
 BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "hf-bert": BertClassifier}

@@ -38,6 +38,8 @@ class Task(ABC):
     input_dtype: ClassVar[str] = "float32"
     #: a request body to show in error messages
     request_example: ClassVar[str]
+    #: the model.params the preprocessing is fitted with (once per sweep, for every trial): not for a sweep to vary
+    fitted_params: ClassVar[tuple[str, ...]] = ()
     #: the built-in model types made for this task's inputs (user types by import path are the user's call)
     builtin_models: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
 

@@ -142,6 +142,7 @@ class ImageClassification(Classifier):
     input_kind = "image"
     request_example = '{"inputs": [[[0, 255, ...], ...]]} or {"inputs": [{"b64": "<PNG or JPEG, base64>"}]}'
     builtin_models = ("cnn", "mlp")
+    fitted_params = ("image_shape",)
 
     def plan(self, uri, fmt, features, label):
         return data.plan(uri, fmt, features, label, image=True)

@@ -35,6 +35,8 @@ class TextState(FittedState):
     tokenizer: str
     max_length: int
     vocab_size: int
+    #: a pretrained model's config.json (``model.params.pretrained``), so a replica builds it without the folder
+    model_config: str | None = None
 
     @property
     def input_dim(self) -> int:  # what the model builder receives: the vocabulary's size
@@ -84,12 +86,46 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> str:
     return tok.to_str()
 
 
+def pretrained_parts(directory: str) -> tuple[str, str, int]:
+    """(tokenizer JSON, config.json text, the longest input it takes) of a local pretrained model folder.
+
+    Raises:
+        ConfigError: not a folder, or no fast tokenizer (tokenizer.json) or config.json in it, or a
+            tokenizer whose [PAD] is not id 0 (the model masks id 0 out).
+    """
+    import json
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    from atoll.errors import ConfigError
+
+    folder = Path(directory).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"model.params.pretrained: {directory!r} is not a local directory; name a folder holding "
+                          f"config.json, the weights and tokenizer.json (Atoll never downloads a hub id).")
+    missing = [f for f in ("config.json", "tokenizer.json") if not (folder / f).is_file()]
+    if missing:
+        raise ConfigError(f"model.params.pretrained: {directory} has no {' or '.join(missing)}; save the model and "
+                          f"its fast tokenizer there with save_pretrained().")
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    if tokenizer.token_to_id("[PAD]") not in (0, None):
+        raise ConfigError(f"model.params.pretrained: {directory}'s tokenizer pads with id "
+                          f"{tokenizer.token_to_id('[PAD]')}, not 0; Atoll's BERT path masks id 0.")
+    tokenizer.no_padding()
+    tokenizer.no_truncation()  # the state sets both to its own max_length
+    config_text = (folder / "config.json").read_text()
+    most = int(json.loads(config_text).get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
+    return tokenizer.to_str(), config_text, most
+
+
 class TextClassification(Classifier):
     name = "text-classification"
     input_kind = "text"
     input_dtype = "int64"
     request_example = '{"inputs": ["some text", ...]}'
     builtin_models = ("hf-bert",)
+    fitted_params = ("max_length", "vocab_size", "pretrained")
 
     def plan(self, uri, fmt, features, label):
         return data.plan(uri, fmt, features, label, text=True)
@@ -107,15 +143,25 @@ class TextClassification(Classifier):
         if not texts:
             raise DataError(f"dataset {plan.uri}: the training split is empty; add rows or lower "
                             f"dataset.validation_fraction.")
-        vocab = int(params.get("vocab_size", DEFAULT_VOCAB))
-        tokenizer = train_tokenizer(texts, vocab)
         from tokenizers import Tokenizer
 
+        max_length, model_config = int(params.get("max_length", DEFAULT_MAX_LENGTH)), None
+        if params.get("pretrained") is not None:  # the pretrained model's own tokenizer and architecture
+            tokenizer, model_config, most = pretrained_parts(params["pretrained"])
+            max_length = min(int(params.get("max_length", min(DEFAULT_MAX_LENGTH, most))), most)
+        else:
+            tokenizer = train_tokenizer(texts, int(params.get("vocab_size", DEFAULT_VOCAB)))
         size = Tokenizer.from_str(tokenizer).get_vocab_size()  # a small corpus can give fewer than asked
         ordered = sorted(classes, key=lambda v: (str(type(v)), v))
         return TextState(features=list(plan.features), label=plan.label,
                          classes=[v.item() if hasattr(v, "item") else v for v in ordered], tokenizer=tokenizer,
-                         max_length=int(params.get("max_length", DEFAULT_MAX_LENGTH)), vocab_size=size)
+                         max_length=max_length, vocab_size=size, model_config=model_config)
+
+    def model_params(self, state: TextState, params: dict[str, Any] | None) -> dict[str, Any]:
+        out = dict(params or {})
+        if state.model_config is not None:
+            out["config_json"] = state.model_config
+        return out
 
     def row_bytes(self, state: TextState) -> int:
         return 8 * (state.max_length + 1)

@@ -139,6 +139,10 @@ def check_sweep(sweep: SweepSpec, base: TrainSpec, source: str = "") -> None:
         if (why := check_search_path(key)) is not None:
             problems.append(f"search_space.{key}: {why}")
             continue
+        if key.removeprefix("model.params.") in tasks.get(base.task).fitted_params and key.startswith("model.params."):
+            problems.append(f"search_space.{key}: the {base.task} task fits its preprocessing with it once, for "
+                            f"every trial (one tokenizer or image size per sweep); set it in the training spec")
+            continue
         inner = [k for k in keys if k.startswith(key + ".")]
         if inner:
             problems.append(f"search_space.{key}: also varied below it ({', '.join(inner)}); "
