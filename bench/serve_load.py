@@ -5,7 +5,7 @@
 
 The model: the digits demo's MLP from jobs/configs/train.yaml (64 features px0..px63, 10 classes), trained
 here for 3 epochs with plain torch on the demo Parquet (``atoll.data.prepare_demo``), written as a checkpoint
-(model.pt + atoll.json with the Preprocessor and input schema) and registered as ``digits:1`` in a
+(model.safetensors + atoll.json with the Preprocessor and input schema) and registered as ``digits:1`` in a
 temporary ``atoll.registry.Registry``. Both servers load it with ``atoll.serving.replica.Predictor``.
 
 Ours: ``atoll.serving.replica.app`` (the ``ModelServer`` deployment: request validation, ``@serve.batch``) deployed
@@ -112,7 +112,9 @@ def make_model(storage: str) -> dict[str, Any]:
         xh = torch.from_numpy(pre.transform_features(holdout[features].to_numpy()))
         acc = float((model(xh).argmax(1).numpy() == pre.encode_labels(holdout["label"].to_numpy())).mean())
     with tempfile.TemporaryDirectory() as ckpt:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(ckpt) / train.MODEL_FILE)
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(ckpt) / train.MODEL_FILE)
         meta = {"epoch": spec.epochs - 1, "history": [], "spec": spec.model_dump(mode="json"),
                 "preprocess": pre.to_dict(), "input_schema": train.input_schema(spec, pre)}
         (Path(ckpt) / train.META_FILE).write_text(json.dumps(meta))

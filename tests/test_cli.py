@@ -210,7 +210,6 @@ def test_query_takes_its_body_with_d_and_json_only_prints_json() -> None:
 def write_checkpoint(folder: Path, *, epoch: int = 0, epochs: int = 1, val_accuracy: float = 0.1) -> Path:
     """A checkpoint as the training loop writes one (untrained weights of the demo's MLP, 64 pixels → 10
     digits): what a run trained on another cluster leaves in its checkpoint_* folders."""
-    import torch
     from atoll import config, data, models, train
     from atoll.specs import TrainSpec
 
@@ -219,7 +218,9 @@ def write_checkpoint(folder: Path, *, epoch: int = 0, epochs: int = 1, val_accur
                             std=[1.0] * 64, classes=list(range(10)))
     model = models.build(spec.model.type, pre.input_dim, pre.num_classes, spec.model.params)
     folder.mkdir(parents=True)
-    torch.save(model.state_dict(), folder / train.MODEL_FILE)
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), folder / train.MODEL_FILE)
     history = [{"epoch": e, "train_loss": 2.3, "val_loss": 2.3, "train_accuracy": 0.1, "val_accuracy": val_accuracy}
                for e in range(epoch + 1)]
     meta = {"epoch": epoch, "history": history, "metrics": history[-1], "spec": spec.model_dump(mode="json"),
@@ -241,7 +242,8 @@ def test_register_download_and_unalias_through_the_cli(storage: Path, tmp_path: 
     result = invoke("models", "download", "outside:1", "-o", str(out))
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert hashlib.sha256((out / "model.pt").read_bytes()).hexdigest() == manifest["files"]["model.pt"]["sha256"]
+    digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == manifest["files"]["model.safetensors"]["sha256"]
     again = invoke("models", "download", "outside:1", "-o", str(out))
     assert isinstance(again.exception, ConfigError) and "not an empty folder" in str(again.exception)
 

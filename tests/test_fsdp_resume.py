@@ -98,7 +98,7 @@ def _resume_and_compare(rank: int, wrap, ckpt: Path) -> None:
 
     # The control: weights alone with a fresh optimiser (what resume did before) take another step.
     weights_only, fresh_opt = fresh(1)
-    set_model_state_dict(weights_only, torch.load(ckpt / train.MODEL_FILE, weights_only=True), options=full)
+    set_model_state_dict(weights_only, train.load_model_state(ckpt), options=full)
     _step(weights_only, fresh_opt, x, y)
     assert any(not torch.equal(v, uninterrupted[k]) for k, v in params(weights_only).items())
 
@@ -106,10 +106,10 @@ def _resume_and_compare(rank: int, wrap, ckpt: Path) -> None:
 @pytest.mark.timeout(120)
 def test_fsdp_and_ddp_resume_restore_adam_state_and_the_next_step_matches_the_uninterrupted_run(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
-    # model.pt stays one plain full state dict: what the registry and serving load into an unwrapped model.
+    # model.safetensors stays one plain full state dict: what the registry and serving load into an unwrapped model.
     for strategy in ("fsdp", "ddp"):
         plain = models.build(*MODEL)
-        plain.load_state_dict(torch.load(tmp_path / strategy / train.MODEL_FILE, weights_only=True))
+        plain.load_state_dict(train.load_model_state(tmp_path / strategy))
 
 
 def test_unsharded_resume_restores_sgd_momentum_and_reads_checkpoints_keyed_by_parameter_id(tmp_path):
@@ -125,7 +125,7 @@ def test_unsharded_resume_restores_sgd_momentum_and_reads_checkpoints_keyed_by_p
     assert set(saved["state"]) == {name for name, _ in model.named_parameters()}  # names, not ids
     legacy = tmp_path / "legacy"
     legacy.mkdir()
-    torch.save(model.state_dict(), legacy / train.MODEL_FILE)
+    torch.save(model.state_dict(), legacy / train.LEGACY_MODEL_FILE)  # Atoll's model.pt of before
     torch.save(optimizer.state_dict(), legacy / train.OPTIM_FILE)  # what Atoll wrote before
     _write_meta(legacy)
     _step(model, optimizer, x, y)

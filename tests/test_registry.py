@@ -121,6 +121,26 @@ def test_weights_round_trip(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
         reg.read_file(mv, "nope.txt")
 
 
+def test_safetensors_weights_are_kept_and_preferred_and_a_broken_file_is_one_line(reg: Registry, ckpt: Path) -> None:
+    """What training writes (model.safetensors: plain tensors, no pickle) registers and loads like the older
+    torch.save file; with both present the safetensors one is read."""
+    import torch
+    from safetensors.torch import save_file
+
+    original = torch.load(ckpt / "model.pt", weights_only=True)
+    save_file({k: v * 2 for k, v in original.items()}, ckpt / "model.safetensors")
+    mv = _register(reg, ckpt)
+    assert {"model.safetensors", "model.pt"} <= set(mv.files)
+    loaded = reg.load_weights(mv)
+    assert all(torch.equal(loaded[k], original[k] * 2) for k in original)
+    (ckpt / "model.pt").unlink()
+    (ckpt / "model.safetensors").write_bytes(b"not safetensors")
+    broken = _register(reg, ckpt)
+    with pytest.raises(RegistryError, match=rf"digits:{broken.version}: model.safetensors is not a loadable state "
+                                            rf"dict .* Save it with safetensors.torch.save_file"):
+        reg.load_weights(broken)
+
+
 def test_tampered_weights_are_detected(reg: Registry, ckpt: Path, tmp_path: Path) -> None:
     mv = _register(reg, ckpt)
     weights = Path(mv.uri) / "model.pt"
@@ -647,7 +667,9 @@ def test_missing_checkpoint_errors_name_path_and_fix(reg: Registry, tmp_path: Pa
     with pytest.raises(RegistryError, match="is a file, not a directory"):
         reg.register("digits", str(ckpt / "model.pt"), metrics={}, spec={})
     (ckpt / "model.pt").unlink()
-    with pytest.raises(RegistryError, match=r"has no model.pt; save the weights there with torch.save"):
+    with pytest.raises(RegistryError, match=r"has no model.safetensors; save the weights there with "
+                                            r"safetensors.torch.save_file\(model.state_dict\(\), '.*model.safetensors'\) "
+                                            r"\(or torch.save\(...\) to model.pt\)"):
         reg.register("digits", str(ckpt), metrics={}, spec={})
     assert reg.list_models() == []
 

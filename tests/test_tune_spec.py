@@ -346,7 +346,7 @@ def test_tune_session_runs_the_training_loop(monkeypatch, capsys):
     train.train_loop(train.loop_config(spec, pre, "sweep-t_00001", "fp32"), session)
 
     assert [m["epoch"] for m, _, _ in reports] == [0, 1, 2]
-    assert all(files == ["atoll.json", "model.pt", "optim.pt"] and ws == 1 for _, files, ws in reports)
+    assert all(files == ["atoll.json", "model.safetensors", "optim.pt"] and ws == 1 for _, files, ws in reports)
     events = [e for e in parse_events(capsys.readouterr().out) if e["event"] == "trial"]
     assert [(e["trial"], e["epoch"], e["status"]) for e in events] == \
         [("t_00001", 0, "running"), ("t_00001", 1, "running"), ("t_00001", 2, "finished")]

@@ -2,7 +2,7 @@
 was trained elsewhere. Used by `atoll runs list` and `atoll models register`.
 
 A run is ``<storage>/runs/<name>/`` (Ray Train's run folder: one ``checkpoint_*`` folder per kept
-epoch, each with Atoll's ``model.pt`` and ``atoll.json``); a sweep is ``<storage>/sweeps/<name>/`` (Tune's
+epoch, each with Atoll's ``model.safetensors`` and ``atoll.json``); a sweep is ``<storage>/sweeps/<name>/`` (Tune's
 experiment folder, plus the ``results.csv`` Atoll writes when the sweep ends). Their state is read from
 those files alone, so it needs no cluster: a run whose last checkpoint is not its last epoch, or a sweep
 whose experiment state is newer than its results, was interrupted (or is still running).
@@ -138,7 +138,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The metadata (atoll.json) of a local checkpoint folder, refusing one that cannot be registered.
 
     Raises:
-        RegistryError: not a folder, no model.pt or atoll.json, or atoll.json lacks what serving needs.
+        RegistryError: not a folder, no weights (model.safetensors, or an older model.pt) or atoll.json, or
+            atoll.json lacks what serving needs.
     """
     from atoll import train
 
@@ -146,7 +147,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     need = f"an Atoll training checkpoint holds {train.MODEL_FILE} (the weights) and {train.META_FILE}"
     if not folder.is_dir():
         raise RegistryError(f"checkpoint {path}: not a folder; pass a local checkpoint folder ({need}).")
-    missing = [f for f in (train.MODEL_FILE, train.META_FILE) if not (folder / f).is_file()]
+    has_weights = any((folder / f).is_file() for f in (train.MODEL_FILE, train.LEGACY_MODEL_FILE))
+    missing = [f for f, there in ((train.MODEL_FILE, has_weights), (train.META_FILE, (folder / train.META_FILE).is_file()))
+               if not there]
     if missing:
         raise RegistryError(f"checkpoint {path} has no {' and no '.join(missing)}; {need}, as every "
                             f"checkpoint_* folder of `atoll runs list` does.")

@@ -452,6 +452,7 @@ def probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 def _cluster_yaml(tmp_path: Path, model_types: list[str] | None) -> Path:
     """This repository's cluster.yaml, with ``metadata.atoll.model_types`` set (None: left out)."""
     config = yaml.safe_load((PACKAGE.parents[1] / "cluster.yaml").read_text())
+    config["metadata"]["atoll"].pop("model_types", None)
     if model_types is not None:
         config["metadata"]["atoll"]["model_types"] = model_types
     path = tmp_path / "cluster.yaml"

@@ -86,7 +86,7 @@ def test_a_killed_worker_and_a_killed_driver_lose_no_epoch_and_redo_at_most_one(
 
     # Every checkpoint on disk is whole (written, then published): each has its weights and metadata.
     for ckpt in _checkpoint_dirs(RUN):
-        assert (ckpt / "model.pt").stat().st_size > 0 and json.loads((ckpt / "atoll.json").read_text())
+        assert (ckpt / "model.safetensors").stat().st_size > 0 and json.loads((ckpt / "atoll.json").read_text())
 
     # 3. The same run name without --resume is refused; --resume continues from the latest checkpoint.
     refused = run_cli("train", "--set", f"epochs={TRAINED_EPOCHS}", "--run-name", RUN)

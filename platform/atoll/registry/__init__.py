@@ -2,7 +2,7 @@
 
 Layout under the storage root (a local directory or an ``s3://`` / ``gs://`` URI)::
 
-    <root>/registry/<name>/versions/<N>/model.pt       weights (a state dict saved with torch.save)
+    <root>/registry/<name>/versions/<N>/model.safetensors   weights (safetensors; model.pt from older Atoll)
     <root>/registry/<name>/versions/<N>/...            every other file of the checkpoint (atoll.json, ...)
     <root>/registry/<name>/versions/<N>/manifest.json  written last: metrics, spec, lineage, file sha256s
     <root>/registry/<name>/aliases.json                {"production": 3, ...}

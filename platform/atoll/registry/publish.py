@@ -28,6 +28,7 @@ from atoll.registry.manifest import (
     _inside,
     _now,
     _seal,
+    weights_file,
 )
 from atoll.registry.writers import STALE_STAGING_S
 
@@ -44,9 +45,10 @@ def checkpoint_files(src_fs: pafs.FileSystem, src: str, shown: str) -> list[str]
                             f"(it holds {WEIGHTS} and {CHECKPOINT_META}).")
     listing = src_fs.get_file_info(pafs.FileSelector(src, recursive=True))
     files = sorted(posixpath.relpath(i.path, src) for i in listing if i.type == pafs.FileType.File)
-    if WEIGHTS not in files:
+    if weights_file(files) is None:
         raise RegistryError(f"checkpoint directory {shown} has no {WEIGHTS}; save the weights there with "
-                            f"torch.save(model.state_dict(), '{posixpath.join(src, WEIGHTS)}').")
+                            f"safetensors.torch.save_file(model.state_dict(), '{posixpath.join(src, WEIGHTS)}') "
+                            f"(or torch.save(...) to model.pt).")
     if MANIFEST in files:
         raise RegistryError(f"checkpoint directory {shown} holds a {MANIFEST}, a name the registry "
                             f"reserves for its own manifest; rename or remove that file.")

@@ -29,7 +29,7 @@ from atoll.registry.manifest import (
     MANIFEST_FORMAT,
     PENDING,
     READY,
-    WEIGHTS,
+    WEIGHT_FILES,
     TamperedManifestError,
     _escaping_file,
     _inside,
@@ -38,6 +38,7 @@ from atoll.registry.manifest import (
     _seal,
     _sha256_of,
     _verify_manifest,
+    weights_file,
 )
 from atoll.registry.publish import (
     bad_checkpoint_file,
@@ -267,19 +268,19 @@ class Registry:
 
         Args:
             name: Model name (letters, digits, ``_ . -``).
-            checkpoint_dir: A local directory or URI holding ``model.pt`` and usually ``atoll.json``.
+            checkpoint_dir: A local directory or URI holding ``model.safetensors`` (or ``model.pt``) and usually ``atoll.json``.
             metrics: Evaluation metrics to record (e.g. ``{"val_accuracy": 0.97}``).
             spec: The training spec that produced the model.
             lineage: Where it came from: dataset fingerprint, Ray job id, git commit, run name, ...
             input_schema: The serving input schema; defaults to ``input_schema`` of ``atoll.json``.
             files_from_checkpoint: Copy every file of the checkpoint (default); False copies only
-                ``model.pt`` and ``atoll.json``.
+                the weights and ``atoll.json``.
 
         Returns:
             The new version.
 
         Raises:
-            RegistryError: a bad name, a missing checkpoint or ``model.pt``, unserializable metadata.
+            RegistryError: a bad name, a missing checkpoint or weights file, unserializable metadata.
                 Any error once staging began leaves a FAILED registration (see the module docstring).
         """
         _check_name(name, "model name")
@@ -288,7 +289,7 @@ class Registry:
         src_fs, src = _resolve(checkpoint_dir)
         files = checkpoint_files(src_fs, src, os.fspath(checkpoint_dir))
         if not files_from_checkpoint:
-            files = [f for f in files if f in (WEIGHTS, CHECKPOINT_META)]
+            files = [f for f in files if f in (*WEIGHT_FILES, CHECKPOINT_META)]
         meta = checkpoint_meta(src_fs, src) if CHECKPOINT_META in files else {}
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT, "name": name, "version": None, "status": PENDING, "created_at": _now(),
@@ -437,15 +438,22 @@ class Registry:
         import pickle
 
         import torch  # late: listing and promoting need no torch
+        from safetensors import SafetensorError
 
-        data = self.read_file(mv, WEIGHTS)
+        name = weights_file(mv.files) or WEIGHT_FILES[0]
+        data = self.read_file(mv, name)
         try:
-            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-            raise RegistryError(f"{mv.ref}: {WEIGHTS} is not a loadable state dict ({exc}). Save it with "
-                                f"torch.save(model.state_dict(), path).") from None
+            if name.endswith(".safetensors"):
+                from safetensors.torch import load as load_safetensors
+
+                state = load_safetensors(data)
+            else:
+                state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, SafetensorError) as exc:
+            raise RegistryError(f"{mv.ref}: {name} is not a loadable state dict ({exc}). Save it with "
+                                f"safetensors.torch.save_file(model.state_dict(), path).") from None
         if not isinstance(state, dict):
-            raise RegistryError(f"{mv.ref}: {WEIGHTS} holds a {type(state).__name__}, not a state dict.")
+            raise RegistryError(f"{mv.ref}: {name} holds a {type(state).__name__}, not a state dict.")
         return state
 
     def local_copy(self, mv: ModelVersion, dest_dir: str | os.PathLike[str]) -> str:

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import pydantic
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ConfigDict, Field
 from ray import serve
 
 from atoll import apikeys
 from atoll.errors import AtollError, RequestError
-from atoll.serving import playground
+from atoll.serving import playground, protocols
 from atoll.serving.names import DEPLOYMENT_NAME
 from atoll.specs import ServeSettings
 
@@ -164,6 +164,19 @@ def parse_request(body: bytes, schema: dict[str, Any], *, max_rows: int, max_bod
         raise RequestError(400, f"body is not valid JSON ({exc}); send {task.request_example}.") from None
     except RecursionError:
         raise RequestError(400, f"body is nested too deeply; send {task.request_example}.") from None
+    return parse_payload(payload, schema, max_rows=max_rows)
+
+
+def parse_payload(payload: Any, schema: dict[str, Any], *, max_rows: int) -> Any:
+    """A decoded request (``{"inputs": [...]}``, from ``/predict`` or translated from a standard protocol)
+    checked against the row limit and the version's task. Returns the task's parsed inputs.
+
+    Raises:
+        RequestError: 413 (too many rows), 422 (wrong shape or values), 400 (nested too deeply).
+    """
+    from atoll import tasks
+
+    task = tasks.get(schema.get("task"))
     if isinstance(payload, dict) and isinstance(payload.get("inputs"), list) and len(payload["inputs"]) > max_rows:
         raise RequestError(413, f"{len(payload['inputs'])} rows in one request; the limit is {max_rows} "
                                 f"(max_rows): split the request.")
@@ -266,28 +279,100 @@ class ModelServer:
         body["schema"] = self.predictor.request_schema(self.settings.max_rows)
         return doc
 
+    async def _body(self, request: Request) -> bytes:
+        """The request's body within ``max_body_bytes`` (a declared length over it is refused unread)."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+            raise RequestError(413, f"request body is {declared} bytes; the limit is {self.settings.max_body_bytes} "
+                                    f"(max_body_bytes): send fewer rows per request.")
+        return await _read_body(request, self.settings.max_body_bytes)
+
+    async def _answer(self, rows: Any) -> tuple[list[Any], list[list[float]] | None]:
+        """Parsed inputs through the batched model; rows whose answer is not finite are an error."""
+        predictions, probabilities = await self.predict_batch(rows)
+        bad = self.predictor.non_finite_rows(predictions, probabilities)
+        if bad:  # JSON has no NaN: say what happened instead of failing in the encoder
+            raise RequestError(*self.predictor.explain_non_finite(rows, bad))
+        return predictions, probabilities
+
     @api.post("/predict", openapi_extra={"requestBody": _PREDICT_BODY})
     async def predict(self, request: Request):
         if refused := self._refused(request):
             return refused
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.settings.max_body_bytes:
-            return _error(413, f"request body is {declared} bytes; the limit is {self.settings.max_body_bytes} "
-                               f"(max_body_bytes): send fewer rows per request.")
         try:
-            body = await _read_body(request, self.settings.max_body_bytes)
-            rows = parse_request(body, self.predictor.schema, max_rows=self.settings.max_rows,
+            rows = parse_request(await self._body(request), self.predictor.schema, max_rows=self.settings.max_rows,
                                  max_body_bytes=self.settings.max_body_bytes)
+            predictions, probabilities = await self._answer(rows)
         except RequestError as exc:
             return _error(exc.status, exc.message)
-        predictions, probabilities = await self.predict_batch(rows)
-        bad = self.predictor.non_finite_rows(predictions, probabilities)
-        if bad:  # JSON has no NaN: say what happened instead of failing in the encoder
-            return _error(*self.predictor.explain_non_finite(rows, bad))
         v = self.predictor.version
         answer = {"predictions": predictions, "probabilities": probabilities} if probabilities is not None \
             else {"predictions": predictions}
         return {**answer, **self.predictor.task.notes(rows, self.predictor.pre), "model": v.name, "version": v.version}
+
+    # ---- The Open Inference Protocol v2 (KServe V2 / Triton REST), beside /predict
+
+    def _oip_model(self, request: Request, name: str) -> JSONResponse | None:
+        """Refused (401) or unknown (404) model name: the version's name, or this app's route name."""
+        if refused := self._refused(request):
+            return refused
+        app = request.scope.get("root_path", "").strip("/")
+        if name not in (self.predictor.version.name, app):
+            return _error(404, f"no model {name!r} here; this endpoint serves {self.predictor.version.name!r}.")
+        return None
+
+    @api.get("/v2/health/live")
+    def oip_live(self, request: Request):
+        return self._refused(request) or {"live": True}
+
+    @api.get("/v2/health/ready")
+    def oip_ready(self, request: Request):
+        return self._refused(request) or {"ready": True}
+
+    @api.get("/v2/models/{name}")
+    def oip_metadata(self, name: str, request: Request):
+        v = self.predictor.version
+        return self._oip_model(request, name) or protocols.metadata(name, v.version, self.predictor.schema)
+
+    @api.get("/v2/models/{name}/ready")
+    def oip_model_ready(self, name: str, request: Request):
+        return self._oip_model(request, name) or {"name": name, "ready": True}
+
+    @api.post("/v2/models/{name}/infer")
+    async def oip_infer(self, name: str, request: Request):
+        if problem := self._oip_model(request, name):
+            return problem
+        try:
+            payload, wanted, request_id = protocols.oip_request(
+                await self._body(request), request.headers.get(protocols.HEADER_LENGTH), self.predictor.schema)
+            predictions, probabilities = await self._answer(
+                parse_payload(payload, self.predictor.schema, max_rows=self.settings.max_rows))
+            body, headers = protocols.oip_response(predictions, probabilities, name=name,
+                                                   version=self.predictor.version.version,
+                                                   schema=self.predictor.schema, wanted=wanted, request_id=request_id)
+        except RequestError as exc:
+            return _error(exc.status, exc.message)
+        return Response(body, headers=headers)
+
+    # ---- MLflow's scoring protocol
+
+    @api.get("/ping")
+    def mlflow_ping(self, request: Request):
+        return self._refused(request) or Response("\n", media_type="application/json")
+
+    @api.post("/invocations")
+    async def mlflow_invocations(self, request: Request):
+        if refused := self._refused(request):
+            return refused
+        try:
+            payload = protocols.mlflow_request(await self._body(request), request.headers.get("content-type", ""),
+                                               self.predictor.schema)
+            predictions, _ = await self._answer(
+                parse_payload(payload, self.predictor.schema, max_rows=self.settings.max_rows))
+        except RequestError as exc:
+            body, status = protocols.mlflow_error(exc.status, exc.message)
+            return JSONResponse(body, status_code=status)
+        return {"predictions": predictions}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict_batch(self, requests: list[Any]) -> list[tuple[list[Any], list[list[float]] | None]]:

@@ -14,10 +14,12 @@ This module re-exports what the rest of Atoll, its jobs, benches and tests use.
 from __future__ import annotations
 
 from atoll.train.checkpoints import (
+    LEGACY_MODEL_FILE,
     META_FILE,
     MODEL_FILE,
     OPTIM_FILE,
     input_schema,
+    load_model_state,
     load_training_state,
     save_training_state,
 )
@@ -34,7 +36,7 @@ from atoll.train.run import (
 from atoll.train.scaling import ScalingPlan, choose_scaling
 
 __all__ = [
-    "META_FILE", "MODEL_FILE", "OPTIM_FILE", "ScalingPlan", "TrainSession", "build_trainer", "check_run_name",
-    "choose_scaling", "fit", "in_memory", "input_schema", "load_training_state", "loop_config", "prepare",
+    "LEGACY_MODEL_FILE", "META_FILE", "MODEL_FILE", "OPTIM_FILE", "ScalingPlan", "TrainSession", "build_trainer", "check_run_name",
+    "choose_scaling", "fit", "in_memory", "input_schema", "load_model_state", "load_training_state", "loop_config", "prepare",
     "register_checkpoint", "runs_root", "save_training_state", "train_loop", "wrap_fsdp",
 ]

@@ -1,4 +1,8 @@
-"""Checkpoints: a directory with ``model.pt``, ``optim.pt`` and ``atoll.json``, written and read here.
+"""Checkpoints: a directory with ``model.safetensors``, ``optim.pt`` and ``atoll.json``, written and read here.
+
+The model's weights are safetensors (plain tensors, no pickle: what the registry keeps and replicas load);
+the optimiser's state, a nested structure only training reads back, is ``torch.save``'d and read with
+``weights_only=True``. Checkpoints of older Atoll (``model.pt``) still load.
 
 The file names, the request schema recorded in ``atoll.json``, and the save/restore of model and optimiser
 state for any model (plain, DDP or FSDP). The training loop writes checkpoints with these functions; the
@@ -15,7 +19,8 @@ from typing import Any
 from atoll import data, tasks
 from atoll.specs import TrainSpec
 
-MODEL_FILE, OPTIM_FILE, META_FILE = "model.pt", "optim.pt", "atoll.json"
+MODEL_FILE, OPTIM_FILE, META_FILE = "model.safetensors", "optim.pt", "atoll.json"
+LEGACY_MODEL_FILE = "model.pt"
 
 
 def input_schema(spec: TrainSpec, pre: data.Preprocessor) -> dict[str, Any]:
@@ -24,12 +29,24 @@ def input_schema(spec: TrainSpec, pre: data.Preprocessor) -> dict[str, Any]:
     return tasks.get(spec.task).input_schema(pre, spec.model.model_dump(mode="json"))
 
 
+def load_model_state(path: str | Path) -> dict[str, Any]:
+    """The model's state dict of a checkpoint directory: ``model.safetensors``, else an older ``model.pt``."""
+    path = Path(path)
+    if (path / MODEL_FILE).exists():
+        from safetensors.torch import load_file
+
+        return load_file(path / MODEL_FILE)
+    import torch
+
+    return torch.load(path / LEGACY_MODEL_FILE, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
     """(model state, optimiser state or None, metadata) from a checkpoint directory (weights only)."""
     import torch
 
     path = Path(path)
-    model_state = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+    model_state = load_model_state(path)
     optim_state = None
     if (path / OPTIM_FILE).exists():
         optim_state = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
@@ -37,7 +54,7 @@ def load_checkpoint_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, Any
 
 
 def save_training_state(model, optimizer, directory: str | Path, *, rank: int) -> None:
-    """Write ``model.pt`` (the unwrapped model's full state dict, what serving loads) and ``optim.pt``
+    """Write ``model.safetensors`` (the unwrapped model's full state dict, what serving loads) and ``optim.pt``
     (the optimiser's, keyed by parameter name) to ``directory`` on rank 0.
 
     Any model: plain, DDP or FSDP. Collective under FSDP: every rank must call it.
@@ -52,7 +69,10 @@ def save_training_state(model, optimizer, directory: str | Path, *, rank: int) -
     options = StateDictOptions(full_state_dict=True, cpu_offload=not on_cpu)
     model_state, optim_state = get_state_dict(model, optimizer, options=options)
     if rank == 0:
-        torch.save(model_state, Path(directory) / MODEL_FILE)
+        from safetensors.torch import save_file
+
+        # Own, contiguous storage per tensor: safetensors refuses views and tensors that share memory.
+        save_file({k: v.detach().contiguous().clone() for k, v in model_state.items()}, Path(directory) / MODEL_FILE)
         torch.save(optim_state, Path(directory) / OPTIM_FILE)
 
 
