@@ -29,6 +29,11 @@ def test_train_registers_a_version_with_its_history_and_lineage(trained_digits):
     lineage = show["manifest"]["lineage"] if "manifest" in show else show["lineage"]
     assert lineage["run_name"] == "t-digits" and lineage["job_id"].startswith("atoll-train-")
     assert lineage["dataset_fingerprint"].startswith("sha256:") and lineage["num_workers"] == 2
+    # Exported beside the weights by the job, each checked on the version's held-out examples.
+    for fmt, file in (("onnx", "model.onnx"), ("pt2", "model.pt2")):
+        parity = show["exports"][fmt]
+        assert parity["file"] == file and file in show["files"] and parity["max_abs_diff"] <= 1e-4, parity
+        assert parity["examples"] >= 10
 
 
 @pytest.mark.parametrize("override,message", [

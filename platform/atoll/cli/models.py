@@ -112,8 +112,11 @@ def show(ref: str = typer.Argument(..., help="NAME (latest), NAME:VERSION or NAM
         files.add_row(name, f"{meta.get('size', 0):,}", str(meta.get("sha256", ""))[:16] + "…")
     schema = mv.input_schema if isinstance(mv.input_schema, dict) else \
         ({"schema": mv.input_schema} if mv.input_schema is not None else None)
+    exported = {fmt: (f"{r['file']} (max |diff| {r['max_abs_diff']:.2g} on {r.get('examples', 0)} examples)"
+                      if "file" in r else r.get("error", "-")) for fmt, r in mv.exports.items()}
     body = Group(head, "", _section("Metrics", mv.metrics), "", _section("Input schema", schema), "",
-                 _section("Lineage", mv.lineage), "", Text("Files", style="bold"), files)
+                 _section("Lineage", mv.lineage), "", _section("Exported", exported or None), "",
+                 Text("Files", style="bold"), files)
     console.print(Panel(body, title=f"[bold]{mv.ref}", expand=False))
 
 
@@ -156,7 +159,7 @@ def unalias(name: str = typer.Argument(..., help="The model."),
 
 _OutputOpt = typer.Option(None, "--output", "-o", help="Folder to write the files to (default: ./NAME-VERSION); "
                           "must be new or empty.")
-_CheckpointArg = typer.Argument(..., help="A local checkpoint folder (model.pt + atoll.json), e.g. a checkpoint_* "
+_CheckpointArg = typer.Argument(..., help="A local checkpoint folder (model.safetensors + atoll.json), e.g. a checkpoint_* "
                                 "folder of a run trained elsewhere.")
 
 
@@ -174,6 +177,28 @@ def download(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or N
         print_json({"ref": mv.ref, "path": path, "files": sorted(mv.files)})
         return
     console.print(f"Downloaded {mv.ref} ({len(mv.files)} files, sha256 checked) to {path}", highlight=False)
+
+
+@models_app.command()
+def export(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or NAME for the latest, also work)."),
+           fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (one self-contained file, for ONNX "
+                                   "Runtime) or pt2 (a torch.export program, for torch alone)."),
+           output: Path | None = _OutputOpt, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Write a version's exported model, its preprocessing (JSON) and a README of its inputs and outputs to a
+    folder another team can use without Atoll."""
+    from atoll import exports
+
+    reg = _open(config)
+    mv = reg.get(ref)
+    dest = exports.hand_over(reg, mv, fmt, output or Path(f"{mv.name}-{mv.version}-{fmt}"))
+    if as_json:
+        print_json({"ref": mv.ref, "format": fmt, "path": str(dest), "files": sorted(p.name for p in dest.iterdir()),
+                    "parity": mv.exports.get(fmt)})
+        return
+    parity = mv.exports.get(fmt) or {}
+    console.print(f"Exported {mv.ref} as {exports.FILES[fmt]} to {dest} (max |diff| from PyTorch "
+                  f"{parity.get('max_abs_diff', float('nan')):.2g} on {parity.get('examples', 0)} held-out examples; "
+                  f"README.md says how to run it)", highlight=False)
 
 
 @models_app.command()

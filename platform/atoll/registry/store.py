@@ -262,7 +262,7 @@ class Registry:
 
     def register(self, name: str, checkpoint_dir: str | os.PathLike[str], *, metrics: dict[str, Any],
                  spec: dict[str, Any], lineage: dict[str, Any] | None = None,
-                 input_schema: dict[str, Any] | None = None,
+                 input_schema: dict[str, Any] | None = None, exports: dict[str, Any] | None = None,
                  files_from_checkpoint: bool = True) -> ModelVersion:
         """Register a checkpoint as the next version of ``name`` (immutable once published).
 
@@ -273,6 +273,7 @@ class Registry:
             spec: The training spec that produced the model.
             lineage: Where it came from: dataset fingerprint, Ray job id, git commit, run name, ...
             input_schema: The serving input schema; defaults to ``input_schema`` of ``atoll.json``.
+            exports: The exported artefacts and their parity (:func:`atoll.exports.export_version`).
             files_from_checkpoint: Copy every file of the checkpoint (default); False copies only
                 the weights and ``atoll.json``.
 
@@ -297,7 +298,8 @@ class Registry:
             "metrics": _jsonable(metrics, "metrics"), "spec": _jsonable(spec, "spec"),
             "input_schema": _jsonable(input_schema if input_schema is not None else meta.get("input_schema"),
                                       "input_schema"),
-            "lineage": _jsonable(lineage or {}, "lineage"), "files": {},
+            "lineage": _jsonable(lineage or {}, "lineage"), "exports": _jsonable(exports or {}, "exports"),
+            "files": {},
             "source": src if isinstance(src_fs, pafs.LocalFileSystem) else os.fspath(checkpoint_dir),
         }
         clean_stale_staging(self._folders, name)

@@ -40,6 +40,11 @@ class ModelVersion:
         return self.manifest.get("lineage") or {}
 
     @property
+    def exports(self) -> dict[str, dict[str, Any]]:
+        """Per format (``pt2``, ``onnx``): the artefact's file and its recorded parity, or why there is none."""
+        return self.manifest.get("exports") or {}
+
+    @property
     def files(self) -> dict[str, dict[str, Any]]:
         return self.manifest.get("files") or {}
 

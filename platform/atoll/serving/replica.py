@@ -136,7 +136,7 @@ class Predictor:
     def card(self) -> dict[str, Any]:
         v = self.version
         return {"model": v.name, "version": v.version, "input_schema": self.schema, "metrics": v.metrics,
-                "lineage": v.lineage, "created_at": v.created_at}
+                "lineage": v.lineage, "created_at": v.created_at, "exports": v.exports}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -146,9 +146,31 @@ def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, na
         meta = json.loads((version_dir / META_FILE).read_text())
         plots.training_curve(meta["history"], version_dir / "training_curve.png", title=name)
         schema = playground.add_examples(version_dir, meta, storage)  # examples.json; image shape if any
+        exported = export_artefacts(version_dir, meta, schema)
         return registry.Registry(storage).register(
             name, str(version_dir), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-            spec=meta["spec"], lineage=lineage, input_schema=schema)
+            spec=meta["spec"], lineage=lineage, input_schema=schema, exports=exported)
+
+
+def export_artefacts(version_dir: Path, meta: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``model.pt2``, ``model.onnx`` and ``preprocess.json`` into a version being registered, each artefact
+    checked on the version's held-out examples (:mod:`atoll.exports`); returns what the manifest records."""
+    from atoll import exports
+    from atoll.train.checkpoints import load_model_state
+
+    spec = TrainSpec.model_validate(meta["spec"])
+    task = tasks.get(spec.task)
+    state = task.state_from_dict(meta["preprocess"])
+    model = models.build(spec.model.type, state.input_dim, task.out_dim(state),
+                         task.model_params(state, spec.model.params))
+    model.load_state_dict(load_model_state(version_dir))
+    examples_file = version_dir / "examples.json"
+    examples = json.loads(examples_file.read_text()).get("examples", []) if examples_file.exists() else []
+    x = exports.example_inputs(task, state, schema, examples)
+    results = exports.export_version(model.eval(), x, version_dir, held_out=len(examples),
+                                     text_max=getattr(state, "max_length", None) if task.input_kind == "text" else None)
+    exports.write_preprocess(version_dir, task=task.name, state=state.to_dict(), schema=schema, exports=results)
+    return results
 
 
 def default_run_name(spec: TrainSpec) -> str:
