@@ -111,3 +111,48 @@ def print_table(title: str, columns: list[str], rows: list[list[str]], left: int
     for row in rows:
         table.add_row(*row)
     Console().print(table)
+
+
+# ------------------------------------------------------------------------------------------------
+# Benches that drive the `atoll` CLI against a cluster and storage of their own
+
+
+def atoll_cli(*args: str, timeout: float = 1800) -> str:
+    """``atoll ARGS`` as a user runs it (this environment's console script, from the repo); its stdout.
+
+    Raises:
+        RuntimeError: the command failed (its output tail is printed first).
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([str(Path(sys.executable).parent / "atoll"), *args], cwd=repo, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise RuntimeError(f"`atoll {' '.join(args)}` failed (exit {proc.returncode})")
+    return proc.stdout
+
+
+def own_cluster(prefix: str):
+    """A context: a temporary ATOLL_HOME and storage, `atoll up` on entry and `atoll down` on exit; yields
+    the storage root and the work folder."""
+    import contextlib
+    import tempfile
+    from pathlib import Path
+
+    @contextlib.contextmanager
+    def scope():
+        work = Path(tempfile.mkdtemp(prefix=prefix))
+        storage = str(work / "storage")
+        os.environ.update({"ATOLL_HOME": str(work / "home"), "ATOLL_STORAGE": storage,
+                           "ATOLL_CLUSTER_CONFIG": str(Path(__file__).resolve().parents[1] / "cluster.yaml")})
+        atoll_cli("up")
+        try:
+            yield storage, work
+        finally:
+            atoll_cli("down")
+
+    return scope()

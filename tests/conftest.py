@@ -108,9 +108,10 @@ def public_app(trained_digits) -> dict:
 @pytest.fixture(scope="session")
 def keyed_app(public_app) -> dict:
     """The same version as app `digits-private` behind the API key APP_KEY, deployed by `atoll serve deploy`
-    with the key in its environment; ``output`` is what the command printed for a person."""
+    with the key in its environment and run by torch (the public app runs ONNX Runtime); ``output`` is what
+    the command printed for a person."""
     result = run_cli("serve", "deploy", f"digits:{public_app['version']}", "--app", "digits-private",
-                     *SMALL_APP, env={"ATOLL_API_KEY": APP_KEY}, timeout=400)
+                     *SMALL_APP, "--set", "runtime=torch", env={"ATOLL_API_KEY": APP_KEY}, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     url = public_app["url"].rsplit("/", 1)[0] + "/digits-private"
     return {**public_app, "app": "digits-private", "url": url, "playground": f"{url}/ui",

@@ -173,3 +173,27 @@ def test_atoll_models_export_writes_a_folder_with_a_readme_and_refuses_what_is_n
     assert str(refused.exception) == "m:2 has no model.pt2: cannot export to pt2: UserError: data-dependent branch."
     again = CliRunner().invoke(cli.app, ["models", "export", mv.ref, "-f", "onnx", "-o", str(out)])
     assert "exists and is not an empty folder" in str(again.exception)
+
+
+def test_the_runtime_is_onnx_runtime_on_cpu_when_the_version_has_its_file_and_torch_otherwise():
+    from atoll.errors import ConfigError
+    from atoll.registry import ModelVersion
+    from atoll.serving.replica import choose_runtime
+
+    with_onnx = ModelVersion("m", 1, "x", {"files": {"model.onnx": {}, "model.safetensors": {}}})
+    without = ModelVersion("m", 2, "x", {"files": {"model.safetensors": {}},
+                                         "exports": {"onnx": {"error": "cannot export to onnx: X"}}})
+    assert choose_runtime("auto", with_onnx, "cpu") == "onnx" and choose_runtime("auto", with_onnx, "cuda") == "torch"
+    assert choose_runtime("auto", without, "cpu") == "torch" and choose_runtime("torch", with_onnx, "cpu") == "torch"
+    with pytest.raises(ConfigError, match=r"runtime: onnx, but m:2 has no model.onnx \(cannot export to onnx: X\)"):
+        choose_runtime("onnx", without, "cpu")
+
+
+def test_a_predictor_on_onnx_runtime_answers_as_the_torch_one(tmp_path):
+    spec, state, examples, rows = _tabular(tmp_path)
+    folder, meta, schema = _version_dir(tmp_path, spec, state, examples)
+    reg, mv = _register(tmp_path, folder, meta, schema, export_artefacts(folder, meta, schema))
+    on_torch, on_onnx = Predictor(reg.root, mv.ref), Predictor(reg.root, mv.ref, runtime="onnx")
+    assert (on_torch.runtime, on_onnx.runtime, on_onnx.model) == ("torch", "onnx", None)  # no model code loaded
+    labels, probs = on_torch.predict(rows)
+    assert on_onnx.predict(rows)[0] == labels and np.allclose(on_onnx.predict(rows)[1], probs, atol=1e-6)

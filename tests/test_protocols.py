@@ -189,6 +189,7 @@ def test_the_protocols_sit_behind_the_apps_key(keyed_app):
 
     with pytest.raises(triton.InferenceServerException, match="401|API key"):
         _client(keyed_app).get_model_metadata("digits")
-    meta = _client(keyed_app).get_model_metadata("digits", headers={"Authorization": f"Bearer {APP_KEY}"})
-    assert meta["name"] == "digits"
+    key = {"Authorization": f"Bearer {APP_KEY}"}
+    assert _client(keyed_app).get_model_metadata("digits", headers=key)["name"] == "digits"
+    assert httpx.get(f"{keyed_app['url']}/", headers=key, timeout=10).json()["runtime"] == "torch"  # as deployed
     assert httpx.post(f"{keyed_app['url']}/invocations", json={"instances": [[0] * 64]}, timeout=10).status_code == 401

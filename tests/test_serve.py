@@ -68,6 +68,7 @@ def test_http_predictions_match_the_model_in_process(deployed, holdout):
     card = httpx.get(f"{deployed['url']}/", timeout=10).json()
     assert card["version"] == deployed["version"] and card["requested"] == "digits@production"
     assert card["input_schema"]["num_features"] == 64
+    assert card["runtime"] == "onnx"  # auto on a CPU replica of a version with its model.onnx
     assert httpx.get(f"{deployed['url']}/healthz", timeout=10).json()["status"] == "ok"
     assert "/predict" in httpx.get(f"{deployed['url']}/openapi.json", timeout=10).json()["paths"]
 

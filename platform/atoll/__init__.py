@@ -31,7 +31,7 @@ _EXPORTS = {
     "up": "atoll.api:up", "down": "atoll.api:down", "cluster_status": "atoll.status:status",
     "submit": "atoll.jobs:submit", "fit": "atoll.api:fit", "sweep": "atoll.api:sweep",
     "open_registry": "atoll.api:open_registry", "deploy": "atoll.api:deploy", "query": "atoll.api:query",
-    "undeploy": "atoll.api:undeploy",
+    "undeploy": "atoll.api:undeploy", "predict": "atoll.api:predict",
     # the types a caller meets
     "ClusterInfo": "atoll.cluster:ClusterInfo", "ClusterSpec": "atoll.specs:ClusterSpec",
     "TrainSpec": "atoll.specs:TrainSpec", "Registry": "atoll.registry:Registry",
@@ -45,6 +45,7 @@ _EXPORTS = {
 
 __all__ = [  # noqa: F822 - each name resolves through __getattr__ below
     "__version__", "up", "down", "cluster_status", "submit", "fit", "sweep", "open_registry", "deploy", "query",
+    "predict",
     "undeploy", "ClusterInfo", "ClusterSpec", "TrainSpec", "Registry", "ModelVersion", "Predictor", "load_spec",
     "AtollError", "ConfigError", "RegistryError", "ServingError", "JobFailedError", "ClusterNotUpError",
 ]

@@ -8,6 +8,7 @@
     atoll.open_registry().set_alias("digits", best["registered"]["version"], "production")
     app = atoll.deploy("digits@production")
     atoll.query(app["app"], {"inputs": [[0.0] * 64]})
+    atoll.predict("digits@production", "rows.parquet", "predictions.parquet")   # `atoll predict`
     atoll.down()
 
 Training and sweeps run as Ray jobs through the Jobs API, exactly as `atoll train` / `atoll tune` run them;
@@ -17,6 +18,8 @@ function (``atoll.cluster``, ``atoll.serving.endpoints``, ``atoll.registry``), r
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,11 +48,12 @@ def open_registry(storage: str | None = None) -> _registry.Registry:
     return _registry.Registry(storage or config.load_spec().atoll.storage)
 
 
-def _run_job(kind: str, spec: str | Path, overrides: Sequence[str], extra: list[str], wait: bool,
-             on_event: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    job_id = jobs.submit_atoll_job(kind, spec, list(overrides), extra)
-    if not wait:
-        return {"job": job_id}
+def _follow(job_id: str, kind: str, on_event: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    """The job's progress events, followed to its end (each handed to ``on_event`` as it comes).
+
+    Raises:
+        JobFailedError: the job did not succeed.
+    """
     events: list[dict[str, Any]] = []
     seen: set[str] = set()
 
@@ -63,11 +67,20 @@ def _run_job(kind: str, spec: str | Path, overrides: Sequence[str], extra: list[
     if details["status"] != "SUCCEEDED":
         raise JobFailedError(f"{kind} job {job_id} {details['status']}: {details.get('message') or 'no message'}; "
                              f"its logs: `atoll jobs logs {job_id}`.")
+    return events
+
+
+def _run_job(kind: str, spec: str | Path, overrides: Sequence[str], extra: list[str], wait: bool,
+             on_event: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    job_id = jobs.submit_atoll_job(kind, spec, list(overrides), extra)
+    if not wait:
+        return {"job": job_id}
+    events = _follow(job_id, kind, on_event)
 
     def last(name: str) -> dict[str, Any] | None:
         return next((e for e in reversed(events) if e["event"] == name), None)
 
-    return {"job": job_id, "status": details["status"], "registered": last("registered"),
+    return {"job": job_id, "status": "SUCCEEDED", "registered": last("registered"),
             "finished": last("finished"), "summary": last("sweep_done"), "events": events}
 
 
@@ -104,6 +117,37 @@ def sweep(spec: str | Path = "jobs/configs/sweep.yaml", *, overrides: Sequence[s
 
     load_sweep(spec, list(overrides))
     return _run_job("tune", spec, overrides, ["--resume"] if resume else [], wait, on_event)
+
+
+def predict(model: str, input: str, output: str, *, batch_size: int = 4096, overwrite: bool = False,
+            wait: bool = True, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Batch prediction as `atoll predict` does: a Ray job running the version over a dataset with Ray Data.
+
+    ``input``: Parquet or CSV (file or folder, local or a URI); ``output``: the Parquet file to write (a local
+    path is made absolute: the job runs on the cluster). Everything about the request is checked here first.
+
+    Returns:
+        ``{"job", "status", "predicted", "events"}`` (only ``{"job"}`` with ``wait=False``).
+
+    Raises:
+        RegistryError (unknown version), DataError (missing input or columns), ConfigError (the output
+        exists): before anything is submitted. JobFailedError: the job failed.
+    """
+    from atoll import batch, registry
+
+    spec = cluster.load_spec()
+    version = registry.Registry(spec.atoll.storage).get(model)
+    source, target = batch.resolve_local(input), batch.resolve_local(output)
+    batch.check(version.input_schema or {}, source, target, overwrite=overwrite)
+    cmd = ["python", "-m", "atoll.batch", version.ref, "--input", source, "--output", target,
+           "--batch-size", str(batch_size)] + (["--overwrite"] if overwrite else [])
+    job_id = jobs.submit(cmd, working_dir=config.project_root(spec), env={"RAY_DEDUP_LOGS": "0"},
+                         submission_id=f"atoll-predict-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}")
+    if not wait:
+        return {"job": job_id}
+    events = _follow(job_id, "predict", on_event)
+    return {"job": job_id, "status": "SUCCEEDED", "events": events,
+            "predicted": next((e for e in reversed(events) if e["event"] == "predicted"), None)}
 
 
 deploy = endpoints.deploy

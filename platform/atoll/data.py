@@ -40,6 +40,13 @@ def _filesystem(uri: str):
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
+def is_missing(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.NotFound
+
+
 def _files(uri: str) -> list[Any]:
     """FileInfos of the dataset's data files (one file, or every file of a folder)."""
     import pyarrow.fs as pafs

@@ -138,6 +138,29 @@ def follow_training(job_id: str) -> tuple[dict[str, Any], TrainProgress]:
     return details, view
 
 
+class PredictProgress(_EventView):
+    """Renders a batch prediction job's events as a live bar of rows done."""
+
+    def __init__(self, progress) -> None:
+        self.progress, self.task, self.events = progress, None, []
+
+    def __call__(self, text: str) -> None:
+        for ev in self.read(text):
+            if ev["event"] != "predict_progress":
+                continue
+            if self.task is None:
+                self.task = self.progress.add_task("rows", total=ev.get("total"), metrics="")
+            self.progress.update(self.task, completed=ev["rows"], total=ev.get("total"))
+
+
+def follow_prediction(job_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Follow a batch prediction job to its end with a live bar of rows; (final job details, its result)."""
+    with training_progress() as progress:
+        view = PredictProgress(progress)
+        details = jobs.follow(job_id, view)
+    return details, view.last("predicted")
+
+
 def follow_sweep(job_id: str) -> tuple[dict[str, Any], SweepView]:
     """Follow a sweep job to its end with a live trial table; (final job details, the view)."""
     with Live(Table(title="waiting for the sweep to start"), console=err_console, auto_refresh=False) as live:

@@ -95,9 +95,12 @@ class ServeSettings(Strict):
     PER_APP: ClassVar[tuple[str, ...]] = (
         "min_replicas", "max_replicas", "target_ongoing_requests", "max_ongoing_requests", "max_queued_requests",
         "retry_after_s", "max_batch_size", "batch_wait_timeout_s", "max_rows", "max_body_bytes", "num_cpus_per_replica",
-        "num_gpus_per_replica")
+        "num_gpus_per_replica", "runtime")
 
     num_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs each replica holds.")
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="What runs the model: torch, onnx (ONNX Runtime on the version's model.onnx) or auto "
+                            "(ONNX Runtime on CPU replicas when the version has it, else torch).")
     num_gpus_per_replica: float | None = Field(None, ge=0, description="GPUs per replica "
                                                "(default: 1 when the cluster has GPUs, else 0).")
 

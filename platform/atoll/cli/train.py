@@ -98,3 +98,36 @@ def tune_cmd(spec: Path = typer.Argument(Path("jobs/configs/sweep.yaml"), metava
             progress.print_sweep_summary(done)
         if registered:
             progress.print_registered(registered, f" from trial {registered['trial']}")
+
+
+@app.command("predict")
+def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NAME:VERSION or NAME@ALIAS."),
+                input_: str = typer.Option(..., "--input", "-i", help="Parquet or CSV: a file or folder, a local path or "
+                                           "an object-store URI."),
+                output: str = typer.Option(..., "--output", "-o", help="The Parquet file to write: the input's other "
+                                           "columns, prediction and probabilities."),
+                batch_size: int = typer.Option(4096, "--batch-size", help="Rows per model call."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+                wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
+                config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Predict a whole dataset with a registered model (a Ray job: Ray Data and an actor pool of the model)."""
+    from atoll import api, progress
+
+    with cluster_config(config):
+        job_id = _submitted("predict", api.predict(model, input_, output, batch_size=batch_size,
+                                                   overwrite=overwrite, wait=False))
+    if not wait:
+        if as_json:
+            print_json({"id": job_id})
+        return
+    with following(job_id):
+        details, predicted = progress.follow_prediction(job_id)
+    if as_json:
+        print_json({"job": details, "predicted": predicted})
+    if details["status"] != "SUCCEEDED":
+        progress.job_failed_hint(job_id)
+        raise typer.Exit(1)
+    if not as_json and predicted:
+        err_console.print(f"Predicted {predicted['rows']:,} rows with {predicted['model']} in {predicted['seconds']} s "
+                          f"({predicted['rows_per_s']:,.0f} rows/s, {predicted['actors']} actor(s)"
+                          f"{' on GPU' if predicted['gpu'] else ''}) → {predicted['output']}", highlight=False)

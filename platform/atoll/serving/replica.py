@@ -71,12 +71,36 @@ class AppArgs(pydantic.BaseModel):
 # The model, in any process
 
 
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def choose_runtime(requested: str, version, device_type: str) -> str:
+    """``torch`` or ``onnx`` for a version: as asked, or (``auto``) ONNX Runtime on CPU when the version has
+    its ``model.onnx`` (bench/serve_load.py: as fast or faster for every model measured) and torch on GPU.
+
+    Raises:
+        ConfigError: ``onnx`` asked for a version without its ONNX file (the reason recorded at registration).
+    """
+    from atoll import exports
+    from atoll.errors import ConfigError
+
+    has_onnx = exports.FILES["onnx"] in version.files
+    if requested == "onnx" and not has_onnx:
+        why = (version.exports.get("onnx") or {}).get("error") or "it was registered before Atoll exported models"
+        raise ConfigError(f"runtime: onnx, but {version.ref} has no {exports.FILES['onnx']} ({why}); deploy it with "
+                          f"--set runtime=torch.")
+    if requested in ("torch", "onnx"):
+        return requested
+    return "onnx" if has_onnx and device_type == "cpu" else "torch"
+
+
 class Predictor:
     """A registered version ready to predict: weights (checksum-verified, ``weights_only``), preprocessing
-    and input schema. Used by the Serve replica, and in-process by tests and benchmarks."""
+    and input schema; run by torch or, from the version's exported ``model.onnx``, by ONNX Runtime
+    (:func:`choose_runtime`). Used by the Serve replica, and in-process by tests and benchmarks."""
 
     def __init__(self, storage: str, ref: str, device: str | None = None,
-                 model_types: list[str] | None = None) -> None:
+                 model_types: list[str] | None = None, runtime: str = "torch") -> None:
         import torch
 
         from atoll import models, registry, tasks
@@ -93,10 +117,23 @@ class Predictor:
         # (as the deploy passed it in ``model_types``, else as the cluster.yaml next to this process says).
         allowed = models.AllowList(tuple(model_types), "metadata.atoll.model_types of the deploy's cluster.yaml") \
             if model_types is not None else None
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.runtime = choose_runtime(runtime, self.version, self.device.type)
+        self.model, self.session = None, None
+        if self.runtime == "onnx":  # the exported file alone (checksum-verified): no model code is imported
+            import onnxruntime
+
+            from atoll import exports
+
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                         if p in onnxruntime.get_available_providers() and (p != "CUDAExecutionProvider"
+                                                                            or self.device.type == "cuda")]
+            self.session = onnxruntime.InferenceSession(reg.read_file(self.version, exports.FILES["onnx"]),
+                                                        providers=providers)
+            return
         model = models.build(model_spec["type"], self.pre.input_dim, self.task.out_dim(self.pre),
                              self.task.model_params(self.pre, model_spec["params"]), registered=self.version.ref, allowed=allowed)
         model.load_state_dict(reg.load_weights(self.version))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
 
     def predict(self, inputs: Any) -> tuple[list[Any], list[list[float]] | None]:
@@ -104,7 +141,13 @@ class Predictor:
         probabilities, or (for regression) values and None."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(self.task.encode(inputs, self.pre))).to(self.device)
+        encoded = np.ascontiguousarray(self.task.encode(inputs, self.pre))
+        if self.session is not None:
+            from atoll import exports
+
+            outputs = self.session.run([exports.OUTPUT_NAME], {exports.INPUT_NAME: encoded})[0].astype(np.float32)
+            return self.task.answer(outputs, self.pre)
+        x = torch.from_numpy(encoded).to(self.device)
         with torch.inference_mode():
             outputs = self.model(x).float().cpu().numpy()
         return self.task.answer(outputs, self.pre)
@@ -136,7 +179,7 @@ class Predictor:
     def card(self) -> dict[str, Any]:
         v = self.version
         return {"model": v.name, "version": v.version, "input_schema": self.schema, "metrics": v.metrics,
-                "lineage": v.lineage, "created_at": v.created_at, "exports": v.exports}
+                "lineage": v.lineage, "created_at": v.created_at, "exports": v.exports, "runtime": self.runtime}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,11 +269,12 @@ class ModelServer:
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = AppArgs.model_validate(args)
         self.settings = self.args.serve_settings()
-        self.predictor = Predictor(self.args.storage_root(), self.args.model, model_types=self.args.model_types)
+        self.predictor = Predictor(self.args.storage_root(), self.args.model, model_types=self.args.model_types,
+                                   runtime=self.settings.runtime)
         self.showcase = playground.Showcase(self.args.storage_root(), self.predictor.version)
         self.predict_batch.set_max_batch_size(self.settings.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        log.info("serving %s on %s", self.predictor.version.ref, self.predictor.device)
+        log.info("serving %s on %s with %s", self.predictor.version.ref, self.predictor.device, self.predictor.runtime)
 
     def _refused(self, request: Request) -> JSONResponse | None:
         # The proxy's middleware (atoll.serving.proxy_auth) refuses these first; this check stays for a proxy without it.

@@ -128,6 +128,10 @@ class Task(ABC):
         """
 
     @abstractmethod
+    def frame_inputs(self, frame, schema: dict[str, Any]) -> Any:
+        """A pandas batch of a dataset to predict as parsed inputs (what :meth:`parse_inputs` returns)."""
+
+    @abstractmethod
     def encode(self, inputs: Any, state) -> np.ndarray:
         """Parsed inputs as the model's input array (what the training transform makes of a batch)."""
 

@@ -231,6 +231,13 @@ class ImageClassification(Classifier):
             array = array[:, :, 0]
         return pixels(Image.fromarray(array), shape)
 
+    def frame_inputs(self, frame, schema: dict[str, Any]) -> list[np.ndarray]:
+        column = schema["features"][0]
+        try:
+            return [pixels(decode(blob, column), schema["image_shape"]) for blob in frame[column]]
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"column {column!r}: {exc}; every row must be an encoded image.") from None
+
     def encode(self, inputs: list[np.ndarray], state: ImageState) -> np.ndarray:
         return state.normalise(np.stack(inputs))
 

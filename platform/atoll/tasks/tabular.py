@@ -67,6 +67,9 @@ class _Tabular(Task):
                 "features": state.features, "num_features": state.input_dim, "dtype": "float32",
                 "image_shape": shape, "classes": state.classes, "label": state.label}
 
+    def frame_inputs(self, frame, schema: dict[str, Any]) -> np.ndarray:
+        return frame[schema["features"]].to_numpy(dtype=np.float32)
+
     def encode(self, inputs: np.ndarray, state: data.Preprocessor) -> np.ndarray:
         return state.transform_features(inputs)
 

@@ -187,6 +187,9 @@ class TextClassification(Classifier):
                 raise RequestError(422, f"inputs.{i}: the text is empty; send at least one word.")
         return texts
 
+    def frame_inputs(self, frame, schema: dict[str, Any]) -> list[str]:
+        return frame[schema["features"][0]].fillna("").astype(str).tolist()
+
     def encode(self, inputs: list[str], state: TextState) -> np.ndarray:
         return state.token_ids(inputs)[0]
 

@@ -1,0 +1,151 @@
+"""Batch prediction with Ray Data: a registered version over a whole Parquet or CSV dataset (``atoll predict``).
+
+The job reads the input with Ray Data, runs the version in an actor pool sized from the cluster (one replica
+of the model per actor, loaded once; GPU actors when the cluster has GPUs), and writes one Parquet file:
+the input's key columns (every column that is not a model input), ``prediction`` and, for classifiers,
+``probabilities`` (one list per row, in the order of the version's classes). Everything that can be wrong
+with the request (an unknown version, a missing input, missing or mistyped columns, an output that
+exists) is refused with one line before any work starts, on the client and again in the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from atoll import data
+from atoll.errors import ConfigError, DataError
+
+#: rows per model call in an actor (the job's default; --batch-size)
+BATCH_ROWS = 4096
+
+_KINDS = {"table": (data.NUMERIC_PREFIXES, "numeric"), "text": (data.STRING_PREFIXES, "a string"),
+          "image": (data.BINARY_PREFIXES, "binary (encoded images)")}
+
+
+def resolve_local(path: str) -> str:
+    """A local path as an absolute one (the job runs elsewhere on this machine's disk); a URI as it is."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite: bool = False) -> dict[str, Any]:
+    """The input's format, rows and the columns kept beside the predictions, after checking that the input
+    holds the version's inputs with the right types and that the output may be written.
+
+    Raises:
+        DataError: a missing input, a missing or mistyped column (naming it and the fix).
+        ConfigError: the output exists (without ``overwrite``) or is not a Parquet file name.
+    """
+    if data.is_missing(input_uri):
+        raise DataError(f"--input {input_uri}: not found; name a Parquet or CSV file or folder (a local path or a URI).")
+    fmt = data.detect_format(input_uri)
+    columns, rows = data.read_schema(input_uri, fmt)
+    features = list(schema.get("features") or [])
+    missing = [f for f in features if f not in columns]
+    if missing:
+        raise DataError(f"--input {input_uri}: no column {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}; "
+                        f"this model reads {', '.join(features[:5])}{' …' if len(features) > 5 else ''} "
+                        f"({len(features)} columns). Its columns are {', '.join(list(columns)[:8])}.")
+    prefixes, what = _KINDS.get(schema.get("input_kind") or "table", _KINDS["table"])
+    bad = [f"{f} ({columns[f]})" for f in features if not columns[f].startswith(prefixes)]
+    if bad:
+        raise DataError(f"--input {input_uri}: column(s) {', '.join(bad[:5])} must be {what} for this model.")
+    if not output_uri.endswith(".parquet"):
+        raise ConfigError(f"--output {output_uri}: name a Parquet file (….parquet).")
+    fs, path = data._filesystem(output_uri)
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(path).type != pafs.FileType.NotFound and not overwrite:
+        raise ConfigError(f"--output {output_uri} exists; choose a new name or pass --overwrite.")
+    return {"format": fmt, "rows": rows, "keys": [c for c in columns if c not in features]}
+
+
+def pool_size(cpus: float, gpus: float) -> tuple[int, bool]:
+    """(actors, on GPU): one actor per GPU when there are GPUs, else one per CPU but one (the driver's)."""
+    if gpus >= 1:
+        return int(gpus), True
+    return max(1, int(cpus) - 1), False
+
+
+class Scorer:
+    """One actor of the pool: the version loaded once, then batch after batch of input rows → predictions."""
+
+    def __init__(self, storage: str, ref: str, keys: list[str], model_types: list[str] | None = None) -> None:
+        from atoll.serving.replica import Predictor
+
+        self.predictor = Predictor(storage, ref, model_types=model_types)
+        self.keys = keys
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        task, schema = self.predictor.task, self.predictor.schema
+        predictions, probabilities = self.predictor.predict(task.frame_inputs(batch, schema))
+        out = pd.DataFrame({k: batch[k].to_numpy() for k in self.keys})
+        out["prediction"] = predictions
+        if probabilities is not None:
+            out["probabilities"] = probabilities
+        return out
+
+
+def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: int = BATCH_ROWS,
+        overwrite: bool = False, on_progress=None) -> dict[str, Any]:
+    """Predict ``input_uri`` with version ``ref`` on the connected cluster into ``output_uri`` (one Parquet
+    file, written as the pool's batches come back). ``on_progress(rows_done, rows_total)`` after each batch.
+
+    Raises:
+        RegistryError / DataError / ConfigError: before any work starts.
+    """
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from atoll import models, registry
+
+    version = registry.Registry(storage).get(ref)
+    schema = version.input_schema or {}
+    checked = check(schema, input_uri, output_uri, overwrite=overwrite)
+    model_type = version.spec.get("model", {}).get("type", "mlp")
+    allowed = models.AllowList.from_cluster()
+    if model_type not in models.BUILTIN and not allowed.admits(model_type):
+        raise allowed.refusal(model_type, version.ref)
+    resources = ray.cluster_resources()
+    actors, on_gpu = pool_size(resources.get("CPU", 1), resources.get("GPU", 0))
+    data.quiet_progress()
+    started = time.perf_counter()
+    ds = data.read(input_uri, checked["format"])
+    scored = ds.map_batches(Scorer, fn_constructor_kwargs={"storage": storage, "ref": version.ref,
+                                                           "keys": checked["keys"],
+                                                           "model_types": list(allowed.patterns)},
+                            batch_size=batch_rows, batch_format="pandas", concurrency=actors,
+                            num_cpus=1 if not on_gpu else 0, num_gpus=1 if on_gpu else 0)
+    fs, path = data._filesystem(output_uri)
+    fs.create_dir(os.path.dirname(path) or ".", recursive=True)
+    tmp = f"{path}.{os.getpid()}-{os.urandom(3).hex()}.tmp"  # renamed into place whole: no half-written output
+    done, writer = 0, None
+    try:
+        with fs.open_output_stream(tmp) as sink:
+            for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2):
+                table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+                if writer is None:
+                    writer = pq.ParquetWriter(sink, table.schema)
+                writer.write_table(table)
+                done += table.num_rows
+                if on_progress:
+                    on_progress(done, checked["rows"])
+            if writer is None:
+                raise DataError(f"--input {input_uri}: no rows to predict.")
+            writer.close()
+        fs.move(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
+    seconds = time.perf_counter() - started
+    return {"model": version.ref, "input": input_uri, "output": output_uri, "rows": done, "actors": actors,
+            "gpu": on_gpu, "seconds": round(seconds, 2), "rows_per_s": round(done / seconds, 1) if seconds else None,
+            "keys": checked["keys"]}

@@ -1,0 +1,45 @@
+"""The batch prediction job: ``python -m atoll.batch MODEL --input URI --output URI``, what ``atoll predict``
+submits (and what ``ray job submit`` can run as well). The work is in :mod:`atoll.batch`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from atoll import config, driver
+from atoll.events import emit
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m atoll.batch",
+                                     description="Predict a dataset with a registered model (Ray Data).")
+    parser.add_argument("model", help="NAME, NAME:VERSION or NAME@ALIAS")
+    parser.add_argument("--input", required=True, help="Parquet or CSV file or folder (local path or URI)")
+    parser.add_argument("--output", required=True, help="the Parquet file to write")
+    parser.add_argument("--batch-size", type=int, default=4096, help="rows per model call")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    args = parser.parse_args(argv)
+    return driver.run(lambda: _job(args))
+
+
+def _job(args) -> None:
+    from atoll import batch
+
+    storage = config.load_spec().atoll.storage
+    driver.connect()
+    last = [0.0]
+
+    def progress(done: int, total: int | None) -> None:
+        import time
+
+        if time.monotonic() - last[0] > 0.5 or done == total:  # a line every half second, and the last
+            last[0] = time.monotonic()
+            emit("predict_progress", rows=done, total=total)
+
+    result = batch.run(args.model, args.input, args.output, storage=storage, batch_rows=args.batch_size,
+                         overwrite=args.overwrite, on_progress=progress)
+    emit("predicted", **result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Batch prediction (`atoll predict`): the checks made before any work (no cluster), then real jobs on the
+shared cluster over Parquet (the digits) and CSV (the text demo), against the registry's own predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from atoll import batch, data
+from atoll.errors import ConfigError, DataError
+from atoll.serving.replica import Predictor
+from conftest import run_cli
+
+SCHEMA = {"task": "tabular-classification", "input_kind": "table", "features": ["a", "b"], "num_features": 2,
+          "classes": [0, 1]}
+
+
+def test_a_request_is_checked_before_any_work_and_the_pool_follows_the_cluster(tmp_path):
+    frame = pd.DataFrame({"id": [1, 2], "a": [0.5, 1.5], "b": [2.0, 3.0], "name": ["x", "y"]})
+    frame.to_parquet(tmp_path / "in.parquet")
+    out = str(tmp_path / "out.parquet")
+    assert batch.check(SCHEMA, str(tmp_path / "in.parquet"), out)["keys"] == ["id", "name"]
+    with pytest.raises(DataError, match=r"no column c; this model reads a, b, c \(3 columns\)"):
+        batch.check({**SCHEMA, "features": ["a", "b", "c"]}, str(tmp_path / "in.parquet"), out)
+    with pytest.raises(DataError, match=r"column\(s\) name \(large_string\) must be numeric"):
+        batch.check({**SCHEMA, "features": ["a", "name"]}, str(tmp_path / "in.parquet"), out)
+    with pytest.raises(DataError, match=r"--input .*missing.parquet: not found; name a Parquet or CSV file"):
+        batch.check(SCHEMA, str(tmp_path / "missing.parquet"), out)
+    with pytest.raises(ConfigError, match=r"--output .*out.csv: name a Parquet file"):
+        batch.check(SCHEMA, str(tmp_path / "in.parquet"), str(tmp_path / "out.csv"))
+    (tmp_path / "out.parquet").write_bytes(b"old")
+    with pytest.raises(ConfigError, match="exists; choose a new name or pass --overwrite"):
+        batch.check(SCHEMA, str(tmp_path / "in.parquet"), out)
+    assert batch.check(SCHEMA, str(tmp_path / "in.parquet"), out, overwrite=True)["rows"] == 2
+    assert batch.pool_size(2, 0) == (1, False) and batch.pool_size(16, 0) == (15, False)
+    assert batch.pool_size(16, 4) == (4, True)
+
+
+@pytest.mark.cluster
+def test_atoll_predict_writes_keys_predictions_and_probabilities_of_a_parquet_dataset(trained_digits, tmp_path):
+    version = f"digits:{trained_digits['registered']['version']}"
+    holdout = pd.read_parquet(data.prepare_demo(os.environ["ATOLL_STORAGE"], "digits")["holdout"])
+    frame = pd.concat([holdout] * 20, ignore_index=True)  # 3,600 rows, in several batches
+    frame.insert(0, "row_id", np.arange(len(frame)))
+    frame.to_parquet(tmp_path / "rows.parquet")
+    out = tmp_path / "predictions" / "digits.parquet"
+    result = run_cli("predict", version, "--input", str(tmp_path / "rows.parquet"), "--output", str(out),
+                     "--batch-size", "500", "--json", timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    predicted = json.loads(result.stdout)["predicted"]
+    assert predicted["rows"] == len(frame) and predicted["keys"] == ["row_id", "label"] and predicted["actors"] >= 1
+    written = pq.read_table(out).to_pandas().sort_values("row_id")
+    assert list(written.columns) == ["row_id", "label", "prediction", "probabilities"]
+    assert written["row_id"].tolist() == list(range(len(frame)))
+    features = [c for c in holdout.columns if c != "label"]
+    expected, probs = Predictor(os.environ["ATOLL_STORAGE"], version).predict(
+        frame[features].to_numpy(dtype=np.float32))
+    assert written["prediction"].tolist() == expected
+    assert np.allclose(np.stack(written["probabilities"].to_numpy()), probs, atol=1e-6)
+    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temporary file left
+
+    again = run_cli("predict", version, "--input", str(tmp_path / "rows.parquet"), "--output", str(out))
+    assert again.returncode != 0 and "exists; choose a new name or pass --overwrite" in again.stderr
+    for args, message in ((["digits:999"], "model 'digits' has no version 999"),
+                          ([version, "--input", str(tmp_path / "nope.parquet")], "nope.parquet"),):
+        bad = run_cli("predict", *args, *(["--input", str(tmp_path / "rows.parquet")] if len(args) == 1 else []),
+                      "--output", str(tmp_path / "x.parquet"))
+        assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert bad.stderr.count("\n") <= 2 and "Submitted" not in bad.stderr  # refused before any job
+
+
+@pytest.mark.cluster
+def test_atoll_predict_reads_a_csv_of_texts(trained_text, tmp_path):
+    version = f"sms-spam:{trained_text['registered']['version']}"
+    texts = pd.DataFrame({"message_id": ["a", "b", "c"], "text": [
+        "WINNER!! You have won a free prize, call 09061701461 to claim now", "Are we still on for lunch?",
+        "ok see you there"]})
+    texts.to_csv(tmp_path / "texts.csv", index=False)
+    out = tmp_path / "spam.parquet"
+    result = run_cli("predict", version, "-i", str(tmp_path / "texts.csv"), "-o", str(out), "--json", timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    written = pq.read_table(out).to_pandas().sort_values("message_id")
+    expected, _ = Predictor(os.environ["ATOLL_STORAGE"], version).predict(texts["text"].tolist())
+    assert written["message_id"].tolist() == ["a", "b", "c"] and written["prediction"].tolist() == expected
+    assert expected[0] == "spam"
