@@ -63,7 +63,8 @@ def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite:
 
 
 def pool_size(cpus: float, gpus: float) -> tuple[int, bool]:
-    """(actors, on GPU): one actor per GPU when there are GPUs, else one per CPU but one (the driver's)."""
+    """(actors, on GPU) from what the cluster has free: one actor per GPU when there are GPUs, else one per
+    free CPU but one, which Ray Data's read tasks need (a pool holding every CPU would starve its own input)."""
     if gpus >= 1:
         return int(gpus), True
     return max(1, int(cpus) - 1), False
@@ -113,11 +114,13 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     allowed = models.AllowList.from_cluster()
     if model_type not in models.BUILTIN and not allowed.admits(model_type):
         raise allowed.refusal(model_type, version.ref)
-    resources = ray.cluster_resources()
-    actors, on_gpu = pool_size(resources.get("CPU", 1), resources.get("GPU", 0))
+    free = ray.available_resources()
+    actors, on_gpu = pool_size(free.get("CPU", 1), free.get("GPU", 0))
     data.quiet_progress()
     started = time.perf_counter()
-    ds = data.read(input_uri, checked["format"])
+    small = data.should_cache(data.DatasetPlan(uri=input_uri, format=checked["format"], features=[], label="",
+                                               rows=None, fingerprint=""))
+    ds = data.read(input_uri, checked["format"], small=small)  # a small file: read here, no read tasks
     scored = ds.map_batches(Scorer, fn_constructor_kwargs={"storage": storage, "ref": version.ref,
                                                            "keys": checked["keys"],
                                                            "model_types": list(allowed.patterns)},
