@@ -16,12 +16,13 @@ from conftest import run_cli
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 NAME = "t-sweep-kill"
-# 3 trials of 20 short epochs, 2 at a time, none stopped early (FIFO): the kill always cuts a trial short,
-# and that trial must go on after the resume.
-TRIALS, EPOCHS = 3, 20
+# 3 trials of 40 short epochs, 2 at a time, none stopped early (FIFO): the kill always cuts a trial short,
+# and that trial must go on after the resume. Batches of 8 make an epoch long enough (~0.2 s with its report)
+# for a trial to be seen under way: the data is held in memory, so an epoch of 64-row batches takes 0.02 s.
+TRIALS, EPOCHS = 3, 40
 SAVED_S = 1.5
 SMALL = ["--set", f"name={NAME}", "--set", f"num_samples={TRIALS}", "--set", f"overrides.epochs={EPOCHS}",
-         "--set", "scheduler.type=fifo"]
+         "--set", "scheduler.type=fifo", "--set", "search_space.batch_size={choice: [8]}"]
 
 
 def _trial_events(job_id: str) -> list[dict]:

@@ -21,6 +21,9 @@ from conftest import TRAINED_EPOCHS, run_cli
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 RUN = "t-faults"
+# Streamed from Ray Data every epoch (~1 s each) rather than held in memory (0.02 s): epochs long enough for
+# each kill to land while the run is under way. It also keeps the streaming path under a fault test.
+STREAMED = ["--set", "dataset.cache=false"]
 
 
 def _storage() -> str:
@@ -54,7 +57,7 @@ def _checkpoint_dirs(run_name: str) -> list[Path]:
 
 
 def test_a_killed_worker_and_a_killed_driver_lose_no_epoch_and_redo_at_most_one(trained_digits, reliability):
-    submitted = run_cli("train", "--no-wait", "--json", "--set", f"epochs={TRAINED_EPOCHS}", "--run-name", RUN)
+    submitted = run_cli("train", "--no-wait", "--json", "--set", f"epochs={TRAINED_EPOCHS}", *STREAMED, "--run-name", RUN)
     job_id = json.loads(submitted.stdout)["id"]
 
     # 1. SIGKILL one of the two Train workers once a checkpoint is registered: FailureConfig restarts them.
@@ -89,10 +92,10 @@ def test_a_killed_worker_and_a_killed_driver_lose_no_epoch_and_redo_at_most_one(
         assert (ckpt / "model.safetensors").stat().st_size > 0 and json.loads((ckpt / "atoll.json").read_text())
 
     # 3. The same run name without --resume is refused; --resume continues from the latest checkpoint.
-    refused = run_cli("train", "--set", f"epochs={TRAINED_EPOCHS}", "--run-name", RUN)
+    refused = run_cli("train", "--set", f"epochs={TRAINED_EPOCHS}", *STREAMED, "--run-name", RUN)
     assert refused.returncode != 0 and f"--resume {RUN}" in refused.stdout + refused.stderr
     assert "Traceback" not in refused.stdout + refused.stderr
-    result = run_cli("train", "--set", f"epochs={TRAINED_EPOCHS}", "--resume", RUN, "--json", timeout=600)
+    result = run_cli("train", "--set", f"epochs={TRAINED_EPOCHS}", *STREAMED, "--resume", RUN, "--json", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = json.loads(result.stdout)
     events = parse_events(jobs.logs(out["job"]["id"]))
