@@ -169,9 +169,9 @@ def test_atoll_models_export_writes_a_folder_with_a_readme_and_refuses_what_is_n
     (folder / "model.pt2").unlink()
     bare = reg.register("m", str(folder), metrics={}, spec=meta["spec"], input_schema=schema,
                         exports={"pt2": {"error": "cannot export to pt2: UserError: data-dependent branch"}})
-    refused = CliRunner().invoke(cli.app, ["models", "export", bare.ref, "-f", "pt2", "-o", str(tmp_path / "x")])
+    refused = CliRunner().invoke(cli.app, ["models", "export", bare.ref, "--format", "pt2", "-o", str(tmp_path / "x")])
     assert str(refused.exception) == "m:2 has no model.pt2: cannot export to pt2: UserError: data-dependent branch."
-    again = CliRunner().invoke(cli.app, ["models", "export", mv.ref, "-f", "onnx", "-o", str(out)])
+    again = CliRunner().invoke(cli.app, ["models", "export", mv.ref, "--format", "onnx", "-o", str(out)])
     assert "exists and is not an empty folder" in str(again.exception)
 
 

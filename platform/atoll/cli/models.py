@@ -181,7 +181,7 @@ def download(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or N
 
 @models_app.command()
 def export(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or NAME for the latest, also work)."),
-           fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (one self-contained file, for ONNX "
+           fmt: str = typer.Option("onnx", "--format", help="onnx (one self-contained file, for ONNX "
                                    "Runtime) or pt2 (a torch.export program, for torch alone)."),
            output: Path | None = _OutputOpt, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Write a version's exported model, its preprocessing (JSON) and a README of its inputs and outputs to a
