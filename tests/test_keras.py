@@ -22,7 +22,8 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def keras_app(ray_cluster):
-    trained = _train("jobs/configs/keras.yaml", "t-keras", "epochs=6")
+    # Half a CPU per worker: by now the session's apps hold 2.5 of the cluster's 4 CPUs.
+    trained = _train("jobs/configs/keras.yaml", "t-keras", "epochs=6", "cpus_per_worker=0.5")
     yield from (dict(app, trained=trained) for app in _deployed(trained, "digits-keras"))
 
 
