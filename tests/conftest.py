@@ -79,8 +79,9 @@ def trained_digits(ray_cluster) -> dict:
     return out
 
 
-#: One replica on half a CPU: a rollover briefly runs old and new replicas side by side on the 4-CPU cluster.
-SMALL_APP = ["--replicas", "1:1", "--set", "num_cpus_per_replica=0.5"]
+#: One replica on a tenth of a CPU: five session apps (and a rollover's old and new replicas side by side) then
+#: hold under one of the 4 logical CPUs, so a 2-worker training run never waits behind them for resources.
+SMALL_APP = ["--replicas", "1:1", "--set", "num_cpus_per_replica=0.1"]
 APP_KEY = "shared-app-key-0123456789abc"  # the keyed app's API key (long enough for the key check)
 
 

@@ -381,7 +381,8 @@ def test_rayservice_serves_the_demo_app_with_the_serve_deploy_structure(raw, tmp
     assert gallery["args"] == {"api_key_hashes": [record]}
     # The same document `atoll serve deploy` would PUT, bar the bind address (and the HMAC's random salt).
     model_app = endpoints.app_config("digits", "digits@production", storage=spec.atoll.storage,
-                                     requested="digits@production", settings=app["args"]["settings"])
+                                     requested="digits@production", settings=app["args"]["settings"],
+                                     model_types=spec.atoll.model_types)
     model_app["args"]["api_key_hash"] = record
     expected = endpoints.serve_config(spec, [model_app, playground.gallery_config([record])])
     expected["http_options"]["host"] = "0.0.0.0"
