@@ -21,7 +21,9 @@
 #
 # It uses the project's `cluster.yaml` (the local cluster) and its demo data, the handwritten digits that
 # scikit-learn ships: nothing is downloaded. The figures are small (2 epochs, 2 trials) so it runs in a few
-# minutes on a laptop.
+# minutes on a laptop. The state goes to the storage root of cluster.yaml (or `$ATOLL_STORAGE`): a local
+# folder, or an object store such as `s3://atoll/storage` (`atoll storage up` starts one on this machine;
+# `eval "$(atoll storage env)"` points Atoll at it). Nothing below assumes a local disk.
 
 # %%
 import os
@@ -82,9 +84,11 @@ print(answer["predictions"], "true:", holdout["label"].head(5).tolist())
 # A Ray job over a whole file with Ray Data and an actor pool of the model; the output keeps the other columns.
 
 # %%
-holdout.to_parquet(Path(registry.root) / "notebook-rows.parquet")
-out = Path(registry.root) / f"notebook-predictions-{os.getpid()}.parquet"
-batch = atoll.predict("digits@production", str(Path(registry.root) / "notebook-rows.parquet"), str(out))
+from atoll.filesystems import join  # noqa: E402  (paths under a root that may be s3://)
+
+rows, out = join(registry.root, "notebook-rows.parquet"), join(registry.root, f"notebook-predictions-{os.getpid()}.parquet")
+holdout.to_parquet(rows)
+batch = atoll.predict("digits@production", rows, out)
 predicted = pd.read_parquet(out)
 print(batch["predicted"]["rows"], "rows;", (predicted["prediction"] == predicted["label"]).mean(), "accuracy")
 

@@ -178,6 +178,30 @@ def image_app(trained_images):
     yield from _deployed(trained_images, "digit-images")
 
 
+@pytest.fixture(scope="session")
+def s3_store(atoll_env):
+    """A real S3-compatible server for the session: SeaweedFS started by `atoll storage up` (as a developer
+    starts it) on a free loopback port, with bucket ``atoll-test``. Its AWS variables (endpoint, region, the
+    credentials file's path: no key) are set here, so clients, children and jobs reach it; stopped by PID."""
+    from atoll import objectstore
+
+    result = run_cli("storage", "up", "--port", str(objectstore.free_port()), "--bucket", "atoll-test", "--json",
+                     timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    info = objectstore.current()
+    assert info is not None and json.loads(result.stdout)["pid"] == info.pid
+    saved = {k: os.environ.get(k) for k in info.environment()}
+    os.environ.update(info.environment())
+    yield info
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    assert run_cli("storage", "down").returncode == 0
+    assert objectstore.current() is None and not objectstore.process_alive(info.pid)
+
+
 def private_cluster_config(tmp_path: Path, port: int, dashboard_port: int) -> tuple[Path, dict[str, str]]:
     """A cluster.yaml for a second, private local cluster (its own ports) and the env that keeps its records
     apart from the session's (its own ATOLL_HOME)."""

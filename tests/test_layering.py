@@ -111,7 +111,8 @@ def test_the_pure_layers_import_nothing_above_them():
     assert graph["atoll.tasks"] <= {"atoll.errors", "atoll.tasks.base"}  # names only (the base for typing)
     assert _reachable(graph, "atoll.capacity") <= {"atoll.specs", "atoll.tasks", "atoll.tasks.base", "atoll.errors"}
     assert _reachable(graph, "atoll.config") <= {"atoll.specs", "atoll.capacity", "atoll.errors", "atoll.tasks",
-                                                 "atoll.tasks.base"}
+                                                 "atoll.tasks.base", "atoll.filesystems"}
+    assert graph["atoll.filesystems"] <= {"atoll.errors", "atoll.specs"}  # paths and the store's variables: no IO above
 
 
 def test_the_public_api_resolves_every_name_and_import_atoll_stays_light():

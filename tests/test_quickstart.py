@@ -28,7 +28,7 @@ def test_quickstart_fast_runs_the_whole_lifecycle_and_cleans_up(ray_cluster, tmp
     assert swept["trials"] == 4 and (storage / "sweeps").is_dir()
     assert out["deployed"]["status"] == "RUNNING" and out["deployed"]["app"] == "digits"
     assert out["holdout_accuracy"] >= 0.9
-    assert "Endpoint accuracy on the 180 held-out images" in result.stderr  # the display
+    assert "Endpoint accuracy on the 180 held-out examples" in result.stderr  # the display
 
     # --down stops only a cluster the quickstart started: this one was up before, so it stays.
     assert out["cluster"] == {"reused": True, "stopped": False}

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
-from atoll import capacity
+from atoll import capacity, filesystems
 from atoll.errors import ConfigError
 from atoll.specs import AtollSettings, ClusterSpec
 
@@ -350,6 +350,7 @@ def load_spec(path: str | Path | None = None) -> ClusterSpec:
     settings = load_model(AtollSettings, atoll_raw, source, prefix=("metadata", "atoll"))
     if os.environ.get("ATOLL_STORAGE"):
         settings.storage = os.environ["ATOLL_STORAGE"]
+    filesystems.configure(settings.s3)  # pyarrow and boto3 in this process reach the store cluster.yaml names
     fields = {k: v for k, v in data.items() if k != "metadata"}
     return ClusterSpec.model_validate({**fields, "atoll": settings, "source": source})
 

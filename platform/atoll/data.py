@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from atoll import filesystems
 from atoll.errors import DataError
 
 DEMO_PREFIX = "demo:"
@@ -29,15 +30,8 @@ DEMO_DATASETS = ("digits", "digits_images", "diabetes", "sms_spam")
 
 
 def _filesystem(uri: str):
-    """(pyarrow filesystem, path within it) for a local path or a URI."""
-    import pyarrow.fs as pafs
-
-    if "://" in uri:
-        try:
-            return pafs.FileSystem.from_uri(uri)
-        except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for bad URIs and credentials
-            raise DataError(f"dataset {uri}: cannot open its filesystem: {exc}") from None
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    """(pyarrow filesystem, path within it) for a dataset's local path or URI."""
+    return filesystems.resolve(uri, DataError)
 
 
 def is_missing(uri: str) -> bool:
@@ -181,32 +175,43 @@ def _demo_frame(name: str):
 
 
 def demo_paths(storage_root: str, name: str = "digits") -> dict[str, str]:
-    root = Path(storage_root).expanduser() / "datasets"
-    return {"train": str(root / f"{name}.parquet"), "holdout": str(root / f"{name}_holdout.parquet")}
+    root = filesystems.join(storage_root, "datasets")
+    return {"train": filesystems.join(root, f"{name}.parquet"), "holdout": filesystems.join(root, f"{name}_holdout.parquet")}
 
 
 def prepare_demo(storage_root: str, name: str = "digits", holdout: int | None = None) -> dict[str, str]:
-    """Export the demo dataset to Parquet on first use (train file + a held-out file); return paths.
+    """Export the demo dataset to Parquet on first use (train file + a held-out file) under the storage root,
+    local or an object store; return their paths (URIs on an object store).
 
     The held-out rows (a fixed, seeded sample) never reach training: they are what the quickstart sends
     to the live endpoint.
     """
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
     if name not in DEMO_DATASETS:
         raise DataError(f"unknown demo dataset {name!r}; available: {', '.join(DEMO_DATASETS)}")
     paths = demo_paths(storage_root, name)
-    if all(Path(p).exists() for p in paths.values()):
+    targets = {key: filesystems.resolve(uri, DataError) for key, uri in paths.items()}
+    if all(fs.get_file_info(path).type == pafs.FileType.File for fs, path in targets.values()):
         return paths
     frame = _demo_frame(name)
     holdout = holdout if holdout is not None else round(len(frame) / 10)  # digits: 180 of 1,797
     rng = np.random.default_rng(1234)
     held = np.zeros(len(frame), dtype=bool)
     held[rng.choice(len(frame), size=holdout, replace=False)] = True
-    Path(paths["train"]).parent.mkdir(parents=True, exist_ok=True)
     for key, part in (("train", frame[~held]), ("holdout", frame[held])):
+        fs, path = targets[key]
+        table = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        if not isinstance(fs, pafs.LocalFileSystem):
+            pq.write_table(table, path, filesystem=fs)  # an object appears whole when its upload completes
+            continue
         # A name of its own: two jobs exporting at once must not write into each other's temporary file.
-        tmp = f"{paths[key]}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
-        part.reset_index(drop=True).to_parquet(tmp, index=False)
-        Path(tmp).replace(paths[key])  # atomic: a half-written file is never visible
+        tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)  # atomic: a half-written file is never visible
     return paths
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from atoll import auth
+from atoll import auth, filesystems
 from atoll.cluster import ClusterInfo, current
 from atoll.errors import ClusterError, ClusterNotUpError, ConfigError, JobNotFoundError, JobUnschedulableError
 
@@ -111,6 +111,7 @@ def runtime_env(working_dir: str | Path | None, env: dict[str, str] | None = Non
     """The job's runtime_env: the working dir (minus data/caches, but with the files in ``keep``) plus this
     very ``atoll`` package, so the cluster runs the same Atoll code as the client that submitted the job."""
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env_vars.update(filesystems.forwarded_env())  # where the object store is, never a key
     env_vars["HF_HUB_OFFLINE"] = "1"  # no job downloads weights: a mistyped hub id fails at once
     env_vars.update(env or {})
     renv: dict[str, Any] = {"py_modules": [str(package_dir())], "env_vars": env_vars}

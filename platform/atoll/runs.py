@@ -27,9 +27,9 @@ CHECKPOINT_KEYS = ("spec", "preprocess", "input_schema", "history")
 
 
 def _fs(uri: str):
-    from atoll import data
+    from atoll import filesystems
 
-    return data._filesystem(uri)
+    return filesystems.resolve(uri)
 
 
 def _entries(fs, path: str, recursive: bool = False) -> list[Any]:

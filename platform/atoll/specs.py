@@ -147,6 +147,28 @@ class K8sSettings(Strict):
         return self
 
 
+class S3Settings(Strict):
+    """An S3-compatible object store for the storage root (AWS S3, SeaweedFS, MinIO, Ceph, ...). Only where the
+    credentials come from is configured here, never the credentials themselves."""
+
+    endpoint: str | None = Field(None, description="The S3 API's URL, e.g. http://127.0.0.1:8333 (`atoll storage "
+                                 "up`); unset: AWS S3 itself.")
+    region: str = Field("us-east-1", min_length=1, description="The store's region.")
+    credentials: Literal["env", "file"] = Field("env", description="env: each node's own AWS_ACCESS_KEY_ID / "
+                                                "AWS_SECRET_ACCESS_KEY or instance role; file: an AWS shared-"
+                                                "credentials file at credentials_file on every node.")
+    credentials_file: str = Field("~/.aws/credentials", min_length=1, description="That file (credentials: "
+                                  "file); only its path is passed to jobs and replicas.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+            raise ValueError(f"{endpoint!r} is not the URL of an S3 API; write scheme, host and port, e.g. "
+                             f"http://127.0.0.1:8333")
+        return endpoint.rstrip("/") if endpoint else endpoint
+
+
 _PY_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _PY_MODULE = rf"{_PY_NAME}(?:\.{_PY_NAME})*"
 #: A user model type, ``package.module:callable`` (atoll.models refuses anything else before importing).
@@ -161,6 +183,7 @@ class AtollSettings(Strict):
 
     storage: str = Field("~/.atoll/storage", description="Root for checkpoints, sweeps and the model "
                          "registry: a local directory or an s3:// / gs:// URI. ATOLL_STORAGE overrides it.")
+    s3: S3Settings | None = Field(None, description="The S3-compatible store an s3:// storage root lives in.")
     model_types: list[str] = Field(default_factory=list, description="User model types (a training spec's "
                                    "`model.type`) that a Serve replica may import for a registered version, "
                                    "besides the built-ins mlp and cnn: `pkg.mod:build` (that callable), "

@@ -12,22 +12,26 @@ from __future__ import annotations
 import ast
 import json
 import os
+import posixpath
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import yaml
 from atoll.data import Preprocessor
 from atoll.errors import ConfigError, RegistryError
 from atoll.registry import ModelVersion, Registry, TamperedManifestError
 from atoll.registry.manifest import _seal
+from atoll.registry.publish import CLAIM
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "atoll"
 
@@ -39,6 +43,7 @@ import json, os, signal, sys
 
 import atoll.registry as registry
 import atoll.registry.store as store
+from atoll import filesystems
 
 root, ckpt, name, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 events = []
@@ -78,6 +83,14 @@ class CountingFS:
         event(f"mkdir {path}")
         return self.inner.create_dir(path, **kw)
 
+    def copy_file(self, src, dst):  # an object store's publish (server-side copy)
+        event(f"copy {src} -> {dst}")
+        return self.inner.copy_file(src, dst)
+
+    def delete_dir(self, path):
+        event(f"rmdir {path}")
+        return self.inner.delete_dir(path)
+
     def __getattr__(self, attr):
         return getattr(self.inner, attr)
 
@@ -91,7 +104,16 @@ def counted(fn, what):
     return wrapper
 
 
+def conditional(fn, what):  # S3's conditional PUTs (the version claim)
+    def wrapper(fs, path, *args, **kw):
+        event(f"{what} {path}")
+        return fn(getattr(fs, "inner", fs), path, *args, **kw)
+    return wrapper
+
+
 os.rename, os.replace = counted(os.rename, "rename"), counted(os.replace, "replace")
+filesystems.put_if_absent = conditional(filesystems.put_if_absent, "claim")
+filesystems.put_if_unchanged = conditional(filesystems.put_if_unchanged, "swap")
 store._CHUNK = 1 << 17  # a few write events inside model.pt
 reg = registry.Registry(root)
 reg._folders.fs = CountingFS(reg._folders.fs)
@@ -126,21 +148,42 @@ def _checkpoint(path: Path, value: float, size: int = 512) -> Path:
     return path
 
 
+def _stored_files(reg: Registry, folder: str) -> set[str]:
+    """The files under a registry folder, relative to it, as the store lists them (a disk or S3)."""
+    return {posixpath.relpath(i.path, folder) for i in reg._folders.listing(folder, recursive=True)
+            if i.type == pafs.FileType.File}
+
+
 def _verify_all(reg: Registry, name: str = "digits") -> list[int]:
     """Every READY version verifies (all files against their sha256, weights load); return their numbers.
 
-    Also checks the disk: every versions/N folder is a complete READY version, no partial one.
+    Also checks the store: every versions/N folder is a complete READY version, no partial one. On S3 a
+    folder may also hold only a dead writer's claim (and what it copied before its manifest): no manifest,
+    so invisible, and the next publisher takes that number over.
     """
     versions = reg.list_versions(name)
+    claim = {CLAIM} if reg._folders.conditional else set()
     for mv in versions:
         assert set(reg.load_weights(mv)) == {"w", "b"}
         for rel in mv.files:
             reg.read_file(mv, rel)
-        on_disk = {p.relative_to(mv.uri).as_posix() for p in Path(mv.uri).rglob("*") if p.is_file()}
-        assert on_disk == {*mv.files, "manifest.json"}, (mv.ref, on_disk)
-    folders = sorted(int(p.name) for p in (Path(reg.root) / "registry" / name / "versions").iterdir())
-    assert folders == [mv.version for mv in versions]  # no folder that is not a READY version
-    return folders
+        stored = _stored_files(reg, reg._folders.version_dir(name, mv.version))
+        assert stored == {*mv.files, "manifest.json", *claim}, (mv.ref, stored)
+    ready = [mv.version for mv in versions]
+    for number in set(reg._folders.version_numbers(name)) - set(ready):  # no folder that is not a READY version
+        stored = _stored_files(reg, reg._folders.version_dir(name, number))
+        assert claim and CLAIM in stored and "manifest.json" not in stored and number == max(ready, default=0) + 1, \
+            (number, stored)
+    return ready
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh storage root on a local disk, or on the session's S3 server (SeaweedFS)."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    request.getfixturevalue("s3_store")
+    return f"s3://atoll-test/{request.node.name.replace('[', '-').rstrip(']')}-{uuid.uuid4().hex[:8]}"
 
 
 def _run(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -148,44 +191,56 @@ def _run(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
-def _kill_points(events: list[str], at_least: int = 20) -> list[int]:
+def _kill_points(events: list[str], publish: int, at_least: int = 20) -> list[int]:
     """Every event (1-based) when there are few enough, else a spread including both sides of the publish."""
     n = len(events)
     if n <= 2 * at_least:
         return list(range(1, n + 1))
-    publish = next(i for i, e in enumerate(events, 1) if e.startswith("rename") and "/versions/" in e)
     spread = {round(1 + i * (n - 1) / (at_least - 1)) for i in range(at_least)}
-    return sorted(spread | {publish - 1, publish, publish + 1})
+    return sorted(spread | {publish - 1, publish, min(publish + 1, n)})
 
 
-def test_sigkill_at_every_point_of_register(tmp_path: Path, reliability: Callable[..., None]) -> None:
-    script = tmp_path / "writer.py"
-    script.write_text(KILLABLE_WRITER)
-    ckpt = _checkpoint(tmp_path / "ckpt", 1.0)
-    reg = Registry(str(tmp_path / "store"))
-    root = reg.root
-
-    dry = _run(script, root, str(ckpt), "digits", "0")  # counts the events; publishes digits:1
-    assert dry.returncode == 0, dry.stderr
-    events = json.loads(dry.stdout)["events"]
+def _publish_points(events: list[str], remote: bool) -> tuple[int, int]:
+    """(staged, publish): the first event at which the staging folder exists (it names its writer), and the
+    event a kill at which still leaves the version unpublished while any later one leaves it READY: the
+    rename of staging onto versions/N on a disk, the PUT (stream close) of versions/N/manifest.json on S3."""
+    if remote:
+        staged = 1 + next(i for i, e in enumerate(events, 1) if e.startswith("close") and "/.staging/" in e)
+        publish = next(i for i, e in enumerate(events, 1) if e == "close <root>/registry/digits/versions/1/manifest.json")
+        return staged, publish
     staged = next(i for i, e in enumerate(events, 1) if e.startswith("after rename") and "/.staging/" in e)
     publish = next(i for i, e in enumerate(events, 1) if e.startswith("rename") and "/versions/" in e)
     assert events[publish] == "after rename <root>/registry/digits/versions/1"  # the last kill point
-    points = _kill_points(events)
-    assert len(points) >= 20 and points[0] == 1 and points[-1] == len(events)
+    return staged, publish
+
+
+def test_sigkill_at_every_point_of_register(store_root: str, tmp_path: Path, reliability: Callable[..., None]) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(KILLABLE_WRITER)
+    reg = Registry(store_root)
+    remote = not reg._folders.local
+    # On S3 every kill point costs a round of requests: a smaller model and fewer points, both sides of the publish.
+    ckpt = _checkpoint(tmp_path / "ckpt", 1.0, size=128 if remote else 512)
+    dry = _run(script, store_root, str(ckpt), "digits", "0")  # counts the events; publishes digits:1
+    assert dry.returncode == 0, dry.stderr
+    # Paths as the store names them (S3's without the scheme), the root shown as <root>.
+    events = [e.replace(reg._folders.base.removesuffix("/registry"), "<root>") for e in json.loads(dry.stdout)["events"]]
+    staged, publish = _publish_points(events, remote)
+    points = _kill_points(events, publish, at_least=8 if remote else 20)
+    assert len(points) >= (8 if remote else 20) and points[0] == 1 and points[-1] == len(events)
 
     started = time.monotonic()
     failed_before, before = 0, _verify_all(reg)
     for k in points:
-        child = subprocess.Popen([sys.executable, str(script), root, str(ckpt), "digits", str(k)],
+        child = subprocess.Popen([sys.executable, str(script), store_root, str(ckpt), "digits", str(k)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _, err = child.communicate(timeout=120)
         assert child.returncode == -signal.SIGKILL, (k, events[k - 1], err)
-        published = k > publish  # killed right after the rename: the version is whole and READY
+        published = k > publish  # killed right after the rename (S3: the manifest PUT): whole and READY
         expected = before + [before[-1] + 1] if published else before
         assert _verify_all(reg) == expected, (k, events[k - 1])
         registrations = reg.registrations("digits")
-        assert all(r.state == "FAILED" for r in registrations), registrations
+        assert all(r.state == "FAILED" for r in registrations), (k, events[k - 1], registrations)
         if staged <= k <= publish:  # its staging folder existed: reported, with the dead writer's pid
             assert len(registrations) == failed_before + 1, (k, events[k - 1])
             assert any(r.writer["pid"] == child.pid and r.error.startswith("writer died")
@@ -201,19 +256,19 @@ def test_sigkill_at_every_point_of_register(tmp_path: Path, reliability: Callabl
     final = _verify_all(reg)
     assert final == list(range(1, len(final) + 1))
     every = "every IO event" if len(points) == len(events) else f"of {len(events)} IO events"
-    reliability("registry", f"SIGKILL during register at {len(points)} points ({every}, both sides of the "
-                f"publish rename)",
+    where = "on S3 (SeaweedFS), both sides of the manifest PUT" if remote else "both sides of the publish rename"
+    reliability("registry", f"SIGKILL during register at {len(points)} points ({every}, {where})",
                 f"0 partial versions visible, {len(points)}/{len(points)} next registrations got the next "
                 f"consecutive number, versions 1..{len(final)} all verified, {failed_before} dead writers "
                 f"listed as FAILED ({elapsed:.1f} s)", "pass")
 
 
 @pytest.mark.parametrize("n", [2, 8])
-def test_concurrent_publishers_get_distinct_consecutive_versions(n: int, tmp_path: Path,
+def test_concurrent_publishers_get_distinct_consecutive_versions(n: int, store_root: str, tmp_path: Path,
                                                                  reliability: Callable[..., None]) -> None:
     script = tmp_path / "publisher.py"
     script.write_text(PUBLISHER)
-    reg = Registry(str(tmp_path / "store"))
+    reg = Registry(store_root)
     start = tmp_path / "start"
     ckpts = [_checkpoint(tmp_path / f"ckpt{i}", float(i), size=128) for i in range(n)]
     procs = [subprocess.Popen([sys.executable, str(script), reg.root, str(ckpts[i]), str(i), str(start)],
@@ -241,7 +296,8 @@ def test_concurrent_publishers_get_distinct_consecutive_versions(n: int, tmp_pat
         assert float(reg.load_weights(mv)["b"][0]) == float(i)
         assert json.loads(reg.read_file(mv, "atoll.json"))["value"] == float(i)
     assert reg.registrations("digits") == []
-    reliability("registry", f"{n} concurrent publishers of one name (separate processes, started together)",
+    where = "on S3 (SeaweedFS, conditional PUTs)" if store_root.startswith("s3://") else "on a local disk"
+    reliability("registry", f"{n} concurrent publishers of one name {where} (separate processes, started together)",
                 f"versions 1..{n}, distinct and consecutive, all {n} verified (sha256 + weights) and each "
                 f"holding its own writer's content", "pass")
 

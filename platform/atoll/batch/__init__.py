@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from atoll import data
+from atoll import data, filesystems
 from atoll.errors import ConfigError, DataError
 
 #: rows per model call in an actor (the job's default; --batch-size)
@@ -54,7 +54,7 @@ def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite:
         raise DataError(f"--input {input_uri}: column(s) {', '.join(bad[:5])} must be {what} for this model.")
     if not output_uri.endswith(".parquet"):
         raise ConfigError(f"--output {output_uri}: name a Parquet file (….parquet).")
-    fs, path = data._filesystem(output_uri)
+    fs, path = filesystems.resolve(output_uri, DataError)
     import pyarrow.fs as pafs
 
     if fs.get_file_info(path).type != pafs.FileType.NotFound and not overwrite:
@@ -126,7 +126,7 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
                                                            "model_types": list(allowed.patterns)},
                             batch_size=batch_rows, batch_format="pandas", concurrency=actors,
                             num_cpus=1 if not on_gpu else 0, num_gpus=1 if on_gpu else 0)
-    fs, path = data._filesystem(output_uri)
+    fs, path = filesystems.resolve(output_uri, DataError)
     fs.create_dir(os.path.dirname(path) or ".", recursive=True)
     tmp = f"{path}.{os.getpid()}-{os.urandom(3).hex()}.tmp"  # renamed into place whole: no half-written output
     done, writer = 0, None

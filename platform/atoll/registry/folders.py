@@ -12,11 +12,12 @@ import os
 import posixpath
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow.fs as pafs
 
+from atoll import filesystems
 from atoll.errors import RegistryError
 
 try:  # POSIX only; without it (Windows) concurrent alias updates are last-writer-wins.
@@ -27,15 +28,7 @@ except ImportError:  # pragma: no cover
 
 def _resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     """A filesystem and a path in it for a local path (``~`` allowed) or a URI."""
-    text = os.fspath(location)
-    if "://" not in text:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
-    try:
-        fs, path = pafs.FileSystem.from_uri(text)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... depending on the scheme
-        raise RegistryError(f"cannot open storage {text!r}: {exc}. Check the URI (a local path, "
-                            f"s3://bucket/prefix or gs://bucket/prefix) and the credentials.") from None
-    return fs, path.rstrip("/") or path
+    return filesystems.resolve(location, RegistryError)
 
 
 class Folders:
@@ -49,6 +42,9 @@ class Folders:
 
     def __init__(self, fs: pafs.FileSystem, base: str, *, local: bool) -> None:
         self.fs, self.base, self.local = fs, base, local
+        #: Whether the store takes conditional writes (S3): claims and compare-and-swap, not rename and lock.
+        self.conditional = not local and filesystems.supports_conditional_writes(fs)
+        self.object_store = filesystems.is_object_store(fs)  # no folders of its own: none are created
 
     # -- paths ------------------------------------------------------------------------------------
 
@@ -78,8 +74,15 @@ class Folders:
         with self.fs.open_input_stream(path, compression=None) as f:
             return f.read()
 
+    def make_parent(self, path: str) -> None:
+        """Create the folder ``path`` goes in: on a disk. An object store needs none, and pyarrow's marker
+        object would make a folder appear before the object that gives it meaning (a staging folder
+        without its manifest)."""
+        if not self.object_store:
+            self.fs.create_dir(posixpath.dirname(path), recursive=True)
+
     def write_bytes(self, path: str, data: bytes) -> None:
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        self.make_parent(path)
         with self.fs.open_output_stream(path, compression=None) as f:
             f.write(data)
 
@@ -92,6 +95,38 @@ class Folders:
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         self.write_bytes(tmp, payload)
         os.replace(tmp, path)
+
+    def claim(self, path: str, data: bytes) -> bool:
+        """Create the object ``path`` holding ``data`` unless it exists (S3: ``If-None-Match: *``)."""
+        return filesystems.put_if_absent(self.fs, path, data)
+
+    def take_over(self, path: str, data: bytes, still: Callable[[Any], bool]) -> bool:
+        """Replace the JSON object ``path`` with ``data`` if ``still(its content)`` and nobody replaced it
+        in between (S3: ``If-Match`` its ETag)."""
+        raw, etag = filesystems.read_versioned(self.fs, path)
+        try:
+            current = json.loads(raw) if raw is not None else None
+        except ValueError:
+            current = None
+        return etag is not None and still(current) and filesystems.put_if_unchanged(self.fs, path, data, etag)
+
+    def update_json(self, path: str, change: Callable[[Any], Any]) -> Any:
+        """Apply ``change`` to a small JSON file (None when missing) and write the result, losing no concurrent
+        update: a compare-and-swap on S3; on a local disk the caller holds :meth:`lock`."""
+        if not self.conditional:
+            new = change(self.read_json(path))
+            self.write_json_atomic(path, new)
+            return new
+        for _ in range(1000):
+            raw, etag = filesystems.read_versioned(self.fs, path)
+            try:
+                current = json.loads(raw) if raw is not None else None
+            except ValueError:
+                current = None
+            new = change(current)
+            if filesystems.put_if_unchanged(self.fs, path, json.dumps(new, indent=2, sort_keys=True).encode(), etag):
+                return new
+        raise RegistryError(f"{path}: too many concurrent updates; retry.")
 
     def read_json(self, path: str) -> Any | None:
         """Parsed JSON, or None when the file is missing or unreadable (half-written, foreign)."""
@@ -128,7 +163,8 @@ class Folders:
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        """Serialize alias updates and deletes of one model (local filesystems; object stores: no-op)."""
+        """Serialize alias updates and deletes of one model on a local filesystem (an object store: no-op; S3's
+        alias updates are a compare-and-swap, :meth:`update_json`)."""
         if not self.local or fcntl is None:
             yield
             return

@@ -30,7 +30,10 @@ from atoll.registry.manifest import (
     _seal,
     weights_file,
 )
-from atoll.registry.writers import STALE_STAGING_S
+from atoll.registry.writers import STALE_STAGING_S, _writer_died
+
+#: The object that claims ``versions/N/`` on S3 (its staging id and writer), written with ``If-None-Match: *``.
+CLAIM = ".claim"
 
 # -- the checkpoint ---------------------------------------------------------------------------------
 
@@ -121,8 +124,11 @@ def _next_version(folders: Folders, name: str) -> int:
 
 def publish(folders: Folders, name: str, staging: str, manifest: dict[str, Any]) -> int:
     """Publish a staged READY manifest and its files as the next free version; return its number."""
-    return _publish_local(folders, name, staging, manifest) if folders.local else \
-        _publish_remote(folders, name, staging, manifest)
+    if folders.local:
+        return _publish_local(folders, name, staging, manifest)
+    if folders.conditional:
+        return _publish_claimed(folders, name, staging, manifest)
+    return _publish_remote(folders, name, staging, manifest)
 
 
 def _publish_local(folders: Folders, name: str, staging: str, manifest: dict[str, Any]) -> int:
@@ -143,18 +149,63 @@ def _publish_local(folders: Folders, name: str, staging: str, manifest: dict[str
     raise RegistryError(f"could not publish a new version of {name!r}: too many concurrent writers.")
 
 
-def _publish_remote(folders: Folders, name: str, staging: str, manifest: dict[str, Any]) -> int:
-    """Copy the staged files to the first empty ``versions/N/``, then write the manifest."""
+def _publish_claimed(folders: Folders, name: str, staging: str, manifest: dict[str, Any]) -> int:
+    """S3: claim ``versions/N/.claim`` with a conditional PUT (exactly one writer wins N), copy the staged
+    files, write the manifest last. A claim whose writer died before its manifest is taken over by the next
+    publisher (If-Match on the claim), so a crash burns no number."""
+    claim = json.dumps({"staging": posixpath.basename(staging), "writer": manifest["writer"]}).encode()
     version = _next_version(folders, name)
-    while folders.listing(folders.version_dir(name, version)):
-        version += 1
+    if version > 1 and _abandoned(folders, name, version - 1, claim):
+        version -= 1
+    else:
+        for _ in range(10_000):
+            if folders.claim(posixpath.join(folders.version_dir(name, version), CLAIM), claim):
+                break
+            version = max(version + 1, _next_version(folders, name))
+        else:
+            raise RegistryError(f"could not publish a new version of {name!r}: too many concurrent writers.")
+    # The staging manifest says which version it became: if this writer dies after the publish and before
+    # removing its staging copy, that copy is not reported as a failed registration.
+    manifest["version"] = version
+    folders.write_bytes(posixpath.join(staging, MANIFEST), json.dumps(_seal(manifest), indent=2).encode())
+    _copy_staged(folders, name, version, staging, manifest)
+    return version
+
+
+def _abandoned(folders: Folders, name: str, version: int, claim: bytes) -> bool:
+    """Take over ``versions/N`` when it holds a claim but no manifest and its writer is gone; then empty it."""
     dest = folders.version_dir(name, version)
-    folders.fs.create_dir(dest, recursive=True)  # claims N for concurrent writers (marker object)
+    if folders.fs.get_file_info(posixpath.join(dest, MANIFEST)).type != pafs.FileType.NotFound:
+        return False
+
+    def dead(current: Any) -> bool:
+        writer = current.get("writer") if isinstance(current, dict) else None
+        return isinstance(writer, dict) and _writer_died(writer)
+
+    if not folders.take_over(posixpath.join(dest, CLAIM), claim, dead):
+        return False
+    folders.empty_dir(dest, keep=CLAIM)  # what the dead writer copied before its manifest
+    return True
+
+
+def _copy_staged(folders: Folders, name: str, version: int, staging: str, manifest: dict[str, Any]) -> None:
+    """Copy the staged files into the claimed ``versions/N/``, then write its READY manifest (one PUT)."""
+    dest = folders.version_dir(name, version)
     for rel in manifest["files"]:
         refuse = _escaping_file(f"{name}:{version}", rel)
         target = _inside(dest, rel, refuse)
-        folders.fs.create_dir(posixpath.dirname(target), recursive=True)
+        folders.make_parent(target)
         folders.fs.copy_file(_inside(staging, rel, refuse), target)
     manifest["version"] = version
     folders.write_bytes(posixpath.join(dest, MANIFEST), json.dumps(_seal(manifest), indent=2).encode())
+
+
+def _publish_remote(folders: Folders, name: str, staging: str, manifest: dict[str, Any]) -> int:
+    """An object store without conditional writes (best effort): copy the staged files to the first empty
+    ``versions/N/``, then write the manifest."""
+    version = _next_version(folders, name)
+    while folders.listing(folders.version_dir(name, version)):
+        version += 1
+    folders.fs.create_dir(folders.version_dir(name, version), recursive=True)  # claims N (a marker object)
+    _copy_staged(folders, name, version, staging, manifest)
     return version

@@ -148,8 +148,7 @@ class Registry:
                 if (m := self._manifest(name, v)) is not None]
 
     def _read_aliases(self, name: str) -> dict[str, int]:
-        data = self._folders.read_json(self._folders.aliases_file(name))
-        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        return _aliases_of(self._folders.read_json(self._folders.aliases_file(name)))
 
     def aliases(self, name: str) -> dict[str, int]:
         """The aliases of a model, ``{alias: version}`` (empty when it has none)."""
@@ -179,7 +178,12 @@ class Registry:
             if entry.type != pafs.FileType.Directory or entry.base_name.startswith("."):
                 continue  # hidden: a staging folder still being created
             manifest = self._folders.read_json(posixpath.join(entry.path, MANIFEST))
+            if manifest is None and not self._folders.local and not any(
+                    i.type == pafs.FileType.File for i in self._folders.listing(entry.path, recursive=True)):
+                continue  # folder markers without objects, which an object store may keep after a delete
             manifest = manifest if isinstance(manifest, dict) else {}
+            if self._published(name, manifest):
+                continue  # the staging copy of a published version, not yet removed by its writer
             writer = manifest.get("writer") if isinstance(manifest.get("writer"), dict) else {}
             state, error = PENDING, None
             if manifest.get("status") == FAILED:
@@ -191,6 +195,18 @@ class Registry:
             found.append(Registration(name=name, id=entry.base_name, state=state, writer=writer, error=error,
                                       manifest=manifest))
         return sorted(found, key=lambda r: (r.started_at or "", r.id))
+
+    def _published(self, name: str, staging_manifest: dict[str, Any]) -> bool:
+        """Whether a staging manifest is that of a READY version (an object store's publish copies, so its
+        staging folder outlives the publish until the writer removes it)."""
+        version = staging_manifest.get("version")
+        if staging_manifest.get("status") != READY or not isinstance(version, int) or self._folders.local:
+            return False
+        try:
+            published = self._manifest(name, version)
+        except TamperedManifestError:
+            return False
+        return published is not None and all(published.get(k) == staging_manifest.get(k) for k in ("created_at", "writer"))
 
     def version_rows(self, name: str, *, unready: bool = False) -> list[dict[str, Any]]:
         """The versions of ``name``, oldest first, as ``{name, version, state, created_at, metrics, aliases}``;
@@ -322,7 +338,7 @@ class Registry:
     def _copy_in(self, src_fs: pafs.FileSystem, src: str, dst: str) -> dict[str, Any]:
         """Stream one file into the registry; return its sha256 and size."""
         digest, size = hashlib.sha256(), 0
-        self._folders.fs.create_dir(posixpath.dirname(dst), recursive=True)
+        self._folders.make_parent(dst)
         with src_fs.open_input_stream(src, compression=None) as fin, \
                 self._folders.fs.open_output_stream(dst, compression=None) as fout:
             while chunk := fin.read(_CHUNK):
@@ -341,9 +357,8 @@ class Registry:
         self._require_version(name, version)  # before locking: no lock file for a mistyped name
         with self._folders.lock(name):
             self._require_version(name, version)  # a concurrent delete may have won the lock first
-            aliases = self._read_aliases(name)
-            aliases[alias] = int(version)
-            self._folders.write_json_atomic(self._folders.aliases_file(name), aliases)
+            self._folders.update_json(self._folders.aliases_file(name),
+                                      lambda current: {**_aliases_of(current), alias: int(version)})
 
     def promote(self, ref: str, alias: str) -> tuple[ModelVersion, int | None]:
         """Point ``alias`` at the version ``ref`` names, ``NAME:VERSION`` or ``NAME@ALIAS`` (a bare name, which
@@ -370,9 +385,8 @@ class Registry:
         if alias not in self._read_aliases(name):
             raise self._unknown_alias(name, alias, self._read_aliases(name))
         with self._folders.lock(name):
-            aliases = self._read_aliases(name)
-            aliases.pop(alias, None)
-            self._folders.write_json_atomic(self._folders.aliases_file(name), aliases)
+            self._folders.update_json(self._folders.aliases_file(name),
+                                      lambda current: {a: v for a, v in _aliases_of(current).items() if a != alias})
 
     def _require_version(self, name: str, version: int) -> ModelVersion:
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -489,6 +503,11 @@ class Registry:
                 tmp.unlink(missing_ok=True)
         (dest / MANIFEST).write_text(json.dumps(mv.manifest, indent=2))
         return str(dest)
+
+
+def _aliases_of(data: Any) -> dict[str, int]:
+    """The ``{alias: version}`` of a parsed aliases.json (empty when missing or not a mapping)."""
+    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def open_registry(storage_root: str) -> Registry:

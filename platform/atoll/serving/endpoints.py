@@ -27,6 +27,7 @@ import httpx
 from atoll import apikeys, auth, cluster, jobs, registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import ClusterNotUpError, ConfigError, ServingError
+from atoll.filesystems import forwarded_env, is_remote
 from atoll.serving import playground
 from atoll.serving.names import DEPLOYMENT_NAME, MODEL_IMPORT_PATH
 from atoll.specs import ClusterSpec, ServeSettings
@@ -184,6 +185,8 @@ def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None
     code = model_code(version.spec["model"]["type"], spec, version.ref)
     if code:  # the user model's package goes with the app (replicas import it from there)
         new["runtime_env"] = {"py_modules": jobs.upload_modules(code, info=info)}
+    if is_remote(spec.atoll.storage) and (env := forwarded_env()):
+        new.setdefault("runtime_env", {})["env_vars"] = env  # where the object store is, never a key
     started = time.time()
     _change_apps(info, spec, lambda apps: {**apps, app: new},
                  landed=lambda apps: (apps.get(app) or {}).get("args") == new["args"])

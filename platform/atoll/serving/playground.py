@@ -144,13 +144,14 @@ def pick_examples(spec: dict[str, Any], schema: dict[str, Any], storage: str, n:
     """
     import pyarrow.dataset as pads
 
-    from atoll import data
+    from atoll import data, filesystems
+    from atoll.errors import DataError
 
     ds_spec = spec["dataset"]
     uri = data.resolve_path(ds_spec["path"], storage)
     fmt = data.detect_format(uri, ds_spec.get("format", "auto"))
     features, label = list(schema["features"]), schema["label"]
-    fs, path = data._filesystem(uri)
+    fs, path = filesystems.resolve(uri, DataError)
     keep = data.SplitFilter(features + [label], float(ds_spec.get("validation_fraction", 0.2)), "validation",
                             int(spec.get("seed", 0)))
     classes = schema.get("classes") or []

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from atoll import capacity, config, data, models, tasks
+from atoll import capacity, config, data, filesystems, models, tasks
 from atoll.errors import ConfigError
 from atoll.events import emit
 from atoll.specs import TrainSpec
@@ -26,13 +26,14 @@ from atoll.train.scaling import ScalingPlan, choose_scaling
 
 
 def runs_root(storage: str) -> str:
-    return storage.rstrip("/") + "/runs" if "://" in storage else str(Path(storage).expanduser() / "runs")
+    """Where training runs (Ray Train's storage_path) live: ``<storage>/runs``, a local folder or a URI."""
+    return filesystems.join(storage, "runs")
 
 
 def run_exists(storage: str, run_name: str) -> bool:
     import pyarrow.fs as pafs
 
-    fs, path = data._filesystem(runs_root(storage) + "/" + run_name)
+    fs, path = filesystems.resolve(filesystems.join(runs_root(storage), run_name))
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 

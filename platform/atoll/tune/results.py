@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from atoll import data
+from atoll import filesystems
 from atoll.tune.space import TRAINING_METRICS, SweepSpec, _is_scalar, decode_values
 
 
@@ -97,7 +97,7 @@ def _write_outputs(rows: list[dict[str, Any]], histories: dict[str, list[dict[st
     from atoll import plots
 
     names = {"results_csv": "results.csv", "results_parquet": "results.parquet", "plot": "sweep.png"}
-    fs, folder = data._filesystem(experiment)
+    fs, folder = filesystems.resolve(experiment)
     fs.create_dir(folder, recursive=True)
     with tempfile.TemporaryDirectory() as tmp:
         frame = results_frame(rows)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from atoll import capacity, config, data, events, tasks, train
+from atoll import capacity, config, events, filesystems, tasks, train
 from atoll.errors import ConfigError
 from atoll.specs import BASE_DIR, CHECK_FILES, SHIPPED, TrainSpec, resolve_local
 from atoll.tune.checks import check_models, check_resources, check_sweep, trial_spec
@@ -75,14 +75,12 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, *,
 
 def sweeps_root(storage: str) -> str:
     """Where sweeps live: ``<storage>/sweeps`` (a local folder or a URI)."""
-    if "://" in storage:
-        return storage.rstrip("/") + "/sweeps"
-    return str(Path(storage).expanduser().resolve() / "sweeps")  # Tune wants an absolute path
+    return filesystems.join(storage, "sweeps")  # absolute when local: Tune wants that
 
 
 def experiment_path(storage: str, name: str) -> str:
     """The Tune experiment folder of a sweep."""
-    return f"{sweeps_root(storage)}/{name}"
+    return filesystems.join(sweeps_root(storage), name)
 
 
 def _check_experiment(path: str, name: str, resume: bool) -> None:
@@ -90,7 +88,7 @@ def _check_experiment(path: str, name: str, resume: bool) -> None:
     import pyarrow.fs as pafs
     from ray import tune
 
-    fs, local = data._filesystem(path)
+    fs, local = filesystems.resolve(path)
     exists = fs.get_file_info(local).type != pafs.FileType.NotFound
     if exists and not resume:
         raise ConfigError(f"sweep {name!r} already exists at {path}. Continue it with --resume, or choose a "
