@@ -26,6 +26,19 @@ def test_status_shows_the_head_node(ray_cluster):
     assert st["dashboard_url"] == "http://127.0.0.1:8265"
 
 
+def test_status_of_a_remote_cluster_lists_its_nodes_from_the_dashboard_alone(ray_cluster, tmp_path):
+    """ATOLL_ADDRESS and nothing recorded (a cloud head behind a forwarded 8265): nodes come from Ray's state API."""
+    env = {"ATOLL_ADDRESS": ray_cluster.dashboard_url, "ATOLL_HOME": str(tmp_path / "elsewhere")}
+    result = run_cli("status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    st = json.loads(result.stdout)
+    assert st["mode"] == "remote" and st["warnings"] == []  # one node: a local storage root is fine
+    (head,) = st["nodes"]
+    assert head["head"] and head["alive"] and head["resources"]["CPU"]["total"] == 4
+    shown = run_cli("status", env=env)
+    assert shown.returncode == 0 and head["node_id"][:8] in shown.stdout and "CPU ?/4" in shown.stdout
+
+
 def test_up_again_says_already_up(ray_cluster):
     result = run_cli("up")
     assert result.returncode == 0

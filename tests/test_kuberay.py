@@ -270,7 +270,7 @@ def test_raycluster_content_for_the_repo_cluster_yaml(raw, tmp_path):
     assert head["rayStartParams"]["num-cpus"] == "0"  # head: CPU 0 in cluster.yaml → no tasks on it
     assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"  # the operator must reach the dashboard
     (head_container,) = head["template"]["spec"]["containers"]
-    assert head_container["image"] == "rayproject/ray:2.60.0-py311"
+    assert head_container["image"] == raw["docker"]["image"] == "atoll:0.1.0-ray2.60.0"  # ./Dockerfile's, as `ray up`
     assert head_container["resources"]["requests"]["cpu"] == "4"  # real CPU for GCS/dashboard/drivers
     assert {p["name"] for p in head_container["ports"]} >= {"gcs-server", "dashboard", "client", "serve"}
 
@@ -281,6 +281,7 @@ def test_raycluster_content_for_the_repo_cluster_yaml(raw, tmp_path):
     assert (gpu["minReplicas"], gpu["maxReplicas"], gpu["replicas"]) == (0, 2, 0)
     cpu_res = cpu["template"]["spec"]["containers"][0]["resources"]
     gpu_res = gpu["template"]["spec"]["containers"][0]["resources"]
+    assert gpu["template"]["spec"]["containers"][0]["image"] == "atoll:0.1.0-ray2.60.0-gpu"  # its docker.worker_image
     assert cpu_res == {"requests": {"cpu": "16", "memory": "60G"}, "limits": {"cpu": "16", "memory": "60G"}}
     assert gpu_res["limits"] == {"cpu": "8", "memory": "28G", "nvidia.com/gpu": "1"}
     assert "nvidia.com/gpu" not in gpu_res["requests"]
@@ -405,7 +406,9 @@ def test_rayservice_other_model_and_app(raw, tmp_path):
 def test_warnings_for_the_repo_cluster_yaml(raw, tmp_path):
     notes = kuberay.warnings(spec_of(tmp_path, raw))
     assert any("local path" in n for n in notes)      # ~/.atoll/storage: pods share no disk
-    assert any("stock image" in n for n in notes)     # rayproject/ray has no Atoll
+    assert not any("stock image" in n for n in notes)  # cluster.yaml's docker image: ./Dockerfile's, with Atoll
+    del raw["docker"]
+    assert any("stock image" in n for n in kuberay.warnings(spec_of(tmp_path, raw)))  # rayproject/ray has none
 
 
 # ------------------------------------------------------------------------------------------------
@@ -487,7 +490,7 @@ def test_cli_render_writes_the_three_files(cli, raw, tmp_path):
         assert yaml.safe_load(text) == manifest
         validate(yaml.safe_load(text))
     assert "kubectl create secret generic atoll-ray-token" in result.output
-    assert "warning:" in result.output  # local storage, stock image
+    assert "warning:" in result.output  # local storage
 
 
 def test_cli_render_json_prints_a_kubectl_list(cli, raw, tmp_path):

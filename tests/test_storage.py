@@ -130,3 +130,12 @@ def test_weed_is_the_pinned_binary() -> None:
     out = subprocess.run([objectstore.weed_binary(), "version"], capture_output=True, text=True, timeout=30)
     assert " 4.48 " in out.stdout, out.stdout
     assert os.access(objectstore.weed_binary(), os.X_OK)
+
+
+def test_status_warns_of_a_local_root_on_a_cluster_of_several_nodes() -> None:
+    from atoll import status
+
+    two = [{"alive": True}, {"alive": True}, {"alive": False}]
+    assert "nodes share no disk" in status.storage_warning(two, "~/.atoll/storage")
+    assert status.storage_warning(two, "s3://team/atoll") is None
+    assert status.storage_warning(two[:1], "~/.atoll/storage") is None  # one node: its disk is the only one

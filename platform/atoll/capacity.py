@@ -119,14 +119,14 @@ def infeasible(demand: list[dict[str, Any]], node_shapes: list[dict[str, float]]
     return out
 
 
-def _state_api(dashboard_url: str, headers: dict[str, str]):
+def state_api(dashboard_url: str, headers: dict[str, str]):
     """Ray's state API on the cluster's dashboard, with the token (its module functions send none)."""
     from ray.util.state.api import StateApiClient
 
     return StateApiClient(address=dashboard_url, headers={**headers, "Content-Type": "application/json"})
 
 
-def _list(client, resource: str, filters: list[tuple[str, str, str]]) -> list[Any]:
+def list_state(client, resource: str, filters: list[tuple[str, str, str]]) -> list[Any]:
     from ray.util.state.common import ListApiOptions, StateResource
 
     return client.list(StateResource(resource), options=ListApiOptions(limit=_LIMIT, filters=filters, detail=True),
@@ -135,7 +135,7 @@ def _list(client, resource: str, filters: list[tuple[str, str, str]]) -> list[An
 
 def node_shapes(client, worker_types: Iterable[NodeType] = ()) -> list[dict[str, float]]:
     """The resources of every alive node, plus one shape per worker type the autoscaler may add."""
-    shapes = [request_shape(n.resources_total) for n in _list(client, "nodes", [("state", "=", "ALIVE")])]
+    shapes = [request_shape(n.resources_total) for n in list_state(client, "nodes", [("state", "=", "ALIVE")])]
     return shapes + [request_shape(t.resources) for t in worker_types if (t.max_workers or 0) > 0]
 
 
@@ -143,14 +143,14 @@ def pending_work(client, ray_job_id: str) -> list[dict[str, Any]]:
     """The job's work that waits for resources: placement groups, actors and tasks, with their shapes."""
     work = [{"what": f"placement group {pg.name or pg.placement_group_id[:8]}", "shape": "placement group",
              "bundles": [request_shape(b.get("unit_resources")) for b in pg.bundles or []]}
-            for pg in _list(client, "placement_groups", [("state", "=", "PENDING")])
+            for pg in list_state(client, "placement_groups", [("state", "=", "PENDING")])
             if pg.creator_job_id == ray_job_id]
     # Actors and tasks inside a placement group wait for the group, which is checked above.
     work += [{"what": f"actor {a.class_name}", "shape": request_shape(a.required_resources)}
-             for a in _list(client, "actors", [("state", "=", "PENDING_CREATION"), ("job_id", "=", ray_job_id)])
+             for a in list_state(client, "actors", [("state", "=", "PENDING_CREATION"), ("job_id", "=", ray_job_id)])
              if not a.placement_group_id]
     work += [{"what": f"task {t.func_or_class_name or t.name}", "shape": request_shape(t.required_resources)}
-             for t in _list(client, "tasks", [("state", "=", "PENDING_NODE_ASSIGNMENT"), ("job_id", "=", ray_job_id)])
+             for t in list_state(client, "tasks", [("state", "=", "PENDING_NODE_ASSIGNMENT"), ("job_id", "=", ray_job_id)])
              if not t.placement_group_id]
     return work
 
@@ -163,7 +163,7 @@ def unschedulable(dashboard_url: str, headers: dict[str, str], ray_job_id: str |
     """
     if not ray_job_id:
         return None  # the driver has not connected yet: nothing of it is pending
-    client = _state_api(dashboard_url, headers)
+    client = state_api(dashboard_url, headers)
     work = pending_work(client, ray_job_id)
     if not work:
         return None

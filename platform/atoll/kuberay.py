@@ -213,7 +213,7 @@ def raycluster_spec(spec: ClusterSpec) -> dict[str, Any]:
     workers = []
     for type_name, node in spec.worker_types().items():
         resources, params = _group(spec, type_name, node, head=False)
-        image = (k8s.gpu_image or k8s.image) if node.resources.get("GPU") else k8s.image
+        image = image_of(spec, type_name)
         low = node.min_workers
         high = node.max_workers if node.max_workers is not None else spec.max_workers
         workers.append({
@@ -234,7 +234,7 @@ def raycluster_spec(spec: ClusterSpec) -> dict[str, Any]:
         "headGroupSpec": {
             "rayStartParams": head_params,
             "template": {"spec": {"containers": [
-                _container("ray-head", k8s.image, head_resources, head_ports, env)]}},
+                _container("ray-head", image_of(spec), head_resources, head_ports, env)]}},
         },
         "workerGroupSpecs": workers,
     }
@@ -347,6 +347,27 @@ def secret_command(spec: ClusterSpec) -> str:
             f"--from-file={TOKEN_KEY}=$HOME/.ray/auth_token")
 
 
+#: Ray's own image for the pinned Ray (what ./Dockerfile builds FROM), when nothing names Atoll's.
+STOCK_IMAGE = "rayproject/ray:2.60.0-py311"
+
+
+def image_of(spec: ClusterSpec, node_type: str | None = None) -> str:
+    """The image of the head's pods (``node_type`` None) or of a worker type's: metadata.atoll.k8s first
+    (``gpu_image`` for GPU types, then ``image``), else what `ray up` runs from cluster.yaml's ``docker:``
+    section (the type's own ``worker_image``, then ``worker_image`` / ``head_image``, then ``image``), else
+    :data:`STOCK_IMAGE`."""
+    k8s = spec.atoll.k8s
+    docker = (spec.model_extra or {}).get("docker") or {}
+    if node_type is None:
+        return k8s.image or docker.get("head_image") or docker.get("image") or STOCK_IMAGE
+    node = spec.available_node_types[node_type]
+    if node.resources.get("GPU") and k8s.gpu_image:
+        return k8s.gpu_image
+    own = (node.model_extra or {}).get("docker") or {}
+    return (k8s.image or own.get("worker_image") or docker.get("worker_image") or docker.get("image")
+            or STOCK_IMAGE)
+
+
 def warnings(spec: ClusterSpec) -> list[str]:
     """Things that render fine but will not work as the user may expect."""
     k8s = spec.atoll.k8s
@@ -355,10 +376,10 @@ def warnings(spec: ClusterSpec) -> list[str]:
     if "://" not in storage:
         out.append(f"storage {storage!r} is a local path: pods share no disk, so checkpoints and the registry would "
                    f"stay in one pod. Set metadata.atoll.k8s.storage (or storage) to s3://… or gs://….")
-    if k8s.image.startswith("rayproject/"):
-        out.append(f"image {k8s.image!r} is Ray's stock image without Atoll: the RayJob and RayService need an "
-                   f"image with this project at {k8s.project_dir} and `pip install -e` of it (and torch); set "
-                   f"metadata.atoll.k8s.image.")
+    if image_of(spec).startswith("rayproject/"):
+        out.append(f"image {image_of(spec)!r} is Ray's stock image without Atoll: the RayJob and RayService need "
+                   f"an image with this project at {k8s.project_dir} and `pip install -e` of it (and torch): build "
+                   f"./Dockerfile and name it in cluster.yaml's docker.image or metadata.atoll.k8s.image.")
     for type_name, node in spec.worker_types().items():
         if "memory" not in node.resources:
             out.append(f"available_node_types.{type_name}.resources.memory is not set: its pods get no memory "

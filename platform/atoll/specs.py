@@ -122,8 +122,9 @@ class K8sSettings(Strict):
     """How `atoll k8s render` turns cluster.yaml into KubeRay manifests (the pod sizes come from
     `available_node_types.*.resources`; `node_config` is cloud-specific and not used on Kubernetes)."""
 
-    image: str = Field("rayproject/ray:2.60.0-py311", min_length=1, description="Image of every Ray pod. "
-                       "RayJob and RayService need Atoll (and torch) installed in it: build one FROM this image.")
+    image: str | None = Field(None, min_length=1, description="Image of every Ray pod (default: cluster.yaml's "
+                              "`docker:` image, the one ./Dockerfile builds, else Ray's stock image). RayJob and "
+                              "RayService need Atoll (and torch) installed in it.")
     gpu_image: str | None = Field(None, min_length=1, description="Image of GPU worker pods (default: image).")
     ray_version: str = Field("2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version inside the image "
                              "(KubeRay needs it; token auth needs 2.52.0 or later).")
@@ -294,6 +295,10 @@ class TrainSpec(Strict):
     gpus_per_worker: float = Field(1, ge=0, description="GPUs per worker when training on GPU.")
     use_gpu: Literal["auto", True, False] = Field("auto", description="auto: on GPU when the cluster has GPUs.")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data-parallel strategy.")
+    placement: Literal["pack", "spread", "strict_spread"] = Field(
+        "pack", description="Where the workers go: pack (as few nodes as possible: fastest collectives), "
+        "spread (across nodes where it can: a node that dies takes fewer workers) or strict_spread (one worker "
+        "per node, or the run waits).")
     keep_checkpoints: int = Field(2, ge=1, description="Best N checkpoints kept (by the task's objective: "
                                   "validation accuracy, or RMSE for regression).")
     max_failures: int = Field(1, ge=0, description="Worker-group restarts from the last checkpoint.")

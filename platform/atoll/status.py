@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from atoll import auth, capacity, cluster, config, jobs
+from atoll import auth, capacity, cluster, config, filesystems, jobs
 from atoll.cluster import ClusterInfo
 from atoll.errors import ClusterError, ClusterNotUpError, ConfigError
 
@@ -24,6 +24,8 @@ def status(info: ClusterInfo | None = None) -> dict[str, Any]:
                               "pending_demand": [], "jobs": [], "serve_apps": {}}
     if info.gcs_address:
         result.update(_autoscaler_status(info.gcs_address))
+    else:  # a remote cluster behind ATOLL_ADDRESS: only its dashboard is reachable (the forwarded 8265)
+        result["nodes"] = _nodes_from_state_api(info)
     result["jobs"] = [j for j in jobs.list_jobs(info) if j["status"] in ("PENDING", "RUNNING")]
     result["serve_apps"] = serve_applications(info)
     result["autoscaler_events"] = autoscaler_events(info)
@@ -34,7 +36,48 @@ def status(info: ClusterInfo | None = None) -> dict[str, Any]:
         except (ConfigError, OSError):
             pass
     result["infeasible_demand"] = capacity.infeasible(result["pending_demand"], node_shapes)
+    try:
+        storage = config.load_spec(info.config_path).atoll.storage
+    except (ConfigError, OSError):
+        storage = None
+    result["warnings"] = [w for w in [storage_warning(result["nodes"], storage)] if w]
     return result
+
+
+def _nodes_from_state_api(info: ClusterInfo) -> list[dict[str, Any]]:
+    """Every node Ray's state API lists, with its type (the launcher's or KubeRay's node-group label) and
+    total resources (what is in use is the autoscaler's to say, which answers only on the GCS port)."""
+    client = capacity.state_api(info.dashboard_url, auth.headers())
+    nodes = []
+    for n in capacity.list_state(client, "nodes", []):
+        labels = n.labels or {}
+        alive = n.state == "ALIVE"
+        node_type = labels.get("ray.io/node-group") or labels.get("ray.io/node-type") or \
+            ("head" if n.is_head_node else "worker")
+        nodes.append({"node_id": n.node_id, "type": node_type, "ip": n.node_ip, "status": n.state, "alive": alive,
+                      "head": bool(n.is_head_node),
+                      "resources": {k: {"total": v, "used": None} for k, v in (n.resources_total or {}).items()
+                                    if not k.startswith("node:")} if alive else {}})
+    return nodes
+
+
+def placements(info: ClusterInfo, class_name: str) -> list[dict[str, Any]]:
+    """Where Ray placed the actors of a class (alive or finished), from Ray's state API: ``[{actor_id, node_id,
+    state, pid}]``. E.g. ``RayTrainWorker`` (training workers), ``ServeReplica:<app>:<deployment>`` (replicas)."""
+    client = capacity.state_api(info.dashboard_url, auth.headers())
+    return [{"actor_id": a.actor_id, "node_id": a.node_id, "state": a.state, "pid": a.pid}
+            for a in capacity.list_state(client, "actors", [("class_name", "=", class_name)])]
+
+
+def storage_warning(nodes: list[dict[str, Any]], storage: str | None) -> str | None:
+    """A warning when several nodes would keep their state on a local disk each (they share none)."""
+    alive = [n for n in nodes if n.get("alive")]
+    if storage is None or len(alive) < 2 or filesystems.is_remote(storage):
+        return None
+    return (f"the storage root is a local folder ({storage}) on a cluster of {len(alive)} nodes; nodes share no "
+            f"disk, so a checkpoint or version written on one is missing on the others. Put it in object "
+            f"storage: metadata.atoll.storage: s3://bucket/prefix (or ATOLL_STORAGE; `atoll storage up` for a "
+            f"local S3 server).")
 
 
 def autoscaler_events(info: ClusterInfo, last: int = 6) -> list[str]:

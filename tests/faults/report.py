@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = ROOT / ".reliability"
 DOC = ROOT / "docs" / "reliability.md"
-GROUPS = ["train", "driver", "sweep", "serve", "overload", "hostile input", "registry", "access", "config"]
+GROUPS = ["train", "driver", "multinode", "sweep", "serve", "overload", "hostile input", "registry", "access", "config"]
 
 HEADER = """# Reliability: faults, hostile input and access
 

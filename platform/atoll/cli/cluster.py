@@ -120,9 +120,11 @@ def _status_view(st: dict[str, Any]):
                              f"{time.strftime('%H:%M:%S')}")]
     nodes = Table("node", "type", "status", "resources (used / total)", title="Nodes", title_justify="left")
     for n in sorted(st["nodes"], key=lambda n: (not n.get("head"), n["type"], n["node_id"])):
-        res = ", ".join(f"{k} {v['used']:g}/{v['total']:g}" for k, v in sorted(n["resources"].items())
-                        if not k.endswith("memory"))
-        nodes.add_row(n["node_id"][:12] + (" (head)" if n.get("head") else ""), n["type"], n["status"], res)
+        res = ", ".join(f"{k} {'?' if v['used'] is None else format(v['used'], 'g')}/{v['total']:g}"
+                        for k, v in sorted(n["resources"].items()) if not k.endswith("memory"))
+        # Both ends of the id: simulated nodes share their leading hex digits (ffff…), real ones rarely do.
+        shown = f"{n['node_id'][:8]}…{n['node_id'][-4:]}" if len(n["node_id"]) > 12 else n["node_id"]
+        nodes.add_row(shown + (" (head)" if n.get("head") else ""), n["type"], n["status"], res)
     parts.append(nodes)
     res = Table("resource", "available", "total", title="Resources", title_justify="left")
     for k, v in sorted(st["resources"].items()):
@@ -138,6 +140,8 @@ def _status_view(st: dict[str, Any]):
         parts.append(Text(f"Infeasible: {d['fits_no_node']} fits no node this cluster has or can add; that work "
                           f"will wait forever. Stop it (`atoll jobs stop ID`) or add a node type that fits.",
                           style="red"))
+    for warning in st.get("warnings") or []:
+        parts.append(Text(f"Warning: {warning}", style="yellow"))
     if st.get("autoscaler_events"):
         parts.append(Text("Autoscaler, recent actions:\n" + "\n".join(f"  {e}" for e in st["autoscaler_events"])))
     parts.append(Text(f"Running jobs: {', '.join(j['id'] for j in st['jobs']) or 'none'}"))

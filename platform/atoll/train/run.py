@@ -86,7 +86,8 @@ def build_trainer(plan: ScalingPlan, train_config: dict[str, Any], *, storage: s
         train_loop_per_worker,
         train_loop_config=train_config,
         scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
-                                               resources_per_worker=plan.resources_per_worker),
+                                               resources_per_worker=plan.resources_per_worker,
+                                               placement_strategy=plan.placement_strategy),
         torch_config=TorchConfig(backend=plan.backend),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=runs_root(storage), callbacks=callbacks,

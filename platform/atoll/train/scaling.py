@@ -20,6 +20,7 @@ class ScalingPlan:
     backend: str  # "nccl" on GPU, "gloo" on CPU
     precision: str  # "bf16" autocast on GPU, "fp32" on CPU
     resources_per_worker: dict[str, float]
+    placement_strategy: str = "PACK"  # Ray's placement-group strategy for the worker group
 
 
 def choose_scaling(spec: TrainSpec, *, cluster_cpus: float, cluster_gpus: float,
@@ -52,4 +53,5 @@ def choose_scaling(spec: TrainSpec, *, cluster_cpus: float, cluster_gpus: float,
                           f"{need_cpus:g} CPUs; the cluster can hold at most {max_cpus:g}. Lower num_workers "
                           f"or cpus_per_worker (e.g. --set cpus_per_worker=0.5).")
     return ScalingPlan(num_workers=spec.num_workers, use_gpu=use_gpu, backend="nccl" if use_gpu else "gloo",
-                       precision="bf16" if use_gpu else "fp32", resources_per_worker=resources)
+                       precision="bf16" if use_gpu else "fp32", resources_per_worker=resources,
+                       placement_strategy=spec.placement.upper())

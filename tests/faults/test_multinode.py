@@ -1,0 +1,203 @@
+"""Several nodes on one machine, and one that dies (issue 20): a simulated cluster (`atoll up --simulate`: Ray's autoscaler and
+its fake multi-node provider) with a 0-CPU head and three 1-CPU worker nodes, every byte of state on the
+session's S3 server. Ray's own state API shows where the work ran: a 2-worker training run with
+`placement: spread` on two nodes, a sweep's trials on several nodes, two Serve replicas on two nodes. Then a
+node dies under a client loop: at most 1% of requests fail and the app is back to 2 replicas."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+import uuid
+
+import httpx
+import psutil
+import pytest
+from atoll import cluster, config, filesystems, status
+from atoll.events import parse_events
+from atoll.registry import Registry
+from conftest import REPO, run_cli
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+WORKERS = {"head": {"node_config": {}, "resources": {"CPU": 0}, "max_workers": 0},
+           "cpu": {"node_config": {}, "resources": {"CPU": 1, "memory": 2_000_000_000}, "min_workers": 3,
+                   "max_workers": 3}}
+
+
+#: 2 workers of half a CPU, spread over the nodes; 12 epochs, each reporting a checkpoint to S3 (~1 s apiece
+#: here), so a kill lands mid-run. The undisturbed run and the one whose node dies use the same spec.
+SPREAD_RUN = ["--set", "epochs=12", "--set", "cpus_per_worker=0.5", "--set", "placement=spread"]
+
+
+def _alive_workers(env: dict[str, str]) -> list[dict]:
+    result = run_cli("status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return [n for n in json.loads(result.stdout)["nodes"] if n["type"] == "cpu" and n["alive"]]
+
+
+def _wait_for(condition, what: str, timeout: float = 120, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+    return value
+
+
+def _node_processes(node_id: str) -> list[psutil.Process]:
+    """The raylet of a simulated node and every worker it started (they carry the node's id in their env)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def three_nodes(s3_store, tmp_path_factory):
+    """The simulated cluster, its env (own ATOLL_HOME, cluster.yaml and an s3:// storage root) and info."""
+    folder = tmp_path_factory.mktemp("multinode")
+    path = config.write_local_variant(folder / "cluster.yaml", port=6394, dashboard_port=8294, serve_port=8014,
+                                      max_workers=3, source=REPO / "cluster.yaml", node_types=WORKERS)
+    env = {"ATOLL_HOME": str(folder / "home"), "ATOLL_CLUSTER_CONFIG": str(path),
+           "ATOLL_STORAGE": f"s3://atoll-test/multinode-{uuid.uuid4().hex[:8]}"}
+    started = run_cli("up", "--simulate", "--json", env=env, timeout=300)
+    assert started.returncode == 0, started.stdout + started.stderr
+    info = cluster.ClusterInfo(**{k: v for k, v in json.loads(started.stdout).items() if k != "already_up"})
+    try:
+        _wait_for(lambda: len(_alive_workers(env)) == 3, "3 worker nodes (min_workers)")
+        yield env, info
+    finally:
+        assert run_cli("down", env=env).returncode == 0
+    assert cluster.ray_processes_of(info) == []
+
+
+def _nodes_of(info, class_name: str) -> set[str]:
+    return {p["node_id"] for p in status.placements(info, class_name)}
+
+
+def test_training_sweeps_and_replicas_spread_over_nodes_with_state_on_s3(three_nodes, reliability):
+    env, info = three_nodes
+    listed = json.loads(run_cli("status", "--json", env=env).stdout)
+    assert {n["type"] for n in listed["nodes"] if n["alive"]} == {"head", "cpu"} and listed["warnings"] == []
+
+    trained = run_cli("train", *SPREAD_RUN, "--run-name", "spread", "--json", env=env, timeout=600)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    registered = json.loads(trained.stdout)["registered"]
+    assert Registry(env["ATOLL_STORAGE"]).get(f"digits:{registered['version']}").uri.startswith(env["ATOLL_STORAGE"])
+    train_nodes = _nodes_of(info, "RayTrainWorker")
+    assert len(train_nodes) == 2, status.placements(info, "RayTrainWorker")  # PACK would fit both on one node
+
+    swept = run_cli("tune", "--set", "name=spread-sweep", "--set", "num_samples=2", "--set", "overrides.epochs=1",
+                    "--set", "overrides.register_model=false", "--json", env=env, timeout=600)
+    assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
+    trial_nodes = set().union(*(_nodes_of(info, name) for name in ("ImplicitFunc", "run_trial")))
+    assert len(trial_nodes) >= 2, trial_nodes
+
+    deployed = run_cli("serve", "deploy", f"digits:{registered['version']}", "--replicas", "2:2",
+                       "--set", "num_cpus_per_replica=0.5", "--json", env=env, timeout=400)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    url = json.loads(deployed.stdout)["url"]
+    (replica_class,) = _replica_classes(info)
+    replicas = [p for p in status.placements(info, replica_class) if p["state"] == "ALIVE"]
+    assert len({p["node_id"] for p in replicas}) == 2, replicas
+    reliability("multinode", "2 Train workers (placement: spread), a 2-trial sweep and 2 Serve replicas on a "
+                "simulated 3-node cluster, state on S3",
+                f"workers on {len(train_nodes)} nodes, trials on {len(trial_nodes)} nodes, replicas on 2 nodes "
+                f"(Ray's state API)", "pass")
+
+    # A node dies under load: SIGKILL the raylet and workers of one replica's node.
+    rows = [[0.0] * 64]
+    outcomes: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                try:
+                    outcomes.append(http.post(f"{url}/predict", json={"inputs": rows}).status_code)
+                except httpx.HTTPError:
+                    outcomes.append(0)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    _wait_for(lambda: len(outcomes) >= 50, "50 requests before the kill", every=0.1)
+    victim = replicas[0]["node_id"]
+    killed = _node_processes(victim)
+    assert killed, f"no process of node {victim}"
+    t0 = time.monotonic()
+    for proc in killed:
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone between the listing and the kill
+            proc.send_signal(signal.SIGKILL)
+
+    def back_to_two() -> bool:
+        alive = [p for p in status.placements(info, replica_class) if p["state"] == "ALIVE"]
+        return len(alive) == 2 and victim not in {p["node_id"] for p in alive}
+
+    _wait_for(back_to_two, "2 replicas again, none on the dead node", timeout=180, every=1.0)
+    recovered_s = time.monotonic() - t0
+    time.sleep(2)  # requests after the recovery count too
+    stop.set()
+    thread.join(timeout=15)
+    failed = sum(code != 200 for code in outcomes)
+    assert failed <= 0.01 * len(outcomes), (failed, len(outcomes), sorted(set(outcomes)))
+    reliability("multinode", "SIGKILL the node (raylet + workers) of 1 of 2 replicas under a closed client loop",
+                f"{failed}/{len(outcomes)} requests failed ({100 * failed / len(outcomes):.2f}%); "
+                f"2 replicas again in {recovered_s:.1f} s", "pass")
+    assert run_cli("serve", "delete", "digits", env=env).returncode == 0
+
+
+def _replica_classes(info) -> set[str]:
+    """Serve names a replica actor's class ``ServeReplica:<app>:<deployment>``."""
+    client = status.capacity.state_api(info.dashboard_url, status.auth.headers())
+    actors = status.capacity.list_state(client, "actors", [])
+    return {a.class_name for a in actors if a.class_name.startswith("ServeReplica:digits:")}
+
+
+
+
+def test_a_node_that_dies_mid_training_costs_at_most_a_restart_from_the_checkpoint_on_s3(three_nodes, reliability):
+    env, info = three_nodes
+    reg = Registry(env["ATOLL_STORAGE"])
+    baseline = reg.get("digits:1")  # the undisturbed run of the same spec (the test above)
+    assert baseline.lineage["run_name"] == "spread"
+    submitted = run_cli("train", *SPREAD_RUN, "--run-name", "node-dies", "--no-wait", "--json", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    snapshot = f"{env['ATOLL_STORAGE']}/runs/node-dies/checkpoint_manager_snapshot.json"
+
+    def checkpointed() -> bool:
+        fs, path = filesystems.resolve(snapshot)
+        try:
+            with fs.open_input_stream(path) as f:
+                return bool(json.loads(f.read()).get("checkpoint_results"))
+        except (FileNotFoundError, OSError, ValueError):
+            return False
+
+    _wait_for(checkpointed, "a first checkpoint in S3", timeout=240)
+    workers = [p for p in status.placements(info, "RayTrainWorker") if p["state"] == "ALIVE"]
+    victim = workers[0]["node_id"]
+    t0 = time.monotonic()
+    for proc in _node_processes(victim):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    logs = run_cli("jobs", "logs", job_id, "--follow", env=env, timeout=600)
+    finished_s = time.monotonic() - t0
+    final = json.loads(run_cli("jobs", "status", job_id, "--json", env=env).stdout)
+    assert final["status"] == "SUCCEEDED", logs.stdout[-3000:]
+    events = parse_events(logs.stdout)
+    resumed = [e for e in events if e["event"] == "resumed"]
+    assert resumed and resumed[0]["epoch"] >= 1, "the run did not restart from its checkpoint"
+    version = next(v for v in reg.list_versions("digits") if v.lineage.get("run_name") == "node-dies")
+    faulted, undisturbed = version.metrics["val_accuracy"], baseline.metrics["val_accuracy"]
+    assert abs(faulted - undisturbed) <= 0.02, (faulted, undisturbed)
+    reliability("multinode", "SIGKILL a whole worker node (raylet + workers) holding a Train worker, mid-run",
+                f"restarted from epoch {resumed[0]['epoch']} (checkpoint on S3), finished {finished_s:.0f} s after "
+                f"the kill; val_accuracy {faulted:.4f} vs {undisturbed:.4f} undisturbed (Δ {faulted - undisturbed:+.4f})",
+                "pass")
