@@ -7,11 +7,13 @@ Ray jobs) inherit these variables.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -26,20 +28,28 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@contextlib.contextmanager
+def environ(values: dict[str, str]) -> Iterator[dict[str, str]]:
+    """These variables set in os.environ (so every child process inherits them), as they were afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield values
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @pytest.fixture(scope="session", autouse=True)
-def atoll_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def atoll_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("atoll_home")
-    env = {"ATOLL_HOME": str(home), "ATOLL_STORAGE": str(home / "storage"),
-           "ATOLL_CLUSTER_CONFIG": str(REPO / "cluster.yaml")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     os.environ.pop("ATOLL_ADDRESS", None)
-    yield env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with environ({"ATOLL_HOME": str(home), "ATOLL_STORAGE": str(home / "storage"),
+                  "ATOLL_CLUSTER_CONFIG": str(REPO / "cluster.yaml")}) as env:
+        yield env
 
 
 @pytest.fixture(scope="session")
@@ -190,14 +200,8 @@ def s3_store(atoll_env):
     assert result.returncode == 0, result.stdout + result.stderr
     info = objectstore.current()
     assert info is not None and json.loads(result.stdout)["pid"] == info.pid
-    saved = {k: os.environ.get(k) for k in info.environment()}
-    os.environ.update(info.environment())
-    yield info
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with environ(info.environment()):
+        yield info
     assert run_cli("storage", "down").returncode == 0
     assert objectstore.current() is None and not objectstore.process_alive(info.pid)
 

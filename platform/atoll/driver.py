@@ -5,7 +5,10 @@ connect to the cluster it runs on, record the job's lineage, and end on a user e
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +30,29 @@ def parser(module: str, description: str, default_spec: str, set_help: str) -> a
 def run(body: Callable[[], int | None]) -> int:
     """The job's exit code: ``body``'s (0 when it returns None), or 2 with one ``error:`` line on an Atoll
     error."""
+    work_from_a_private_copy()
     try:
         return body() or 0
     except AtollError as exc:
         return report_error(exc)
+
+
+def work_from_a_private_copy() -> None:
+    """Run the job from its own copy of the working dir.
+
+    A job starts inside its working_dir as Ray unpacked it under ``runtime_resources/``. Where several Ray nodes
+    share one disk (nodes on one machine: `atoll up --simulate`, a shared volume), each node's runtime-env agent
+    replaces that folder (delete, unpack) the first time it sets up the same package. The driver inside it then
+    has no current directory any more, and Tune's experiment listing, which needs one, fails at the end of a
+    sweep. A private copy (the project minus its excludes: small) keeps every relative path working.
+    """
+    here = os.getcwd()
+    if f"{os.sep}runtime_resources{os.sep}" not in here:
+        return  # not a Ray job's unpacked working_dir
+    copy = tempfile.mkdtemp(prefix="atoll-job-")
+    shutil.copytree(here, copy, symlinks=True, dirs_exist_ok=True)
+    os.chdir(copy)
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
 
 
 def connect() -> None:
