@@ -10,6 +10,7 @@ file`` says the same in cluster.yaml). `atoll storage down` stops the server by 
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import secrets
@@ -140,12 +141,11 @@ def _s3_client(info: StoreInfo) -> Any:
     import boto3
     from botocore.config import Config
 
-    key = {}
-    for line in Path(info.credentials_file).read_text().splitlines():
-        name, _, value = line.partition("=")
-        key[name.strip()] = value.strip()
+    key = configparser.ConfigParser()
+    key.read(info.credentials_file)  # the AWS shared-credentials file this module wrote
     return boto3.client("s3", endpoint_url=info.endpoint, region_name=REGION,
-                        aws_access_key_id=key["aws_access_key_id"], aws_secret_access_key=key["aws_secret_access_key"],
+                        aws_access_key_id=key["default"]["aws_access_key_id"],
+                        aws_secret_access_key=key["default"]["aws_secret_access_key"],
                         config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
 
 

@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from atoll import cluster, config, data, filesystems, status
+from atoll import auth, capacity, cluster, config, data, filesystems, status
 from atoll.registry import Registry
 from conftest import REPO, run_cli
 
@@ -156,25 +156,8 @@ def test_training_and_replicas_spread_over_nodes_and_a_replica_node_dies_with_st
     assert not (Path(env["ATOLL_HOME"]) / "storage").exists() and not (REPO / "s3:").exists()
 
 
-def _class_names(info) -> set[str]:
-    """The classes of every actor the cluster has run."""
-    client = status.capacity.state_api(info.dashboard_url, status.auth.headers())
-    return {a.class_name for a in status.capacity.list_state(client, "actors", [])}
-
-
 def _replica_classes(info) -> set[str]:
     """Serve names a replica actor's class ``ServeReplica:<app>:<deployment>``."""
-    return {name for name in _class_names(info) if name.startswith("ServeReplica:digits:")}
-
-
-
-
-def _class_names(info) -> set[str]:
-    """The classes of every actor the cluster has run."""
-    client = status.capacity.state_api(info.dashboard_url, status.auth.headers())
-    return {a.class_name for a in status.capacity.list_state(client, "actors", [])}
-
-
-def _replica_classes(info) -> set[str]:
-    """Serve names a replica actor's class ``ServeReplica:<app>:<deployment>``."""
-    return {name for name in _class_names(info) if name.startswith("ServeReplica:digits:")}
+    client = capacity.state_api(info.dashboard_url, auth.headers())
+    return {a.class_name for a in capacity.list_state(client, "actors", [])
+            if a.class_name.startswith("ServeReplica:digits:")}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 
 import typer
@@ -27,7 +28,8 @@ def up(port: int = typer.Option(8333, "--port", help="Port of the S3 API on 127.
     """Start the store (or reuse the running one) and create its buckets."""
     from atoll import objectstore
 
-    with console.status("Starting SeaweedFS on 127.0.0.1…", spinner="dots") if not as_json else _quiet():
+    with console.status("Starting SeaweedFS on 127.0.0.1…", spinner="dots") if not as_json \
+            else contextlib.nullcontext():
         info = objectstore.up(port=port, buckets=tuple(bucket))
     if as_json:
         print_json(info.to_dict())
@@ -74,9 +76,3 @@ def env(bucket: str = typer.Option("atoll", "--bucket", help="Bucket of the stor
         raise ObjectStoreError("no object store is running; start one with `atoll storage up`.")
     values = {"ATOLL_STORAGE": f"s3://{bucket}/storage", **info.environment()}
     print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in values.items()))
-
-
-def _quiet():
-    import contextlib
-
-    return contextlib.nullcontext()

@@ -103,11 +103,7 @@ class Folders:
     def take_over(self, path: str, data: bytes, still: Callable[[Any], bool]) -> bool:
         """Replace the JSON object ``path`` with ``data`` if ``still(its content)`` and nobody replaced it
         in between (S3: ``If-Match`` its ETag)."""
-        raw, etag = filesystems.read_versioned(self.fs, path)
-        try:
-            current = json.loads(raw) if raw is not None else None
-        except ValueError:
-            current = None
+        current, etag = self._read_json_versioned(path)
         return etag is not None and still(current) and filesystems.put_if_unchanged(self.fs, path, data, etag)
 
     def update_json(self, path: str, change: Callable[[Any], Any]) -> Any:
@@ -118,15 +114,19 @@ class Folders:
             self.write_json_atomic(path, new)
             return new
         for _ in range(1000):
-            raw, etag = filesystems.read_versioned(self.fs, path)
-            try:
-                current = json.loads(raw) if raw is not None else None
-            except ValueError:
-                current = None
+            current, etag = self._read_json_versioned(path)
             new = change(current)
             if filesystems.put_if_unchanged(self.fs, path, json.dumps(new, indent=2, sort_keys=True).encode(), etag):
                 return new
         raise RegistryError(f"{path}: too many concurrent updates; retry.")
+
+    def _read_json_versioned(self, path: str) -> tuple[Any | None, str | None]:
+        """A small JSON object's content (None when missing or unparsable) and its ETag (S3)."""
+        raw, etag = filesystems.read_versioned(self.fs, path)
+        try:
+            return (json.loads(raw) if raw is not None else None), etag
+        except ValueError:
+            return None, etag
 
     def read_json(self, path: str) -> Any | None:
         """Parsed JSON, or None when the file is missing or unreadable (half-written, foreign)."""
