@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ EVENT_PREFIX = "ATOLL_EVENT "
 def emit(event: str, **fields: Any) -> None:
     """Print one machine-readable progress line; the CLI reads these from the job's logs.
 
-    Each line carries an ``id`` of its own: Ray forwards a Train worker's line into the job's log twice
+    Each line carries ``t`` (when it was printed, Unix seconds: readers time a job's steps from the log) and an
+    ``id`` of its own: Ray forwards a Train worker's line into the job's log twice
     (once through Train's worker logging, once through the log monitor), and readers drop the copy by it.
     """
-    print(EVENT_PREFIX + json.dumps({"event": event, **fields, "id": os.urandom(6).hex()}, default=str), flush=True)
+    print(EVENT_PREFIX + json.dumps({"event": event, **fields, "id": os.urandom(6).hex(), "t": round(time.time(), 3)}, default=str), flush=True)
 
 
 def parse_events(text: str, seen: set[str] | None = None) -> list[dict[str, Any]]:

@@ -30,6 +30,28 @@ PREPROCESS_FILE, TOKENIZER_FILE = "preprocess.json", "tokenizer.json"
 INPUT_NAME, OUTPUT_NAME = "inputs", "outputs"
 
 
+#: what exporting and its checks import the first time in a process: ~7 s on 2 cores, most of it ONNX's
+#: operator library. A driver imports them while its workers train (:func:`warm_up`), not after.
+_EXPORT_MODULES = ("torch.export", "torch.onnx", "onnxscript.function_libs.torch_lib.ops", "onnxruntime",
+                   "matplotlib.pyplot")
+
+
+def warm_up() -> None:
+    """Import what registration will need, in a daemon thread; the caller goes on at once. A module that
+    fails to import is left for the export itself to report."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in _EXPORT_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001,S112 - the export that needs it records the error
+                continue
+
+    threading.Thread(target=load, name="atoll-export-warm-up", daemon=True).start()
+
+
 def _forward(model):
     """The model behind one positional tensor in and one tensor out (Keras models and DDP wrappers differ)."""
     import torch

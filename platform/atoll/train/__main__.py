@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from atoll import config, driver
+from atoll import config, driver, exports
 from atoll.events import emit
 from atoll.specs import TrainSpec
 from atoll.train.run import best_checkpoint, default_run_name, fit, register_checkpoint
@@ -37,6 +37,8 @@ def _train_job(spec_path: str, overrides: list[str], run_name: str | None, resum
     run_name = resume or run_name or default_run_name(spec)
     print("resolved spec:", json.dumps(spec.model_dump(mode="json")), flush=True)
     driver.connect()
+    if spec.register_model:
+        exports.warm_up()
     result, dplan, _, plan = fit(spec, storage=storage, run_name=run_name, resume=bool(resume))
     ckpt, metrics = best_checkpoint(result, spec)
     emit("finished", run=run_name, best=metrics, checkpoint=ckpt.path)

@@ -64,6 +64,10 @@ class MemoryShard:
     def __init__(self, shard, dtypes: dict[str, Any]) -> None:
         import torch
 
+        if isinstance(shard, dict):  # the arrays themselves (``atoll.train.run.memory_shards``)
+            self.x = torch.as_tensor(shard["x"], dtype=dtypes["x"])
+            self.y = torch.as_tensor(shard["y"], dtype=dtypes["y"])
+            return
         parts = list(shard.iter_torch_batches(batch_size=4096, dtypes=dtypes))
         self.x = torch.cat([p["x"] for p in parts]) if parts else torch.zeros(0)
         self.y = torch.cat([p["y"] for p in parts]) if parts else torch.zeros(0, dtype=dtypes["y"])
@@ -138,6 +142,12 @@ class TrainSession:
     def dataset(self, name: str):
         return self._train.get_dataset_shard(name)
 
+    def shard(self, refs: list):
+        """This rank's object of a dataset put in the store whole, one per rank."""
+        import ray
+
+        return ray.get(refs[self.rank])
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         ckpt = self._train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         self._train.report(metrics, checkpoint=ckpt)
@@ -172,7 +182,9 @@ def train_loop(config: dict[str, Any], session) -> None:
 
     dtypes = {"x": getattr(torch, task.input_dtype), "y": getattr(torch, task.target_dtype)}
     shard_kind = MemoryShard if config.get("in_memory") else StreamShard
-    train_data, val_data = (shard_kind(session.dataset(name), dtypes) for name in ("train", "validation"))
+    shards = config.get("shards")  # in-memory rows handed over as objects (atoll train), else Ray Data's split
+    train_data, val_data = (shard_kind(session.shard(shards[name]) if shards else session.dataset(name), dtypes)
+                            for name in ("train", "validation"))
     for epoch in range(start_epoch, spec.epochs):
         started = time.perf_counter()
         train_sums = _epoch(model, train_data, spec, task, pre, device, optimizer, autocast, seed=spec.seed + epoch)

@@ -71,6 +71,20 @@ def in_memory(spec: TrainSpec, dplan, pre) -> bool:
     return data.should_cache(dplan, spec.dataset.cache, tasks.get(spec.task).row_bytes(pre))
 
 
+def memory_shards(ds, num_workers: int) -> list:
+    """A materialised ``{"x", "y"}`` dataset cut into ``num_workers`` equal shards, each put in the object
+    store once (references travel in the loop's config; rank r reads shard r). Equal like Ray Data's split for
+    DDP (every rank runs as many batches): the remainder of the division is left out."""
+    import numpy as np
+    import ray
+
+    parts = [b for b in ds.iter_batches(batch_size=None, batch_format="numpy") if len(b["y"])]
+    x = np.concatenate([p["x"] for p in parts]) if parts else np.zeros((0,), np.float32)
+    y = np.concatenate([p["y"] for p in parts]) if parts else np.zeros((0,), np.int64)
+    per = len(y) // num_workers
+    return [ray.put({"x": x[r * per:(r + 1) * per], "y": y[r * per:(r + 1) * per]}) for r in range(num_workers)]
+
+
 def build_trainer(plan: ScalingPlan, train_config: dict[str, Any], *, storage: str, run_name: str,
                   datasets: dict[str, Any], callbacks: list | None = None, keep: int = 2,
                   metric: str = "val_accuracy", mode: str = "max", max_failures: int = 1):
@@ -114,8 +128,14 @@ def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
              dataset=dplan.uri, rows=dplan.rows, features=len(dplan.features), classes=pre.num_classes, task=spec.task,
              epochs=spec.epochs)
     metric, mode = tasks.get(spec.task).objective
-    trainer = build_trainer(plan, loop_config(spec, pre, run_name, plan.precision, in_memory(spec, dplan, pre)),
-                            storage=storage, run_name=run_name, datasets={"train": train_ds, "validation": val_ds},
+    train_config = loop_config(spec, pre, run_name, plan.precision, in_memory(spec, dplan, pre))
+    datasets = {"train": train_ds, "validation": val_ds}
+    if train_config["in_memory"]:
+        # Rows that fit go to each worker as its own object: Ray Data's per-epoch split (a coordinator actor
+        # per dataset, planned on the first pass) costs more than every epoch of a small run together.
+        train_config["shards"] = {name: memory_shards(ds, plan.num_workers) for name, ds in datasets.items()}
+        datasets = {}
+    trainer = build_trainer(plan, train_config, storage=storage, run_name=run_name, datasets=datasets,
                             callbacks=callbacks, keep=spec.keep_checkpoints, metric=metric, mode=mode,
                             max_failures=spec.max_failures)
     result = trainer.fit()

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from atoll import capacity, config, events, filesystems, tasks, train
+from atoll import capacity, config, events, exports, filesystems, tasks, train
 from atoll.errors import ConfigError
 from atoll.specs import BASE_DIR, CHECK_FILES, SHIPPED, TrainSpec, resolve_local
 from atoll.tune.checks import check_models, check_resources, check_sweep, trial_spec
@@ -242,6 +242,8 @@ def run_sweep(sweep: SweepSpec, base: TrainSpec, *, storage: str, resume: bool =
     else:
         tuner = build_tuner(sweep, trainable, storage=storage, max_t=max_t, max_concurrent=concurrent,
                             max_failures=spec.max_failures)
+    if spec.register_model:
+        exports.warm_up()
     grid = tuner.fit()
 
     results = list(grid)
