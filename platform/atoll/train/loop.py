@@ -64,13 +64,19 @@ class MemoryShard:
     def __init__(self, shard, dtypes: dict[str, Any]) -> None:
         import torch
 
-        if isinstance(shard, dict):  # the arrays themselves (``atoll.train.run.memory_shards``)
-            self.x = torch.as_tensor(shard["x"], dtype=dtypes["x"])
-            self.y = torch.as_tensor(shard["y"], dtype=dtypes["y"])
-            return
         parts = list(shard.iter_torch_batches(batch_size=4096, dtypes=dtypes))
         self.x = torch.cat([p["x"] for p in parts]) if parts else torch.zeros(0)
         self.y = torch.cat([p["y"] for p in parts]) if parts else torch.zeros(0, dtype=dtypes["y"])
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, Any], dtypes: dict[str, Any]) -> MemoryShard:
+        """The shard from its arrays themselves (``atoll.train.run.memory_shards``), with no Ray Data pass."""
+        import torch
+
+        shard = cls.__new__(cls)
+        shard.x = torch.as_tensor(arrays["x"], dtype=dtypes["x"])
+        shard.y = torch.as_tensor(arrays["y"], dtype=dtypes["y"])
+        return shard
 
     def batches(self, batch_size: int, device, shuffle_seed: int | None = None):
         import torch
@@ -181,10 +187,13 @@ def train_loop(config: dict[str, Any], session) -> None:
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
 
     dtypes = {"x": getattr(torch, task.input_dtype), "y": getattr(torch, task.target_dtype)}
-    shard_kind = MemoryShard if config.get("in_memory") else StreamShard
-    shards = config.get("shards")  # in-memory rows handed over as objects (atoll train), else Ray Data's split
-    train_data, val_data = (shard_kind(session.shard(shards[name]) if shards else session.dataset(name), dtypes)
-                            for name in ("train", "validation"))
+    shards = config.get("shards")  # rows handed over as objects (atoll train), else Ray Data's split
+    if shards:
+        train_data, val_data = (MemoryShard.from_arrays(session.shard(shards[name]), dtypes)
+                                for name in ("train", "validation"))
+    else:
+        shard_kind = MemoryShard if config.get("in_memory") else StreamShard
+        train_data, val_data = (shard_kind(session.dataset(name), dtypes) for name in ("train", "validation"))
     for epoch in range(start_epoch, spec.epochs):
         started = time.perf_counter()
         train_sums = _epoch(model, train_data, spec, task, pre, device, optimizer, autocast, seed=spec.seed + epoch)
