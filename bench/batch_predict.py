@@ -11,8 +11,9 @@ predictions and probabilities, the way a user runs them:
   beforehand, its own storage), timed from the command's start to its end (job submission, Ray Data's read,
   the actor pool loading the model, writing the file included);
 - baseline: one Python process that reads the file with pandas, applies the version's preprocessing
-  (``task.encode``), runs the same weights with torch in batches of 4,096 under ``inference_mode``, and writes
-  the same columns with pyarrow, also timed end to end (loading the model included).
+  (``task.encode``), runs the same weights with torch in batches of 4,096 under ``inference_mode``, turns the
+  outputs into labels and probabilities with numpy (``task.answer_arrays``, as the job does) and writes the
+  same columns with pyarrow, also timed end to end (loading the model included).
 
 Rows/s = rows ÷ wall seconds. The models are trained here first (a short `atoll train`); the data is the
 demo's, repeated to the size asked. What cannot be made equal: the baseline's torch uses both cores in one
@@ -50,11 +51,12 @@ def _plain_loop(storage: str, ref: str, source: Path, target: Path) -> float:
         for start in range(0, len(frame), 4096):
             part = frame.iloc[start:start + 4096]
             x = torch.from_numpy(np.ascontiguousarray(task.encode(task.frame_inputs(part, schema), state)))
-            labels, probs = task.answer(predictor.model(x).float().numpy(), state)
-            predictions += labels
-            probabilities += probs or []
-    out = pa.table({**{k: frame[k].to_numpy() for k in keys}, "prediction": predictions,
-                    "probabilities": probabilities})
+            labels, probs = task.answer_arrays(predictor.model(x).float().numpy(), state)
+            predictions.append(labels)
+            probabilities.append(probs)
+    probs = np.concatenate(probabilities)  # as arrays throughout, like the job: no Python lists per row
+    out = pa.table({**{k: frame[k].to_numpy() for k in keys}, "prediction": np.concatenate(predictions),
+                    "probabilities": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), probs.shape[1])})
     pq.write_table(out, target)
     return time.perf_counter() - started
 

@@ -27,7 +27,7 @@ from typing import Any
 from atoll import cluster, config, jobs
 from atoll import registry as _registry
 from atoll.cluster import ClusterInfo
-from atoll.errors import JobFailedError
+from atoll.errors import ConfigError, JobFailedError
 from atoll.events import parse_events
 from atoll.serving import endpoints
 
@@ -120,11 +120,12 @@ def sweep(spec: str | Path = "jobs/configs/sweep.yaml", *, overrides: Sequence[s
 
 
 def predict(model: str, input: str, output: str, *, batch_size: int = 4096, overwrite: bool = False,
-            wait: bool = True, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            runtime: str = "auto", wait: bool = True, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Batch prediction as `atoll predict` does: a Ray job running the version over a dataset with Ray Data.
 
     ``input``: Parquet or CSV (file or folder, local or a URI); ``output``: the Parquet file to write (a local
-    path is made absolute: the job runs on the cluster). Everything about the request is checked here first.
+    path is made absolute: the job runs on the cluster); ``runtime``: ``auto`` (ONNX Runtime on CPU when the
+    version has its ONNX file), ``torch`` or ``onnx``. Everything about the request is checked here first.
 
     Returns:
         ``{"job", "status", "predicted", "events"}`` (only ``{"job"}`` with ``wait=False``).
@@ -135,12 +136,18 @@ def predict(model: str, input: str, output: str, *, batch_size: int = 4096, over
     """
     from atoll import batch, registry
 
+    if runtime not in ("auto", "torch", "onnx"):
+        raise ConfigError(f"--runtime {runtime}: choose auto, torch or onnx.")
     spec = cluster.load_spec()
     version = registry.Registry(spec.atoll.storage).get(model)
     source, target = batch.resolve_local(input), batch.resolve_local(output)
     batch.check(version.input_schema or {}, source, target, overwrite=overwrite)
+    if runtime == "onnx":
+        from atoll.serving.replica import choose_runtime
+
+        choose_runtime(runtime, version, "cpu")  # a version without its ONNX file: refused before submitting
     cmd = ["python", "-m", "atoll.batch", version.ref, "--input", source, "--output", target,
-           "--batch-size", str(batch_size)] + (["--overwrite"] if overwrite else [])
+           "--batch-size", str(batch_size), "--runtime", runtime] + (["--overwrite"] if overwrite else [])
     job_id = jobs.submit(cmd, working_dir=config.project_root(spec), env={"RAY_DEDUP_LOGS": "0"},
                          submission_id=f"atoll-predict-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}")
     if not wait:

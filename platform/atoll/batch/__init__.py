@@ -71,30 +71,37 @@ def pool_size(cpus: float, gpus: float) -> tuple[int, bool]:
 
 
 class Scorer:
-    """One actor of the pool: the version loaded once, then batch after batch of input rows → predictions."""
+    """One actor of the pool: the version loaded once (by torch or ONNX Runtime, :func:`choose_runtime`), then
+    Arrow batch after Arrow batch of input rows → a table of the key columns, predictions and probabilities
+    built from arrays (a million rows never become Python lists)."""
 
-    def __init__(self, storage: str, ref: str, keys: list[str], model_types: list[str] | None = None) -> None:
+    def __init__(self, storage: str, ref: str, keys: list[str], model_types: list[str] | None = None,
+                 runtime: str = "auto") -> None:
         from atoll.serving.replica import Predictor
 
-        self.predictor = Predictor(storage, ref, model_types=model_types)
+        self.predictor = Predictor(storage, ref, model_types=model_types, runtime=runtime)
         self.keys = keys
 
     def __call__(self, batch):
-        import pandas as pd
+        import pyarrow as pa
 
         task, schema = self.predictor.task, self.predictor.schema
-        predictions, probabilities = self.predictor.predict(task.frame_inputs(batch, schema))
-        out = pd.DataFrame({k: batch[k].to_numpy() for k in self.keys})
-        out["prediction"] = predictions
+        inputs = task.frame_inputs(batch.select(schema["features"]).to_pandas(), schema)
+        predictions, probabilities = self.predictor.predict_arrays(inputs)
+        columns = {k: batch.column(k) for k in self.keys}
+        columns["prediction"] = pa.array(predictions)
         if probabilities is not None:
-            out["probabilities"] = probabilities
-        return out
+            columns["probabilities"] = pa.FixedSizeListArray.from_arrays(pa.array(probabilities.ravel()),
+                                                                         probabilities.shape[1])
+        return pa.table(columns)
 
 
 def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: int = BATCH_ROWS,
-        overwrite: bool = False, on_progress=None) -> dict[str, Any]:
+        overwrite: bool = False, runtime: str = "auto", on_progress=None) -> dict[str, Any]:
     """Predict ``input_uri`` with version ``ref`` on the connected cluster into ``output_uri`` (one Parquet
-    file, written as the pool's batches come back). ``on_progress(rows_done, rows_total)`` after each batch.
+    file, written as the pool's batches come back). ``runtime``: ``auto`` (ONNX Runtime on CPU when the version
+    has its ONNX file, as Serve chooses), ``torch`` or ``onnx``. ``on_progress(rows_done, rows_total)`` after
+    each batch.
 
     Raises:
         RegistryError / DataError / ConfigError: before any work starts.
@@ -106,6 +113,7 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     import ray
 
     from atoll import models, registry
+    from atoll.serving.replica import choose_runtime
 
     version = registry.Registry(storage).get(ref)
     schema = version.input_schema or {}
@@ -116,6 +124,7 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
         raise allowed.refusal(model_type, version.ref)
     free = ray.available_resources()
     actors, on_gpu = pool_size(free.get("CPU", 1), free.get("GPU", 0))
+    runtime = choose_runtime(runtime, version, "cuda" if on_gpu else "cpu")  # refused here, not in an actor
     data.quiet_progress()
     started = time.perf_counter()
     small = data.should_cache(data.DatasetPlan(uri=input_uri, format=checked["format"], features=[], label="",
@@ -123,8 +132,9 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     ds = data.read(input_uri, checked["format"], small=small)  # a small file: read here, no read tasks
     scored = ds.map_batches(Scorer, fn_constructor_kwargs={"storage": storage, "ref": version.ref,
                                                            "keys": checked["keys"],
-                                                           "model_types": list(allowed.patterns)},
-                            batch_size=batch_rows, batch_format="pandas", concurrency=actors,
+                                                           "model_types": list(allowed.patterns),
+                                                           "runtime": runtime},
+                            batch_size=batch_rows, batch_format="pyarrow", concurrency=actors,
                             num_cpus=1 if not on_gpu else 0, num_gpus=1 if on_gpu else 0)
     fs, path = filesystems.resolve(output_uri, DataError)
     fs.create_dir(os.path.dirname(path) or ".", recursive=True)
@@ -150,5 +160,6 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
         raise
     seconds = time.perf_counter() - started
     return {"model": version.ref, "input": input_uri, "output": output_uri, "rows": done, "actors": actors,
-            "gpu": on_gpu, "seconds": round(seconds, 2), "rows_per_s": round(done / seconds, 1) if seconds else None,
+            "gpu": on_gpu, "runtime": runtime, "seconds": round(seconds, 2),
+            "rows_per_s": round(done / seconds, 1) if seconds else None,
             "keys": checked["keys"]}

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="the Parquet file to write")
     parser.add_argument("--batch-size", type=int, default=4096, help="rows per model call")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                        help="auto: ONNX Runtime on CPU when the version has its ONNX file, else torch")
     args = parser.parse_args(argv)
     return driver.run(lambda: _job(args))
 
@@ -37,7 +39,8 @@ def _job(args) -> None:
             emit("predict_progress", rows=done, total=total)
 
     result = batch.run(args.model, args.input, args.output, storage=storage, batch_rows=args.batch_size,
-                         overwrite=args.overwrite, on_progress=progress)
+                       overwrite=args.overwrite, runtime=args.runtime,
+                       on_progress=progress)
     emit("predicted", **result)
 
 

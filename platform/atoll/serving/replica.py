@@ -139,18 +139,24 @@ class Predictor:
     def predict(self, inputs: Any) -> tuple[list[Any], list[list[float]] | None]:
         """For the task's parsed inputs (raw feature rows ``[n, d]``, or texts): class labels and class
         probabilities, or (for regression) values and None."""
+        return self.task.answer(self.outputs(inputs), self.pre)
+
+    def predict_arrays(self, inputs: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict` as arrays (``[n]`` and ``[n, classes]``): for whole batches, no Python lists."""
+        return self.task.answer_arrays(self.outputs(inputs), self.pre)
+
+    def outputs(self, inputs: Any) -> np.ndarray:
+        """The model's raw float32 outputs for the task's parsed inputs, by torch or ONNX Runtime."""
         import torch
 
         encoded = np.ascontiguousarray(self.task.encode(inputs, self.pre))
         if self.session is not None:
             from atoll import exports
 
-            outputs = self.session.run([exports.OUTPUT_NAME], {exports.INPUT_NAME: encoded})[0].astype(np.float32)
-            return self.task.answer(outputs, self.pre)
+            return self.session.run([exports.OUTPUT_NAME], {exports.INPUT_NAME: encoded})[0].astype(np.float32)
         x = torch.from_numpy(encoded).to(self.device)
         with torch.inference_mode():
-            outputs = self.model(x).float().cpu().numpy()
-        return self.task.answer(outputs, self.pre)
+            return self.model(x).float().cpu().numpy()
 
     def non_finite_rows(self, predictions: list[Any], probabilities: list[list[float]] | None) -> list[int]:
         """Rows whose answer came out NaN/inf (JSON has no NaN)."""

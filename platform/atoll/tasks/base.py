@@ -116,8 +116,14 @@ class Task(ABC):
         """What a request must hold, recorded with the version (the task's name included)."""
 
     @abstractmethod
+    def answer_arrays(self, outputs: np.ndarray, state) -> tuple[np.ndarray, np.ndarray | None]:
+        """(one prediction per row ``[n]``, the class probabilities ``[n, classes]`` float64 or None) from raw
+        model outputs, rounded to 6 decimals: what batch prediction writes as columns."""
+
     def answer(self, outputs: np.ndarray, state) -> tuple[list[Any], list[list[float]] | None]:
-        """(one prediction per row, the class probabilities per row or None) from raw model outputs."""
+        """:meth:`answer_arrays` as plain lists (a JSON answer)."""
+        predictions, probabilities = self.answer_arrays(outputs, state)
+        return predictions.tolist(), None if probabilities is None else probabilities.tolist()
 
     @abstractmethod
     def parse_inputs(self, payload: Any, schema: dict[str, Any]) -> Any:

@@ -3,8 +3,6 @@ class labels with their probabilities."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from atoll.tasks.base import Task
@@ -46,7 +44,7 @@ class Classifier(Task):
         f1 = (2 * tp[present] / (predicted[present] + actual[present])).mean() if present.any() else 0.0
         return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "f1": float(f1)}
 
-    def answer(self, outputs: np.ndarray, state) -> tuple[list[Any], list[list[float]]]:
+    def answer_arrays(self, outputs: np.ndarray, state) -> tuple[np.ndarray, np.ndarray]:
         shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
         probs = shifted / shifted.sum(axis=1, keepdims=True)
-        return [state.classes[i] for i in probs.argmax(axis=1)], probs.astype(np.float64).round(6).tolist()
+        return np.asarray(state.classes)[probs.argmax(axis=1)], probs.astype(np.float64).round(6)

@@ -169,6 +169,6 @@ class TabularRegression(_Tabular):
         return {"loss": loss / n, "rmse": math.sqrt(sse / n), "mae": sae / n,
                 "r2": 1.0 - sse / sst if sst > 0 else 0.0}
 
-    def answer(self, outputs: np.ndarray, state) -> tuple[list[float], None]:
+    def answer_arrays(self, outputs: np.ndarray, state) -> tuple[np.ndarray, None]:
         values = outputs.reshape(len(outputs), -1)[:, 0].astype(np.float64) * state.target_std + state.target_mean
-        return values.round(6).tolist(), None
+        return values.round(6), None
