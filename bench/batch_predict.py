@@ -39,7 +39,7 @@ def _plain_loop(storage: str, ref: str, source: Path, target: Path) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
-    from atoll.serving.replica import Predictor
+    from atoll.serving.predictor import Predictor
 
     started = time.perf_counter()
     predictor = Predictor(storage, ref, runtime="torch")

@@ -6,7 +6,7 @@
 The model: the digits demo's MLP from jobs/configs/train.yaml (64 features px0..px63, 10 classes), trained
 here for 3 epochs with plain torch on the demo Parquet (``atoll.data.prepare_demo``), written as a checkpoint
 (model.safetensors + atoll.json with the Preprocessor and input schema) and registered as ``digits:1`` in a
-temporary ``atoll.registry.Registry``. Both servers load it with ``atoll.serving.replica.Predictor``.
+temporary ``atoll.registry.Registry``. Both servers load it with ``atoll.serving.predictor.Predictor``.
 
 Ours: ``atoll.serving.replica.app`` (the ``ModelServer`` deployment: request validation, ``@serve.batch``) deployed
 with ``serve.run`` on an in-process local Ray (``ray.init(address="local", num_cpus=2)``), Serve's proxy on
@@ -132,7 +132,8 @@ def make_model(storage: str) -> dict[str, Any]:
 def baseline_app(storage: str, ref: str):
     # (no `from __future__ import annotations` in this file: FastAPI must see `Request` itself, not a string)
     import torch
-    from atoll.serving.replica import Predictor, RequestError, parse_request
+    from atoll.serving.predictor import Predictor
+    from atoll.serving.replica import RequestError, parse_request
     from atoll.specs import ServeSettings
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -525,7 +526,7 @@ def main() -> int:
         res["model_s"] = time.perf_counter() - t
         ref = model["ref"]
         body = json.dumps({"inputs": [model["row"]]}).encode()
-        from atoll.serving.replica import Predictor
+        from atoll.serving.predictor import Predictor
 
         predictor = Predictor(storage, ref, device="cpu")
         expected = predictor.predict(np.asarray([model["row"]], dtype=np.float32))[0]

@@ -5,7 +5,7 @@
 
 Ours: ``atoll train jobs/configs/<task>.yaml`` run for real (a Ray job, 2 Ray Train workers, preprocessing
 fitted on the training split), then the registered version asked, in process with
-:class:`atoll.serving.replica.Predictor`, about the demo's held-out rows (10% of the data that neither side
+:class:`atoll.serving.predictor.Predictor`, about the demo's held-out rows (10% of the data that neither side
 trains on). Baseline: a scikit-learn model fitted on the very rows the Atoll run trained on (its own
 train/validation split) and asked about the same held-out rows:
 
@@ -93,7 +93,7 @@ def _baseline(task: str) -> Callable:
 def run_case(task: str, quick: bool, storage: str) -> dict:
     import pandas as pd
     from atoll import config, data
-    from atoll.serving.replica import Predictor
+    from atoll.serving.predictor import Predictor
     from atoll.specs import TrainSpec
 
     case = CASES[task]

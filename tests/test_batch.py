@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from atoll import api, batch, data
 from atoll.errors import ConfigError, DataError
-from atoll.serving.replica import Predictor
+from atoll.serving.predictor import Predictor
 from conftest import run_cli
 
 SCHEMA = {"task": "tabular-classification", "input_kind": "table", "features": ["a", "b"], "num_features": 2,
@@ -37,6 +37,7 @@ def test_a_request_is_checked_before_any_work_and_the_pool_follows_the_cluster(t
         batch.check(SCHEMA, str(tmp_path / "in.parquet"), out)
     assert batch.check(SCHEMA, str(tmp_path / "in.parquet"), out, overwrite=True)["rows"] == 2
     assert batch.pool_size(2, 0) == (1, False) and batch.pool_size(16, 0) == (15, False)
+    assert batch.pool_size(2, 0, read_here=True) == (2, False)  # no read tasks to leave a CPU for
     assert batch.pool_size(16, 4) == (4, True)
     with pytest.raises(ConfigError, match="--runtime gpu: choose auto, torch or onnx"):
         api.predict("digits:1", str(tmp_path / "in.parquet"), out, runtime="gpu")
@@ -51,7 +52,7 @@ def test_atoll_predict_writes_keys_predictions_and_probabilities_of_a_parquet_da
     frame.to_parquet(tmp_path / "rows.parquet")
     out = tmp_path / "predictions" / "digits.parquet"
     result = run_cli("predict", version, "--input", str(tmp_path / "rows.parquet"), "--output", str(out),
-                     "--batch-size", "500", "--json", timeout=300)
+                     "--batch-size", "500", "--runtime", "onnx", "--json", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     predicted = json.loads(result.stdout)["predicted"]
     assert predicted["rows"] == len(frame) and predicted["keys"] == ["row_id", "label"] and predicted["actors"] >= 1
@@ -59,7 +60,7 @@ def test_atoll_predict_writes_keys_predictions_and_probabilities_of_a_parquet_da
     assert list(written.columns) == ["row_id", "label", "prediction", "probabilities"]
     assert written["row_id"].tolist() == list(range(len(frame)))
     features = [c for c in holdout.columns if c != "label"]
-    assert predicted["runtime"] == "onnx"  # on CPU, from the version's exported file (as Serve chooses)
+    assert predicted["runtime"] == "onnx"  # the version's exported file, no model code
     expected, probs = Predictor(os.environ["ATOLL_STORAGE"], version, runtime="onnx").predict(
         frame[features].to_numpy(dtype=np.float32))
     assert written["prediction"].tolist() == expected
@@ -84,8 +85,7 @@ def test_atoll_predict_reads_a_csv_of_texts(trained_text, tmp_path):
         "ok see you there"]})
     texts.to_csv(tmp_path / "texts.csv", index=False)
     out = tmp_path / "spam.parquet"
-    result = run_cli("predict", version, "-i", str(tmp_path / "texts.csv"), "-o", str(out), "--runtime", "torch",
-                     "--json", timeout=300)
+    result = run_cli("predict", version, "-i", str(tmp_path / "texts.csv"), "-o", str(out), "--json", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert json.loads(result.stdout)["predicted"]["runtime"] == "torch"
     written = pq.read_table(out).to_pandas().sort_values("message_id")

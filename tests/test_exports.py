@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from atoll import data, exports, models, registry, tasks
-from atoll.serving.replica import Predictor
+from atoll.serving.predictor import Predictor
 from atoll.specs import TrainSpec
 from atoll.train.run import export_artefacts
 from conftest import REPO
@@ -178,7 +178,7 @@ def test_atoll_models_export_writes_a_folder_with_a_readme_and_refuses_what_is_n
 def test_the_runtime_is_onnx_runtime_on_cpu_when_the_version_has_its_file_and_torch_otherwise():
     from atoll.errors import ConfigError
     from atoll.registry import ModelVersion
-    from atoll.serving.replica import choose_runtime
+    from atoll.serving.predictor import choose_runtime
 
     with_onnx = ModelVersion("m", 1, "x", {"files": {"model.onnx": {}, "model.safetensors": {}}})
     without = ModelVersion("m", 2, "x", {"files": {"model.safetensors": {}},

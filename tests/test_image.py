@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from atoll import data
-from atoll.serving.replica import Predictor
+from atoll.serving.predictor import Predictor
 from PIL import Image
 
 pytestmark = pytest.mark.cluster

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from atoll import data, registry
 from atoll.serving import endpoints
-from atoll.serving.replica import Predictor
+from atoll.serving.predictor import Predictor
 from conftest import REPO, _deployed, _train
 from PIL import Image
 

@@ -10,7 +10,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "atoll"
 CLIENT_SIDE = {"atoll.cluster", "atoll.serving.endpoints", "atoll.jobs", "atoll.status", "atoll.quickstart",
                "atoll.kuberay", "atoll.runs", "atoll.serving.logs"}
-REPLICA_SIDE = {"atoll.serving", "atoll.serving.replica", "atoll.serving.playground", "atoll.serving.proxy_auth"}
+REPLICA_SIDE = {"atoll.serving", "atoll.serving.replica", "atoll.serving.predictor", "atoll.serving.playground",
+                "atoll.serving.proxy_auth"}
 
 
 def _module_name(path: Path) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from atoll import data
-from atoll.serving.replica import Predictor
+from atoll.serving.predictor import Predictor
 
 pytestmark = pytest.mark.cluster
 

@@ -9,7 +9,7 @@ import os
 import httpx
 import pytest
 from atoll import registry
-from atoll.serving.replica import Predictor
+from atoll.serving.predictor import Predictor
 
 pytestmark = pytest.mark.cluster
 

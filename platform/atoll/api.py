@@ -124,8 +124,8 @@ def predict(model: str, input: str, output: str, *, batch_size: int = 4096, over
     """Batch prediction as `atoll predict` does: a Ray job running the version over a dataset with Ray Data.
 
     ``input``: Parquet or CSV (file or folder, local or a URI); ``output``: the Parquet file to write (a local
-    path is made absolute: the job runs on the cluster); ``runtime``: ``auto`` (ONNX Runtime on CPU when the
-    version has its ONNX file), ``torch`` or ``onnx``. Everything about the request is checked here first.
+    path is made absolute: the job runs on the cluster); ``runtime``: ``auto`` (the faster one for large
+    batches: torch today), ``torch`` or ``onnx`` (the version's exported file). Everything about the request is checked here first.
 
     Returns:
         ``{"job", "status", "predicted", "events"}`` (only ``{"job"}`` with ``wait=False``).
@@ -135,16 +135,15 @@ def predict(model: str, input: str, output: str, *, batch_size: int = 4096, over
         exists): before anything is submitted. JobFailedError: the job failed.
     """
     from atoll import batch, registry
+    from atoll.serving.predictor import RUNTIMES, choose_runtime
 
-    if runtime not in ("auto", "torch", "onnx"):
-        raise ConfigError(f"--runtime {runtime}: choose auto, torch or onnx.")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {runtime}: choose {', '.join(RUNTIMES[:-1])} or {RUNTIMES[-1]}.")
     spec = cluster.load_spec()
     version = registry.Registry(spec.atoll.storage).get(model)
     source, target = batch.resolve_local(input), batch.resolve_local(output)
     batch.check(version.input_schema or {}, source, target, overwrite=overwrite)
     if runtime == "onnx":
-        from atoll.serving.replica import choose_runtime
-
         choose_runtime(runtime, version, "cpu")  # a version without its ONNX file: refused before submitting
     cmd = ["python", "-m", "atoll.batch", version.ref, "--input", source, "--output", target,
            "--batch-size", str(batch_size), "--runtime", runtime] + (["--overwrite"] if overwrite else [])

@@ -117,10 +117,11 @@ def read_schema(uri: str, fmt: str) -> tuple[dict[str, str], int | None]:
 BLOCK_BYTES = 64 * 2**20
 
 
-def read(uri: str, fmt: str, *, small: bool = False):
+def read(uri: str, fmt: str, *, small: bool = False, block_rows: int | None = None):
     """A Ray Dataset over the files: lazy (nothing is read until it is consumed), or, for ``small`` data,
-    read here in one pyarrow scan and put in the object store as ~64 MiB blocks (Ray Data's read planning,
-    listing and footer tasks, takes seconds; a small file reads in milliseconds)."""
+    read here in one pyarrow scan and put in the object store as ~64 MiB blocks, or blocks of at most
+    ``block_rows`` rows (Ray Data's read planning, listing and footer tasks, takes seconds; a small file reads
+    in milliseconds)."""
     import ray.data
 
     fs, path = _filesystem(uri)
@@ -130,6 +131,7 @@ def read(uri: str, fmt: str, *, small: bool = False):
         table = pads.dataset(path, filesystem=fs, format=fmt).to_table()
         blocks = max(1, -(-table.nbytes // BLOCK_BYTES))
         step = max(1, -(-table.num_rows // blocks))
+        step = min(step, block_rows) if block_rows else step
         return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
     reader = ray.data.read_csv if fmt == "csv" else ray.data.read_parquet
     return reader(path, filesystem=fs)

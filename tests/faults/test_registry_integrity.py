@@ -533,7 +533,7 @@ def _user_model_version(reg: Registry, tmp_path: Path, model_type: str) -> Model
 def test_a_model_type_cluster_yaml_does_not_allow_is_refused_and_not_imported(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probes: dict[str, Path],
         reliability: Callable[..., None]) -> None:
-    from atoll.serving.replica import Predictor  # late: Serve and FastAPI, for this test only
+    from atoll.serving.predictor import Predictor
 
     reg = Registry(str(tmp_path / "store"))
     monkeypatch.setenv("ATOLL_CLUSTER_CONFIG", str(_cluster_yaml(tmp_path, ["atoll_probe_user.*"])))

@@ -8,6 +8,7 @@ import sys
 
 from atoll import config, driver
 from atoll.events import emit
+from atoll.serving.predictor import RUNTIMES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="the Parquet file to write")
     parser.add_argument("--batch-size", type=int, default=4096, help="rows per model call")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
-                        help="auto: ONNX Runtime on CPU when the version has its ONNX file, else torch")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="auto: the faster one for large batches (torch today); onnx: the exported file")
     args = parser.parse_args(argv)
     return driver.run(lambda: _job(args))
 

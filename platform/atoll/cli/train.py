@@ -108,8 +108,8 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
                                            "columns, prediction and probabilities."),
                 batch_size: int = typer.Option(4096, "--batch-size", help="Rows per model call."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-                runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (auto: ONNX Runtime on "
-                                            "CPU when the version has its ONNX file)."),
+                runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (auto: the faster one for "
+                                            "large batches, torch today)."),
                 wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
                 config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Predict a whole dataset with a registered model (a Ray job: Ray Data and an actor pool of the model)."""

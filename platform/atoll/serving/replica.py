@@ -16,7 +16,6 @@ request is a 4xx that names the problem.
 import copy
 import json
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from atoll import apikeys
 from atoll.errors import AtollError, RequestError
 from atoll.serving import playground, protocols
 from atoll.serving.names import DEPLOYMENT_NAME
+from atoll.serving.predictor import Predictor
 from atoll.specs import ServeSettings
 
 log = logging.getLogger("ray.serve")
@@ -65,127 +65,6 @@ class AppArgs(pydantic.BaseModel):
         from atoll import config
 
         return self.storage or config.load_spec().atoll.storage
-
-
-# ------------------------------------------------------------------------------------------------
-# The model, in any process
-
-
-RUNTIMES = ("auto", "torch", "onnx")
-
-
-def choose_runtime(requested: str, version, device_type: str) -> str:
-    """``torch`` or ``onnx`` for a version: as asked, or (``auto``) ONNX Runtime on CPU when the version has
-    its ``model.onnx`` (bench/serve_load.py: as fast or faster for every model measured) and torch on GPU.
-
-    Raises:
-        ConfigError: ``onnx`` asked for a version without its ONNX file (the reason recorded at registration).
-    """
-    from atoll import exports
-    from atoll.errors import ConfigError
-
-    has_onnx = exports.FILES["onnx"] in version.files
-    if requested == "onnx" and not has_onnx:
-        why = (version.exports.get("onnx") or {}).get("error") or "it was registered before Atoll exported models"
-        raise ConfigError(f"runtime: onnx, but {version.ref} has no {exports.FILES['onnx']} ({why}); deploy it with "
-                          f"--set runtime=torch.")
-    if requested in ("torch", "onnx"):
-        return requested
-    return "onnx" if has_onnx and device_type == "cpu" else "torch"
-
-
-class Predictor:
-    """A registered version ready to predict: weights (checksum-verified, ``weights_only``), preprocessing
-    and input schema; run by torch or, from the version's exported ``model.onnx``, by ONNX Runtime
-    (:func:`choose_runtime`). Used by the Serve replica, and in-process by tests and benchmarks."""
-
-    def __init__(self, storage: str, ref: str, device: str | None = None,
-                 model_types: list[str] | None = None, runtime: str = "torch") -> None:
-        import torch
-
-        from atoll import models, registry, tasks
-
-        reg = registry.Registry(storage)
-        self.version = reg.get(ref)
-        meta = json.loads(reg.read_file(self.version, "atoll.json"))
-        self.schema = self.version.input_schema or meta["input_schema"]
-        # By name from the catalogue, never an import path from the manifest; older versions name none.
-        self.task = tasks.get(self.version.spec.get("task") or self.schema.get("task"))
-        self.pre = self.task.state_from_dict(meta["preprocess"])
-        model_spec = self.version.spec["model"]
-        # registered=: a user model type imports only if cluster.yaml's metadata.atoll.model_types allows it
-        # (as the deploy passed it in ``model_types``, else as the cluster.yaml next to this process says).
-        allowed = models.AllowList(tuple(model_types), "metadata.atoll.model_types of the deploy's cluster.yaml") \
-            if model_types is not None else None
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.runtime = choose_runtime(runtime, self.version, self.device.type)
-        self.model, self.session = None, None
-        if self.runtime == "onnx":  # the exported file alone (checksum-verified): no model code is imported
-            import onnxruntime
-
-            from atoll import exports
-
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                         if p in onnxruntime.get_available_providers() and (p != "CUDAExecutionProvider"
-                                                                            or self.device.type == "cuda")]
-            self.session = onnxruntime.InferenceSession(reg.read_file(self.version, exports.FILES["onnx"]),
-                                                        providers=providers)
-            return
-        model = models.build(model_spec["type"], self.pre.input_dim, self.task.out_dim(self.pre),
-                             self.task.model_params(self.pre, model_spec["params"]), registered=self.version.ref, allowed=allowed)
-        model.load_state_dict(reg.load_weights(self.version))
-        self.model = model.to(self.device).eval()
-
-    def predict(self, inputs: Any) -> tuple[list[Any], list[list[float]] | None]:
-        """For the task's parsed inputs (raw feature rows ``[n, d]``, or texts): class labels and class
-        probabilities, or (for regression) values and None."""
-        return self.task.answer(self.outputs(inputs), self.pre)
-
-    def predict_arrays(self, inputs: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`predict` as arrays (``[n]`` and ``[n, classes]``): for whole batches, no Python lists."""
-        return self.task.answer_arrays(self.outputs(inputs), self.pre)
-
-    def outputs(self, inputs: Any) -> np.ndarray:
-        """The model's raw float32 outputs for the task's parsed inputs, by torch or ONNX Runtime."""
-        import torch
-
-        encoded = np.ascontiguousarray(self.task.encode(inputs, self.pre))
-        if self.session is not None:
-            from atoll import exports
-
-            return self.session.run([exports.OUTPUT_NAME], {exports.INPUT_NAME: encoded})[0].astype(np.float32)
-        x = torch.from_numpy(encoded).to(self.device)
-        with torch.inference_mode():
-            return self.model(x).float().cpu().numpy()
-
-    def non_finite_rows(self, predictions: list[Any], probabilities: list[list[float]] | None) -> list[int]:
-        """Rows whose answer came out NaN/inf (JSON has no NaN)."""
-        values = probabilities if probabilities is not None else [[p] for p in predictions]
-        return [i for i, row in enumerate(values) if not all(math.isfinite(x) for x in row)]
-
-    #: Standardised feature values beyond this many standard deviations are not data the model has seen.
-    EXTREME_Z = 1e4
-
-    def explain_non_finite(self, rows: np.ndarray, bad: list[int]) -> tuple[int, str]:
-        """Status and message for rows whose class probabilities came out NaN/inf: the input's fault (422)
-        when its values are extreme, else the model's (500: a broken version)."""
-        where = ", ".join(f"inputs.{i}" for i in bad[:5])
-        with np.errstate(all="ignore"):
-            z = np.abs(self.pre.transform_features(rows[bad])) if self.task.input_kind == "table" else np.zeros(1)
-        if not np.isfinite(z).all() or z.max() > self.EXTREME_Z:
-            return 422, (f"{where}: values far outside the training data (over {self.EXTREME_Z:g} standard "
-                         f"deviations) make the model's output NaN/inf; send values in the range it was trained on.")
-        return 500, (f"model {self.version.ref} returned NaN/inf outputs for {where} although the input is "
-                     f"ordinary: this version is broken; deploy another one (`atoll serve deploy NAME:VERSION`).")
-
-    def request_schema(self, max_rows: int) -> dict[str, Any]:
-        """The JSON Schema of a ``/predict`` body for this version, as its task says."""
-        return self.task.request_schema(self.schema, max_rows)
-
-    def card(self) -> dict[str, Any]:
-        v = self.version
-        return {"model": v.name, "version": v.version, "input_schema": self.schema, "metrics": v.metrics,
-                "lineage": v.lineage, "created_at": v.created_at, "exports": v.exports, "runtime": self.runtime}
 
 
 # ------------------------------------------------------------------------------------------------
