@@ -92,3 +92,17 @@ def test_atoll_predict_reads_a_csv_of_texts(trained_text, tmp_path):
     expected, _ = Predictor(os.environ["ATOLL_STORAGE"], version).predict(texts["text"].tolist())
     assert written["message_id"].tolist() == ["a", "b", "c"] and written["prediction"].tolist() == expected
     assert expected[0] == "spam"
+
+
+def test_a_large_batch_of_texts_runs_by_length_and_answers_as_one_call_at_full_length(trained_text):
+    version = f"sms-spam:{trained_text['registered']['version']}"
+    words = "free prize call now to claim your reward we are still on for lunch see you there".split()
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 80, size=600)]  # some cut to fit
+    for runtime in ("torch", "onnx"):
+        predictor = Predictor(os.environ["ATOLL_STORAGE"], version, runtime=runtime)
+        assert len(texts) > predictor.BUCKET_ROWS
+        ids = predictor.task.encode(texts, predictor.pre)
+        bucketed, whole = predictor.outputs(texts), predictor._run(ids)
+        assert bucketed.shape == whole.shape == (600, 2)
+        np.testing.assert_allclose(bucketed, whole, atol=1e-4)

@@ -81,11 +81,38 @@ class Predictor:
         """:meth:`predict` as arrays (``[n]`` and ``[n, classes]``): for whole batches, no Python lists."""
         return self.task.answer_arrays(self.outputs(inputs), self.pre)
 
+    #: Model types whose outputs ignore the padding after a text (they mask token id 0): a large batch of
+    #: them runs in buckets of similar lengths, each cut to its longest text (bench/batch_predict.py: the SMS
+    #: texts, 26 of 64 tokens on average, 4.2x faster, outputs within 5e-7).
+    PADDING_MASKED = frozenset({"hf-bert"})
+    BUCKET_ROWS = 256
+
     def outputs(self, inputs: Any) -> np.ndarray:
         """The model's raw float32 outputs for the task's parsed inputs, by torch or ONNX Runtime."""
+        encoded = np.ascontiguousarray(self.task.encode(inputs, self.pre))
+        if (self.task.input_kind == "text" and len(encoded) > self.BUCKET_ROWS
+                and self.version.spec["model"]["type"] in self.PADDING_MASKED):
+            return self._by_length(encoded)
+        return self._run(encoded)
+
+    def _by_length(self, ids: np.ndarray) -> np.ndarray:
+        """:meth:`_run` over buckets of ``BUCKET_ROWS`` texts sorted by length, each without its trailing
+        padding, put back in the input's order."""
+        present = ids != 0
+        lengths = np.where(present.any(axis=1), ids.shape[1] - np.argmax(present[:, ::-1], axis=1), 1)
+        order = np.argsort(lengths, kind="stable")
+        out = None
+        for start in range(0, len(order), self.BUCKET_ROWS):
+            rows = order[start:start + self.BUCKET_ROWS]
+            part = self._run(np.ascontiguousarray(ids[rows, :lengths[rows].max()]))
+            if out is None:
+                out = np.empty((len(ids), *part.shape[1:]), dtype=np.float32)
+            out[rows] = part
+        return out
+
+    def _run(self, encoded: np.ndarray) -> np.ndarray:
         import torch
 
-        encoded = np.ascontiguousarray(self.task.encode(inputs, self.pre))
         if self.session is not None:
             from atoll import exports
 
