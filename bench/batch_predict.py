@@ -17,7 +17,9 @@ predictions and probabilities, the way a user runs them:
 
 Rows/s = rows ÷ wall seconds. The models are trained here first (a short `atoll train`); the data is the
 demo's, repeated to the size asked. What cannot be made equal: the baseline's torch uses both cores in one
-process, while the actor pool runs one actor per CPU but one, each with its own torch.
+process, while the actor pool runs one actor per CPU (per CPU but one where Ray Data's read tasks need a
+core), each with its own torch. The loop encodes texts at the full ``max_length``, as a plain loop does; the
+job runs them in buckets of similar length (:meth:`atoll.serving.predictor.Predictor.outputs`).
 """
 
 from __future__ import annotations
