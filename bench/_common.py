@@ -89,6 +89,43 @@ def median(values: list[Any]) -> Any:
     return statistics.median(values) if values else None
 
 
+def machine() -> str:
+    """This machine in words, for the figures' record: cores, memory, GPU."""
+    gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    except Exception:  # noqa: BLE001 - a machine without torch still gets its cores and memory recorded
+        gpu = "GPU unknown"
+    return f"{os.cpu_count()} cores, {gib:.0f} GiB, {gpu}"
+
+
+def commit() -> str:
+    """The code measured: the short commit, with ``+changes`` when tracked files differ from it."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+def result_line(result: dict[str, Any]) -> str:
+    """A benchmark's JSON line (rounded), stamped with the commit, the machine and the time, so that
+    ``bench/report.py`` can publish it as it was measured."""
+    import json
+    import time
+
+    stamp = {"commit": commit(), "machine": machine(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return json.dumps({**rounded(result), **stamp}, default=str)
+
+
 def rounded(value: Any) -> Any:
     """Floats rounded to 4 places, recursively: the JSON line stays readable."""
     if isinstance(value, float):

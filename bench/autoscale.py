@@ -13,13 +13,14 @@ Runs its own head on private ports (6391 / 8276) with a temporary ATOLL_HOME; st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import result_line
 
 REPO = Path(__file__).resolve().parent.parent
 IDLE_TIMEOUT_MIN = 0.2
@@ -108,7 +109,7 @@ def main() -> int:
                   f"<= idle timeout {IDLE_TIMEOUT_MIN * 60:.0f} s + 15 s")
     Console().print(table)
     print(f"Ray processes left after atoll down: {len(leftover)}")
-    print(json.dumps({"bench": "autoscale", "ours": round(med(cold), 2), "baseline": round(med(warm), 3),
+    print(result_line({"bench": "autoscale", "ours": round(med(cold), 2), "baseline": round(med(warm), 3),
                       "unit": "s", "ratio": round(med(cold) / max(med(warm), 1e-3), 1), "better": "lower",
                       "scale_up_s": [round(x, 2) for x in cold], "warm_s": [round(x, 3) for x in warm],
                       "scale_down_s": [round(x, 1) for x in down_s], "idle_timeout_s": IDLE_TIMEOUT_MIN * 60,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import atoll_cli as _atoll
-from _common import own_cluster
+from _common import own_cluster, result_line
 
 
 def _plain_loop(storage: str, ref: str, source: Path, target: Path) -> float:
@@ -102,7 +102,7 @@ def main() -> int:
                             "ours_wall_s": round(ours_s, 2), "baseline_wall_s": round(base_s, 2),
                             "job_seconds": predicted["seconds"], "actors": predicted["actors"]})
     for result in results:
-        print(json.dumps(result))
+        print(result_line(result))
     return 0
 
 

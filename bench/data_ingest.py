@@ -25,7 +25,6 @@ Ray's start-up (``ray.init``) is reported on its own. The baseline runs before R
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -34,8 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import print_table
-from _common import rounded as _rounded
+from _common import print_table, result_line
 
 VALIDATION_FRACTION, SEED, LABEL = 0.2, 0, "label"
 
@@ -269,7 +267,7 @@ def main() -> int:
                                                 "baseline": fb["digits"]["first_pass_rows_per_s"]},
                       "first_pass_s": {"ours": fo["digits"]["first_pass_s"], "baseline": fb["digits"]["first_pass_s"]}},
            "ray_init_s": ray_init_s, "contention": contention, "contended_share": contended}
-    print(json.dumps(_rounded(out), default=str))
+    print(result_line(out))
     return 0
 
 

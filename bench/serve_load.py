@@ -54,8 +54,7 @@ from typing import Any
 
 import numpy as np
 from _common import median as _median
-from _common import print_table
-from _common import rounded as _rounded
+from _common import print_table, result_line
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "jobs" / "configs" / "train.yaml"
@@ -711,7 +710,7 @@ def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: fl
                                  "ray_serve_idle": res.get("idle_busy_fraction_ray_up")}
     out["contention"] = contention
     out["phases_with_foreign_ray"] = contended
-    print(json.dumps(_rounded(out), default=str))
+    print(result_line(out))
 
 
 _SERVER_ROLES = ("serve_proxy", "serve_replica", "serve_controller", "baseline_uvicorn")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import atoll_cli as _atoll
-from _common import own_cluster
+from _common import own_cluster, result_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def main() -> int:
         for task in args.task or list(CASES):
             results.append(run_case(task, args.quick, storage))
     for result in results:
-        print(json.dumps(result))
+        print(result_line(result))
     return 0
 
 

@@ -48,10 +48,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ForeignRay, print_table
+from _common import ForeignRay, print_table, result_line
 from _common import median as _median
 from _common import own_session as _own_session
-from _common import rounded as _rounded
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = Path(__file__).resolve().parent / "_ddp_baseline.py"
@@ -439,7 +438,7 @@ def report(spec, job_runs, fit_runs, base_runs, contention, quick) -> None:
     out["job_env_vars"] = job_runs[0]["job_env"] if job_runs else None  # names only, never values
     out["job_epoch_events_in_log"] = [r["epoch_events_in_log"] for r in job_runs]
     out["contention"] = contention
-    print(json.dumps(_rounded(out), default=str))
+    print(result_line(out))
 
 
 if __name__ == "__main__":

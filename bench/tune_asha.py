@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import rounded as _rounded
+from _common import result_line
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = "jobs/configs/sweep.yaml"  # relative to the repo (main() runs from there)
@@ -217,7 +217,7 @@ def report(runs: dict[str, dict[str, Any]], trials: int, epochs: int, args, ray_
                                     "accuracy_gap": fifo["best"] - c4["best"], "wall_s": c4["wall_s"],
                                     "stopped_early": c4["stopped_early"]}
     out["contention"] = contention
-    print(json.dumps(_rounded(out), default=str))
+    print(result_line(out))
 
 
 if __name__ == "__main__":

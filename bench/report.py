@@ -1,0 +1,124 @@
+"""Publish the benchmarks' latest figures: ``docs/benchmarks.md`` (one table row per case, with the commit
+and the machine each was measured on) and one chart per benchmark (``docs/bench/NAME.png``: ours ÷ baseline
+per case, against the line where the two are equal), from the JSON lines the benchmarks print.
+
+    python bench/batch_predict.py | tee -a bench/results/batch_predict.jsonl
+    python bench/report.py                       # reads bench/results/*.jsonl
+
+Only each benchmark's latest run is published (the lines that share its last commit and time); a benchmark
+with no saved run is listed as not measured, never filled in from memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ("train_throughput", "serve_load", "tune_asha", "data_ingest", "batch_predict", "task_quality",
+           "autoscale")
+
+
+def read_lines(paths: list[Path]) -> dict[str, list[dict]]:
+    """Per benchmark, the JSON lines of its latest run (a file may hold a run's log and earlier runs)."""
+    runs: dict[str, list[dict]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "bench" in record:
+                runs.setdefault(record["bench"], []).append(record)
+    return {bench: latest_run(records) for bench, records in runs.items()}
+
+
+def latest_run(records: list[dict]) -> list[dict]:
+    """The trailing lines of one run: same commit and machine as the last line, each case once."""
+    last, run = records[-1], []
+    for record in reversed(records):
+        if (record.get("commit"), record.get("machine")) != (last.get("commit"), last.get("machine")) \
+                or record.get("case") in {r.get("case") for r in run}:
+            break
+        run.append(record)
+    return run[::-1]
+
+
+def _figure(value) -> str:
+    if not isinstance(value, (int, float)):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.3g}"
+
+
+def chart(bench: str, records: list[dict], path: Path) -> Path:
+    """Horizontal bars of ours ÷ baseline per case, the line at 1 where the two are equal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r.get("case") or bench for r in records]
+    ratios = [r.get("ratio") or 0 for r in records]
+    better = records[0].get("better", "higher")
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.55 * len(records)))
+    bars = ax.barh(labels, ratios, color=["#2f7d4f" if (x >= 1) == (better == "higher") else "#c0573e"
+                                          for x in ratios])
+    ax.axvline(1, color="black", lw=1)
+    ax.bar_label(bars, labels=[f"{x:.2f}x" for x in ratios], padding=3, fontsize=8)
+    ax.set(xlabel=f"ours ÷ baseline ({better} is better)", title=f"{bench} at {records[0].get('commit')}")
+    ax.set_xlim(0, max(ratios + [1]) * 1.25)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown(latest: dict[str, list[dict]], charts: Path) -> str:
+    rows = ["| bench | case | ours | baseline | unit | ratio | better | commit | machine | measured |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for bench in sorted(latest, key=lambda b: BENCHES.index(b) if b in BENCHES else len(BENCHES)):
+        for r in latest[bench]:
+            rows.append(f"| `{bench}` | {r.get('case') or ''} | {_figure(r.get('ours'))} | "
+                        f"{_figure(r.get('baseline'))} | {r.get('unit', '')} | {_figure(r.get('ratio'))} | "
+                        f"{r.get('better', '')} | {r.get('commit', '?')} | {r.get('machine', '?')} | "
+                        f"{r.get('at', '?')} |")
+    missing = [b for b in BENCHES if b not in latest]
+    parts = ["# Benchmarks", "",
+             "Made by `python bench/report.py` from the JSON lines the benchmarks printed "
+             "(`bench/results/*.jsonl`); each row is the latest run of the code at its commit. How each side "
+             "runs and what cannot be made equal is in each script's docstring.", "", *rows, ""]
+    if missing:
+        parts += [f"Not measured at a recorded commit yet: {', '.join(f'`{b}`' for b in missing)} (their last "
+                  f"figures, at older commits, are in the README's Benchmarks table).", ""]
+    for bench in latest:
+        parts += [f"![{bench}]({charts.name}/{bench}.png)", ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*", type=Path, help="JSON-line files (default: bench/results/*.jsonl)")
+    parser.add_argument("--docs", type=Path, default=HERE.parent / "docs", help="where benchmarks.md goes")
+    args = parser.parse_args(argv)
+    files = args.files or sorted((HERE / "results").glob("*.jsonl"))
+    latest = read_lines(files)
+    if not latest:
+        print(f"error: no benchmark JSON lines in {', '.join(map(str, files)) or 'bench/results/'}; run a "
+              f"benchmark with `| tee -a bench/results/NAME.jsonl` first.", file=sys.stderr)
+        return 2
+    charts = args.docs / "bench"
+    for bench, records in latest.items():
+        chart(bench, records, charts / f"{bench}.png")
+    (args.docs / "benchmarks.md").write_text(markdown(latest, charts))
+    print(f"wrote {args.docs / 'benchmarks.md'} and {len(latest)} chart(s) in {charts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
