@@ -56,6 +56,14 @@ def test_submit_wait_success_and_logs(ray_cluster):
     assert st["status"] == "SUCCEEDED"
 
 
+def test_following_hands_over_every_line_once_even_those_printed_as_the_job_exits(ray_cluster):
+    # The follower ends on the job's status, before Ray's log stream closes, and reads the rest from the log.
+    code = "import time; time.sleep(1.5); [print(f'line {i}', flush=True) for i in range(300)]"
+    result = run_cli("submit", "--wait", "--", "python", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("line ")] == [f"line {i}" for i in range(300)]
+
+
 def test_submit_wait_failure_exits_nonzero(ray_cluster):
     result = run_cli("submit", "--wait", "--", "python", "-c", "import sys; print('bye'); sys.exit(1)")
     assert result.returncode != 0
@@ -123,28 +131,37 @@ def test_jobs_api_refuses_requests_without_the_token(ray_cluster):
     assert httpx.get(url, headers=auth.headers(), timeout=10).status_code == 200
 
 
-def test_progress_events_are_not_lost_when_the_log_stream_breaks(ray_cluster):
-    """The first chunk breaks the stream (the consumer raises, as a dropped connection would); `follow` falls
-    back to polling and then hands over, from the job's logs, every line the stream did not deliver."""
+def test_progress_events_are_not_lost_when_the_log_stream_breaks(ray_cluster, monkeypatch):
+    """Ray's log stream delivers one chunk and then drops (as when the dashboard restarts): `follow` falls back
+    to polling and then hands over, from the job's logs, every line the stream did not deliver."""
     from atoll import jobs
     from atoll.events import parse_events
 
+    real_client = jobs._client
+
+    class DroppingStream:
+        def __init__(self, client):
+            self._client = client
+
+        def __getattr__(self, name):
+            return getattr(self._client, name)
+
+        async def tail_job_logs(self, job_id):
+            async for chunk in self._client.tail_job_logs(job_id):
+                yield chunk
+                dropped.append(chunk)
+                raise ConnectionResetError("the log stream dropped")
+
+    dropped: list[str] = []
+    monkeypatch.setattr(jobs, "_client", lambda info: DroppingStream(real_client(info)))
     code = ("import time; from atoll.events import emit\n"
-            "for i in range(3): emit('epoch', epoch=i); time.sleep(0.5)\n"
+            "for i in range(3): emit('epoch', epoch=i); time.sleep(1)\n"
             "emit('registered', name='m', version=7)")
     job_id = jobs.submit(["python", "-c", code])
     seen: list[str] = []
-    calls = 0
-
-    def on_text(text: str) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise ConnectionResetError("the log stream dropped")
-        seen.append(text)
-
-    details = jobs.follow(job_id, on_text)
+    details = jobs.follow(job_id, seen.append)
     assert details["status"] == "SUCCEEDED"
+    assert dropped, "the stream never delivered a chunk, so the drop was not exercised"
     events = parse_events("".join(seen))
     assert [e["event"] for e in events] == ["epoch"] * 3 + ["registered"]
     assert events[-1]["version"] == 7

@@ -310,8 +310,14 @@ def unschedulable(job_id: str, info: ClusterInfo | None = None) -> str | None:
         return None
 
 
+#: How often a follower asks whether the job has ended: Ray's log stream closes 2-3 s after the driver exits
+#: (its tail sleeps 1 s at each end of file, then 1 s more once the job is terminal), a status call answers at once.
+STATUS_POLL_S = 0.5
+
+
 def follow(job_id: str, on_text: Callable[[str], None], info: ClusterInfo | None = None) -> dict[str, Any]:
-    """Stream the job's logs to ``on_text`` until it ends; return its final details.
+    """Stream the job's logs to ``on_text`` until it ends; return its final details. The end is read from the
+    job's status, and what the stream had not delivered by then is read from the log once, so nothing is lost.
 
     Raises:
         JobUnschedulableError: the job waits for resources no node has or can get; it is stopped first.
@@ -330,37 +336,44 @@ def follow(job_id: str, on_text: Callable[[str], None], info: ClusterInfo | None
         async for chunk in client.tail_job_logs(job_id):
             deliver(chunk)
 
-    async def watch() -> str:
-        while True:
-            await asyncio.sleep(FEASIBILITY_CHECK_S)
-            if reason := await asyncio.to_thread(unschedulable, job_id, info):
-                return reason
-
-    async def tail_or_unschedulable() -> str | None:
-        tasks = [asyncio.create_task(tail()), asyncio.create_task(watch())]
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        if tasks[0] in done:
-            tasks[0].result()  # a stream that broke raises here
-        return tasks[1].result() if tasks[1] in done else None
-
-    reason, streamed = None, True
-    try:
-        reason = asyncio.run(tail_or_unschedulable())
-    except Exception:  # the log stream can drop (e.g. the dashboard restarts): fall back to polling
-        streamed = False
-    last_check = time.monotonic()
-    while reason is None:
+    def watch_once(last_check: float) -> tuple[dict | None, str | None, float]:
+        """(final details, unschedulable reason, time of the last feasibility check)."""
         details = status(job_id, info)
         if details["status"] in TERMINAL:
-            if not streamed:  # hand over what the broken stream missed, so no progress event is lost
-                rest = logs(job_id, info)[delivered:]
-                if rest:
-                    on_text(rest)
-            return details
+            return details, None, last_check
         if time.monotonic() - last_check > FEASIBILITY_CHECK_S:
-            reason, last_check = unschedulable(job_id, info), time.monotonic()
-        time.sleep(0.5)
+            return None, unschedulable(job_id, info), time.monotonic()
+        return None, None, last_check
+
+    async def watch() -> tuple[dict | None, str | None]:
+        last_check = time.monotonic()
+        while True:
+            await asyncio.sleep(STATUS_POLL_S)
+            details, reason, last_check = await asyncio.to_thread(watch_once, last_check)
+            if details or reason:
+                return details, reason
+
+    async def tail_until_ended() -> tuple[dict | None, str | None]:
+        tasks = [asyncio.create_task(tail()), asyncio.create_task(watch())]
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if tasks[0] in done:
+            tasks[0].result()  # a stream that broke raises here; one that ended: the watcher says how
+            return await tasks[1]
+        tasks[0].cancel()
+        return tasks[1].result()
+
+    try:
+        details, reason = asyncio.run(tail_until_ended())
+    except Exception:  # the log stream can drop (e.g. the dashboard restarts): fall back to polling
+        details, reason = None, None
+        last_check = time.monotonic()
+        while details is None and reason is None:
+            time.sleep(STATUS_POLL_S)
+            details, reason, last_check = watch_once(last_check)
+    if details is not None:
+        rest = logs(job_id, info)[delivered:]  # what the stream had not delivered when the job ended
+        if rest:
+            on_text(rest)
+        return details
     state = stop(job_id, info)
     raise JobUnschedulableError(f"job {job_id} can never be scheduled: {reason} It was stopped ({state}).")
