@@ -33,6 +33,11 @@ run only); ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (a fresh Ray in a child process,
 draining period cut to 1 s so that it shuts down quickly; skip with --no-throughput-optimized), compared with
 the plain app measured again once no Ray runs at all.
 
+Where Serve's CPU goes (skip with --no-profile): one more round of Atoll Serve at 32 clients while py-spy
+samples Serve's proxy and the replica (``bench/_profile.py``: each sample counted in the part of its
+innermost frame that names one: the model, Atoll's parsing, Ray's metrics/tracing/logging, Ray's actor
+calls between proxy and replica, FastAPI, uvicorn's HTTP parsing, Serve's own bookkeeping, the rest).
+
 The load generator shares the 2 cores with the servers: each measurement reports the CPU (cores) used by the
 load generator, Serve's proxy, replica and controller, and uvicorn (server CPU ms per request follows), the
 machine's busy fraction, and whether another Ray cluster's raylet was up (``phases_with_foreign_ray``).
@@ -52,6 +57,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _profile
 import numpy as np
 from _common import median as _median
 from _common import print_table, result_line
@@ -343,6 +349,31 @@ def phase(watcher, fn, *args) -> dict[str, Any]:
     return out
 
 
+def profile_serve(url: str, body: bytes, warmup_s: float, duration_s: float) -> dict[str, dict[str, float]]:
+    """Shares of Serve's proxy and replica CPU by part (``_profile.SERVE_PARTS``) under the 32-client load."""
+    import threading
+
+    import psutil
+
+    pids = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        for role, pattern in (("serve_proxy", "ProxyActor"), ("serve_replica", "ServeReplica")):
+            if pattern in cmd:
+                pids[role] = proc.info["pid"]
+    stacks: dict[str, Any] = {}
+
+    def record() -> None:
+        time.sleep(warmup_s)
+        stacks.update(_profile.sample(pids, max(1.0, duration_s - 1)))
+
+    sampler = threading.Thread(target=record)
+    sampler.start()
+    closed_loop(url, body, CLIENTS, warmup_s, duration_s)
+    sampler.join()
+    return {role: _profile.breakdown(found) for role, found in stacks.items()}
+
+
 def in_process(predictor, row: list[float], n: int) -> dict[str, Any]:
     rows = np.asarray([row], dtype=np.float32)
     for _ in range(50):
@@ -484,6 +515,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, help="seconds measured per round (default 10, quick 5)")
     parser.add_argument("--no-throughput-optimized", action="store_true",
                         help="skip the RAY_SERVE_THROUGHPUT_OPTIMIZED=1 variant")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the round profiled with py-spy (where Serve's CPU goes)")
     # internal modes
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--throughput-optimized-child", action="store_true", help=argparse.SUPPRESS)
@@ -554,6 +587,10 @@ def main() -> int:
             res["baseline"].append(phase(watcher, closed_loop, base_url, body, CLIENTS, warmup, duration))
             print(f"round {r + 1}/{rounds}: Atoll Serve, {CLIENTS} clients, {duration:.0f} s ...", flush=True)
             res["ours"].append(phase(watcher, closed_loop, ours_url, body, CLIENTS, warmup, duration))
+
+        if not args.no_profile and _profile.py_spy():
+            print(f"where Serve's CPU goes: Atoll Serve, {CLIENTS} clients, sampled by py-spy ...", flush=True)
+            res["profile"] = profile_serve(ours_url, body, warmup, duration)
 
         print(f"1 client: in-process predict, plain FastAPI, Atoll Serve ({single_n} requests each) ...",
               flush=True)
@@ -650,6 +687,13 @@ def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: fl
     title = (f"Serving {model['ref']} (digits MLP, 1 row x 64 floats per request): Atoll Serve (1 replica, "
              f"batch<=32) vs plain FastAPI+uvicorn; in-process predict p50 {inproc:.3f} ms")
     print_table(title, ["figure", "Atoll Serve", "plain FastAPI"], rows)
+    if res.get("profile"):
+        shares = res["profile"]
+        parts = [name for name, _ in _profile.SERVE_PARTS] + [_profile.REST]
+        print_table(f"Where Serve's CPU goes at {CLIENTS} clients (share of each process's samples, py-spy)",
+                    ["part", "proxy", "replica"],
+                    [[part] + [f"{shares.get(role, {}).get(part, 0.0):.0%}" for role in ("serve_proxy", "serve_replica")]
+                     for part in parts])
     if to and not to_ok:
         print(f"THROUGHPUT_OPTIMIZED variant failed: {to.get('error')}\n{to.get('log_tail', '')[-1500:]}")
     contended = _contended_phases(res)
@@ -702,6 +746,8 @@ def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: fl
              "contention": to.get("contention")}
             if to_ok else {"error": to.get("error")})
     out["server_cpu_ms_per_request"] = srv_ms
+    if res.get("profile"):
+        out["cpu_share_by_part"] = res["profile"]
     out["cpu_cores_by_role"] = {"ours": res["ours"][0].get("cpu_cores_by_role"),
                                 "baseline": res["baseline"][0].get("cpu_cores_by_role")}
     if "single_ours" in res:
