@@ -84,7 +84,8 @@ def markdown(latest: dict[str, list[dict]], charts: Path) -> str:
             "|---|---|---|---|---|---|---|---|---|---|"]
     for bench in sorted(latest, key=lambda b: BENCHES.index(b) if b in BENCHES else len(BENCHES)):
         for r in latest[bench]:
-            rows.append(f"| `{bench}` | {r.get('case') or ''} | {_figure(r.get('ours'))} | "
+            case = " ".join(filter(None, [r.get("case"), "(--quick)" if r.get("quick") else None]))
+            rows.append(f"| `{bench}` | {case} | {_figure(r.get('ours'))} | "
                         f"{_figure(r.get('baseline'))} | {r.get('unit', '')} | {_figure(r.get('ratio'))} | "
                         f"{r.get('better', '')} | {r.get('commit', '?')} | {r.get('machine', '?')} | "
                         f"{r.get('at', '?')} |")
@@ -98,7 +99,28 @@ def markdown(latest: dict[str, list[dict]], charts: Path) -> str:
                   f"figures, at older commits, are in the README's Benchmarks table).", ""]
     for bench in latest:
         parts += [f"![{bench}]({charts.name}/{bench}.png)", ""]
+    for bench, records in latest.items():
+        parts += breakdown_tables(bench, records)
     return "\n".join(parts)
+
+
+def breakdown_tables(bench: str, records: list[dict]) -> list[str]:
+    """Where a process's CPU went (``cpu_share_by_part``: process -> part -> share), one table per case."""
+    out = []
+    for r in records:
+        shares = r.get("cpu_share_by_part")
+        if not shares:
+            continue
+        roles = list(shares)
+        names = sorted({part for role in roles for part in shares[role]},
+                       key=lambda part: -sum(shares[role].get(part, 0) for role in roles))
+        out += [f"### `{bench}`{' ' + r['case'] if r.get('case') else ''}: where the CPU goes "
+                f"(share of each process's py-spy samples, at {r.get('commit', '?')})", "",
+                "| part | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+        out += [f"| {name} | " + " | ".join(f"{shares[role].get(name, 0):.0%}" for role in roles) + " |"
+                for name in names]
+        out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,3 +36,18 @@ def test_no_results_is_one_line_that_says_how_to_make_them(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / "report.py"), str(empty), "--docs", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "tee -a bench/results/" in done.stderr
+
+
+def test_a_run_that_says_where_its_cpu_went_gets_a_table_of_it(tmp_path):
+    record = json.loads(_line("", 0.26, "ccccccc"))
+    record.update(bench="serve_load", case=None,
+                  cpu_share_by_part={"serve_proxy": {"Ray actor calls": 0.34, "the rest": 0.66},
+                                     "serve_replica": {"the model": 0.02, "Ray actor calls": 0.32}})
+    results = tmp_path / "serve_load.jsonl"
+    results.write_text(json.dumps(record) + "\n")
+    done = subprocess.run([sys.executable, str(BENCH / "report.py"), str(results), "--docs", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "| part | serve_proxy | serve_replica |" in page
+    assert "| Ray actor calls | 34% | 32% |" in page and "| the model | 0% | 2% |" in page
