@@ -426,6 +426,53 @@ def test_manifest_file_names_that_leave_the_version_folder_are_refused(tmp_path:
                 f"from before (read_file, local_copy) refused at the join; no file written", "pass")
 
 
+def test_a_delete_racing_an_alias_move_on_s3_never_leaves_an_alias_on_a_deleted_version(
+        s3_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reliability: Callable[..., None]) -> None:
+    """S3 has no lock: each side checks again after its own write. Both worst interleavings are forced, by
+    running the other publisher (a second Registry) from inside the first one's window."""
+    root = f"s3://atoll-test/race-{uuid.uuid4().hex[:8]}"
+    deleter, mover = Registry(root), Registry(root)
+    ckpt = _checkpoint(tmp_path / "ckpt", 1.0, size=8)
+    for _ in range(3):
+        deleter.register("digits", str(ckpt), metrics={}, spec={})
+    deleter.set_alias("digits", 1, "production")
+    read_aliases, require_version = Registry._read_aliases, Registry._require_version
+
+    # 1. The delete of v2 reads the aliases (none on v2), then @production moves to v2, then the tombstone.
+    def move_after_the_check(self, name):
+        found = read_aliases(self, name)
+        if self is deleter and not moved:
+            moved.append(mover.promote("digits:2", "production"))
+        return found
+
+    moved: list = []
+    monkeypatch.setattr(Registry, "_read_aliases", move_after_the_check)
+    with pytest.raises(RegistryError, match=r"cannot delete digits:2: @production was just pointed at it"):
+        deleter.delete("digits", 2)
+    monkeypatch.setattr(Registry, "_read_aliases", read_aliases)
+    assert moved and deleter.get("digits@production").version == 2
+    assert _verify_all(deleter) == [1, 2, 3]  # v2 is whole again: manifest back, every file there
+
+    # 2. The move of @production to v3 checks v3, then the whole delete of v3 runs, then the move writes.
+    def delete_before_the_write(self, name, version):
+        found = require_version(self, name, version)
+        calls.append(version)
+        if self is mover and len(calls) == 2:  # the check inside set_alias, right before the write
+            deleter.delete(name, version)
+        return found
+
+    calls: list[int] = []
+    monkeypatch.setattr(Registry, "_require_version", delete_before_the_write)
+    with pytest.raises(RegistryError, match=r"cannot point @production at digits:3: it was deleted meanwhile"):
+        mover.set_alias("digits", 3, "production")
+    monkeypatch.setattr(Registry, "_require_version", require_version)
+    assert deleter.aliases("digits") == {"production": 2}  # back where it pointed
+    assert [mv.version for mv in deleter.list_versions("digits")] == [1, 2]
+    reliability("registry", "a delete and an alias move of one model race on S3 (both worst interleavings forced)",
+                "alias moved first: the delete refused and the version left whole; delete first: the move "
+                "refused and the alias put back; never an alias on a deleted version", "pass")
+
+
 def test_every_flipped_byte_of_a_manifest_is_refused(tmp_path: Path, reliability: Callable[..., None]) -> None:
     reg = Registry(str(tmp_path / "store"))
     ckpt = _checkpoint(tmp_path / "ckpt", 1.0, size=8)

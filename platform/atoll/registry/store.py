@@ -351,14 +351,37 @@ class Registry:
         """Point ``alias`` at ``name:version`` (moving it if it pointed elsewhere), atomically.
 
         Raises:
-            RegistryError: an unknown model or version, or an invalid alias.
+            RegistryError: an unknown model or version, an invalid alias, or (object store) the version was
+                deleted while the alias moved: the alias is left where it was.
         """
         _check_name(alias, "alias")
         self._require_version(name, version)  # before locking: no lock file for a mistyped name
+        previous: dict[str, int | None] = {}
+
+        def point(current: Any) -> dict[str, int]:
+            aliases = _aliases_of(current)
+            previous["version"] = aliases.get(alias)
+            return {**aliases, alias: int(version)}
+
         with self._folders.lock(name):
             self._require_version(name, version)  # a concurrent delete may have won the lock first
-            self._folders.update_json(self._folders.aliases_file(name),
-                                      lambda current: {**_aliases_of(current), alias: int(version)})
+            self._folders.update_json(self._folders.aliases_file(name), point)
+            if self._folders.local or not self._deleted(name, version):
+                return
+            # No lock on an object store: a delete that read the aliases before this move has tombstoned the
+            # version since. Each side checks again after its own write, so at least one sees the other; here
+            # the move backs off, and the alias goes back to where it pointed (unless it moved on meanwhile).
+            def back(current: Any) -> dict[str, int]:
+                aliases = _aliases_of(current)
+                if aliases.get(alias) == int(version):
+                    aliases.pop(alias)
+                    if previous["version"] is not None:
+                        aliases[alias] = previous["version"]
+                return aliases
+
+            self._folders.update_json(self._folders.aliases_file(name), back)
+            raise RegistryError(f"cannot point @{alias} at {name}:{version}: it was deleted meanwhile. Pick "
+                                f"another version (`atoll models list {name}`).")
 
     def promote(self, ref: str, alias: str) -> tuple[ModelVersion, int | None]:
         """Point ``alias`` at the version ``ref`` names, ``NAME:VERSION`` or ``NAME@ALIAS`` (a bare name, which
@@ -388,6 +411,10 @@ class Registry:
             self._folders.update_json(self._folders.aliases_file(name),
                                       lambda current: {a: v for a, v in _aliases_of(current).items() if a != alias})
 
+    def _deleted(self, name: str, version: int) -> bool:
+        raw = self._raw_manifest(name, version)
+        return raw is not None and raw.get("status") == DELETED
+
     def _require_version(self, name: str, version: int) -> ModelVersion:
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise RegistryError(f"version must be a positive integer (got {version!r}).")
@@ -408,7 +435,8 @@ class Registry:
         """Delete ``name:version``; its number is never reused.
 
         Raises:
-            RegistryError: an unknown version, or an alias still points at it (move the alias first).
+            RegistryError: an unknown version, or an alias points at it (move the alias first), also one that
+                moved there during the delete (object store): the version is left whole.
         """
         self.deletable(name, version)
         with self._folders.lock(name):
@@ -421,7 +449,17 @@ class Registry:
             # The tombstone goes first: from then on readers no longer see the version.
             tombstone = {**manifest, "status": DELETED, "deleted_at": _now()}
             vdir = self._folders.version_dir(name, version)
-            self._folders.write_json_atomic(posixpath.join(vdir, MANIFEST), _seal(tombstone))
+            path = posixpath.join(vdir, MANIFEST)
+            original = self._folders.read_bytes(path)
+            self._folders.write_json_atomic(path, _seal(tombstone))
+            if not self._folders.local and (moved := sorted(a for a, v in self._read_aliases(name).items()
+                                                            if v == version)):
+                # No lock on an object store: an alias moved here after the check above (see set_alias).
+                # The files are still all there: put the manifest back and refuse, as if the alias had
+                # been seen first.
+                self._folders.write_bytes(path, original)
+                raise RegistryError(f"cannot delete {name}:{version}: @{moved[0]} was just pointed at it. Move "
+                                    f"the alias first (`atoll models promote {name}:OTHER {moved[0]}`).")
             self._folders.empty_dir(vdir, keep=MANIFEST)
 
     # -- files ------------------------------------------------------------------------------------
