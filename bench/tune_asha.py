@@ -9,8 +9,8 @@ with seed 0; each trial trains in its own process on 1 CPU) loaded with ``atoll.
 with ``atoll.tune.run_sweep`` on an in-process local Ray (``ray.init(address="local", num_cpus=4)``) with a
 temporary storage root (also ``ATOLL_STORAGE``). The only differences: the name, and ``scheduler.type``:
 
-* ours: ``asha`` (the sweep's default: grace_period 1, reduction_factor 2, max_t = epochs, so rungs at
-  1, 2, 4 epochs);
+* ours: ``asha`` (the sweep's: grace_period 1, reduction_factor 3, max_t = epochs, so rungs at 1 and 3
+  epochs, the best third going on at each);
 * baseline: ``fifo``: every trial runs all its epochs.
 
 The same seeded sampler gives both sweeps the same trial configs (checked: ``same_configs``). Figures:
@@ -198,7 +198,7 @@ def report(runs: dict[str, dict[str, Any]], trials: int, epochs: int, args, ray_
            "best_val_accuracy": {"ours": asha["best"], "baseline": fifo["best"]}, "accuracy_gap": gap,
            "target_accuracy_gap": 0.01, "quick": args.quick, "trials": trials, "max_t": epochs,
            "max_concurrent_trials": args.concurrent, "search_seed": args.seed, "same_configs": same,
-           "scheduler": {"ours": "asha (grace_period 1, reduction_factor 2)", "baseline": "fifo"},
+           "scheduler": {"ours": "asha (grace_period 1, reduction_factor 3)", "baseline": "fifo"},
            "stopped_early": {"ours": asha["stopped_early"], "baseline": fifo["stopped_early"]},
            "epochs_per_trial": {"ours": sorted(t["epochs"] for t in asha["per_trial"]),
                                 "baseline": sorted(t["epochs"] for t in fifo["per_trial"])},
