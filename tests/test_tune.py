@@ -15,7 +15,7 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.cluster
 
-# 4 trials of up to 4 epochs, 2 at a time: ASHA's rungs are at epochs 1, 2 and 4.
+# 4 trials of up to 4 epochs: ASHA's rungs (reduction_factor 3) are at epochs 1 and 3.
 SMALL = ["--set", "num_samples=4", "--set", "overrides.epochs=4"]
 
 
