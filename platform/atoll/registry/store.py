@@ -411,6 +411,9 @@ class Registry:
             self._folders.update_json(self._folders.aliases_file(name),
                                       lambda current: {a: v for a, v in _aliases_of(current).items() if a != alias})
 
+    def _aliases_on(self, name: str, version: int) -> list[str]:
+        return sorted(a for a, v in self._read_aliases(name).items() if v == version)
+
     def _deleted(self, name: str, version: int) -> bool:
         raw = self._raw_manifest(name, version)
         return raw is not None and raw.get("status") == DELETED
@@ -441,8 +444,7 @@ class Registry:
         self.deletable(name, version)
         with self._folders.lock(name):
             manifest = self.deletable(name, version)
-            pointing = sorted(a for a, v in self._read_aliases(name).items() if v == version)
-            if pointing:
+            if pointing := self._aliases_on(name, version):
                 shown = ", ".join(f"@{a}" for a in pointing)
                 raise RegistryError(f"cannot delete {name}:{version}: {shown} points at it. Move the alias "
                                     f"first (`atoll models promote {name}:OTHER {pointing[0]}`).")
@@ -452,8 +454,7 @@ class Registry:
             path = posixpath.join(vdir, MANIFEST)
             original = self._folders.read_bytes(path)
             self._folders.write_json_atomic(path, _seal(tombstone))
-            if not self._folders.local and (moved := sorted(a for a, v in self._read_aliases(name).items()
-                                                            if v == version)):
+            if not self._folders.local and (moved := self._aliases_on(name, version)):
                 # No lock on an object store: an alias moved here after the check above (see set_alias).
                 # The files are still all there: put the manifest back and refuse, as if the alias had
                 # been seen first.
