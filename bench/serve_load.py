@@ -355,12 +355,11 @@ def profile_serve(url: str, body: bytes, warmup_s: float, duration_s: float) -> 
 
     import psutil
 
+    sampled = [(role, pattern) for role, pattern in _CPU_GROUPS if role in ("serve_proxy", "serve_replica")]
     pids = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        for role, pattern in (("serve_proxy", "ProxyActor"), ("serve_replica", "ServeReplica")):
-            if pattern in cmd:
-                pids[role] = proc.info["pid"]
+        pids.update({role: proc.info["pid"] for role, pattern in sampled if pattern in cmd})
     stacks: dict[str, Any] = {}
 
     def record() -> None:

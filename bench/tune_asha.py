@@ -136,6 +136,14 @@ def main() -> int:
     return 0
 
 
+def _asha_label() -> str:
+    """The ASHA the sweep file sets, read from it (a label written here would drift from the file)."""
+    from atoll import tune
+
+    scheduler = tune.load_sweep(SWEEP)[0].scheduler
+    return f"asha (grace_period {scheduler.grace_period}, reduction_factor {scheduler.reduction_factor:g})"
+
+
 def report(runs: dict[str, dict[str, Any]], trials: int, epochs: int, args, ray_init_s: float,
            contention: str) -> None:
     asha, fifo = runs["asha"], runs["fifo"]
@@ -198,7 +206,7 @@ def report(runs: dict[str, dict[str, Any]], trials: int, epochs: int, args, ray_
            "best_val_accuracy": {"ours": asha["best"], "baseline": fifo["best"]}, "accuracy_gap": gap,
            "target_accuracy_gap": 0.01, "quick": args.quick, "trials": trials, "max_t": epochs,
            "max_concurrent_trials": args.concurrent, "search_seed": args.seed, "same_configs": same,
-           "scheduler": {"ours": "asha (grace_period 1, reduction_factor 3)", "baseline": "fifo"},
+           "scheduler": {"ours": _asha_label(), "baseline": "fifo"},
            "stopped_early": {"ours": asha["stopped_early"], "baseline": fifo["stopped_early"]},
            "epochs_per_trial": {"ours": sorted(t["epochs"] for t in asha["per_trial"]),
                                 "baseline": sorted(t["epochs"] for t in fifo["per_trial"])},
