@@ -33,7 +33,7 @@ INPUT_NAME, OUTPUT_NAME = "inputs", "outputs"
 #: what exporting and its checks import the first time in a process: ~7 s on 2 cores, most of it ONNX's
 #: operator library. A driver imports them while its workers train (:func:`warm_up`), not after.
 _EXPORT_MODULES = ("torch.export", "torch.onnx", "onnxscript.function_libs.torch_lib.ops", "onnxruntime",
-                   "matplotlib.pyplot")
+                   "matplotlib.figure", "matplotlib.backends.backend_agg")
 
 
 def warm_up() -> None:

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A figure drawn and saved without pyplot: no global backend to switch, so a driver may draw while
+    another thread imports matplotlib (the export warm-up does), and no display is needed on a node."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display on a cluster node
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _integer_ticks():
@@ -24,12 +23,12 @@ def _integer_ticks():
 def training_curve(history: list[dict[str, Any]], path: str | Path, title: str = "") -> str:
     """Loss and the task's first figure after it (accuracy, or RMSE for a regressor) per epoch, train vs
     validation, side by side."""
-    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     # The first val_ figure after the loss that has a train_ twin: what the task reports (progress order).
     figure = next((k.removeprefix("val_") for k in history[-1] if k.startswith("val_") and k != "val_loss"
                    and f"train_{k.removeprefix('val_')}" in history[-1]), None)
-    fig, axes = plt.subplots(1, 2 if figure else 1, figsize=(9 if figure else 4.8, 3.4), squeeze=False)
+    fig = _figure(figsize=(9 if figure else 4.8, 3.4))
+    axes = fig.subplots(1, 2 if figure else 1, squeeze=False)
     panels = [("loss", axes[0][0])] + ([(figure, axes[0][1])] if figure else [])
     for name, ax in panels:
         for key, style in (("train", "-"), ("val", "--")):
@@ -44,14 +43,13 @@ def training_curve(history: list[dict[str, Any]], path: str | Path, title: str =
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 
 def sweep_curves(trials: dict[str, list[dict[str, Any]]], metric: str, path: str | Path, title: str = "") -> str:
     """``metric`` per epoch for every trial of a sweep; trials stopped early end early."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
     for trial, history in sorted(trials.items()):
         ax.plot([h["epoch"] for h in history], [h[metric] for h in history], marker="o", ms=3, label=trial)
     ax.set(xlabel="epoch", ylabel=metric, title=title or f"{metric} per epoch, all trials")
@@ -60,5 +58,4 @@ def sweep_curves(trials: dict[str, list[dict[str, Any]]], metric: str, path: str
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
