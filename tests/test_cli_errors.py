@@ -81,11 +81,21 @@ def test_an_address_that_is_not_a_ray_dashboard_is_one_line():
     assert "not as a Ray dashboard" in line and "ATOLL_ADDRESS" in line
 
 
-def test_a_head_that_dies_mid_command_is_one_line():
+def test_a_head_that_dies_mid_command_is_one_line(tmp_path):
+    token = tmp_path / "auth_token"  # a token of its own: the machine's may not exist yet
+    token.write_text("a" * 64)
     with _server(_DyingHead) as url:
         for args in (["jobs", "list"], ["jobs", "status", "raysubmit_x"], ["submit", "--", "python", "-c", "1"]):
-            line = _one_line_error(run_cli(*args, env={"ATOLL_ADDRESS": url}))
-            assert "Jobs API" in line and url in line, (args, line)
+            line = _one_line_error(run_cli(*args, env={"ATOLL_ADDRESS": url, "RAY_AUTH_TOKEN_PATH": str(token)}))
+            assert "Jobs API" in line and url in line and "stopped answering" in line, (args, line)
+
+
+def test_a_machine_without_the_cluster_token_is_told_where_to_put_it(tmp_path):
+    missing = tmp_path / "no_token"
+    with _server(_DyingHead) as url:
+        line = _one_line_error(run_cli("jobs", "list", env={"ATOLL_ADDRESS": url, "RAY_AUTH_TOKEN_PATH": str(missing),
+                                                            "RAY_AUTH_TOKEN": ""}))
+    assert f"{missing} does not exist" in line and "RAY_AUTH_TOKEN" in line and url in line, line
 
 
 def test_two_exports_of_the_demo_dataset_at_once_both_succeed(tmp_path):

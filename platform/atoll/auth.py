@@ -51,6 +51,13 @@ def read_token() -> str | None:
         raise ClusterError(f"cannot read the cluster token {path}: {exc.strerror}. Check its permissions.") from None
 
 
+def missing_token(where: str) -> ClusterError:
+    """The one line for a client that must send the token and finds none on this machine."""
+    return ClusterError(f"{where} needs the cluster's token and this machine has none: {token_path()} does not "
+                        f"exist and RAY_AUTH_TOKEN is not set. `atoll up` makes one for a cluster it starts; for "
+                        f"another cluster, copy its head's token there (mode 600) or set RAY_AUTH_TOKEN.")
+
+
 def headers() -> dict[str, str]:
     """HTTP headers that authenticate to the dashboard / Jobs API."""
     token = read_token()

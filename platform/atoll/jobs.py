@@ -40,6 +40,7 @@ FORWARDED_ENV = ("ATOLL_STORAGE", "ATOLL_CLUSTER_CONFIG")
 def _client(info: ClusterInfo):
     import logging
 
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     # Ray's packaging chatter (uploads, default excludes) is noise to a user of the Jobs API.
@@ -49,6 +50,8 @@ def _client(info: ClusterInfo):
 
     try:
         return JobSubmissionClient(info.dashboard_url, headers=auth.headers())
+    except AuthenticationError:  # the SDK looks for the token itself when we have none to send
+        raise auth.missing_token(f"the Jobs API at {info.dashboard_url}") from None
     except (ConnectionError, requests.RequestException) as exc:
         raise ClusterNotUpError(f"cannot reach the Jobs API at {info.dashboard_url} ({_reason(exc)}). "
                                 f"Is the cluster up? (`atoll status`)") from None
