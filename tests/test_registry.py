@@ -601,8 +601,9 @@ def test_cli_show_of_a_tampered_version_is_one_line(cli: Any, reg: Registry) -> 
 ])
 def test_model_type_allow_list_entries(model_type: str, entries: list[str], admitted: bool) -> None:
     from atoll import models
+    from atoll.model_types import AllowList
 
-    allow = models.AllowList(tuple(entries), "cluster.yaml")
+    allow = AllowList(tuple(entries), "cluster.yaml")
     assert allow.admits(model_type) is admitted
     if admitted:
         return

@@ -5,13 +5,12 @@ A model is chosen by the training spec's ``model`` section: ``type: mlp | cnn`` 
 
 Training imports the type its spec names (the job runs its submitter's code anyway). A registered version
 is different: its manifest, in the storage root, names the type a replica imports, so a user type is
-imported for it only when cluster.yaml's ``metadata.atoll.model_types`` allows it (:class:`AllowList`);
+imported for it only when cluster.yaml's ``metadata.atoll.model_types`` allows it (:class:`atoll.model_types.AllowList`);
 otherwise anyone who can write to the storage could run code on the cluster.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import math
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from atoll.errors import ConfigError
+from atoll.model_types import AllowList
 from atoll.specs import MODEL_TYPE_RE
 
 
@@ -126,52 +126,6 @@ def _pretrained_bert(directory: str | None, config_json: str | None, vocab: int,
 BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "hf-bert": BertClassifier}
 
 
-@dataclasses.dataclass(frozen=True)
-class AllowList:
-    """The user model types a registered version may name: cluster.yaml's ``metadata.atoll.model_types``.
-
-    Entries: ``pkg.mod:build`` (that callable), ``pkg.mod:*`` (any callable of ``pkg.mod``), ``pkg.*``
-    (``pkg`` and every module under it). ``source`` is where they were read, for the error message.
-    """
-
-    patterns: tuple[str, ...]
-    source: str = "cluster.yaml"
-
-    @classmethod
-    def from_cluster(cls) -> AllowList:
-        """The list in the cluster.yaml this process finds (as ``AppArgs.serve_settings`` does)."""
-        from atoll import config
-
-        spec = config.load_spec()
-        return cls(tuple(spec.atoll.model_types), spec.source)
-
-    def admits(self, model_type: str) -> bool:
-        module, _, attr = model_type.partition(":")
-        for entry in self.patterns:
-            if entry.endswith(".*"):
-                if module == entry[:-2] or module.startswith(entry[:-1]):
-                    return True
-            elif entry.partition(":")[0] == module and entry.partition(":")[2] in ("*", attr):
-                return True
-        return False
-
-    def refusal(self, model_type: str, ref: str) -> ConfigError:
-        """One line: what was refused, why, and the exact entry to add to cluster.yaml."""
-        if self.source.startswith("("):  # no file: the built-in defaults
-            where = ("cluster.yaml (this process found none: run it from the project folder or set "
-                     "ATOLL_CLUSTER_CONFIG)")
-        else:
-            where = self.source
-        if self.patterns:
-            fix = f'add "{model_type}" to metadata.atoll.model_types in {where} (it lists ' \
-                  f'{", ".join(self.patterns)})'
-        else:
-            fix = f'add `model_types: ["{model_type}"]` under metadata.atoll in {where}'
-        return ConfigError(f"{ref}: model.type {model_type!r} is not allowed: a registered version may name "
-                           f"only a built-in model ({', '.join(BUILTIN)}) or a type cluster.yaml allows, since "
-                           f"its manifest is what the storage holds. If you trust that code, {fix}.")
-
-
 def resolve(model_type: str, *, registered: str | None = None,
             allowed: AllowList | None = None) -> Callable[..., nn.Module]:
     """The model constructor for ``model_type`` (a built-in name or ``module.path:callable``).
@@ -194,9 +148,7 @@ def resolve(model_type: str, *, registered: str | None = None,
         raise ConfigError(f"model.type: {model_type!r} is neither a built-in model ({', '.join(BUILTIN)}) nor "
                           f"an import path like 'mypkg.models:build'.")
     if registered is not None:
-        allowed = allowed if allowed is not None else AllowList.from_cluster()
-        if not allowed.admits(model_type):
-            raise allowed.refusal(model_type, registered)
+        (allowed if allowed is not None else AllowList.from_cluster()).check(model_type, registered)
     module_name, attr = shape["module"], shape["attr"]
     try:
         module = importlib.import_module(module_name)

@@ -98,15 +98,12 @@ def model_code(model_type: str, spec: ClusterSpec, ref: str) -> list[str]:
         ConfigError: cluster.yaml's ``metadata.atoll.model_types`` does not allow ``model_type``.
     """
     from atoll import config
+    from atoll.model_types import AllowList
     from atoll.tasks.base import BUILTIN_MODELS
 
+    AllowList(tuple(spec.atoll.model_types), spec.source).check(model_type, ref)
     if model_type in BUILTIN_MODELS:
         return []
-    from atoll.models import AllowList  # torch: only for a user type
-
-    allowed = AllowList(tuple(spec.atoll.model_types), spec.source)
-    if not allowed.admits(model_type):
-        raise allowed.refusal(model_type, ref)
     top = model_type.partition(":")[0].split(".")[0]
     root = config.project_root(spec)
     return [str(path) for path in (root / top, root / f"{top}.py") if path.exists()][:1]

@@ -40,6 +40,7 @@ class Predictor:
         import torch
 
         from atoll import models, registry, tasks
+        from atoll.model_types import AllowList
 
         reg = registry.Registry(storage)
         self.version = reg.get(ref)
@@ -51,7 +52,7 @@ class Predictor:
         model_spec = self.version.spec["model"]
         # registered=: a user model type imports only if cluster.yaml's metadata.atoll.model_types allows it
         # (as the deploy passed it in ``model_types``, else as the cluster.yaml next to this process says).
-        allowed = models.AllowList(tuple(model_types), "metadata.atoll.model_types of the deploy's cluster.yaml") \
+        allowed = AllowList(tuple(model_types), "metadata.atoll.model_types of the deploy's cluster.yaml") \
             if model_types is not None else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.runtime = choose_runtime(runtime, self.version, self.device.type)
