@@ -63,6 +63,35 @@ def _plain_loop(storage: str, ref: str, source: Path, target: Path) -> float:
     return time.perf_counter() - started
 
 
+#: the steps of one `atoll predict`, in order, and what each one is
+STEPS = {"client_s": "the CLI: imports, the version and input checked, the job submitted",
+         "job_setup_s": "Ray: the job's runtime env and its driver process started",
+         "imports_s": "the driver's imports", "connect_s": "ray.init joins the cluster",
+         "check_s": "the version loaded and the input checked again, in the job",
+         "to_first_batch_s": "Ray Data planned, the actors started and loaded the model, the first batch back",
+         "stream_s": "the rest of the rows predicted and written", "exit_s": "the driver exits, Ray marks the job done",
+         "follow_s": "the CLI sees the end and prints"}
+
+
+def _breakdown(began: float, ended: float, answer: dict) -> dict[str, float]:
+    """Where the seconds of one `atoll predict` went, from the CLI's clock, the job's record (Unix ms) and the
+    timings the job reports (its process start from the OS)."""
+    job, timings = answer["job"], answer["predicted"]["timings"]
+    submitted, finished = job["start_time"] / 1000, job["end_time"] / 1000
+    process, predicted_at = timings["process_started"], answer["predicted"]["t"]
+    return {"client_s": submitted - began, "job_setup_s": process - submitted,
+            **{k: timings[k] for k in ("imports_s", "connect_s", "check_s", "to_first_batch_s", "stream_s")},
+            "exit_s": finished - predicted_at, "follow_s": ended - finished}
+
+
+def _print_breakdowns(results: list[dict]) -> None:
+    from _common import print_table
+
+    rows = [[step, what] + [f"{r['breakdown_s'][step]:.2f}" for r in results] for step, what in STEPS.items()]
+    rows.append(["total", "wall of the command"] + [f"{r['ours_wall_s']:.2f}" for r in results])
+    print_table("Where the seconds of `atoll predict` go", ["step", "what", *(r["case"] for r in results)], rows, left=2)
+
+
 def _dataset(storage: str, demo: str, rows: int, target: Path) -> None:
     import pandas as pd
     from atoll import data
@@ -87,10 +116,11 @@ def main() -> int:
             ref = f"{trained['name']}:{trained['version']}"
             source = work / f"{kind}.parquet"
             _dataset(storage, demo, sizes[kind], source)
-            started = time.perf_counter()
-            predicted = json.loads(_atoll("predict", ref, "--input", str(source), "--output",
-                                          str(work / f"{kind}-ours.parquet"), "--json"))["predicted"]
+            started, began = time.perf_counter(), time.time()
+            answer = json.loads(_atoll("predict", ref, "--input", str(source), "--output",
+                                       str(work / f"{kind}-ours.parquet"), "--json"))
             ours_s = time.perf_counter() - started
+            predicted, breakdown = answer["predicted"], _breakdown(began, began + ours_s, answer)
             base_s = _plain_loop(storage, ref, source, work / f"{kind}-loop.parquet")
             n = sizes[kind]
             ours, base = n / ours_s, n / base_s
@@ -100,7 +130,9 @@ def main() -> int:
             results.append({"bench": "batch_predict", "case": kind, "ours": round(ours, 1), "baseline": round(base, 1),
                             "unit": "rows/s", "ratio": round(ours / base, 3), "better": "higher", "rows": n,
                             "ours_wall_s": round(ours_s, 2), "baseline_wall_s": round(base_s, 2),
-                            "job_seconds": predicted["seconds"], "actors": predicted["actors"]})
+                            "job_seconds": predicted["seconds"], "actors": predicted["actors"],
+                            "breakdown_s": breakdown})
+    _print_breakdowns(results)
     for result in results:
         print(result_line(result))
     return 0

@@ -234,6 +234,24 @@ def job_env(job_id: str) -> dict[str, str]:
     return (client.get_job_info(job_id).runtime_env or {}).get("env_vars") or {}
 
 
+#: the steps of a job's way to its first epoch (:func:`_job_steps`), as the table names them
+JOB_STEPS = {"job_setup_s": "Ray sets up the job (runtime env, driver process)", "driver_imports_s": "driver imports",
+             "driver_connect_s": "driver ray.init", "driver_prepare_s": "driver data prep (plan, preprocessing, shards)",
+             "trainer_to_first_epoch_end_s": "Ray Train start-up + epoch 0 (controller, workers, process group)"}
+
+
+def _job_steps(details: dict, start: dict | None, first_epoch_end: float | None) -> dict:
+    """The job's way to its first epoch, step by step: Ray setting up the job (runtime env, driver process),
+    the driver's imports, ray.init, the data (``prepare_s``), then Ray Train (controller, worker group,
+    process group) until epoch 0 ends; from the job's record and its start event's timings."""
+    timings = (start or {}).get("timings") or {}
+    if not timings or first_epoch_end is None:
+        return {}
+    return {"job_setup_s": timings["process_started"] - details["start_time"] / 1000,
+            "driver_imports_s": timings["imports_s"], "driver_connect_s": timings["connect_s"],
+            "driver_prepare_s": timings["prepare_s"], "trainer_to_first_epoch_end_s": first_epoch_end - start["t"]}
+
+
 def run_atoll_train(epochs: int, storage: str, round_no: int, watcher: ForeignRay | None = None) -> dict:
     """`atoll up`, `atoll train` (submitted by the CLI, followed with ``atoll.jobs.follow``), `atoll down`."""
     from atoll import events, jobs
@@ -247,9 +265,12 @@ def run_atoll_train(epochs: int, storage: str, round_no: int, watcher: ForeignRa
         watcher.own_session, watcher.paused = session, False
     ended: dict[int, float] = {}  # epoch -> when it ended, as its progress event says (logs arrive in batches)
     seen = [0]  # epoch events in the job's log, repeats included
+    start: dict = {}  # the job's start event: its driver's own timings, and when the trainer was built
 
     def clock(text: str) -> None:
         for e in events.parse_events(text):
+            if e.get("event") == "start":
+                start.setdefault("event", e)
             if e.get("event") == "epoch":
                 seen[0] += 1
                 ended.setdefault(e["epoch"], e["wall_time"])  # a job's log can repeat a worker's line
@@ -287,6 +308,7 @@ def run_atoll_train(epochs: int, storage: str, round_no: int, watcher: ForeignRa
         "wall_per_epoch_s": statistics.median(intervals) if intervals else None,
         "after_last_epoch_s": t_done - ends[-1] if ends else None,  # tear-down, driver + job end, seen by follow
         "cluster_down_s": t_down - t_down0,
+        **_job_steps(details, start.get("event"), ends[0] if ends else None),
     }
     return {"history": history, "wall": wall, "run_name": run_name, "job_id": job_id,
             "poll_s": env_vars.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEFAULT_POLL_S),
@@ -394,6 +416,7 @@ def report(spec, job_runs, fit_runs, base_runs, contention, quick) -> None:
         ("  submit (CLI) / ray.init / torchrun+imports s", f(job and job["wall"]["submit_s"]),
          f(fit["wall"]["ray_init_s"]), f(bw["launch_and_imports_s"])),
         ("  submit to the end of epoch 0 s", f(job and job["wall"]["to_first_epoch_end_s"]), "-", "-"),
+        *[(f"    {label} s", f(job and job["wall"].get(key)), "-", "-") for key, label in JOB_STEPS.items()],
         ("  data prep s (plan+stats+materialise / pyarrow+numpy)", "-", f(fit["wall"]["prepare_s"]),
          f(bw["data_s"])),
         ("  trainer start-up s (controller+workers / process group+DDP)", "-",

@@ -119,7 +119,7 @@ def sweep(spec: str | Path = "jobs/configs/sweep.yaml", *, overrides: Sequence[s
     return _run_job("tune", spec, overrides, ["--resume"] if resume else [], wait, on_event)
 
 
-def predict(model: str, input: str, output: str, *, batch_size: int = 4096, overwrite: bool = False,
+def predict(model: str, input: str, output: str, *, batch_size: int | None = None, overwrite: bool = False,
             runtime: str = "auto", wait: bool = True, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Batch prediction as `atoll predict` does: a Ray job running the version over a dataset with Ray Data.
 
@@ -145,8 +145,8 @@ def predict(model: str, input: str, output: str, *, batch_size: int = 4096, over
     batch.check(version.input_schema or {}, source, target, overwrite=overwrite)
     if runtime == "onnx":
         choose_runtime(runtime, version, "cpu")  # a version without its ONNX file: refused before submitting
-    cmd = ["python", "-m", "atoll.batch", version.ref, "--input", source, "--output", target,
-           "--batch-size", str(batch_size), "--runtime", runtime] + (["--overwrite"] if overwrite else [])
+    cmd = ["python", "-m", "atoll.batch", version.ref, "--input", source, "--output", target, "--runtime", runtime]
+    cmd += (["--batch-size", str(batch_size)] if batch_size else []) + (["--overwrite"] if overwrite else [])
     job_id = jobs.submit(cmd, working_dir=config.project_root(spec), env={"RAY_DEDUP_LOGS": "0"},
                          submission_id=f"atoll-predict-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}")
     if not wait:

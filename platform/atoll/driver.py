@@ -55,6 +55,14 @@ def work_from_a_private_copy() -> None:
     atexit.register(shutil.rmtree, copy, ignore_errors=True)
 
 
+def process_started() -> float:
+    """When this process started (Unix seconds, from the OS: before the interpreter imported anything), so that
+    a job's timings can count its imports too."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
 def connect() -> None:
     """Join the Ray cluster this driver runs on (``$RAY_ADDRESS`` when set), with the workers' output."""
     import ray

@@ -18,9 +18,6 @@ from typing import Any
 from atoll import data, filesystems
 from atoll.errors import ConfigError, DataError
 
-#: rows per model call in an actor (the job's default; --batch-size)
-BATCH_ROWS = 4096
-
 _KINDS = {"table": (data.NUMERIC_PREFIXES, "numeric"), "text": (data.STRING_PREFIXES, "a string"),
           "image": (data.BINARY_PREFIXES, "binary (encoded images)")}
 
@@ -107,10 +104,11 @@ def _batch_runtime(requested: str, version, device_type: str) -> str:
     return choose_runtime("torch" if requested == "auto" else requested, version, device_type)
 
 
-def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: int = BATCH_ROWS,
+def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: int | None = None,
         overwrite: bool = False, runtime: str = "auto", on_progress=None) -> dict[str, Any]:
     """Predict ``input_uri`` with version ``ref`` on the connected cluster into ``output_uri`` (one Parquet
-    file, written as the pool's batches come back). ``runtime``: ``auto`` (torch, :func:`_batch_runtime`),
+    file, written as the pool's batches come back). ``batch_rows``: rows per model call (default: the task's,
+    :attr:`atoll.tasks.base.Task.batch_rows`). ``runtime``: ``auto`` (torch, :func:`_batch_runtime`),
     ``torch`` or ``onnx`` (the version's exported file, run by ONNX Runtime). ``on_progress(rows_done, rows_total)`` after
     each batch.
 
@@ -123,15 +121,17 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     import pyarrow.parquet as pq
     import ray
 
-    from atoll import models, registry
+    from atoll import registry, tasks
+    from atoll.model_types import AllowList
 
+    entered = time.perf_counter()
     version = registry.Registry(storage).get(ref)
     schema = version.input_schema or {}
     checked = check(schema, input_uri, output_uri, overwrite=overwrite)
+    batch_rows = batch_rows or tasks.get(version.spec.get("task") or schema.get("task")).batch_rows
     model_type = version.spec.get("model", {}).get("type", "mlp")
-    allowed = models.AllowList.from_cluster()
-    if model_type not in models.BUILTIN and not allowed.admits(model_type):
-        raise allowed.refusal(model_type, version.ref)
+    allowed = AllowList.from_cluster()
+    allowed.check(model_type, version.ref)  # the driver never imports torch: only the actors run the model
     small = data.should_cache(data.DatasetPlan(uri=input_uri, format=checked["format"], features=[], label="",
                                                rows=None, fingerprint=""))
     free = ray.available_resources()
@@ -153,12 +153,13 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     fs, path = filesystems.resolve(output_uri, DataError)
     fs.create_dir(os.path.dirname(path) or ".", recursive=True)
     tmp = f"{path}.{os.getpid()}-{os.urandom(3).hex()}.tmp"  # renamed into place whole: no half-written output
-    done, writer = 0, None
+    done, writer, first_batch = 0, None, None
     try:
         with fs.open_output_stream(tmp) as sink:
             for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2):
                 table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
                 if writer is None:
+                    first_batch = time.perf_counter() - started
                     writer = pq.ParquetWriter(sink, table.schema)
                 writer.write_table(table)
                 done += table.num_rows
@@ -174,6 +175,11 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
         raise
     seconds = time.perf_counter() - started
     return {"model": version.ref, "input": input_uri, "output": output_uri, "rows": done, "actors": actors,
+            "batch_rows": batch_rows,
             "gpu": on_gpu, "runtime": runtime, "seconds": round(seconds, 2),
             "rows_per_s": round(done / seconds, 1) if seconds else None,
-            "keys": checked["keys"]}
+            "keys": checked["keys"],
+            # where the job's time went: the version and input checked, the pool's first batch back (actors
+            # started, model loaded, first block read), then the rest of the rows streamed and written
+            "timings": {"check_s": round(started - entered, 2), "to_first_batch_s": round(first_batch, 2),
+                        "stream_s": round(seconds - first_batch, 2)}}

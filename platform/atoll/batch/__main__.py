@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="NAME, NAME:VERSION or NAME@ALIAS")
     parser.add_argument("--input", required=True, help="Parquet or CSV file or folder (local path or URI)")
     parser.add_argument("--output", required=True, help="the Parquet file to write")
-    parser.add_argument("--batch-size", type=int, default=4096, help="rows per model call")
+    parser.add_argument("--batch-size", type=int, help="rows per model call (default: the task's: 65,536 table "
+                                                        "rows, 4,096 texts or images)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="auto: the faster one for large batches (torch today); onnx: the exported file")
@@ -26,15 +27,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _job(args) -> None:
+    import time
+
     from atoll import batch
 
+    imported = time.time()
     storage = config.load_spec().atoll.storage
     driver.connect()
+    connected = time.time()
     last = [0.0]
 
     def progress(done: int, total: int | None) -> None:
-        import time
-
         if time.monotonic() - last[0] > 0.5 or done == total:  # a line every half second, and the last
             last[0] = time.monotonic()
             emit("predict_progress", rows=done, total=total)
@@ -42,6 +45,9 @@ def _job(args) -> None:
     result = batch.run(args.model, args.input, args.output, storage=storage, batch_rows=args.batch_size,
                        overwrite=args.overwrite, runtime=args.runtime,
                        on_progress=progress)
+    started = driver.process_started()
+    result["timings"] = {"process_started": round(started, 3), "imports_s": round(imported - started, 2),
+                         "connect_s": round(connected - imported, 2), **result["timings"]}
     emit("predicted", **result)
 
 

@@ -106,7 +106,8 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
                                            "an object-store URI."),
                 output: str = typer.Option(..., "--output", "-o", help="The Parquet file to write: the input's other "
                                            "columns, prediction and probabilities."),
-                batch_size: int = typer.Option(4096, "--batch-size", help="Rows per model call."),
+                batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Rows per model call "
+                                                      "(default: the task's: 65,536 table rows, 4,096 texts or images)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
                 runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (auto: the faster one for "
                                             "large batches, torch today)."),

@@ -42,6 +42,9 @@ class Task(ABC):
     fitted_params: ClassVar[tuple[str, ...]] = ()
     #: the built-in model types made for this task's inputs (user types by import path are the user's call)
     builtin_models: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
+    #: rows per model call in batch prediction (``atoll predict --batch-size``): texts and images cost the model
+    #: far more per row than a table's row, so the same work per call is fewer rows
+    batch_rows: ClassVar[int] = 4096
 
     # ---- what every run reports
     def reported_metrics(self) -> tuple[str, ...]:

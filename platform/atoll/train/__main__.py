@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from atoll import config, driver, exports
 from atoll.events import emit
@@ -32,14 +33,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train_job(spec_path: str, overrides: list[str], run_name: str | None, resume: str | None) -> None:
+    imported = time.time()
     spec = config.load_file(TrainSpec, spec_path, overrides)
     storage = config.load_spec().atoll.storage
     run_name = resume or run_name or default_run_name(spec)
     print("resolved spec:", json.dumps(spec.model_dump(mode="json")), flush=True)
     driver.connect()
+    connected = time.time()
     if spec.register_model:
         exports.warm_up()
-    result, dplan, _, plan = fit(spec, storage=storage, run_name=run_name, resume=bool(resume))
+    started = driver.process_started()
+    timings = {"process_started": round(started, 3), "imports_s": round(imported - started, 2),
+               "connect_s": round(connected - imported, 2)}
+    result, dplan, _, plan = fit(spec, storage=storage, run_name=run_name, resume=bool(resume), timings=timings)
     ckpt, metrics = best_checkpoint(result, spec)
     emit("finished", run=run_name, best=metrics, checkpoint=ckpt.path)
     if spec.register_model:

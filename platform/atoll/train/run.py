@@ -113,20 +113,21 @@ def build_trainer(plan: ScalingPlan, train_config: dict[str, Any], *, storage: s
 
 
 def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
-        callbacks: list | None = None, report_events: bool = True):
+        callbacks: list | None = None, report_events: bool = True, timings: dict[str, float] | None = None):
     """Train on the connected Ray cluster. Returns (ray.train.Result, DatasetPlan, Preprocessor, plan).
+
+    ``timings``: the caller's own steps so far (seconds), reported with the ``start`` event beside this one's
+    (``prepare_s``: capacity, data plan, preprocessing, shards), so that a reader can tell where a job's time
+    went before its first epoch.
 
     Raises:
         ConfigError / DataError: before any worker starts.
     """
+    started = time.perf_counter()
     check_run_name(storage, run_name, resume)
     cpus, gpus, max_cpus, max_gpus = capacity.live_capacity(config.autoscaling_worker_types())
     plan = choose_scaling(spec, cluster_cpus=cpus, cluster_gpus=gpus, max_cpus=max_cpus, max_gpus=max_gpus)
     dplan, pre, train_ds, val_ds = prepare(spec, storage)
-    if report_events:
-        emit("start", run=run_name, workers=plan.num_workers, use_gpu=plan.use_gpu, backend=plan.backend,
-             dataset=dplan.uri, rows=dplan.rows, features=len(dplan.features), classes=pre.num_classes, task=spec.task,
-             epochs=spec.epochs)
     metric, mode = tasks.get(spec.task).objective
     train_config = loop_config(spec, pre, run_name, plan.precision, in_memory(spec, dplan, pre))
     datasets = {"train": train_ds, "validation": val_ds}
@@ -135,6 +136,10 @@ def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
         # per dataset, planned on the first pass) costs more than every epoch of a small run together.
         train_config["shards"] = {name: memory_shards(ds, plan.num_workers) for name, ds in datasets.items()}
         datasets = {}
+    if report_events:
+        emit("start", run=run_name, workers=plan.num_workers, use_gpu=plan.use_gpu, backend=plan.backend,
+             dataset=dplan.uri, rows=dplan.rows, features=len(dplan.features), classes=pre.num_classes, task=spec.task,
+             epochs=spec.epochs, timings={**(timings or {}), "prepare_s": round(time.perf_counter() - started, 2)})
     trainer = build_trainer(plan, train_config, storage=storage, run_name=run_name, datasets=datasets,
                             callbacks=callbacks, keep=spec.keep_checkpoints, metric=metric, mode=mode,
                             max_failures=spec.max_failures)
