@@ -28,6 +28,12 @@ Added latency (1 client): p50 of sequential HTTP requests to the endpoint minus 
 ``Predictor.predict`` on the same row in-process. The plain app's figure is reported next to it (HTTP +
 JSON alone), and so is the part ``@serve.batch``'s wait (batch_wait_timeout_s) is responsible for.
 
+The text case (skip with --no-text): the text demo's small BERT (jobs/configs/text.yaml: 2 layers, hidden 64,
+64 tokens; its WordPiece tokenizer fitted on the SMS training texts; weights as initialised, since the compute
+per request is what matters here) deployed in place of the MLP with the same settings, against its own plain
+FastAPI process; each request one held-out SMS text. Alternating rounds at 32 clients, then 1 client; its own
+JSON line (``case: text``).
+
 Variants: batch_wait_timeout_s 0 at 1 client; 2 replicas, and Serve's access log off, at 32 clients (full
 run only); ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (a fresh Ray in a child process, with the direct-ingress
 draining period cut to 1 s so that it shuts down quickly; skip with --no-throughput-optimized), compared with
@@ -130,6 +136,46 @@ def make_model(storage: str) -> dict[str, Any]:
     return {"ref": version.ref, "row": row, "label": int(holdout["label"].iloc[0]), "holdout_accuracy": acc}
 
 
+TEXT_CONFIG = REPO / "jobs" / "configs" / "text.yaml"
+TEXT_MODEL_NAME = "sms-spam"
+
+
+def make_text_model(storage: str) -> dict[str, Any]:
+    """The text demo's small BERT (jobs/configs/text.yaml) with its WordPiece tokenizer fitted on the SMS
+    training texts, weights as initialised (seed 0): the compute per request is a trained model's, which is
+    what this case measures; registered as ``sms-spam:1``. Returns the ref and one held-out text."""
+    import pandas as pd
+    import torch
+    from atoll import config, data, models, registry, tasks, train
+    from atoll.specs import TrainSpec
+    from atoll.tasks import text
+    from tokenizers import Tokenizer
+
+    spec = config.load_file(TrainSpec, TEXT_CONFIG, ["num_workers=1"])
+    paths = data.prepare_demo(storage, "sms_spam")
+    frame, params = pd.read_parquet(paths["train"]), spec.model.params
+    tokenizer = text.train_tokenizer(frame["text"].tolist(), int(params["vocab_size"]))
+    state = text.TextState(features=["text"], label="label", classes=sorted(frame["label"].unique().tolist()),
+                           tokenizer=tokenizer, max_length=int(params["max_length"]),
+                           vocab_size=Tokenizer.from_str(tokenizer).get_vocab_size())
+    task = tasks.get(spec.task)
+    torch.manual_seed(spec.seed)
+    model = models.build(spec.model.type, state.input_dim, task.out_dim(state), task.model_params(state, params))
+    with tempfile.TemporaryDirectory() as ckpt:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
+                  Path(ckpt) / train.MODEL_FILE)
+        meta = {"epoch": 0, "history": [], "spec": spec.model_dump(mode="json"), "preprocess": state.to_dict(),
+                "input_schema": train.input_schema(spec, state)}
+        (Path(ckpt) / train.META_FILE).write_text(json.dumps(meta))
+        version = registry.Registry(storage).register(
+            TEXT_MODEL_NAME, ckpt, metrics={}, spec=spec.model_dump(mode="json"),
+            lineage={"bench": "serve_load", "trained": "no: initialised weights (seed 0)"})
+    holdout = pd.read_parquet(paths["holdout"])
+    return {"ref": version.ref, "input": str(holdout["text"].iloc[0])}
+
+
 # ------------------------------------------------------------------------------------------------
 # The baseline server (this file, run as a subprocess)
 
@@ -174,11 +220,11 @@ def serve_baseline(storage: str, ref: str, port: int) -> int:
     return 0
 
 
-def start_baseline(storage: str, ref: str, work: Path) -> subprocess.Popen:
-    log = open(work / "uvicorn.log", "w")  # noqa: SIM115 - closed with the process
+def start_baseline(storage: str, ref: str, work: Path, port: int = BASELINE_PORT) -> subprocess.Popen:
+    log = open(work / f"uvicorn-{port}.log", "w")  # noqa: SIM115 - closed with the process
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", "--storage", storage, "--model", ref,
-                             "--port", str(BASELINE_PORT)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
                             cwd=REPO, start_new_session=True)
     proc.log = log  # type: ignore[attr-defined]
     return proc
@@ -373,8 +419,8 @@ def profile_serve(url: str, body: bytes, warmup_s: float, duration_s: float) -> 
     return {role: _profile.breakdown(found) for role, found in stacks.items()}
 
 
-def in_process(predictor, row: list[float], n: int) -> dict[str, Any]:
-    rows = np.asarray([row], dtype=np.float32)
+def in_process(predictor, rows: Any, n: int) -> dict[str, Any]:
+    """p50/p99 of ``predictor.predict(rows)`` (one request's parsed inputs) in this process."""
     for _ in range(50):
         predictor.predict(rows)
     lat = []
@@ -514,6 +560,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, help="seconds measured per round (default 10, quick 5)")
     parser.add_argument("--no-throughput-optimized", action="store_true",
                         help="skip the RAY_SERVE_THROUGHPUT_OPTIMIZED=1 variant")
+    parser.add_argument("--no-text", action="store_true", help="skip the text model's case (the small BERT)")
     parser.add_argument("--no-profile", action="store_true",
                         help="skip the round profiled with py-spy (where Serve's CPU goes)")
     # internal modes
@@ -593,7 +640,7 @@ def main() -> int:
 
         print(f"1 client: in-process predict, plain FastAPI, Atoll Serve ({single_n} requests each) ...",
               flush=True)
-        res["in_process"] = in_process(predictor, model["row"], 2000)
+        res["in_process"] = in_process(predictor, np.asarray([model["row"]], dtype=np.float32), 2000)
         res["single_baseline"] = phase(watcher, sequential, base_url, body, single_n, 30)
         res["single_ours"] = phase(watcher, sequential, ours_url, body, single_n, 30)
 
@@ -607,6 +654,9 @@ def main() -> int:
             print(f"variant: 1 replica, Serve access log off, {CLIENTS} clients ...", flush=True)
             res["deploy_nolog_s"] = deploy(storage, ref, SETTINGS, logging_config={"enable_access_log": False})
             res["ours_no_access_log"] = phase(watcher, closed_loop, ours_url, body, CLIENTS, warmup, duration)
+        if not args.no_text:
+            print(f"text model: Atoll Serve vs plain FastAPI, {CLIENTS} clients and 1 client ...", flush=True)
+            res["text"] = measure_text(storage, work, watcher, rounds, warmup, duration, single_n)
         watcher.paused = True
         stop_ray()
 
@@ -623,7 +673,76 @@ def main() -> int:
         watcher.__exit__(None, None, None)
         shutil.rmtree(work, ignore_errors=True)
     report(res, model, rounds, duration, watcher.note(), args.quick)
+    if res.get("text"):
+        report_text(res["text"], rounds, watcher.note(), args.quick)
     return 0
+
+
+def measure_text(storage: str, work: Path, watcher, rounds: int, warmup: float, duration: float,
+                 single_n: int) -> dict[str, Any]:
+    """The text case on the Ray and Serve already up: the small BERT deployed in place of the MLP (same
+    settings), its own plain FastAPI process, alternating rounds at 32 clients, then 1 client."""
+    from atoll.serving.predictor import Predictor
+    from atoll.serving.replica import parse_request
+    from atoll.specs import ServeSettings
+
+    model = make_text_model(storage)
+    body = json.dumps({"inputs": [model["input"]]}).encode()
+    predictor = Predictor(storage, model["ref"], device="cpu")
+    limits = ServeSettings()
+    rows = parse_request(body, predictor.schema, max_rows=limits.max_rows, max_body_bytes=limits.max_body_bytes)
+    expected = predictor.predict(rows)[0]
+    port = BASELINE_PORT + 1
+    proc = start_baseline(storage, model["ref"], work, port)
+    out: dict[str, Any] = {"model": model, "ours": [], "baseline": []}
+    try:
+        base_url = f"http://{HOST}:{port}/predict"
+        wait_http(f"http://{HOST}:{port}/healthz", 60, proc)
+        check_answer(base_url, body, expected)
+        out["deploy_s"] = deploy(storage, model["ref"], SETTINGS)
+        ours_url = f"http://{HOST}:{SERVE_PORT}{ROUTE}/predict"
+        check_answer(ours_url, body, expected)
+        for _ in range(rounds):
+            out["baseline"].append(phase(watcher, closed_loop, base_url, body, CLIENTS, warmup, duration))
+            out["ours"].append(phase(watcher, closed_loop, ours_url, body, CLIENTS, warmup, duration))
+        out["in_process"] = in_process(predictor, rows, 300)
+        out["single_baseline"] = phase(watcher, sequential, base_url, body, single_n, 30)
+        out["single_ours"] = phase(watcher, sequential, ours_url, body, single_n, 30)
+    finally:
+        stop_process(proc)
+    return out
+
+
+def report_text(res: dict[str, Any], rounds: int, contention: str, quick: bool) -> None:
+    """The text case's table and JSON line (``case: text``)."""
+    med = {side: {k: _median(r[k] for r in res[side]) for k in ("rps", "p50_ms", "p99_ms")}
+           for side in ("ours", "baseline")}
+    ours, base = med["ours"]["rps"], med["baseline"]["rps"]
+    inproc = res["in_process"]["p50_ms"]
+    added = {side: res[f"single_{side}"]["p50_ms"] - inproc for side in ("ours", "baseline")}
+    errors = {side: sum(r["errors"] for r in res[side]) for side in ("ours", "baseline")}
+    rows = [(f"requests/s, {CLIENTS} clients (median of {rounds})", f"{ours:,.0f}", f"{base:,.0f}"),
+            ("  p50 / p99 latency ms", f"{med['ours']['p50_ms']:.1f} / {med['ours']['p99_ms']:.1f}",
+             f"{med['baseline']['p50_ms']:.1f} / {med['baseline']['p99_ms']:.1f}"),
+            ("  errors (all rounds)", str(errors["ours"]), str(errors["baseline"])),
+            ("1 client: p50 ms", f"{res['single_ours']['p50_ms']:.2f}", f"{res['single_baseline']['p50_ms']:.2f}"),
+            ("added latency ms (1-client p50 - in-process p50)", f"{added['ours']:.2f}", f"{added['baseline']:.2f}")]
+    print_table(f"Serving {res['model']['ref']} (small BERT, 1 text per request): Atoll Serve (1 replica, batch<=32) "
+                f"vs plain FastAPI+uvicorn (1 request per model call); in-process predict p50 {inproc:.2f} ms",
+                ["figure", "Atoll Serve", "plain FastAPI"], rows)
+    print(f"text: ratio (ours/baseline requests/s at {CLIENTS} clients) {ours / base:.3f};  added latency "
+          f"{added['ours']:.2f} ms;  {contention}.")
+    print(result_line({"bench": "serve_load", "case": "text", "ours": ours, "baseline": base, "unit": "requests/s",
+                       "ratio": ours / base if ours and base else None, "better": "higher", "quick": quick,
+                       "clients": CLIENTS, "rounds": rounds,
+                       "p50_ms": {s: med[s]["p50_ms"] for s in med}, "p99_ms": {s: med[s]["p99_ms"] for s in med},
+                       "errors": errors, "in_process_p50_ms": inproc, "added_latency_ms": added["ours"],
+                       "added_latency_ms_plain_fastapi": added["baseline"],
+                       "single_client_p50_ms": {s: res[f"single_{s}"]["p50_ms"] for s in ("ours", "baseline")},
+                       "per_round_rps": {s: [r["rps"] for r in res[s]] for s in ("ours", "baseline")},
+                       "settings": {**SETTINGS, "replicas": 1}, "model": {"ref": res["model"]["ref"],
+                       "weights": "initialised (seed 0), not trained"}, "deploy_s": res.get("deploy_s"),
+                       "contention": contention}))
 
 
 def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: float, contention: str,
@@ -700,7 +819,7 @@ def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: fl
           f"{added:.2f} ms (plain FastAPI adds {added_base:.2f} ms);  {contention}"
           + (f" (during: {', '.join(contended)})" if contended else "") + ".")
 
-    out = {"bench": "serve_load", "ours": ours, "baseline": base, "unit": "requests/s", "ratio": ratio,
+    out = {"bench": "serve_load", "case": "mlp", "ours": ours, "baseline": base, "unit": "requests/s", "ratio": ratio,
            "better": "higher", "quick": quick, "clients": CLIENTS, "rounds": rounds, "duration_s": duration,
            "p50_ms": {"ours": med["ours"]["p50_ms"], "baseline": med["baseline"]["p50_ms"]},
            "p99_ms": {"ours": med["ours"]["p99_ms"], "baseline": med["baseline"]["p99_ms"]},
