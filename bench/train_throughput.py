@@ -2,6 +2,11 @@
 
     python bench/train_throughput.py            # spec's 10 epochs, 2 alternating rounds per side
     python bench/train_throughput.py --quick    # 4 epochs, 1 round per side (< 4 min on 2 cores)
+    python bench/train_throughput.py --quick --rows 500000   # a workload where compute matters
+
+``--rows N``: the demo's training file repeated to N rows, for every side (the split and the validation rows
+then repeat training rows too: the accuracy means nothing, the throughput is what this case measures); its
+JSON line says ``case: N rows``.
 
 All sides train the TrainSpec of jobs/configs/train.yaml (the digits demo, MLP [128, 64], AdamW, batch 64
 per worker, 2 workers x 1 CPU, gloo) on the same Parquet export in a temporary storage root.
@@ -322,6 +327,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 epochs, 1 round per side (< 4 min)")
     parser.add_argument("--epochs", type=int, help="override the spec's epochs")
+    parser.add_argument("--rows", type=int, help="repeat the demo's training rows to this many (compute-bound)")
     parser.add_argument("--rounds", type=int, help="alternating rounds per side (default 2, quick 1)")
     parser.add_argument("--skip-job", action="store_true", help="leave out the `atoll train` side (it runs "
                         "`atoll up` on cluster.yaml's ports, so no other Ray cluster may run)")
@@ -345,6 +351,8 @@ def main() -> int:
     spec = config.load_file(TrainSpec, CONFIG, [*overrides, "register_model=false"])
     try:
         parquet = data.prepare_demo(storage)["train"]  # the digits demo, exported from scikit-learn
+        if args.rows:
+            _repeat_rows(parquet, args.rows)  # in place: `demo:digits` resolves to this very file on every side
         spec_json = work / "spec.json"
         spec_json.write_text(json.dumps(spec.model_dump(mode="json")))
 
@@ -362,7 +370,7 @@ def main() -> int:
                     print(f"round {r + 1}/{rounds}: atoll up; atoll train; atoll down ...", flush=True)
                     job_runs.append(run_atoll_train(spec.epochs, storage, r, watcher))
                     job_runs[-1]["contended"] = watcher.mark()
-        report(spec, job_runs, fit_runs, base_runs, watcher.note(), args.quick)
+        report(spec, job_runs, fit_runs, base_runs, watcher.note(), args.quick, args.rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -385,7 +393,14 @@ def _side(runs: list[dict]) -> dict | None:
             "contended": [r.get("contended") for r in runs]}
 
 
-def report(spec, job_runs, fit_runs, base_runs, contention, quick) -> None:
+def _repeat_rows(parquet: str, rows: int) -> None:
+    import pandas as pd
+
+    frame = pd.read_parquet(parquet)
+    pd.concat([frame] * (rows // len(frame) + 1), ignore_index=True).iloc[:rows].to_parquet(parquet)
+
+
+def report(spec, job_runs, fit_runs, base_runs, contention, quick, rows=None) -> None:
     job, fit, base = _side(job_runs), _side(fit_runs), _side(base_runs)
     n_ep = spec.epochs
 
@@ -427,7 +442,7 @@ def report(spec, job_runs, fit_runs, base_runs, contention, quick) -> None:
          f(fit["wall"].get("trainer_teardown_s")), f(bw["teardown_s"])),
         ("  ray.shutdown s", "-", f(fit["wall"]["ray_shutdown_s"]), "-"),
     ]
-    title = (f"Training throughput: digits demo, MLP {spec.model.params.get('hidden')}, batch {spec.batch_size}/worker, "
+    title = (f"Training throughput: digits demo{f' repeated to {rows:,} rows' if rows else ''}, MLP {spec.model.params.get('hidden')}, batch {spec.batch_size}/worker, "
              f"{spec.num_workers} workers, {n_ep} epochs, {len(base_runs)} round(s), medians")
     print_table(title, ["figure", "atoll train (job)", "fit() in-process", "torchrun DDP"], rows)
     headline = job or fit  # what users run; the in-process figure alone under --skip-job
@@ -442,7 +457,7 @@ def report(spec, job_runs, fit_runs, base_runs, contention, quick) -> None:
           "Ray Train V2's controller takes one report per worker per poll and a worker's result queue holds "
           "one, so an epoch shorter than the poll waits in ray.train.report: `atoll train` sets the poll for "
           "its jobs; an in-process fit() keeps Ray Train's default.")
-    out = {"bench": "train_throughput", "ours": headline["sps"], "ours_path": "atoll train" if job else "fit() in-process",
+    out = {"bench": "train_throughput", **({"case": f"{rows} rows", "rows": rows} if rows else {}), "ours": headline["sps"], "ours_path": "atoll train" if job else "fit() in-process",
            "baseline": base["sps"], "unit": "samples/s", "ratio": ratio, "better": "higher", "quick": quick,
            "ours_in_process": fit["sps"], "ratio_in_process": fit_ratio,
            "epochs": n_ep, "rounds": len(base_runs), "batch_size_per_worker": spec.batch_size,
