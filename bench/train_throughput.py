@@ -442,7 +442,8 @@ def report(spec, job_runs, fit_runs, base_runs, contention, quick, rows=None) ->
          f(fit["wall"].get("trainer_teardown_s")), f(bw["teardown_s"])),
         ("  ray.shutdown s", "-", f(fit["wall"]["ray_shutdown_s"]), "-"),
     ]
-    title = (f"Training throughput: digits demo{f' repeated to {rows:,} rows' if rows else ''}, MLP {spec.model.params.get('hidden')}, batch {spec.batch_size}/worker, "
+    data_note = f" repeated to {rows:,} rows" if rows else ""
+    title = (f"Training throughput: digits demo{data_note}, MLP {spec.model.params.get('hidden')}, batch {spec.batch_size}/worker, "
              f"{spec.num_workers} workers, {n_ep} epochs, {len(base_runs)} round(s), medians")
     print_table(title, ["figure", "atoll train (job)", "fit() in-process", "torchrun DDP"], rows)
     headline = job or fit  # what users run; the in-process figure alone under --skip-job
