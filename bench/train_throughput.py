@@ -400,7 +400,7 @@ def _repeat_rows(parquet: str, rows: int) -> None:
     pd.concat([frame] * (rows // len(frame) + 1), ignore_index=True).iloc[:rows].to_parquet(parquet)
 
 
-def report(spec, job_runs, fit_runs, base_runs, contention, quick, rows=None) -> None:
+def report(spec, job_runs, fit_runs, base_runs, contention, quick, data_rows=None) -> None:
     job, fit, base = _side(job_runs), _side(fit_runs), _side(base_runs)
     n_ep = spec.epochs
 
@@ -442,7 +442,7 @@ def report(spec, job_runs, fit_runs, base_runs, contention, quick, rows=None) ->
          f(fit["wall"].get("trainer_teardown_s")), f(bw["teardown_s"])),
         ("  ray.shutdown s", "-", f(fit["wall"]["ray_shutdown_s"]), "-"),
     ]
-    data_note = f" repeated to {rows:,} rows" if rows else ""
+    data_note = f" repeated to {data_rows:,} rows" if data_rows else ""
     title = (f"Training throughput: digits demo{data_note}, MLP {spec.model.params.get('hidden')}, batch {spec.batch_size}/worker, "
              f"{spec.num_workers} workers, {n_ep} epochs, {len(base_runs)} round(s), medians")
     print_table(title, ["figure", "atoll train (job)", "fit() in-process", "torchrun DDP"], rows)
@@ -458,7 +458,7 @@ def report(spec, job_runs, fit_runs, base_runs, contention, quick, rows=None) ->
           "Ray Train V2's controller takes one report per worker per poll and a worker's result queue holds "
           "one, so an epoch shorter than the poll waits in ray.train.report: `atoll train` sets the poll for "
           "its jobs; an in-process fit() keeps Ray Train's default.")
-    out = {"bench": "train_throughput", **({"case": f"{rows} rows", "rows": rows} if rows else {}), "ours": headline["sps"], "ours_path": "atoll train" if job else "fit() in-process",
+    out = {"bench": "train_throughput", **({"case": f"{data_rows} rows", "rows": data_rows} if data_rows else {}), "ours": headline["sps"], "ours_path": "atoll train" if job else "fit() in-process",
            "baseline": base["sps"], "unit": "samples/s", "ratio": ratio, "better": "higher", "quick": quick,
            "ours_in_process": fit["sps"], "ratio_in_process": fit_ratio,
            "epochs": n_ep, "rounds": len(base_runs), "batch_size_per_worker": spec.batch_size,
