@@ -339,3 +339,26 @@ def test_a_sweep_may_not_vary_what_the_preprocessing_is_fitted_with(sweep_file, 
     with pytest.raises(ConfigError, match=rf"search_space.{re.escape(varied)}: the {task} task fits its "
                                           rf"preprocessing with it once"):
         load_sweep(path, [f"search_space.{varied}={{choice: {value}}}"])
+
+
+@pytest.mark.parametrize("name", ["tabular-classification", "tabular-regression"])
+def test_the_loop_summing_chunks_of_batches_matches_summing_batch_by_batch(name):
+    """EpochFigures (a chunk of batches per batch_sums call) against the plain per-batch sum."""
+    from atoll.train.loop import EpochFigures
+
+    rng = np.random.default_rng(2)
+    task = tasks.get(name)
+    regression = name == "tabular-regression"
+    state = data.Preprocessor(["a"], "y", [0.0], [1.0], classes=[] if regression else ["a", "b", "c"],
+                              **({"target_mean": 5.0, "target_std": 2.0} if regression else {}))
+    figures, by_batch = EpochFigures(task, state, chunk=4), None
+    for rows in [7, 64, 64, 3, 64, 64, 64, 1, 50, 9]:  # 10 batches: two full chunks and a part
+        out = torch.from_numpy(rng.normal(size=(rows, task.out_dim(state))).astype(np.float32))
+        y = torch.from_numpy(rng.normal(size=rows).astype(np.float32) if regression else rng.integers(0, 3, rows))
+        loss = task.loss(out, y)
+        figures.add(out, y, loss)
+        s = task.batch_sums(out, y, loss, state)
+        by_batch = s if by_batch is None else by_batch + s
+    assert figures.total(torch.device("cpu")).tolist() == pytest.approx(by_batch.tolist(), rel=1e-9)
+    empty = EpochFigures(task, state).total(torch.device("cpu"))
+    assert empty.shape == by_batch.shape and not empty.any()

@@ -4,7 +4,7 @@ A task holds no network (the model builder makes that) and no data: its fitted s
 JSON-able object (``state_to_dict`` / ``state_from_dict``) saved with every checkpoint and version, so a
 replica rebuilds the task's view of a request from data alone, never by unpickling or importing.
 
-The training loop sums per-batch figures (:meth:`Task.batch_sums`) into one float64 vector that every rank
+The training loop sums figures over chunks of batches (:meth:`Task.batch_sums`) into one float64 vector that every rank
 all-reduces, then :meth:`Task.metrics` turns the sums into the figures it reports: global metrics, not
 rank 0's shard.
 """
@@ -107,7 +107,11 @@ class Task(ABC):
 
     @abstractmethod
     def batch_sums(self, outputs, target, loss, state):
-        """A float64 vector of sums over the batch (same length every batch) for :meth:`metrics`."""
+        """A float64 vector of sums over the rows (same length every call) for :meth:`metrics`.
+
+        Every figure must add over rows: the loop calls it on many batches at once (``loss`` then their
+        row-weighted mean loss) and adds the vectors of chunks and ranks.
+        """
 
     @abstractmethod
     def metrics(self, sums: list[float], state) -> dict[str, float]:

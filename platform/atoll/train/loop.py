@@ -89,11 +89,57 @@ class MemoryShard:
             yield self.x[rows].to(device), self.y[rows].to(device)
 
 
+class EpochFigures:
+    """The task's summed figures of one pass, summed over chunks of batches rather than batch by batch.
+
+    Outputs, targets and the row-weighted loss stay on the device; every ``chunk`` batches one
+    :meth:`Task.batch_sums` runs over all of them. The sums add over rows, so the result is the same as
+    summing batch by batch, but a small model's step no longer pays for a few bincounts each time (about
+    10% of a digits MLP step on CPU, and a host sync per step on a GPU).
+    """
+
+    def __init__(self, task, pre, chunk: int = 64) -> None:
+        self.task, self.pre, self.chunk = task, pre, chunk
+        self.outputs, self.targets, self.loss_sum, self.rows = [], [], None, 0
+        self.sums = None
+
+    def add(self, outputs, target, loss) -> None:
+        rows = target.shape[0]
+        weighted = loss.detach().double() * rows
+        self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
+        self.outputs.append(outputs.detach())
+        self.targets.append(target)
+        self.rows += rows
+        if len(self.outputs) >= self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        import torch
+
+        if not self.outputs:
+            return
+        mean_loss = self.loss_sum / max(self.rows, 1)  # batch_sums multiplies it back by the rows
+        part = self.task.batch_sums(torch.cat(self.outputs), torch.cat(self.targets), mean_loss, self.pre)
+        self.sums = part if self.sums is None else self.sums + part
+        self.outputs, self.targets, self.loss_sum, self.rows = [], [], None, 0
+
+    def total(self, device):
+        """The pass's sums; for an empty shard the same length of zeros, so every rank all-reduces alike."""
+        import torch
+
+        self._flush()
+        if self.sums is None:
+            empty_out = torch.zeros((0, self.task.out_dim(self.pre)), device=device)
+            empty_y = torch.zeros(0, dtype=getattr(torch, self.task.target_dtype), device=device)
+            self.sums = self.task.batch_sums(empty_out, empty_y, torch.zeros((), device=device), self.pre)
+        return self.sums
+
+
 def _epoch(model, shard, spec: TrainSpec, task, pre, device, optimizer=None, autocast=None, seed: int = 0):
     """One pass over a shard; trains when ``optimizer`` is given. Returns the task's summed batch figures."""
     import torch
 
-    sums = None
+    figures = EpochFigures(task, pre)
     training = optimizer is not None
     model.train(training)
     with torch.set_grad_enabled(training):
@@ -105,15 +151,9 @@ def _epoch(model, shard, spec: TrainSpec, task, pre, device, optimizer=None, aut
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            with torch.no_grad():
-                batch_sums = task.batch_sums(outputs, y, loss, pre)
-            sums = batch_sums if sums is None else sums + batch_sums
-    if sums is None:  # an empty shard: the same length of zeros, so every rank all-reduces alike
-        with torch.no_grad():
-            empty_out = torch.zeros((0, task.out_dim(pre)), device=device)
-            empty_y = torch.zeros(0, dtype=getattr(torch, task.target_dtype), device=device)
-            sums = task.batch_sums(empty_out, empty_y, torch.zeros((), device=device), pre)
-    return sums
+            figures.add(outputs, y, loss)
+    with torch.no_grad():
+        return figures.total(device)
 
 
 class TrainSession:
