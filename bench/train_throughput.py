@@ -453,8 +453,9 @@ def report(spec, job_runs, fit_runs, base_runs, contention, quick, data_rows=Non
           f"{f(fit_ratio, '{:.3f}')};  end-to-end wall: {f(job and job['wall']['end_to_end_s'], '{:.1f}')} s / "
           f"{fit['wall']['end_to_end_s']:.1f} s vs {bw['end_to_end_s']:.1f} s;  {contention}.")
     print("Notes: every side single-threaded per worker (Ray sets OMP_NUM_THREADS=1 for a 1-CPU worker, "
-          f"torchrun too; baseline torch threads={base_runs[0].get('torch_threads')}). The baseline indexes "
-          "in-memory tensors; Atoll streams batches from Ray Data (object-store cache) every epoch. "
+          f"torchrun too; baseline torch threads={base_runs[0].get('torch_threads')}). Both sides index "
+          "in-memory tensors (Atoll's shards are handed to the workers as objects); the baseline sums its "
+          "figures every step, Atoll every 64 steps. "
           "Ray Train V2's controller takes one report per worker per poll and a worker's result queue holds "
           "one, so an epoch shorter than the poll waits in ray.train.report: `atoll train` sets the poll for "
           "its jobs; an in-process fit() keeps Ray Train's default.")

@@ -1,7 +1,7 @@
 """Several nodes on one machine, and one that dies (issue 20): a simulated cluster (`atoll up --simulate`: Ray's
 autoscaler and its fake multi-node provider) with a 0-CPU head and three 1-CPU worker nodes, every byte of
 state on the session's S3 server. Ray's own state API shows where the work ran: a 2-worker training run with
-`placement: spread` on two nodes, two Serve replicas on two nodes. A replica's node dies under a client loop:
+`placement: spread` on two nodes, a sweep's trials on several nodes, two Serve replicas on two nodes. A replica's node dies under a client loop:
 at most 1% of requests fail and the app is back to 2 replicas. Then a batch prediction from S3 to S3."""
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ WORKERS = {"head": {"node_config": {}, "resources": {"CPU": 0}, "max_workers": 0
 
 #: 2 workers of half a CPU: both fit on one 1-CPU node, so only the spread placement puts them on two.
 SPREAD_RUN = ["--set", "epochs=2", "--set", "cpus_per_worker=0.5", "--set", "placement=spread"]
+
+
+#: 3 one-epoch trials of 1 CPU, all at once.
+SWEEP_RUN = ["--set", "name=spread-sweep", "--set", "num_samples=3", "--set", "max_concurrent_trials=3",
+             "--set", "overrides.epochs=1", "--set", "scheduler.type=fifo"]
 
 
 def _alive_workers(env: dict[str, str]) -> list[dict]:
@@ -94,6 +99,13 @@ def test_training_and_replicas_spread_over_nodes_and_a_replica_node_dies_with_st
     train_nodes = _nodes_of(info, "RayTrainWorker")
     assert len(train_nodes) == 2, status.placements(info, "RayTrainWorker")  # PACK would fit both on one node
 
+    # A sweep of 3 one-CPU trials at once: a 1-CPU node holds one, so they run on several nodes.
+    swept = run_cli("tune", *SWEEP_RUN, "--json", env=env, timeout=600)
+    assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
+    assert json.loads(swept.stdout)["summary"]["errors"] == 0
+    trial_nodes = _nodes_of(info, "ImplicitFunc")  # Tune's actor class for a function trainable
+    assert len(trial_nodes) >= 2, status.placements(info, "ImplicitFunc")
+
     deployed = run_cli("serve", "deploy", f"digits:{registered['version']}", "--replicas", "2:2",
                        "--set", "num_cpus_per_replica=0.5", "--json", env=env, timeout=400)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
@@ -101,9 +113,10 @@ def test_training_and_replicas_spread_over_nodes_and_a_replica_node_dies_with_st
     (replica_class,) = _replica_classes(info)
     replicas = [p for p in status.placements(info, replica_class) if p["state"] == "ALIVE"]
     assert len({p["node_id"] for p in replicas}) == 2, replicas
-    reliability("multinode", "2 Train workers (placement: spread) and 2 Serve replicas on a simulated 3-node "
-                "cluster, state on S3", f"workers on {len(train_nodes)} nodes, replicas on 2 nodes (Ray's state API)",
-                "pass")
+    reliability("multinode", "2 Train workers (placement: spread), a sweep of 3 one-CPU trials and 2 Serve replicas "
+                "on a simulated 3-node cluster, state on S3",
+                f"workers on {len(train_nodes)} nodes, trials on {len(trial_nodes)} nodes, replicas on 2 nodes "
+                "(Ray's state API)", "pass")
 
     # A node dies under load: SIGKILL the raylet and workers of one replica's node.
     rows = [[0.0] * 64]
