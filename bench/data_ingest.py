@@ -3,14 +3,15 @@
     python bench/data_ingest.py            # 500k synthetic rows x 64 float32 features
     python bench/data_ingest.py --quick    # 200k rows, fewer passes (< 3 min on 2 cores)
 
-Ours, as training uses it (``atoll.train.prepare`` + the loop's ``iter_torch_batches``):
-``data.plan`` → ``data.read`` (Ray Data Parquet) → ``data.split`` (hash split) → ``data.fit_preprocessor``
-(one streaming pass for mean/std/classes) → ``data.to_training`` (``map_batches(Preprocessor)``, cached
-in the object store when ``should_cache`` says so: ``cache: auto``) → ``iter_torch_batches(batch_size,
-dtypes, local_shuffle_buffer_size=4*batch)`` per epoch. It runs on the driver of an in-process local Ray
-(``ray.init(address="local", num_cpus=2)``), consuming the whole training split (in a real run each of
-the workers consumes a ``streaming_split`` shard of it). Also measured with ``cache=False`` (every pass
-re-reads and re-preprocesses: the larger-than-memory regime).
+Ours, as training uses it (``atoll.train.prepare`` + the loop's shards): ``data.plan`` → ``data.read``
+(Ray Data Parquet) → ``data.split`` (hash split) → ``data.fit_preprocessor`` (one streaming pass for
+mean/std/classes) → ``data.to_training`` (``map_batches(Preprocessor)``). Rows that fit (``cache: auto``)
+are materialised once, put in the object store as one shard per worker (``memory_shards``) and held as
+tensors (``MemoryShard``): every epoch shuffles and slices them in memory. The streaming figure is the
+larger-than-memory path (``StreamShard``: ``iter_torch_batches(batch_size, dtypes,
+local_shuffle_buffer_size=4*batch)``, every pass re-reads and re-preprocesses). It runs on the driver of an
+in-process local Ray (``ray.init(address="local", num_cpus=2)``) as one worker, consuming the whole
+training split.
 
 Baseline: ``pyarrow.parquet.read_table`` → pandas → the same hash split (``atoll.data.SplitFilter``) →
 mean/std with numpy → standardise → tensors in memory → each pass a random permutation, batches by
@@ -117,40 +118,50 @@ def run_baseline(uri: str, batch_size: int, passes: int, stream_passes: int) -> 
 # Ours: Atoll's data path on Ray Data
 
 
-def _atoll_pass(ds, batch_size: int, epoch: int) -> int:
+def _atoll_pass(shard, batch_size: int, epoch: int) -> int:
+    """One epoch of the training loop's own batches (``MemoryShard`` / ``StreamShard.batches``)."""
     import torch
 
     rows = 0
-    for batch in ds.iter_torch_batches(batch_size=batch_size, dtypes={"x": torch.float32, "y": torch.int64},
-                                       local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=SEED + epoch):
-        rows += batch["y"].shape[0]
+    for _x, y in shard.batches(batch_size, torch.device("cpu"), shuffle_seed=SEED + epoch):
+        rows += y.shape[0]
     return rows
 
 
 def run_atoll(uri: str, batch_size: int, passes: int, stream_passes: int) -> dict:
+    import ray
+    import torch
     from atoll import data
+    from atoll.train.loop import MemoryShard, StreamShard
+    from atoll.train.run import memory_shards
 
+    dtypes = {"x": torch.float32, "y": torch.int64}
     data.quiet_progress()
     t0 = time.perf_counter()
     dplan = data.plan(uri, "auto", None, LABEL)
-    ds = data.read(dplan.uri, dplan.format)
+    cache = data.should_cache(dplan, "auto")
+    ds = data.read(dplan.uri, dplan.format, small=cache)
     train_raw, _ = data.split(ds, dplan, VALIDATION_FRACTION, SEED)
     pre = data.fit_preprocessor(train_raw, dplan)
     t_fit = time.perf_counter()
-    cache = data.should_cache(dplan, "auto")
     train_ds = data.to_training(train_raw, pre, cache)
+    if cache:  # what a training run does with rows that fit: a shard per worker, put once, held as tensors
+        (ref,) = memory_shards(train_ds, 1)
+        shard = MemoryShard.from_arrays(ray.get(ref), dtypes)
+    else:
+        shard = StreamShard(train_ds, dtypes)
     t_prep = time.perf_counter()
     pass_times, rows = [], 0
     for epoch in range(passes):
         t = time.perf_counter()
-        rows = _atoll_pass(train_ds, batch_size, epoch)
+        rows = _atoll_pass(shard, batch_size, epoch)
         pass_times.append(time.perf_counter() - t)
-    del train_ds
+    del train_ds, shard
     stream_times = []
-    stream_ds = data.to_training(train_raw, pre, cache=False)
+    stream = StreamShard(data.to_training(train_raw, pre, cache=False), dtypes)
     for epoch in range(stream_passes):
         t = time.perf_counter()
-        _atoll_pass(stream_ds, batch_size, epoch)
+        _atoll_pass(stream, batch_size, epoch)
         stream_times.append(time.perf_counter() - t)
     return {"rows": rows, "plan_stats_s": t_fit - t0, "materialise_s": t_prep - t_fit, "prep_s": t_prep - t0,
             "cache": cache, "pass_s": pass_times, "stream_pass_s": stream_times}
