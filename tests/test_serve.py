@@ -255,3 +255,36 @@ def test_rolling_over_to_a_new_version_drops_no_request(deployed, tmp_path):
     assert failures == []
     assert seen[0] == old.version and seen[-1] == new.version
     assert [a["model"] for a in endpoints.status() if a["app"] == "digits"] == [f"digits:{new.version}"]
+
+
+def test_a_lone_request_never_waits_for_a_batch_and_concurrent_ones_wait_to_fill():
+    """The replica's adaptive batch wait, on its own (no cluster): the timeout each request leaves for its batch."""
+    import asyncio
+    import types
+
+    from atoll.serving import replica
+    from atoll.specs import ServeSettings
+
+    class Batch:  # what the replica asks of Serve's @serve.batch method
+        def set_batch_wait_timeout_s(self, timeout: float) -> None:
+            self.timeout = timeout
+
+        async def __call__(self, rows):
+            seen.append(self.timeout)
+            await asyncio.sleep(0.01)  # the model at work: the others arrive meanwhile
+            return [0] * len(rows), None
+
+    server = types.SimpleNamespace(settings=ServeSettings(batch_wait_timeout_s=0.02), _in_flight=0,
+                                   predict_batch=Batch(),
+                                   predictor=types.SimpleNamespace(non_finite_rows=lambda predictions, probs: []))
+    answer = replica.ModelServer.func_or_class._answer  # the replica's own method, on just what it reads
+    seen: list[float] = []
+    asyncio.run(answer(server, [1]))
+    assert seen == [0.0]
+
+    async def three_at_once():
+        await asyncio.gather(*(answer(server, [1]) for _ in range(3)))
+
+    seen.clear()
+    asyncio.run(three_at_once())
+    assert seen == [0.0, 0.02, 0.02] and server._in_flight == 0
