@@ -1,7 +1,7 @@
 """Several nodes on one machine, and one that dies (issue 20): a simulated cluster (`atoll up --simulate`: Ray's
 autoscaler and its fake multi-node provider) with a 0-CPU head and three 1-CPU worker nodes, every byte of
 state on the session's S3 server. Ray's own state API shows where the work ran: a 2-worker training run with
-`placement: spread` on two nodes, a sweep's trials on several nodes, two Serve replicas on two nodes. A replica's node dies under a client loop:
+`placement: spread` on two nodes (one of them killed mid-run in a second run, which resumes from S3), a sweep's trials on several nodes, two Serve replicas on two nodes. A replica's node dies under a client loop:
 at most 1% of requests fail and the app is back to 2 replicas. Then a batch prediction from S3 to S3."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from atoll import auth, capacity, cluster, config, data, filesystems, status
+from atoll import auth, capacity, cluster, config, data, events, filesystems, jobs, status
 from atoll.registry import Registry
 from conftest import REPO, run_cli
 
@@ -29,8 +29,11 @@ WORKERS = {"head": {"node_config": {}, "resources": {"CPU": 0}, "max_workers": 0
                    "max_workers": 3}}
 
 
-#: 2 workers of half a CPU: both fit on one 1-CPU node, so only the spread placement puts them on two.
-SPREAD_RUN = ["--set", "epochs=2", "--set", "cpus_per_worker=0.5", "--set", "placement=spread"]
+#: 2 workers of half a CPU: both fit on one 1-CPU node, so only the spread placement puts them on two. Batches
+#: of 8 make an epoch long enough (~0.3 s with its report) to be seen under way before the kill.
+EPOCHS = 12
+SPREAD_RUN = ["--set", f"epochs={EPOCHS}", "--set", "batch_size=8", "--set", "cpus_per_worker=0.5",
+              "--set", "placement=spread"]
 
 
 #: 3 one-epoch trials of 1 CPU, all at once.
@@ -98,6 +101,36 @@ def test_training_and_replicas_spread_over_nodes_and_a_replica_node_dies_with_st
     assert Registry(env["ATOLL_STORAGE"]).get(f"digits:{registered['version']}").uri.startswith(env["ATOLL_STORAGE"])
     train_nodes = _nodes_of(info, "RayTrainWorker")
     assert len(train_nodes) == 2, status.placements(info, "RayTrainWorker")  # PACK would fit both on one node
+
+    # A node dies mid-training: SIGKILL the node of one worker once epoch 3 has begun (epoch 2's checkpoint is
+    # in S3). Ray Train restarts the worker group on the nodes left, from that checkpoint.
+    submitted = run_cli("train", *SPREAD_RUN, "--run-name", "spread-killed", "--no-wait", "--json", env=env)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+
+    def epochs_seen() -> list[int]:
+        return [e["epoch"] for e in events.parse_events(jobs.logs(job_id, info=info)) if e["event"] == "epoch"]
+
+    _wait_for(lambda: max(epochs_seen(), default=-1) >= 3, "epoch 3 of the run to be killed", timeout=300, every=0.3)
+    workers = [p for p in status.placements(info, "RayTrainWorker") if p["state"] == "ALIVE"]
+    assert len({p["node_id"] for p in workers}) == 2, workers
+    train_victim = workers[0]["node_id"]
+    for proc in _node_processes(train_victim):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    killed_at = max(epochs_seen())
+    final = _wait_for(lambda: jobs.status(job_id, info=info)["status"] not in ("PENDING", "RUNNING") and
+                      jobs.status(job_id, info=info), "the killed run to end", timeout=400)
+    log = events.parse_events(jobs.logs(job_id, info=info))
+    assert final["status"] == "SUCCEEDED", jobs.logs(job_id, info=info)[-3000:]
+    resumed = [e["epoch"] for e in log if e["event"] == "resumed"]
+    assert resumed and 0 < resumed[0] <= killed_at + 1, (resumed, killed_at)  # from a checkpoint, not from scratch
+    (after_kill,) = [e for e in log if e["event"] == "registered"]
+    undisturbed, disturbed = registered["metrics"]["val_accuracy"], after_kill["metrics"]["val_accuracy"]
+    assert abs(disturbed - undisturbed) <= 0.02, (disturbed, undisturbed)
+    reliability("multinode", f"SIGKILL the node (raylet + workers) of 1 of 2 Train workers at epoch {killed_at} of "
+                f"{EPOCHS}, checkpoints on S3", f"the run resumed at epoch {resumed[0]} on the nodes left and "
+                f"finished at val_accuracy {disturbed:.3f} (undisturbed {undisturbed:.3f})", "pass")
 
     # A sweep of 3 one-CPU trials at once: a 1-CPU node holds one, so they run on several nodes.
     swept = run_cli("tune", *SWEEP_RUN, "--json", env=env, timeout=600)
