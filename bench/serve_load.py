@@ -11,7 +11,8 @@ temporary ``atoll.registry.Registry``. Both servers load it with ``atoll.serving
 Ours: ``atoll.serving.replica.app`` (the ``ModelServer`` deployment: request validation, ``@serve.batch``) deployed
 with ``serve.run`` on an in-process local Ray (``ray.init(address="local", num_cpus=2)``), Serve's proxy on
 127.0.0.1:8123, route ``/bench``; 1 replica of 1 CPU, max_batch_size 32, max_ongoing_requests 64,
-batch_wait_timeout_s 0.005 (cluster.yaml's defaults). Never ports 8000/8265/6379, never ``ray start``.
+batch_wait_timeout_s 0.005 (cluster.yaml's defaults; the replica waits only while other requests are in flight,
+so a lone client's request never waits). Never ports 8000/8265/6379, never ``ray start``.
 
 Baseline: this very file run as ``--baseline-server``: a uvicorn process on 127.0.0.1:8124 with a FastAPI app
 whose ``POST /predict`` parses the body with the same ``atoll.serving.replica.parse_request`` and calls the same
@@ -26,7 +27,7 @@ the uvicorn process stays up (idle) while Serve is measured and vice versa.
 
 Added latency (1 client): p50 of sequential HTTP requests to the endpoint minus p50 of
 ``Predictor.predict`` on the same row in-process. The plain app's figure is reported next to it (HTTP +
-JSON alone), and so is the part ``@serve.batch``'s wait (batch_wait_timeout_s) is responsible for.
+JSON alone).
 
 The text case (skip with --no-text): the text demo's small BERT (jobs/configs/text.yaml: 2 layers, hidden 64,
 64 tokens; its WordPiece tokenizer fitted on the SMS training texts; weights as initialised, since the compute
@@ -34,10 +35,14 @@ per request is what matters here) deployed in place of the MLP with the same set
 FastAPI process; each request one held-out SMS text. Alternating rounds at 32 clients, then 1 client; its own
 JSON line (``case: text``).
 
-Variants: batch_wait_timeout_s 0 at 1 client; 2 replicas, and Serve's access log off, at 32 clients (full
+Variants: 2 replicas, and Serve's access log off, at 32 clients (full
 run only); ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (a fresh Ray in a child process, with the direct-ingress
 draining period cut to 1 s so that it shuts down quickly; skip with --no-throughput-optimized), compared with
-the plain app measured again once no Ray runs at all.
+the plain app measured again once no Ray runs at all. In that mode each replica also opens its own HTTP port
+(direct ingress, on 127.0.0.1): the child measures requests sent straight there too, for the MLP and the text
+model, which is Serve without its Python proxy (what Ray's HAProxy ingress routes to; that ingress binds every
+interface, so Atoll does not turn it on). The text model's direct figure is compared with its plain app as
+measured earlier, while Ray was up.
 
 Where Serve's CPU goes (skip with --no-profile): one more round of Atoll Serve at 32 clients while py-spy
 samples Serve's proxy and the replica (``bench/_profile.py``: each sample counted in the part of its
@@ -519,6 +524,15 @@ def throughput_optimized_child(args) -> int:
         out["idle_busy_fraction"] = idle_busy()
         out["load"] = phase(watcher, closed_loop, url, body, CLIENTS, args.warmup, args.duration)
         out["single"] = phase(watcher, sequential, url, body, args.single, 30)
+        out["direct"] = measure_direct(watcher, body, expected, args)
+        if args.text_model:  # the small BERT in place of the MLP: through the proxy, then straight to the replica
+            text_body = Path(args.text_body).read_bytes()
+            text_expected = json.loads(args.text_expected)
+            deploy(args.storage, args.text_model, SETTINGS)
+            check_answer(url, text_body, text_expected)
+            out["text"] = {"load": phase(watcher, closed_loop, url, text_body, CLIENTS, args.warmup, args.duration),
+                           "single": phase(watcher, sequential, url, text_body, args.single, 30),
+                           "direct": measure_direct(watcher, text_body, text_expected, args)}
     finally:
         t = time.perf_counter()
         stop_ray()
@@ -529,8 +543,38 @@ def throughput_optimized_child(args) -> int:
     return 0
 
 
+def direct_ingress() -> dict[str, Any] | None:
+    """The bench app's replica under direct ingress: the HTTP port it opens itself (in Serve's
+    RAY_SERVE_DIRECT_INGRESS_{MIN,MAX}_HTTP_PORT range) and the address it binds, or None."""
+    import psutil
+    from ray.serve._private import constants
+
+    low, high = constants.RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, constants.RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"ServeReplica:{APP_NAME}:" not in " ".join(proc.info["cmdline"] or []):
+            continue
+        with contextlib.suppress(psutil.Error):
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and low <= conn.laddr.port <= high:
+                    return {"port": conn.laddr.port, "bind": conn.laddr.ip}
+    return None
+
+
+def measure_direct(watcher, body: bytes, expected: list[Any], args) -> dict[str, Any]:
+    """Requests straight to the replica's own port (direct ingress: Serve's Python proxy skipped), as Ray's
+    HAProxy ingress would send them; 32 clients, then 1 client."""
+    found = direct_ingress()
+    if found is None:
+        return {"error": "no replica listens in Serve's direct-ingress port range"}
+    url = f"http://{HOST}:{found['port']}{ROUTE}/predict"
+    check_answer(url, body, expected)
+    return {**found, "load": phase(watcher, closed_loop, url, body, CLIENTS, args.warmup, args.duration),
+            "single": phase(watcher, sequential, url, body, args.single, 30)}
+
+
 def run_throughput_optimized(storage: str, ref: str, body: bytes, expected: list[Any], work: Path,
-                             warmup: float, duration: float, single: int) -> dict[str, Any]:
+                             warmup: float, duration: float, single: int,
+                             text: dict[str, Any] | None = None) -> dict[str, Any]:
     (work / "body.json").write_bytes(body)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
@@ -539,6 +583,10 @@ def run_throughput_optimized(storage: str, ref: str, body: bytes, expected: list
     cmd = [sys.executable, __file__, "--throughput-optimized-child", "--storage", storage, "--model", ref,
            "--body", str(work / "body.json"), "--expected", json.dumps(expected), "--warmup", str(warmup),
            "--duration", str(duration), "--single", str(single)]
+    if text:
+        (work / "text_body.json").write_bytes(text["body"])
+        cmd += ["--text-model", text["ref"], "--text-body", str(work / "text_body.json"),
+                "--text-expected", json.dumps(text["expected"])]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420,
                           check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -571,6 +619,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=BASELINE_PORT, help=argparse.SUPPRESS)
     parser.add_argument("--body", help=argparse.SUPPRESS)
     parser.add_argument("--expected", help=argparse.SUPPRESS)
+    parser.add_argument("--text-model", help=argparse.SUPPRESS)
+    parser.add_argument("--text-body", help=argparse.SUPPRESS)
+    parser.add_argument("--text-expected", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=float, default=2.0, help=argparse.SUPPRESS)
     parser.add_argument("--single", type=int, default=300, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -644,9 +695,6 @@ def main() -> int:
         res["single_baseline"] = phase(watcher, sequential, base_url, body, single_n, 30)
         res["single_ours"] = phase(watcher, sequential, ours_url, body, single_n, 30)
 
-        print("variant: batch_wait_timeout_s 0, 1 client ...", flush=True)
-        res["deploy_nowait_s"] = deploy(storage, ref, {**SETTINGS, "batch_wait_timeout_s": 0.0})
-        res["single_ours_nowait"] = phase(watcher, sequential, ours_url, body, single_n, 30)
         if variants:
             print(f"variant: 2 replicas, {CLIENTS} clients ...", flush=True)
             res["deploy_2_s"] = deploy(storage, ref, {**SETTINGS, "min_replicas": 2, "max_replicas": 2})
@@ -663,7 +711,8 @@ def main() -> int:
         if not args.no_throughput_optimized:
             print("variant: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (fresh Ray in a child process) ...", flush=True)
             res["throughput_optimized"] = run_throughput_optimized(storage, ref, body, expected, work, warmup,
-                                                                   duration, single_n)
+                                                                   duration, single_n,
+                                                                   (res.get("text") or {}).get("request"))
             watcher.own_session, watcher.paused = None, False  # no Ray of ours now: every raylet is foreign
             # the plain app once more, now that no Ray runs at all (what the fresh Ray is compared with)
             res["baseline_no_ray"] = phase(watcher, closed_loop, base_url, body, CLIENTS, warmup, duration)
@@ -674,7 +723,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     report(res, model, rounds, duration, watcher.note(), args.quick)
     if res.get("text"):
-        report_text(res["text"], rounds, watcher.note(), args.quick)
+        report_text(res["text"], rounds, watcher.note(), args.quick,
+                    (res.get("throughput_optimized") or {}).get("text"))
     return 0
 
 
@@ -694,7 +744,8 @@ def measure_text(storage: str, work: Path, watcher, rounds: int, warmup: float, 
     expected = predictor.predict(rows)[0]
     port = BASELINE_PORT + 1
     proc = start_baseline(storage, model["ref"], work, port)
-    out: dict[str, Any] = {"model": model, "ours": [], "baseline": []}
+    out: dict[str, Any] = {"model": model, "ours": [], "baseline": [],
+                           "request": {"ref": model["ref"], "body": body, "expected": expected}}
     try:
         base_url = f"http://{HOST}:{port}/predict"
         wait_http(f"http://{HOST}:{port}/healthz", 60, proc)
@@ -713,8 +764,32 @@ def measure_text(storage: str, work: Path, watcher, rounds: int, warmup: float, 
     return out
 
 
-def report_text(res: dict[str, Any], rounds: int, contention: str, quick: bool) -> None:
-    """The text case's table and JSON line (``case: text``)."""
+def _direct_rows(direct: dict[str, Any] | None, inproc: float) -> list[tuple[str, str]]:
+    """Table rows (figure, Atoll Serve cell) for direct ingress: straight to the replica, the proxy skipped."""
+    if not direct or "load" not in direct:
+        return [("direct ingress (proxy skipped)", (direct or {}).get("error", "not measured"))]
+    load, single = direct["load"], direct["single"]
+    return [(f"direct ingress, straight to the replica ({direct['bind']}:{direct['port']}): requests/s, p50 / p99 ms",
+             f"{load['rps']:,.0f}, {load['p50_ms']:.1f} / {load['p99_ms']:.1f}"),
+            ("direct ingress: 1-client p50 ms (added over in-process)",
+             f"{single['p50_ms']:.3f} ({single['p50_ms'] - inproc:+.2f})")]
+
+
+def _direct_json(direct: dict[str, Any] | None, inproc: float, base: float | None) -> dict[str, Any] | None:
+    if not direct or "load" not in direct:
+        return direct
+    return {"bind": direct["bind"], "port": direct["port"], "rps": direct["load"]["rps"],
+            "p50_ms": direct["load"]["p50_ms"], "p99_ms": direct["load"]["p99_ms"], "errors": direct["load"]["errors"],
+            "ratio": direct["load"]["rps"] / base if base else None,
+            "single_client_p50_ms": direct["single"]["p50_ms"],
+            "added_latency_ms": direct["single"]["p50_ms"] - inproc,
+            "cpu_cores_by_role": direct["load"].get("cpu_cores_by_role"),
+            "env": "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress), requests to the replica's own port"}
+
+
+def report_text(res: dict[str, Any], rounds: int, contention: str, quick: bool,
+                to: dict[str, Any] | None = None) -> None:
+    """The text case's table and JSON line (``case: text``); ``to``: the THROUGHPUT_OPTIMIZED child's text figures."""
     med = {side: {k: _median(r[k] for r in res[side]) for k in ("rps", "p50_ms", "p99_ms")}
            for side in ("ours", "baseline")}
     ours, base = med["ours"]["rps"], med["baseline"]["rps"]
@@ -727,6 +802,11 @@ def report_text(res: dict[str, Any], rounds: int, contention: str, quick: bool) 
             ("  errors (all rounds)", str(errors["ours"]), str(errors["baseline"])),
             ("1 client: p50 ms", f"{res['single_ours']['p50_ms']:.2f}", f"{res['single_baseline']['p50_ms']:.2f}"),
             ("added latency ms (1-client p50 - in-process p50)", f"{added['ours']:.2f}", f"{added['baseline']:.2f}")]
+    if to and "load" in to:
+        tl = to["load"]
+        rows.append(("THROUGHPUT_OPTIMIZED=1 via the proxy: requests/s, p50 / p99 ms",
+                     f"{tl['rps']:,.0f}, {tl['p50_ms']:.1f} / {tl['p99_ms']:.1f}", "-"))
+        rows += [(name, cell, "-") for name, cell in _direct_rows(to.get("direct"), inproc)]
     print_table(f"Serving {res['model']['ref']} (small BERT, 1 text per request): Atoll Serve (1 replica, batch<=32) "
                 f"vs plain FastAPI+uvicorn (1 request per model call); in-process predict p50 {inproc:.2f} ms",
                 ["figure", "Atoll Serve", "plain FastAPI"], rows)
@@ -742,6 +822,10 @@ def report_text(res: dict[str, Any], rounds: int, contention: str, quick: bool) 
                        "per_round_rps": {s: [r["rps"] for r in res[s]] for s in ("ours", "baseline")},
                        "settings": {**SETTINGS, "replicas": 1}, "model": {"ref": res["model"]["ref"],
                        "weights": "initialised (seed 0), not trained"}, "deploy_s": res.get("deploy_s"),
+                       **({"throughput_optimized": {"rps": to["load"]["rps"], "p50_ms": to["load"]["p50_ms"],
+                                                    "single_client_p50_ms": to["single"]["p50_ms"]},
+                           "direct_ingress": _direct_json(to.get("direct"), inproc, base)}
+                          if to and "load" in to else {}),
                        "contention": contention}))
 
 
@@ -784,9 +868,6 @@ def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: fl
     ]
     rows.append(("machine busy, nothing sent (Ray+Serve up / no Ray yet)",
                  f(res.get("idle_busy_fraction_ray_up")), f(res.get("idle_busy_fraction_no_ray"))))
-    if "single_ours_nowait" in res:
-        rows.append(("  with batch_wait_timeout_s 0: 1-client p50 ms",
-                     f(res["single_ours_nowait"]["p50_ms"], "{:.3f}"), "-"))
     if "ours_2_replicas" in res:
         r2 = res["ours_2_replicas"]
         rows.append(("2 replicas: requests/s, p50 / p99 ms",
@@ -802,6 +883,9 @@ def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: fl
                      f"{tl['rps']:,.0f}, {tl['p50_ms']:.1f} / {tl['p99_ms']:.1f}",
                      f"{bl['rps']:,.0f}, {bl['p50_ms']:.1f} / {bl['p99_ms']:.1f} (no Ray up)" if bl else "-"))
         rows.append(("THROUGHPUT_OPTIMIZED=1: 1-client p50 ms", f(to["single"]["p50_ms"], "{:.3f}"), "-"))
+        bl_rps = (res.get("baseline_no_ray") or {}).get("rps")
+        rows += [(name, cell, f"{bl_rps:,.0f} (no Ray up)" if bl_rps and "requests/s" in name else "-")
+                 for name, cell in _direct_rows(to.get("direct"), inproc)]
     title = (f"Serving {model['ref']} (digits MLP, 1 row x 64 floats per request): Atoll Serve (1 replica, "
              f"batch<=32) vs plain FastAPI+uvicorn; in-process predict p50 {inproc:.3f} ms")
     print_table(title, ["figure", "Atoll Serve", "plain FastAPI"], rows)
@@ -839,9 +923,6 @@ def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: fl
            "model": {"ref": model["ref"], "weights": f"trained {TRAIN_EPOCHS} epochs, plain torch",
                      "holdout_accuracy": model["holdout_accuracy"]},
            "startup_s": {"ray_and_serve": res.get("ray_and_serve_start_s"), "deploy": res.get("deploy_s")}}
-    if "single_ours_nowait" in res:
-        out["single_client_p50_ms_batch_wait_0"] = res["single_ours_nowait"]["p50_ms"]
-        out["added_latency_ms_batch_wait_0"] = res["single_ours_nowait"]["p50_ms"] - inproc
     if "ours_no_access_log" in res:
         rn = res["ours_no_access_log"]
         out["no_access_log"] = {"rps": rn["rps"], "p50_ms": rn["p50_ms"], "p99_ms": rn["p99_ms"],
@@ -863,6 +944,9 @@ def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: fl
              "cpu_cores_by_role": to["load"].get("cpu_cores_by_role"),
              "contention": to.get("contention")}
             if to_ok else {"error": to.get("error")})
+        if to_ok:
+            out["direct_ingress"] = _direct_json(to.get("direct"), inproc,
+                                                 (res.get("baseline_no_ray") or {}).get("rps") or base)
     out["server_cpu_ms_per_request"] = srv_ms
     if res.get("profile"):
         out["cpu_share_by_part"] = res["profile"]
@@ -894,7 +978,7 @@ def _contended_phases(res: dict[str, Any]) -> list[str]:
     names = []
     for side in ("baseline", "ours"):
         names += [f"{side} round {i + 1}" for i, r in enumerate(res.get(side) or []) if r.get("foreign_ray")]
-    for key in ("single_baseline", "single_ours", "single_ours_nowait", "ours_2_replicas", "baseline_no_ray"):
+    for key in ("single_baseline", "single_ours", "ours_2_replicas", "baseline_no_ray"):
         if (res.get(key) or {}).get("foreign_ray"):
             names.append(key)
     to = res.get("throughput_optimized") or {}
