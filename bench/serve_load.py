@@ -827,6 +827,8 @@ def report_text(res: dict[str, Any], rounds: int, contention: str, quick: bool,
                            "direct_ingress": _direct_json(to.get("direct"), inproc, base)}
                           if to and "load" in to else {}),
                        "contention": contention}))
+    if to and "load" in to:
+        print_direct_line("text", _direct_json(to.get("direct"), inproc, base), quick)
 
 
 def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: float, contention: str,
@@ -959,6 +961,18 @@ def report(res: dict[str, Any], model: dict[str, Any], rounds: int, duration: fl
     out["contention"] = contention
     out["phases_with_foreign_ray"] = contended
     print(result_line(out))
+    print_direct_line("mlp", out.get("direct_ingress"), quick)
+
+
+def print_direct_line(case: str, direct: dict[str, Any] | None, quick: bool) -> None:
+    """Direct ingress as a case of its own (``<case>, direct ingress``): the same replica without Serve's proxy."""
+    if direct and direct.get("ratio"):
+        print(result_line({"bench": "serve_load", "case": f"{case}, direct ingress", "ours": direct["rps"],
+                           "baseline": direct["rps"] / direct["ratio"], "unit": "requests/s", "ratio": direct["ratio"],
+                           "better": "higher", "quick": quick, "clients": CLIENTS,
+                           "added_latency_ms": direct["added_latency_ms"],
+                           "single_client_p50_ms": direct["single_client_p50_ms"], "bind": direct["bind"],
+                           "path": direct["env"]}))
 
 
 _SERVER_ROLES = ("serve_proxy", "serve_replica", "serve_controller", "baseline_uvicorn")
