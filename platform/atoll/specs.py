@@ -86,7 +86,8 @@ class ServeSettings(Strict):
                                      "(-1: unbounded).")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After (seconds) of those 503s.")
     max_batch_size: int = Field(32, ge=1, description="Largest batch @serve.batch gathers.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill up while other requests are in flight (a lone request never waits).")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill up while other "
+                                        "requests are in flight (a lone request never waits).")
     max_rows: int = Field(1024, ge=1, description="Most rows accepted in one request.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
     api_key_env: str = Field("ATOLL_API_KEY", description="Environment variable holding the API key; "

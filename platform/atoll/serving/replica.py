@@ -226,8 +226,8 @@ class ModelServer:
         """
         self._in_flight += 1
         try:
-            self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s if self._in_flight > 1
-                                                        else 0.0)
+            alone = self._in_flight == 1
+            self.predict_batch.set_batch_wait_timeout_s(0.0 if alone else self.settings.batch_wait_timeout_s)
             predictions, probabilities = await self.predict_batch(rows)
         finally:
             self._in_flight -= 1

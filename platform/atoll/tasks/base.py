@@ -4,9 +4,9 @@ A task holds no network (the model builder makes that) and no data: its fitted s
 JSON-able object (``state_to_dict`` / ``state_from_dict``) saved with every checkpoint and version, so a
 replica rebuilds the task's view of a request from data alone, never by unpickling or importing.
 
-The training loop sums figures over chunks of batches (:meth:`Task.batch_sums`) into one float64 vector that every rank
-all-reduces, then :meth:`Task.metrics` turns the sums into the figures it reports: global metrics, not
-rank 0's shard.
+The training loop sums figures over chunks of batches (:meth:`Task.batch_sums`) into one float64 vector
+that every rank all-reduces, then :meth:`Task.metrics` turns the sums into the figures it reports: global
+metrics, not rank 0's shard.
 """
 
 from __future__ import annotations
