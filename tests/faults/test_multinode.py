@@ -1,7 +1,8 @@
 """Several nodes on one machine, and one that dies (issue 20): a simulated cluster (`atoll up --simulate`: Ray's
 autoscaler and its fake multi-node provider) with a 0-CPU head and three 1-CPU worker nodes, every byte of
 state on the session's S3 server. Ray's own state API shows where the work ran: a 2-worker training run with
-`placement: spread` on two nodes (one of them killed mid-run in a second run, which resumes from S3), a sweep's trials on several nodes, two Serve replicas on two nodes. A replica's node dies under a client loop:
+`placement: spread` on two nodes (one of them killed mid-run in a second run, which resumes from S3), a
+sweep's trials on several nodes, two Serve replicas on two nodes. A replica's node dies under a client loop:
 at most 1% of requests fail and the app is back to 2 replicas. Then a batch prediction from S3 to S3."""
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def _node_processes(node_id: str) -> list[psutil.Process]:
     return found
 
 
+def _kill_node(node_id: str) -> None:
+    """SIGKILL a simulated node: its raylet and every worker it started."""
+    killed = _node_processes(node_id)
+    assert killed, f"no process of node {node_id}"
+    for proc in killed:
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone between the listing and the kill
+            proc.send_signal(signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def three_nodes(s3_store, tmp_path_factory):
     """The simulated cluster, its env (own ATOLL_HOME, cluster.yaml and an s3:// storage root) and info."""
@@ -114,15 +124,12 @@ def test_training_and_replicas_spread_over_nodes_and_a_replica_node_dies_with_st
     _wait_for(lambda: max(epochs_seen(), default=-1) >= 3, "epoch 3 of the run to be killed", timeout=300, every=0.3)
     workers = [p for p in status.placements(info, "RayTrainWorker") if p["state"] == "ALIVE"]
     assert len({p["node_id"] for p in workers}) == 2, workers
-    train_victim = workers[0]["node_id"]
-    for proc in _node_processes(train_victim):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
+    _kill_node(workers[0]["node_id"])
     killed_at = max(epochs_seen())
-    final = _wait_for(lambda: jobs.status(job_id, info=info)["status"] not in ("PENDING", "RUNNING") and
-                      jobs.status(job_id, info=info), "the killed run to end", timeout=400)
+    _wait_for(lambda: jobs.status(job_id, info=info)["status"] not in ("PENDING", "RUNNING"), "the killed run to end",
+              timeout=400)
     log = events.parse_events(jobs.logs(job_id, info=info))
-    assert final["status"] == "SUCCEEDED", jobs.logs(job_id, info=info)[-3000:]
+    assert jobs.status(job_id, info=info)["status"] == "SUCCEEDED", jobs.logs(job_id, info=info)[-3000:]
     resumed = [e["epoch"] for e in log if e["event"] == "resumed"]
     assert resumed and 0 < resumed[0] <= killed_at + 1, (resumed, killed_at)  # from a checkpoint, not from scratch
     (after_kill,) = [e for e in log if e["event"] == "registered"]
@@ -168,12 +175,8 @@ def test_training_and_replicas_spread_over_nodes_and_a_replica_node_dies_with_st
     thread.start()
     _wait_for(lambda: len(outcomes) >= 50, "50 requests before the kill", every=0.1)
     victim = replicas[0]["node_id"]
-    killed = _node_processes(victim)
-    assert killed, f"no process of node {victim}"
     t0 = time.monotonic()
-    for proc in killed:
-        with contextlib.suppress(psutil.NoSuchProcess):  # gone between the listing and the kill
-            proc.send_signal(signal.SIGKILL)
+    _kill_node(victim)
 
     def back_to_two() -> bool:
         alive = [p for p in status.placements(info, replica_class) if p["state"] == "ALIVE"]
