@@ -39,6 +39,13 @@ def test_a_request_is_checked_before_any_work_and_the_pool_follows_the_cluster(t
     assert batch.pool_size(2, 0) == (1, False) and batch.pool_size(16, 0) == (15, False)
     assert batch.pool_size(2, 0, read_here=True) == (2, False)  # no read tasks to leave a CPU for
     assert batch.pool_size(16, 4) == (4, True)
+    # A Parquet input's pieces: whole row groups when there are two per actor, else runs of whole batches.
+    assert batch.pieces([("f", 0, 1000), ("f", 1, 1000), ("g", 0, 1000), ("g", 1, 10)], 100, 2) == [
+        {"file": "f", "row_group": 0, "first": 0, "count": 10}, {"file": "f", "row_group": 1, "first": 0, "count": 10},
+        {"file": "g", "row_group": 0, "first": 0, "count": 10}, {"file": "g", "row_group": 1, "first": 0, "count": 1}]
+    cut = batch.pieces([("f", 0, 1_000_000)], 65_536, 2)
+    assert [(p["first"], p["count"]) for p in cut] == [(0, 4), (4, 4), (8, 4), (12, 4)]  # 16 batches, 4 pieces
+    assert batch.pieces([("f", 0, 3)], 65_536, 8) == [{"file": "f", "row_group": 0, "first": 0, "count": 1}]
     with pytest.raises(ConfigError, match="--runtime gpu: choose auto, torch or onnx"):
         api.predict("digits:1", str(tmp_path / "in.parquet"), out, runtime="gpu")
 
@@ -52,7 +59,7 @@ def test_atoll_predict_writes_keys_predictions_and_probabilities_of_a_parquet_da
     frame.to_parquet(tmp_path / "rows.parquet")
     out = tmp_path / "predictions" / "digits.parquet"
     result = run_cli("predict", version, "--input", str(tmp_path / "rows.parquet"), "--output", str(out),
-                     "--batch-size", "500", "--runtime", "onnx", "--json", timeout=300)
+                     "--batch-size", "500", "--json", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     predicted = json.loads(result.stdout)["predicted"]
     assert predicted["rows"] == len(frame) and predicted["keys"] == ["row_id", "label"] and predicted["actors"] >= 1
@@ -60,7 +67,7 @@ def test_atoll_predict_writes_keys_predictions_and_probabilities_of_a_parquet_da
     assert list(written.columns) == ["row_id", "label", "prediction", "probabilities"]
     assert written["row_id"].tolist() == list(range(len(frame)))
     features = [c for c in holdout.columns if c != "label"]
-    assert predicted["runtime"] == "onnx"  # the version's exported file, no model code
+    assert predicted["runtime"] == "onnx"  # auto: a table runs on the version's exported file, no model code
     expected, probs = Predictor(os.environ["ATOLL_STORAGE"], version, runtime="onnx").predict(
         frame[features].to_numpy(dtype=np.float32))
     assert written["prediction"].tolist() == expected

@@ -93,6 +93,10 @@ def test_preprocessor_fits_on_train_and_round_trips(table):
     assert data.Preprocessor.from_dict(pre.to_dict()) == pre
     with pytest.raises(DataError, match="not seen"):
         pre.encode_labels(np.array(["bird"]))
+    columns = np.asfortranarray(frame[["a", "b", "const"]].to_numpy(dtype=np.float64))  # as pandas hands them
+    x = pre.transform_features(columns)
+    assert x.flags.c_contiguous and x.dtype == np.float32  # what the runtimes take, no copy left to make
+    np.testing.assert_allclose(x, (columns - pre.mean) / pre.std, rtol=1e-5, atol=1e-6)
 
 
 def test_demo_dataset_is_real_digits(tmp_path):

@@ -197,3 +197,13 @@ def test_a_predictor_on_onnx_runtime_answers_as_the_torch_one(tmp_path):
     assert (on_torch.runtime, on_onnx.runtime, on_onnx.model) == ("torch", "onnx", None)  # no model code loaded
     labels, probs = on_torch.predict(rows)
     assert on_onnx.predict(rows)[0] == labels and np.allclose(on_onnx.predict(rows)[1], probs, atol=1e-6)
+    many = np.tile(rows, (400, 1))  # 10,000 rows: run in slices of RUN_ROWS, answered as one call would be
+    assert len(many) > 2 * Predictor.RUN_ROWS
+    for predictor in (on_torch, on_onnx):
+        np.testing.assert_allclose(predictor.outputs(many), np.tile(predictor.outputs(rows), (400, 1)), atol=1e-5)
+    # A batch actor on ONNX Runtime never imports torch (about a second of its start on 2 cores).
+    probe = ("import sys; from atoll.serving.predictor import Predictor; "
+             f"p = Predictor({reg.root!r}, {mv.ref!r}, device='cpu', runtime='onnx'); "
+             "print(p.runtime, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["onnx", "False"], out.stderr[-2000:]

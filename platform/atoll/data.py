@@ -59,6 +59,20 @@ def _files(uri: str) -> list[Any]:
     return found
 
 
+def row_groups(uri: str) -> list[tuple[str, int, int]]:
+    """``(file, row group, rows)`` of every row group of a Parquet dataset, from the files' footers only; the
+    file as a path in the dataset's filesystem (:func:`atoll.filesystems.resolve`)."""
+    import pyarrow.parquet as pq
+
+    fs, _ = _filesystem(uri)
+    groups = []
+    for info in _files(uri):
+        with fs.open_input_file(info.path) as f:
+            meta = pq.ParquetFile(f).metadata
+        groups += [(info.path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    return groups
+
+
 def detect_format(uri: str, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
@@ -381,7 +395,12 @@ class Preprocessor(FittedState):
 
     def transform_features(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
-        return (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        # Written row-major whatever x's layout (pandas hands columns): what torch and ONNX Runtime take, with no
+        # extra copy; then scaled in place. One new array, two passes.
+        centred = np.empty(x.shape, dtype=np.float32)
+        np.subtract(x, np.asarray(self.mean, dtype=np.float32), out=centred)
+        centred *= 1 / np.asarray(self.std, dtype=np.float32)
+        return centred
 
     def encode_labels(self, y: np.ndarray) -> np.ndarray:
         if self.target_mean is not None:

@@ -52,6 +52,22 @@ def warm_up() -> None:
     threading.Thread(target=load, name="atoll-export-warm-up", daemon=True).start()
 
 
+def onnx_session(model: bytes | str, *, cuda: bool = False):
+    """An ONNX Runtime session over an exported ``model.onnx`` (its bytes or path), on CUDA when asked and
+    available. Its thread pool is the process's CPU share where Ray set one (``OMP_NUM_THREADS``, which torch
+    follows too), not every core: two one-CPU actors on two cores would otherwise each run two threads."""
+    import os
+
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    options.intra_op_num_threads = int(threads) if threads.isdigit() else 0  # 0: ONNX Runtime's default
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                 if p in onnxruntime.get_available_providers() and (p != "CUDAExecutionProvider" or cuda)]
+    return onnxruntime.InferenceSession(model, sess_options=options, providers=providers)
+
+
 def _forward(model):
     """The model behind one positional tensor in and one tensor out (Keras models and DDP wrappers differ)."""
     import torch

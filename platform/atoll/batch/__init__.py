@@ -74,13 +74,17 @@ class Scorer:
     built from arrays (a million rows never become Python lists)."""
 
     def __init__(self, storage: str, ref: str, keys: list[str], model_types: list[str] | None = None,
-                 runtime: str = "auto") -> None:
+                 runtime: str = "auto", device: str | None = None) -> None:
         from atoll.serving.predictor import Predictor
 
-        self.predictor = Predictor(storage, ref, model_types=model_types, runtime=runtime)
+        self.predictor = Predictor(storage, ref, device=device, model_types=model_types, runtime=runtime)
         self.keys = keys
 
     def __call__(self, batch):
+        return self.score(batch)
+
+    def score(self, batch):
+        """Input rows (an Arrow table or record batch) → the key columns, ``prediction``, ``probabilities``."""
         import pyarrow as pa
 
         task, schema = self.predictor.task, self.predictor.schema
@@ -94,14 +98,56 @@ class Scorer:
         return pa.table(columns)
 
 
+class PieceScorer(Scorer):
+    """An actor that reads its own input: each item it is handed names a piece of a Parquet input (a run of
+    whole batches of one row group, :func:`pieces`), which it reads straight from the file and predicts batch
+    by batch. The rows never cross the object store on their way in, and the pool needs no read tasks beside
+    it (on 2 cores: no third process, no CPU held back; bench/batch_predict.py)."""
+
+    def __init__(self, storage: str, ref: str, keys: list[str], input_uri: str, batch_rows: int, **kwargs) -> None:
+        super().__init__(storage, ref, keys, **kwargs)
+        self.fs, _ = filesystems.resolve(input_uri, DataError)  # this process's own credentials, never sent
+        self.batch_rows = batch_rows
+
+    def __call__(self, items):
+        import pyarrow.parquet as pq
+
+        for piece in items.to_pylist():
+            with self.fs.open_input_file(piece["file"]) as f:
+                batches = pq.ParquetFile(f).iter_batches(batch_size=self.batch_rows, row_groups=[piece["row_group"]])
+                for i, rows in enumerate(batches):  # a row group reads from its start: skip the batches before
+                    if i >= piece["first"] + piece["count"]:
+                        break
+                    if i >= piece["first"]:
+                        yield self.score(rows)
+
+
+def pieces(groups: list[tuple[str, int, int]], batch_rows: int, actors: int) -> list[dict[str, Any]]:
+    """The work items of a :class:`PieceScorer` pool: every row group of ``groups``
+    (:func:`atoll.data.row_groups`) whole, or, where there are fewer row groups than two per actor, cut into
+    runs of whole batches so that no actor idles (each piece of a cut row group reads it from its start: the
+    decoding of the batches it skips is the price)."""
+    cuts = max(1, -(-2 * actors // max(1, len(groups))))
+    items = []
+    for file, group, rows in groups:
+        batches = max(1, -(-rows // batch_rows))
+        per_piece = -(-batches // min(cuts, batches))
+        items += [{"file": file, "row_group": group, "first": first, "count": min(per_piece, batches - first)}
+                  for first in range(0, batches, per_piece)]
+    return items
+
+
 def _batch_runtime(requested: str, version, device_type: str) -> str:
-    """The runtime of the pool: as asked, or (``auto``) torch. On batches of thousands of rows torch is the
-    faster one here: the small BERT 1,150 texts/s on one core against ONNX Runtime's 690 (4,096 texts a call),
-    the digits MLP equal (about a million rows/s, where reading and writing the file is the cost), unlike
-    Serve's small batches where ONNX Runtime wins (:func:`atoll.serving.predictor.choose_runtime`)."""
+    """The runtime of the pool: as asked, or (``auto``) ONNX Runtime for a table on CPU (where the version has
+    its ``model.onnx``), else torch. Measured on one thread, in the predictor's calls of 4,096 rows: the digits
+    MLP takes 0.41 s a million rows under ONNX Runtime against torch's 0.49 s (and an actor that never imports
+    torch starts about a second sooner), while the small BERT runs 1,150 texts/s under torch against ONNX
+    Runtime's 690."""
     from atoll.serving.predictor import choose_runtime
 
-    return choose_runtime("torch" if requested == "auto" else requested, version, device_type)
+    if requested == "auto" and (version.input_schema or {}).get("input_kind", "table") != "table":
+        requested = "torch"
+    return choose_runtime(requested, version, device_type)
 
 
 def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: int | None = None,
@@ -120,6 +166,7 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
+    import ray.data
 
     from atoll import registry, tasks
     from atoll.model_types import AllowList
@@ -132,23 +179,33 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     model_type = version.spec.get("model", {}).get("type", "mlp")
     allowed = AllowList.from_cluster()
     allowed.check(model_type, version.ref)  # the driver never imports torch: only the actors run the model
-    small = data.should_cache(data.DatasetPlan(uri=input_uri, format=checked["format"], features=[], label="",
-                                               rows=None, fingerprint=""))
+    # A Parquet input is read by the actors themselves (PieceScorer); a CSV by Ray Data's reader, or, when small,
+    # here (no read tasks then either).
+    by_pieces = checked["format"] == "parquet"
+    small = by_pieces or data.should_cache(data.DatasetPlan(uri=input_uri, format=checked["format"],
+                                                            features=list(schema.get("features") or []),
+                                                            label="", rows=None, fingerprint=""))
     free = ray.available_resources()
     actors, on_gpu = pool_size(free.get("CPU", 1), free.get("GPU", 0), read_here=small)
-    runtime = _batch_runtime(runtime, version, "cuda" if on_gpu else "cpu")  # refused here, not in an actor
+    device = "cuda" if on_gpu else "cpu"
+    runtime = _batch_runtime(runtime, version, device)  # refused here, not in an actor
     data.quiet_progress()
     started = time.perf_counter()
-    # At least two batches per actor, so that no actor idles while another works through a long tail; a small
-    # file is read here (no read tasks) in blocks of one batch, which Ray Data hands to the actors as they are.
+    # At least two batches per actor, so that no actor idles while another works through a long tail.
     if checked["rows"]:
         batch_rows = max(1, min(batch_rows, -(-checked["rows"] // (2 * actors))))
-    ds = data.read(input_uri, checked["format"], small=small, block_rows=batch_rows)
-    scored = ds.map_batches(Scorer, fn_constructor_kwargs={"storage": storage, "ref": version.ref,
-                                                           "keys": checked["keys"],
-                                                           "model_types": list(allowed.patterns),
-                                                           "runtime": runtime},
-                            batch_size=batch_rows, batch_format="pyarrow", concurrency=actors,
+    scorer_args = {"storage": storage, "ref": version.ref, "keys": checked["keys"],
+                   "model_types": list(allowed.patterns), "runtime": runtime, "device": device}
+    if by_pieces:
+        items = pieces(data.row_groups(input_uri), batch_rows, actors)
+        ds, scorer, per_call = ray.data.from_items(items, override_num_blocks=len(items)), PieceScorer, 1
+        scorer_args.update(input_uri=input_uri, batch_rows=batch_rows)
+    else:  # a small file is read here in blocks of one batch, which Ray Data hands to the actors as they are
+        ds = data.read(input_uri, checked["format"], small=small, block_rows=batch_rows)
+        scorer, per_call = Scorer, batch_rows
+    # One call in flight per actor: the actor that starts first must not take every piece before the others are up.
+    scored = ds.map_batches(scorer, fn_constructor_kwargs=scorer_args, batch_size=per_call, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
                             num_cpus=1 if not on_gpu else 0, num_gpus=1 if on_gpu else 0)
     fs, path = filesystems.resolve(output_uri, DataError)
     fs.create_dir(os.path.dirname(path) or ".", recursive=True)

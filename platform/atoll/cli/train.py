@@ -109,8 +109,8 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
                 batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Rows per model call "
                                                       "(default: the task's: 65,536 table rows, 4,096 texts or images)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-                runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (auto: the faster one for "
-                                            "large batches, torch today)."),
+                runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (auto: ONNX Runtime "
+                                            "for a table on CPU, torch for texts and images)."),
                 wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
                 config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Predict a whole dataset with a registered model (a Ray job: Ray Data and an actor pool of the model)."""

@@ -30,6 +30,13 @@ def choose_runtime(requested: str, version, device_type: str) -> str:
     return "onnx" if has_onnx and device_type == "cpu" else "torch"
 
 
+def _default_device() -> str:
+    """``cuda`` where this process sees a GPU, else ``cpu`` (imports torch: pass ``device`` to avoid it)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class Predictor:
     """A registered version ready to predict: weights (checksum-verified, ``weights_only``), preprocessing
     and input schema; run by torch or, from the version's exported ``model.onnx``, by ONNX Runtime
@@ -37,9 +44,7 @@ class Predictor:
 
     def __init__(self, storage: str, ref: str, device: str | None = None,
                  model_types: list[str] | None = None, runtime: str = "torch") -> None:
-        import torch
-
-        from atoll import models, registry, tasks
+        from atoll import registry, tasks
         from atoll.model_types import AllowList
 
         reg = registry.Registry(storage)
@@ -54,20 +59,17 @@ class Predictor:
         # (as the deploy passed it in ``model_types``, else as the cluster.yaml next to this process says).
         allowed = AllowList(tuple(model_types), "metadata.atoll.model_types of the deploy's cluster.yaml") \
             if model_types is not None else None
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.runtime = choose_runtime(runtime, self.version, self.device.type)
+        self.device = device or _default_device()
+        self.runtime = choose_runtime(runtime, self.version, self.device.split(":")[0])
         self.model, self.session = None, None
-        if self.runtime == "onnx":  # the exported file alone (checksum-verified): no model code is imported
-            import onnxruntime
-
+        if self.runtime == "onnx":  # the exported file alone (checksum-verified): no model code, no torch
             from atoll import exports
 
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                         if p in onnxruntime.get_available_providers() and (p != "CUDAExecutionProvider"
-                                                                            or self.device.type == "cuda")]
-            self.session = onnxruntime.InferenceSession(reg.read_file(self.version, exports.FILES["onnx"]),
-                                                        providers=providers)
+            self.session = exports.onnx_session(reg.read_file(self.version, exports.FILES["onnx"]),
+                                                cuda=self.device.startswith("cuda"))
             return
+        from atoll import models  # torch, and the model's code: only on this path
+
         model = models.build(model_spec["type"], self.pre.input_dim, self.task.out_dim(self.pre),
                              self.task.model_params(self.pre, model_spec["params"]), registered=self.version.ref, allowed=allowed)
         model.load_state_dict(reg.load_weights(self.version))
@@ -111,13 +113,24 @@ class Predictor:
             out[rows] = part
         return out
 
-    def _run(self, encoded: np.ndarray) -> np.ndarray:
-        import torch
+    #: Rows per call into torch or ONNX Runtime: a large batch (a batch prediction's 65,536 table rows) runs in
+    #: slices that keep the layers' activations in cache. Digits MLP, one thread, a million rows: ONNX Runtime
+    #: 0.41 s in slices of 4,096 against 0.61 s in one call of 65,536; torch 0.49 s against 1.14 s.
+    RUN_ROWS = 4096
 
+    def _run(self, encoded: np.ndarray) -> np.ndarray:
+        if len(encoded) <= self.RUN_ROWS:
+            return self._call(encoded)
+        parts = [self._call(encoded[start:start + self.RUN_ROWS]) for start in range(0, len(encoded), self.RUN_ROWS)]
+        return np.concatenate(parts)
+
+    def _call(self, encoded: np.ndarray) -> np.ndarray:
         if self.session is not None:
             from atoll import exports
 
-            return self.session.run([exports.OUTPUT_NAME], {exports.INPUT_NAME: encoded})[0].astype(np.float32)
+            return self.session.run([exports.OUTPUT_NAME], {exports.INPUT_NAME: encoded})[0].astype(np.float32, copy=False)
+        import torch
+
         x = torch.from_numpy(encoded).to(self.device)
         with torch.inference_mode():
             return self.model(x).float().cpu().numpy()
