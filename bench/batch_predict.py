@@ -125,12 +125,15 @@ def _crossover(small: dict, large: dict) -> dict | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200k and 2M rows, 10k texts")
+    parser.add_argument("--case", action="append", choices=("tabular", "tabular-large", "text"),
+                        help="only this case (repeatable; default: all three)")
     args = parser.parse_args()
     small, large = (200_000, 2_000_000) if args.quick else (1_000_000, 10_000_000)
     models = {"tabular": ("jobs/configs/train.yaml", "digits", ["--set", "epochs=3"]),
               "text": ("jobs/configs/text.yaml", "sms_spam", ["--set", "epochs=1"])}
     cases = {"tabular": ("tabular", small), "tabular-large": ("tabular", large),
              "text": ("text", 10_000 if args.quick else 50_000)}
+    cases = {case: sized for case, sized in cases.items() if not args.case or case in args.case}
     results, refs = [], {}
     with own_cluster("atoll_bench_batch_") as (storage, work):
         for case, (model, rows) in cases.items():
@@ -158,9 +161,10 @@ def main() -> int:
             for written in (source, work / f"{case}-ours.parquet", work / f"{case}-loop.parquet"):
                 written.unlink()  # ten million rows: hundreds of MB on each side
     _print_breakdowns(results)
-    small_table, large_table = (r for r in results if r["case"].startswith("tabular"))
-    crossover = _crossover(small_table, large_table)
+    tables = [r for r in results if r["case"].startswith("tabular")]
+    crossover = _crossover(*tables) if len(tables) == 2 else None
     if crossover:
+        large_table = tables[1]
         large_table["crossover"] = crossover
         print(f"tabular: the job's fixed cost {crossover['ours_fixed_s']} s, then {crossover['ours_rows_per_s']:,.0f} "
               f"rows/s; the loop's {crossover['loop_fixed_s']} s, then {crossover['loop_rows_per_s']:,.0f} rows/s: "

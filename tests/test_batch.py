@@ -46,6 +46,8 @@ def test_a_request_is_checked_before_any_work_and_the_pool_follows_the_cluster(t
     cut = batch.pieces([("f", 0, 1_000_000)], 65_536, 2)
     assert [(p["first"], p["count"]) for p in cut] == [(0, 4), (4, 4), (8, 4), (12, 4)]  # 16 batches, 4 pieces
     assert batch.pieces([("f", 0, 3)], 65_536, 8) == [{"file": "f", "row_group": 0, "first": 0, "count": 1}]
+    texts = batch.pieces([("t", 0, 50_000)], 4096, 2)  # 13 batches: even runs, no short last piece to wait for
+    assert [(p["first"], p["count"]) for p in texts] == [(0, 4), (4, 3), (7, 3), (10, 3)]
     with pytest.raises(ConfigError, match="--runtime gpu: choose auto, torch or onnx"):
         api.predict("digits:1", str(tmp_path / "in.parquet"), out, runtime="gpu")
 

@@ -131,9 +131,12 @@ def pieces(groups: list[tuple[str, int, int]], batch_rows: int, actors: int) -> 
     items = []
     for file, group, rows in groups:
         batches = max(1, -(-rows // batch_rows))
-        per_piece = -(-batches // min(cuts, batches))
-        items += [{"file": file, "row_group": group, "first": first, "count": min(per_piece, batches - first)}
-                  for first in range(0, batches, per_piece)]
+        runs = min(cuts, batches)  # as even as whole batches allow: 13 in 4 is 4, 3, 3, 3 (not 4, 4, 4, 1)
+        first = 0
+        for run in range(runs):
+            count = batches // runs + (run < batches % runs)
+            items.append({"file": file, "row_group": group, "first": first, "count": count})
+            first += count
     return items
 
 
