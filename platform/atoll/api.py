@@ -125,7 +125,7 @@ def predict(model: str, input: str, output: str, *, batch_size: int | None = Non
 
     ``input``: Parquet or CSV (file or folder, local or a URI); ``output``: the Parquet file to write (a local
     path is made absolute: the job runs on the cluster); ``runtime``: ``auto`` (the faster one for large
-    batches: ONNX Runtime for a table on CPU, torch for texts and images), ``torch`` or ``onnx`` (the version's exported file). Everything about the request is checked here first.
+    batches: ONNX Runtime on CPU where the version has its ``model.onnx``, else torch), ``torch`` or ``onnx`` (the version's exported file). Everything about the request is checked here first.
 
     Returns:
         ``{"job", "status", "predicted", "events"}`` (only ``{"job"}`` with ``wait=False``).

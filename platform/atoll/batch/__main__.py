@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         "rows, 4,096 texts or images)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                        help="auto: the faster one for large batches (ONNX Runtime for a table on CPU, torch for texts "
-                             "and images); onnx: the exported file")
+                        help="auto: ONNX Runtime on CPU where the version has its model.onnx, else torch; onnx: "
+                             "the exported file")
     args = parser.parse_args(argv)
     return driver.run(lambda: _job(args))
 

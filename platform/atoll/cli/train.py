@@ -110,7 +110,7 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
                                                       "(default: the task's: 65,536 table rows, 4,096 texts or images)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
                 runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (auto: ONNX Runtime "
-                                            "for a table on CPU, torch for texts and images)."),
+                                            "on CPU where the version has its model.onnx, else torch)."),
                 wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
                 config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Predict a whole dataset with a registered model (a Ray job: Ray Data and an actor pool of the model)."""
