@@ -6,6 +6,7 @@ The workers call the functions ``train_loop`` calls (``wrap_fsdp``, ``_optimizer
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def _worker(rank: int, store: str, tmp: str) -> None:
         ckpt = Path(tmp) / strategy
         ckpt.mkdir(exist_ok=True)
         _resume_and_compare(rank, wrap, ckpt)
+    # Nothing may hold the process group past its destruction: a wrapped model still alive at interpreter teardown
+    # keeps Gloo's work objects, whose release then needs the GIL and aborts the process ("terminate called without
+    # an active exception", SIGABRT in both ranks; seen once in CI, see pytorch/pytorch#179291).
+    del sharded
+    gc.collect()
     dist.destroy_process_group()
 
 
