@@ -36,6 +36,15 @@ def test_a_request_is_checked_before_any_work_and_the_pool_follows_the_cluster(t
     with pytest.raises(ConfigError, match="exists; choose a new name or pass --overwrite"):
         batch.check(SCHEMA, str(tmp_path / "in.parquet"), out)
     assert batch.check(SCHEMA, str(tmp_path / "in.parquet"), out, overwrite=True)["rows"] == 2
+    folder = tmp_path / "parts"  # every file of a folder is checked, not only the one whose schema is read
+    folder.mkdir()
+    frame.to_parquet(folder / "a.parquet")
+    frame.drop(columns=["b"]).to_parquet(folder / "b.parquet")
+    with pytest.raises(DataError, match=r"parts/b.parquet has no column b; every file of the input must hold"):
+        batch.check(SCHEMA, str(folder), out, overwrite=True)
+    (folder / "b.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match=r"parts: cannot read it as parquet: .*parts/b.parquet"):
+        batch.check(SCHEMA, str(folder), out, overwrite=True)
     assert batch.pool_size(2, 0) == (1, False) and batch.pool_size(16, 0) == (15, False)
     assert batch.pool_size(2, 0, read_here=True) == (2, False)  # no read tasks to leave a CPU for
     assert batch.pool_size(16, 4) == (4, True)

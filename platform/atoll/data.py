@@ -59,18 +59,29 @@ def _files(uri: str) -> list[Any]:
     return found
 
 
-def row_groups(uri: str) -> list[tuple[str, int, int]]:
-    """``(file, row group, rows)`` of every row group of a Parquet dataset, from the files' footers only; the
-    file as a path in the dataset's filesystem (:func:`atoll.filesystems.resolve`)."""
+def parquet_footers(uri: str) -> list[tuple[str, Any]]:
+    """``(file, footer)`` of every file of a Parquet dataset (pyarrow's ``FileMetaData``: schema, row groups),
+    reading nothing else; the file as a path in the dataset's filesystem (:func:`atoll.filesystems.resolve`).
+
+    Raises:
+        DataError: a file that is not Parquet (naming it).
+    """
     import pyarrow.parquet as pq
 
     fs, _ = _filesystem(uri)
-    groups = []
+    footers = []
     for info in _files(uri):
-        with fs.open_input_file(info.path) as f:
-            meta = pq.ParquetFile(f).metadata
-        groups += [(info.path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
-    return groups
+        try:
+            with fs.open_input_file(info.path) as f:
+                footers.append((info.path, pq.ParquetFile(f).metadata))
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a file it cannot read
+            raise DataError(f"dataset {uri}: cannot read {info.path} as Parquet: {exc}") from None
+    return footers
+
+
+def row_groups(footers: list[tuple[str, Any]]) -> list[tuple[str, int, int]]:
+    """``(file, row group, rows)`` of every row group of :func:`parquet_footers`."""
+    return [(path, i, meta.row_group(i).num_rows) for path, meta in footers for i in range(meta.num_row_groups)]
 
 
 def detect_format(uri: str, fmt: str = "auto") -> str:

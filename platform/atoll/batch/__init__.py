@@ -49,6 +49,12 @@ def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite:
     bad = [f"{f} ({columns[f]})" for f in features if not columns[f].startswith(prefixes)]
     if bad:
         raise DataError(f"--input {input_uri}: column(s) {', '.join(bad[:5])} must be {what} for this model.")
+    if fmt == "parquet":  # the schema above is one file's: the actors read every file as it is
+        for path, footer in data.parquet_footers(input_uri):
+            lacking = [f for f in features if f not in footer.schema.to_arrow_schema().names]
+            if lacking:
+                raise DataError(f"--input {input_uri}: {path} has no column {', '.join(lacking[:5])}; every file of "
+                                f"the input must hold the model's {len(features)} input columns.")
     if not output_uri.endswith(".parquet"):
         raise ConfigError(f"--output {output_uri}: name a Parquet file (….parquet).")
     fs, path = filesystems.resolve(output_uri, DataError)
@@ -192,7 +198,7 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     scorer_args = {"storage": storage, "ref": version.ref, "keys": checked["keys"],
                    "model_types": list(allowed.patterns), "runtime": runtime, "device": device}
     if by_pieces:
-        items = pieces(data.row_groups(input_uri), batch_rows, actors)
+        items = pieces(data.row_groups(data.parquet_footers(input_uri)), batch_rows, actors)
         ds, scorer, per_call = ray.data.from_items(items, override_num_blocks=len(items)), PieceScorer, 1
         scorer_args.update(input_uri=input_uri, batch_rows=batch_rows)
     else:  # a small file is read here in blocks of one batch, which Ray Data hands to the actors as they are
