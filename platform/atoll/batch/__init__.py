@@ -149,7 +149,7 @@ def pieces(groups: list[tuple[str, int, int]], batch_rows: int, actors: int) -> 
 def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: int | None = None,
         overwrite: bool = False, runtime: str = "auto", on_progress=None) -> dict[str, Any]:
     """Predict ``input_uri`` with version ``ref`` on the connected cluster into ``output_uri`` (one Parquet
-    file, written as the pool's batches come back). ``batch_rows``: rows per model call (default: the task's,
+    file, written as the pool's batches come back). ``batch_rows``: rows read and answered together (default: the task's,
     :attr:`atoll.tasks.base.Task.batch_rows`). ``runtime``: ``auto`` (ONNX Runtime on CPU where the version has
     its ``model.onnx``, else torch),
     ``torch`` or ``onnx`` (the version's exported file, run by ONNX Runtime). ``on_progress(rows_done, rows_total)`` after

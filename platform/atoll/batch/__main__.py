@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="NAME, NAME:VERSION or NAME@ALIAS")
     parser.add_argument("--input", required=True, help="Parquet or CSV file or folder (local path or URI)")
     parser.add_argument("--output", required=True, help="the Parquet file to write")
-    parser.add_argument("--batch-size", type=int, help="rows per model call (default: the task's: 65,536 table "
+    parser.add_argument("--batch-size", type=int, help="rows read and answered together (default: the task's: 65,536 table "
                                                         "rows, 4,096 texts or images)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",

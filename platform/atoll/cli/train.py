@@ -106,8 +106,8 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
                                            "an object-store URI."),
                 output: str = typer.Option(..., "--output", "-o", help="The Parquet file to write: the input's other "
                                            "columns, prediction and probabilities."),
-                batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Rows per model call "
-                                                      "(default: the task's: 65,536 table rows, 4,096 texts or images)."),
+                batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Rows read and answered "
+                                                      "together (default: the task's: 65,536 table rows, 4,096 texts or images)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
                 runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (auto: ONNX Runtime "
                                             "on CPU where the version has its model.onnx, else torch)."),

@@ -42,8 +42,9 @@ class Task(ABC):
     fitted_params: ClassVar[tuple[str, ...]] = ()
     #: the built-in model types made for this task's inputs (user types by import path are the user's call)
     builtin_models: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
-    #: rows per model call in batch prediction (``atoll predict --batch-size``): texts and images cost the model
-    #: far more per row than a table's row, so the same work per call is fewer rows
+    #: rows read and answered together in batch prediction (``atoll predict --batch-size``; the model itself sees
+    #: at most :attr:`atoll.serving.predictor.Predictor.RUN_ROWS` at a time): texts and images cost the model far
+    #: more per row than a table's row, so the same work per batch is fewer rows
     batch_rows: ClassVar[int] = 4096
 
     # ---- what every run reports
