@@ -28,8 +28,9 @@ def resolve_local(path: str) -> str:
 
 
 def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite: bool = False) -> dict[str, Any]:
-    """The input's format, rows and the columns kept beside the predictions, after checking that the input
-    holds the version's inputs with the right types and that the output may be written.
+    """The input's format, rows, the columns kept beside the predictions and (Parquet) every file's footer
+    (:func:`atoll.data.parquet_footers`), after checking that the input holds the version's inputs with the
+    right types and that the output may be written.
 
     Raises:
         DataError: a missing input, a missing or mistyped column (naming it and the fix).
@@ -49,12 +50,12 @@ def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite:
     bad = [f"{f} ({columns[f]})" for f in features if not columns[f].startswith(prefixes)]
     if bad:
         raise DataError(f"--input {input_uri}: column(s) {', '.join(bad[:5])} must be {what} for this model.")
-    if fmt == "parquet":  # the schema above is one file's: the actors read every file as it is
-        for path, footer in data.parquet_footers(input_uri):
-            lacking = [f for f in features if f not in footer.schema.to_arrow_schema().names]
-            if lacking:
-                raise DataError(f"--input {input_uri}: {path} has no column {', '.join(lacking[:5])}; every file of "
-                                f"the input must hold the model's {len(features)} input columns.")
+    footers = data.parquet_footers(input_uri) if fmt == "parquet" else None
+    for path, footer in footers or []:  # the schema above is one file's: the actors read every file as it is
+        lacking = [f for f in features if f not in footer.schema.to_arrow_schema().names]
+        if lacking:
+            raise DataError(f"--input {input_uri}: {path} has no column {', '.join(lacking[:5])}; every file of "
+                            f"the input must hold the model's {len(features)} input columns.")
     if not output_uri.endswith(".parquet"):
         raise ConfigError(f"--output {output_uri}: name a Parquet file (….parquet).")
     fs, path = filesystems.resolve(output_uri, DataError)
@@ -62,7 +63,7 @@ def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite:
 
     if fs.get_file_info(path).type != pafs.FileType.NotFound and not overwrite:
         raise ConfigError(f"--output {output_uri} exists; choose a new name or pass --overwrite.")
-    return {"format": fmt, "rows": rows, "keys": [c for c in columns if c not in features]}
+    return {"format": fmt, "rows": rows, "keys": [c for c in columns if c not in features], "footers": footers}
 
 
 def pool_size(cpus: float, gpus: float, *, read_here: bool = False) -> tuple[int, bool]:
@@ -198,7 +199,7 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     scorer_args = {"storage": storage, "ref": version.ref, "keys": checked["keys"],
                    "model_types": list(allowed.patterns), "runtime": runtime, "device": device}
     if by_pieces:
-        items = pieces(data.row_groups(data.parquet_footers(input_uri)), batch_rows, actors)
+        items = pieces(data.row_groups(checked["footers"]), batch_rows, actors)
         ds, scorer, per_call = ray.data.from_items(items, override_num_blocks=len(items)), PieceScorer, 1
         scorer_args.update(input_uri=input_uri, batch_rows=batch_rows)
     else:  # a small file is read here in blocks of one batch, which Ray Data hands to the actors as they are
