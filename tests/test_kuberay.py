@@ -367,7 +367,7 @@ def test_rayjob_runs_the_training_job(raw, tmp_path):
 
 def test_rayservice_serves_the_demo_app_with_the_serve_deploy_structure(raw, tmp_path):
     spec = spec_of(tmp_path, raw)
-    svc = kuberay.rayservice(spec, api_key="s3cret-key-0123456789")
+    svc = kuberay.rayservice(spec, api_key_hash=apikeys.hash_key("s3cret-key-0123456789"))
     config = yaml.safe_load(svc["spec"]["serveConfigV2"])
     assert svc["metadata"]["name"] == "atoll-digits"
     assert config["http_options"] == {"host": "0.0.0.0", "port": spec.atoll.serve.port}
@@ -501,3 +501,49 @@ def test_cli_render_json_prints_a_kubectl_list(cli, raw, tmp_path):
     doc = json.loads(result.stdout)
     assert doc["kind"] == "List" and [i["kind"] for i in doc["items"]] == ["RayCluster", "RayJob", "RayService"]
     assert not (tmp_path / "none").exists()  # --json writes nothing
+
+
+def test_a_render_without_the_key_keeps_the_earlier_manifests_key_and_public_removes_it(tmp_path, monkeypatch):
+    """Issue 32.1 for `atoll k8s render`: the RayService rendered earlier into the folder is the record; a
+    render from a shell without the key keeps its key record, `--public` drops it, and each says so."""
+    from atoll.cli import app as cli
+    from typer.testing import CliRunner
+
+    out = tmp_path / "k8s"
+
+    def service_args(env: dict[str, str], *flags: str) -> tuple[dict, str]:
+        monkeypatch.delenv("ATOLL_API_KEY", raising=False)
+        result = CliRunner().invoke(cli, ["k8s", "render", "-o", str(out), *flags], env=env)
+        assert result.exit_code == 0, result.output
+        return kuberay.rendered_model_args(out), result.output
+
+    keyed, said = service_args({"ATOLL_API_KEY": "s3cret-key-0123456789"})
+    assert apikeys.key_matches("Bearer s3cret-key-0123456789", keyed["api_key_hash"])
+    assert "API key: required (from $ATOLL_API_KEY)" in said
+    kept, said = service_args({})
+    assert kept["api_key_hash"] == keyed["api_key_hash"] and "key kept" in said
+    public, said = service_args({}, "--public")
+    assert "api_key_hash" not in public and "REMOVED (--public)" in said
+    again, said = service_args({})
+    assert "api_key_hash" not in again and "the app is public" in said
+
+
+def test_an_app_built_from_an_alias_serves_the_version_it_pointed_at_then(tmp_path):
+    """Issue 32.15: a Serve config or RayService naming `digits@production` is resolved once, when Serve builds
+    the app, and every replica gets the pinned version: a promote cannot make one endpoint serve two."""
+    import torch
+    from atoll.registry import Registry
+    from atoll.serving.replica import AppArgs
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save(torch.nn.Linear(4, 3).state_dict(), ckpt / "model.pt")
+    (ckpt / "atoll.json").write_text(json.dumps({"model": {"type": "mlp"}, "input_schema": {"features": 4}}))
+    reg = Registry(str(tmp_path / "store"))
+    for _ in range(2):
+        reg.register("digits", str(ckpt), metrics={}, spec={})
+    reg.set_alias("digits", 1, "production")
+    args = AppArgs.model_validate({"model": "digits@production", "storage": reg.root})
+    built = args.pinned()
+    assert (built.model, built.requested) == ("digits:1", "digits@production")
+    assert AppArgs.model_validate({"model": "digits", "storage": reg.root}).pinned().model == "digits:2"

@@ -176,6 +176,23 @@ def test_an_api_key_guards_every_route_but_healthz_and_the_gallery_list(keyed_ap
     assert short.returncode != 0 and "at least 16" in short.stderr and len(short.stderr.strip().splitlines()) == 1
 
 
+def test_a_redeploy_from_a_shell_without_the_key_keeps_the_app_keyed(keyed_app):
+    """Issue 32.1: a keyed app redeployed where ATOLL_API_KEY is unset (a CI job, another shell) stayed public
+    before: its arguments were rebuilt from the environment. Now the running app's key record is kept."""
+    assert "ATOLL_API_KEY" not in os.environ
+    result = run_cli("serve", "deploy", keyed_app["requested"], "--app", "digits-private", *SMALL,
+                     "--set", "runtime=torch", timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the running app's key kept" in result.stdout and "Bearer $ATOLL_API_KEY" in result.stdout
+    url = keyed_app["url"]
+    assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, timeout=30).status_code == 401
+    good = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.post(f"{url}/predict", json={"inputs": [ROW]}, headers=good, timeout=30).status_code == 200
+    both = run_cli("serve", "deploy", keyed_app["requested"], "--app", "digits-private", "--public",
+                   env={"ATOLL_API_KEY": KEY})
+    assert both.returncode != 0 and "--public with an API key set" in both.stderr and "Traceback" not in both.stderr
+
+
 def test_the_api_key_reaches_no_job_no_serve_config_and_no_manifest(keyed_app, tmp_path):
     """A job submitted with the key in the shell's environment: the key is nowhere the cluster shows (job info,
     runtime env, the job's own environment, the Serve config) nor in the rendered KubeRay manifests."""
@@ -255,6 +272,12 @@ def test_rolling_over_to_a_new_version_drops_no_request(deployed, tmp_path):
     assert failures == []
     assert seen[0] == old.version and seen[-1] == new.version
     assert [a["model"] for a in endpoints.status() if a["app"] == "digits"] == [f"digits:{new.version}"]
+    # Issue 32.3: no alias points at the new version, but a live app pins it; deleting it would leave the next
+    # replica start (autoscaling, a lost node) without its model.
+    refused = run_cli("models", "delete", f"digits:{new.version}", "--yes")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"cannot delete digits:{new.version}: Serve app 'digits' serves it" in refused.stderr
+    assert reg.get(f"digits:{new.version}").version == new.version
 
 
 def test_a_lone_request_never_waits_for_a_batch_and_concurrent_ones_wait_to_fill():

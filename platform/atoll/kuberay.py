@@ -286,7 +286,7 @@ def rayjob(spec: ClusterSpec, *, config: str = TRAIN_CONFIG, on_cluster: str | N
 
 
 def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | None = None,
-                 api_key: str | None = None) -> dict[str, Any]:
+                 api_key_hash: str | None = None) -> dict[str, Any]:
     """The Serve config of the model endpoint (and the gallery): the structure ``atoll serve deploy`` writes,
     for a pod.
 
@@ -305,7 +305,7 @@ def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | No
     serve = spec.atoll.serve
     settings = {k: getattr(serve, k) for k in ServeSettings.PER_APP if getattr(serve, k) is not None}
     model_app = endpoints.app_config(app, model, storage=_storage(spec), requested=model, settings=settings,
-                                     api_key=api_key, model_types=spec.atoll.model_types)
+                                     api_key_hash=api_key_hash, model_types=spec.atoll.model_types)
     # The model app first (the RayService is named after it), then the gallery at / as `atoll serve deploy` adds.
     config = endpoints.serve_config(spec, endpoints.with_gallery([model_app]))
     config["http_options"]["host"] = "0.0.0.0"
@@ -313,9 +313,9 @@ def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | No
 
 
 def rayservice(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | None = None,
-               api_key: str | None = None) -> dict[str, Any]:
+               api_key_hash: str | None = None) -> dict[str, Any]:
     """A RayService serving ``model`` (resolved when a replica starts) on a cluster like the RayCluster."""
-    config = serve_config(spec, model=model, app=app, api_key=api_key)
+    config = serve_config(spec, model=model, app=app, api_key_hash=api_key_hash)
     text = yaml.safe_dump(config, sort_keys=False)
     # Named after the app: KubeRay's Service for it is then <base>-<app>-serve-svc.
     name = k8s_name(f"{base_name(spec)}-{config['applications'][0]['name']}", "--app", MAX_CHILD_NAME)
@@ -323,13 +323,14 @@ def rayservice(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | None
             "spec": {"serveConfigV2": text, "rayClusterConfig": raycluster_spec(spec)}}
 
 
-def render(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | None = None, api_key: str | None = None,
+def render(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | None = None,
+           api_key_hash: str | None = None,
            train_config: str = TRAIN_CONFIG, job_on_cluster: bool = False) -> dict[str, dict[str, Any]]:
     """All three manifests, by file name (see :data:`FILES`)."""
     return {FILES["RayCluster"]: raycluster(spec),
             FILES["RayJob"]: rayjob(spec, config=train_config,
                                     on_cluster=base_name(spec) if job_on_cluster else None),
-            FILES["RayService"]: rayservice(spec, model=model, app=app, api_key=api_key)}
+            FILES["RayService"]: rayservice(spec, model=model, app=app, api_key_hash=api_key_hash)}
 
 
 def as_list(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -448,6 +449,17 @@ def document(spec: ClusterSpec, file_name: str, manifest: dict[str, Any]) -> str
         app = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]
         fields.update(model=app["args"]["requested"], app=app["name"])
     return HEADERS[kind].format(**fields) + to_yaml(manifest)
+
+
+def rendered_model_args(out_dir: str | Path) -> dict[str, Any] | None:
+    """The model app's args in the RayService an earlier render wrote to ``out_dir`` (its API key record is
+    kept by the next render, see ``endpoints.key_record``), or None when there is none to read."""
+    path = Path(out_dir).expanduser() / FILES["RayService"]
+    try:
+        manifest = yaml.safe_load(path.read_text())
+        return yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]["args"]
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
 
 
 def write(spec: ClusterSpec, manifests: dict[str, dict[str, Any]], out_dir: str | Path) -> list[Path]:

@@ -22,6 +22,8 @@ def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS
            replicas: str | None = typer.Option(None, "--replicas", help="Autoscaling bounds MIN:MAX (or N)."),
            set_: list[str] = typer.Option([], "--set", help="Override a Serve setting of cluster.yaml for this "
                                           "app: --set max_batch_size=64 (repeat)."),
+           public: bool = typer.Option(False, "--public", help="Serve without an API key even if the app "
+                                       "had one (without it, a redeploy keeps the running app's key)."),
            config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Deploy a model version (or roll an app over to it); wait until it is RUNNING."""
     from atoll.config import apply_overrides, load_spec
@@ -29,14 +31,28 @@ def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS
 
     spec = load_spec(config)
     settings = apply_overrides({}, set_)
-    with err_console.status(f"Deploying {ref} …"):
+    with err_console.status(f"Deploying {escape(ref)} …"):
         result = endpoints.deploy(ref, app=app, replicas=endpoints.parse_replicas(replicas) if replicas else None,
-                                  settings=settings, spec=spec)
+                                  settings=settings, spec=spec, public=public)
     if as_json:
         print_json(result)
         return
-    console.print(deploy_summary(result, endpoints.curl_auth(spec.atoll.serve)), soft_wrap=True, highlight=False,
+    console.print(deploy_summary(result, endpoints.curl_auth(spec.atoll.serve, result["keyed"])), soft_wrap=True,
+                  highlight=False, markup=False)
+    console.print(key_note(result["api_key"], spec.atoll.serve.api_key_env), soft_wrap=True, highlight=False,
                   markup=False)
+
+
+def key_note(what: str, variable: str) -> str:
+    """One line saying what a deploy did with the app's API key (``what``: one of endpoints.KEY_*)."""
+    from atoll.serving import endpoints
+
+    return {endpoints.KEY_NEW: f"API key: required (from ${variable}).",
+            endpoints.KEY_KEPT: f"API key: required, the running app's key kept (${variable} is not set here; set "
+                                f"it to change the key, or deploy with --public to remove it).",
+            endpoints.KEY_REMOVED: "API key: REMOVED (--public): the app answers anyone now.",
+            endpoints.KEY_NONE: f"API key: none, the app is public (set ${variable} when deploying to require one)."
+            }[what]
 
 
 def deploy_summary(result: dict[str, Any], auth: str) -> str:
@@ -72,11 +88,11 @@ def status(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
         model = r["model"] or "-"
         if r["requested"] and r["requested"] != r["model"]:
             model += f" ({r['requested']})"
-        cells.append([escape(r["app"]), r["status"], escape(model), replicas, r["url"]])
+        cells.append([r["app"], r["status"], model, replicas, r["url"]])
     console.print(listing("Serve apps", ["app", "status", "model", "replicas", "url"], cells, free="replicas"))
     for r in rows:
         if r["status"] not in ("RUNNING", "DEPLOYING") and r["message"]:
-            console.print(f"[red]{r['app']}[/]: {r['message']}", soft_wrap=True)
+            console.print(f"[red]{escape(r['app'])}[/]: {escape(r['message'])}", soft_wrap=True, highlight=False)
 
 
 @serve_app.command("delete")
@@ -85,9 +101,9 @@ def delete(app: str = typer.Argument(..., help="Application name."), config: Pat
     from atoll.config import load_spec
     from atoll.serving import endpoints
 
-    with err_console.status(f"Deleting {app} …"):
+    with err_console.status(f"Deleting {escape(app)} …"):
         endpoints.delete(app, spec=load_spec(config))
-    console.print(f"Deleted Serve app {app}.")
+    console.print(f"Deleted Serve app {app}.", markup=False, highlight=False)
 
 
 @query_app.command()
@@ -122,7 +138,8 @@ def logs(app: str = typer.Argument(..., help="Application name."),
         print_json(found)
         return
     if not found:
-        console.print(f"No replica logs of {app} yet (its replicas may still be starting: `atoll serve status`).")
+        console.print(f"No replica logs of {app} yet (its replicas may still be starting: `atoll serve status`).",
+                      markup=False, highlight=False)
     for entry in found:
         console.print(f"==> node {entry['node_id'][:12]}: {entry['file']} <==", style="bold", highlight=False,
                       markup=False, soft_wrap=True)

@@ -26,7 +26,7 @@ import httpx
 
 from atoll import apikeys, auth, cluster, jobs, registry
 from atoll.cluster import ClusterInfo
-from atoll.errors import ClusterNotUpError, ConfigError, ServingError
+from atoll.errors import AtollError, ClusterNotUpError, ConfigError, ServingError
 from atoll.filesystems import forwarded_env, is_remote
 from atoll.serving import playground
 from atoll.serving.names import DEPLOYMENT_NAME, MODEL_IMPORT_PATH
@@ -77,15 +77,43 @@ def serve_config(spec: ClusterSpec, applications: list[dict[str, Any]]) -> dict[
 
 
 def app_config(app: str, model: str, *, storage: str, requested: str | None = None,
-               settings: dict[str, Any] | None = None, api_key: str | None = None,
+               settings: dict[str, Any] | None = None, api_key_hash: str | None = None,
                model_types: list[str] | None = None) -> dict[str, Any]:
     """One model application: ``atoll.serving.replica:app`` at route ``/<app>`` with its arguments (the user model
-    types cluster.yaml allows go along, so a replica that finds no cluster.yaml, e.g. on KubeRay, has them)."""
+    types cluster.yaml allows go along, so a replica that finds no cluster.yaml, e.g. on KubeRay, has them;
+    ``api_key_hash`` is the key record of :func:`key_record`, a salted HMAC, never the key)."""
     args: dict[str, Any] = {"model": model, "storage": storage, "requested": requested or model,
                             "settings": dict(settings or {}), "model_types": list(model_types or [])}
-    if api_key:
-        args["api_key_hash"] = apikeys.hash_key(api_key)  # a salted HMAC, never the key itself
+    if api_key_hash:
+        args["api_key_hash"] = api_key_hash
     return {"name": app, "route_prefix": f"/{app}", "import_path": IMPORT_PATH, "args": args}
+
+
+#: What a (re)deploy did with an app's API key, as :func:`key_record` decides it.
+KEY_NEW, KEY_KEPT, KEY_REMOVED, KEY_NONE = "new", "kept", "removed", "none"
+
+
+def key_record(previous: dict[str, Any] | None, key: str | None, *, public: bool) -> tuple[str | None, str]:
+    """The key record (salted HMAC) an app's new config gets, and which of ``KEY_*`` that is.
+
+    A key in the environment is hashed anew; without one, the record of the app being replaced
+    (``previous``: its args, from the cluster's Serve config or an earlier manifest) is kept, so a redeploy
+    from a shell without the key never makes a keyed app public by accident. Only ``public`` drops it.
+
+    Raises:
+        ConfigError: ``public`` together with a key: it is unclear which the user meant.
+    """
+    if key and public:
+        raise ConfigError("--public with an API key set: unset the key's variable to make the app public, or "
+                          "drop --public to protect it with the key.")
+    if key:
+        return apikeys.hash_key(key), KEY_NEW
+    kept = (previous or {}).get("api_key_hash")
+    if kept and not public:
+        return kept, KEY_KEPT
+    return None, KEY_REMOVED if kept else KEY_NONE
+
+
 
 
 def model_code(model_type: str, spec: ClusterSpec, ref: str) -> list[str]:
@@ -142,21 +170,24 @@ def api_key(settings: ServeSettings) -> str | None:
     return apikeys.check_key(key, f"${settings.api_key_env}") if key else None
 
 
-def curl_auth(settings: ServeSettings) -> str:
-    """The header a printed curl example needs: `` -H "Authorization: Bearer $ATOLL_API_KEY"`` when a key is
-    set (the variable's name, never the key), else nothing."""
-    if not os.environ.get(settings.api_key_env):
+def curl_auth(settings: ServeSettings, keyed: bool | None = None) -> str:
+    """The header a printed curl example needs: `` -H "Authorization: Bearer $ATOLL_API_KEY"`` when the app is
+    keyed (``keyed``; unset: when a key is set here), naming the variable, never the key; else nothing."""
+    if not (os.environ.get(settings.api_key_env) if keyed is None else keyed):
         return ""
     return f' -H "Authorization: Bearer ${settings.api_key_env}"'
 
 
 def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None = None,
            settings: dict[str, Any] | None = None, spec: ClusterSpec | None = None,
-           info: ClusterInfo | None = None, wait: bool = True, timeout: float = 300) -> dict[str, Any]:
+           info: ClusterInfo | None = None, wait: bool = True, timeout: float = 300,
+           public: bool = False) -> dict[str, Any]:
     """Deploy (or roll over) a registered version as the Serve application ``app`` (default: its name).
 
     The version is resolved now (``digits@production`` → ``digits:3``) and pinned, so the app serves exactly
-    the version reported here. Other applications on the cluster are left as they are.
+    the version reported here. Other applications on the cluster are left as they are. The app's API key:
+    the one in ``$<api_key_env>`` when set; else a redeployed app keeps the key it had, unless ``public``
+    (see :func:`key_record`; the answer's ``api_key`` says which happened).
 
     Raises:
         ConfigError: a setting that is not one of ``ServeSettings.PER_APP``, or a bad app name.
@@ -177,19 +208,31 @@ def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None
     if replicas:
         overrides["min_replicas"], overrides["max_replicas"] = replicas
     merged = ServeSettings.model_validate({**spec.atoll.serve.model_dump(), **overrides})  # fail here, not in Serve
+    key = api_key(merged)
+    key_record(None, key, public=public)  # a contradiction fails before any upload
     new = app_config(app, version.ref, storage=spec.atoll.storage, requested=ref, settings=overrides,
-                     api_key=api_key(merged), model_types=spec.atoll.model_types)
+                     model_types=spec.atoll.model_types)
     code = model_code(version.spec["model"]["type"], spec, version.ref)
     if code:  # the user model's package goes with the app (replicas import it from there)
         new["runtime_env"] = {"py_modules": jobs.upload_modules(code, info=info)}
     if is_remote(spec.atoll.storage) and (env := forwarded_env()):
         new.setdefault("runtime_env", {})["env_vars"] = env  # where the object store is, never a key
+    written: dict[str, Any] = {}
+
+    def replace(apps: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # Decided under the config lock, from the app as the cluster has it now.
+        record, written["api_key"] = key_record((apps.get(app) or {}).get("args"), key, public=public)
+        args = {k: v for k, v in new["args"].items() if k != "api_key_hash"}
+        written["config"] = {**new, "args": {**args, "api_key_hash": record} if record else args}
+        return {**apps, app: written["config"]}
+
     started = time.time()
-    _change_apps(info, spec, lambda apps: {**apps, app: new},
-                 landed=lambda apps: (apps.get(app) or {}).get("args") == new["args"])
+    _change_apps(info, spec, replace,
+                 landed=lambda apps: (apps.get(app) or {}).get("args") == written["config"]["args"])
     result = {"app": app, "model": version.name, "version": version.version, "requested": ref,
               "url": endpoint_url(spec, app), "playground": f"{endpoint_url(spec, app)}/ui",
-              "gallery": playground.gallery_url(endpoint_url(spec, app)), "status": "DEPLOYING"}
+              "gallery": playground.gallery_url(endpoint_url(spec, app)), "status": "DEPLOYING",
+              "api_key": written["api_key"], "keyed": "api_key_hash" in written["config"]["args"]}
     if wait:
         result["status"] = _wait_running(info, app, started, timeout)
     return result
@@ -294,6 +337,30 @@ def delete(app: str, *, info: ClusterInfo | None = None, spec: ClusterSpec | Non
         if time.monotonic() > deadline:
             raise ServingError(f"app {app!r} is still being deleted after {timeout:.0f} s; see `atoll serve status`.")
         time.sleep(1)
+
+
+def apps_serving(reg: registry.Registry, name: str, version: int, *, info: ClusterInfo | None = None) -> list[str]:
+    """The Serve apps on the cluster that serve ``name:version``: the cluster's Serve config is the record.
+
+    An app deployed by Atoll names its version (``digits:3``); one deployed from a Serve config or a RayService
+    by alias or bare name was pinned when it was built, to what that name resolves to now unless it moved
+    since (an alias cannot move off a version an app serves without a redeploy being the way to follow it).
+
+    Raises:
+        ClusterNotUpError: no cluster answers (the caller decides whether that means "none").
+    """
+    info = info or cluster.current()
+    serving = []
+    for app, config in sorted(_deployed(info).items()):
+        ref = (config.get("args") or {}).get("model")
+        if not ref or registry.parse_ref(ref)[0] != name:
+            continue
+        try:
+            if reg.get(ref).version == version:
+                serving.append(app)
+        except AtollError:  # its version is gone already, or it names another model's alias
+            continue
+    return serving
 
 
 def read_rows_file(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class AppArgs(pydantic.BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(..., description="Registered version: NAME, NAME:VERSION or NAME@ALIAS (resolved "
-                       "when the replica starts; `atoll serve deploy` pins the version first).")
+                       "once, when the app is built, so every replica serves the same version).")
     storage: str | None = Field(None, description="Storage root of the registry (default: cluster.yaml's).")
     requested: str | None = Field(None, description="What the user asked to deploy, e.g. digits@production.")
     api_key_hash: str | None = Field(None, description="Salted HMAC of the API key (atoll.apikeys.hash_key), "
@@ -66,6 +66,18 @@ class AppArgs(pydantic.BaseModel):
         from atoll import config
 
         return self.storage or config.load_spec().atoll.storage
+
+    def pinned(self) -> "AppArgs":
+        """These args with ``model`` resolved to ``NAME:VERSION`` (``requested`` keeps what was asked).
+
+        Serve builds an app once per deploy of its config, and every replica (autoscaled, restarted, on a new
+        node) starts from the built args: an alias resolved here cannot move under a live app, where one
+        resolved by each replica would serve two versions side by side after a promote.
+        """
+        from atoll import registry
+
+        version = registry.Registry(self.storage_root()).get(self.model)
+        return self.model_copy(update={"model": version.ref, "requested": self.requested or self.model})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,7 +354,7 @@ def app(args: dict[str, Any]):
     """Serve application builder (``import_path: atoll.serving.replica:app``): one model, autoscaled replicas."""
     import ray
 
-    parsed = AppArgs.model_validate(args)
+    parsed = AppArgs.model_validate(args).pinned()
     settings = parsed.serve_settings()
     return ModelServer.options(
         autoscaling_config={"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
