@@ -30,7 +30,7 @@ from atoll.cli.serve import deploy_summary
 from atoll.errors import AtollError, ConfigError, RegistryError
 from atoll.serving import endpoints
 from atoll.specs import ServeSettings
-from conftest import APP_KEY, ATOLL, REPO
+from conftest import APP_KEY, ATOLL, REPO, run_cli
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -196,6 +196,26 @@ def test_train_and_tune_refuse_two_names_or_a_flag_as_the_name() -> None:
     assert isinstance(result.exception, ConfigError) and "NAME" in str(result.exception)
 
 
+@pytest.mark.parametrize("argv", [["train", "--name", "../registry/x"], ["train", "--run-name", "/tmp/abs"],
+                                  ["train", "--resume", "runs/../../x"], ["tune", "--name", "../x"],
+                                  ["tune", "--resume", "/abs"]])
+def test_a_run_or_sweep_name_that_is_not_one_folder_is_refused_before_submitting(argv, monkeypatch) -> None:
+    monkeypatch.setenv("ATOLL_ADDRESS", "http://127.0.0.1:1")  # were anything submitted: a different error
+    result = invoke(*argv, "--no-wait")
+    assert isinstance(result.exception, ConfigError), result.output
+    assert str(result.exception).startswith(f"invalid {argv[0] == 'train' and 'run' or 'sweep'} name {argv[2]!r}: "
+                                            "use 1 to 64 letters")
+
+
+def test_the_library_fit_checks_the_run_name_too(monkeypatch) -> None:
+    from atoll import api
+
+    monkeypatch.setenv("ATOLL_ADDRESS", "http://127.0.0.1:1")
+    for kw in ({"name": "../registry/x"}, {"resume": "/abs/run"}):
+        with pytest.raises(ConfigError, match=r"^invalid run name"):
+            api.fit(REPO / "jobs/configs/train.yaml", wait=False, **kw)
+
+
 def test_query_takes_its_body_with_d_and_json_only_prints_json() -> None:
     bad = invoke("query", "digits", "-d", "{not json", "--json")
     assert isinstance(bad.exception, ConfigError) and "--body: not valid JSON" in str(bad.exception)
@@ -312,6 +332,63 @@ def test_listings_keep_ids_and_names_whole_at_80_columns() -> None:
     assert name in _render(runs_table([run], width=80))
 
 
+MARKUP = "[/x] [bold]not bold"  # a closing tag that opens nothing: rich's MarkupError, were it read as markup
+
+
+def test_listings_print_their_cells_as_they_are() -> None:
+    job = {"id": "raysubmit_1", "status": "FAILED", "start_time": 1767268800000, "entrypoint": f"echo '{MARKUP}'"}
+    text = _render(jobs_table([job], width=120), width=120)
+    assert f"echo '{MARKUP}'" in text and "FAILED" in text
+    assert MARKUP in _render(cli_common.listing("t", ["a"], [[MARKUP]]))
+
+
+def test_a_jobs_error_events_and_trials_are_printed_as_they_are(capsys) -> None:
+    from atoll import events, progress
+    from rich.live import Live
+    from rich.progress import Progress
+
+    events.emit("error", message=f"ValueError: {MARKUP}")
+    events.emit("sweep_start", sweep="s", trials=1, scheduler="asha", algorithm="random", metric="val_accuracy")
+    events.emit("trial", trial="t_1", config={"model.params.act": "[/x]"}, epoch=0, epochs=2, value=0.5,
+                status=MARKUP)
+    logged = capsys.readouterr().out
+    out = Console(file=io.StringIO(), width=200, color_system=None)
+    bar = Progress(console=out)
+    progress.TrainProgress(bar)(logged)
+    with Live(console=out, auto_refresh=False) as live:
+        sweep = progress.SweepView(live)
+        sweep(logged)
+        out.print(sweep.table())
+    printed = out.file.getvalue()
+    assert printed.count(f"error: ValueError: {MARKUP}") == 2  # the training bar's and the sweep's
+    assert 'act="[/x]"' in printed and f"│ {MARKUP} │" in printed  # a trial's config and status
+
+
+def test_the_quickstarts_last_lines_keep_paths_urls_and_commands_whole_at_80_columns(tmp_path: Path) -> None:
+    """In a pipe or CI (80 columns) its closing box cut the sweep plot's path (…/sw + eep.png) and the curl
+    command in two; each is now printed whole on its line."""
+    storage = tmp_path / "a-team-share" / "projects" / "handwritten-digits-classification" / "atoll-storage"
+    plot = f"{storage}/sweeps/quickstart-20260101-120000/sweep.png"
+    url = "http://127.0.0.1:8000/digits"
+    out = {"timings_s": {"total": 93.0}, "sweep": {"plot": plot},
+           "deployed": {"app": "digits", "model": "digits", "url": url, "playground": f"{url}/ui",
+                        "gallery": "http://127.0.0.1:8000/"}}
+    code = ("import json, sys\nfrom atoll import cluster, quickstart\n"
+            "info = cluster.ClusterInfo(mode='local', dashboard_url='http://127.0.0.1:8265')\n"
+            "quickstart._finish(json.loads(sys.argv[1]), info, cluster.load_spec(), quickstart.DEMOS['tabular'],"
+            " stopped=False, reused_and_kept=False)\n")
+    env = {**os.environ, "COLUMNS": "80", "ATOLL_STORAGE": str(storage), "ATOLL_API_KEY": KEY}
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(out)], capture_output=True, text=True,
+                            timeout=120, cwd=REPO, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    curl = (f"curl -s {url}/predict -H 'Content-Type: application/json' -H \"Authorization: Bearer $ATOLL_API_KEY\" "
+            f"-d @rows.json")
+    for whole in (plot, curl, f"{url}/openapi.json", f"{url}/ui", f"{storage}/registry/digits/",
+                  "atoll status | atoll models list | atoll models show digits@production"):
+        assert any(whole in line for line in lines), f"{whole!r} is cut in:\n{result.stdout}"
+
+
 def test_a_setting_no_app_may_override_is_refused_before_any_cluster_is_asked(tmp_path, monkeypatch) -> None:
     """The per-app check lives in endpoints.deploy: library callers get it too, and it comes first (with no
     cluster recorded, a later check would fail with "no cluster is up" instead)."""
@@ -378,6 +455,21 @@ def _submitted(job_id: str) -> bool:
 
 
 @pytest.mark.cluster
+def test_a_job_with_brackets_in_its_command_and_output_prints_as_it_is(ray_cluster) -> None:
+    """The issue's own steps on the real Jobs API: `atoll submit -- echo '[/x]'`, then `atoll jobs status ID`
+    (which was "internal error", rich's MarkupError), `jobs list` and `jobs logs`."""
+    job_id = f"t-cli-markup-{os.getpid()}"
+    submitted = subprocess.run([ATOLL, "submit", "--wait", "--id", job_id, "--", "echo", MARKUP], cwd=REPO,
+                               capture_output=True, text=True, timeout=300, check=False)
+    assert submitted.returncode == 0 and "Traceback" not in submitted.stderr, submitted.stdout + submitted.stderr
+    for args in (["jobs", "status", job_id], ["jobs", "list"], ["jobs", "logs", job_id]):
+        shown = subprocess.run([ATOLL, *args], cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                               env={**os.environ, "COLUMNS": "200"})
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, (args, shown.stdout + shown.stderr)
+        assert MARKUP in shown.stdout, (args, shown.stdout)
+
+
+@pytest.mark.cluster
 def test_serve_logs_show_the_replicas_of_an_app_deployed_with_a_key(keyed_app) -> None:
     import httpx
 
@@ -406,3 +498,21 @@ def test_runs_list_shows_the_sessions_training_run_finished(trained_digits) -> N
     assert (run["kind"], run["state"]) == ("run", runs.FINISHED)
     assert run["epochs_done"] == run["epochs"]
     assert (Path(run["checkpoint"]) / "atoll.json").is_file()  # what `atoll models register` takes
+
+
+@pytest.mark.cluster
+def test_atoll_status_gives_the_line_that_lets_rays_own_tools_reach_the_cluster(ray_cluster) -> None:
+    """Issue 32.17: `ray status` or ray.init() on the machine of a loopback-only cluster wait minutes on the GCS
+    unless the client is in local-only mode too; `atoll status` (and `atoll up`) print the one line, whole."""
+    from atoll import cluster
+
+    shown = run_cli("status", env={"COLUMNS": "80"})
+    assert shown.returncode == 0, shown.stderr
+    line = next(text for text in shown.stdout.splitlines() if "Ray's own tools" in text)
+    exports = dict(pair.split("=", 1) for pair in line.split("export ", 1)[1].split("#")[0].split())
+    assert exports == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **exports}
+    ray = str(Path(sys.executable).parent / "ray")
+    out = subprocess.run([ray, "status", f"--address={cluster.current().gcs_address}"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Resources" in out.stdout, out.stdout[-500:] + out.stderr[-500:]

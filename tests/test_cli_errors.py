@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -168,3 +169,62 @@ def test_a_bad_row_in_a_query_csv_is_one_line_naming_its_line(tmp_path, content,
     rows.write_text(content)
     line = _one_line_error(run_cli("query", "digits", "--file", str(rows)))
     assert message in line, line
+
+
+# ------------------------------------------------------------------------------------------------
+# Text from outside (a job's entrypoint, message and log) is printed as it is, never read as rich markup
+
+#: What a job may carry: a closing tag with no opening one (rich's MarkupError) and a style tag.
+MARKUP = "[/x] [bold]not bold"
+_JOB = {"type": "SUBMISSION", "job_id": "02000000", "submission_id": "raysubmit_markup", "status": "FAILED",
+        "entrypoint": f"echo '{MARKUP}'", "message": f"Job entrypoint command failed with exit code 1: {MARKUP}",
+        "start_time": 1767268800000, "end_time": 1767268801000, "metadata": {}, "runtime_env": {},
+        "driver_info": None, "error_type": None, "driver_agent_http_address": None, "driver_node_id": None,
+        "driver_exit_code": 1}
+
+
+class _JobsAPI(_HTML):
+    """Ray's Jobs API as `atoll jobs` reads it (version, list, one job, its logs), holding one job whose
+    entrypoint, message and output are full of brackets."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        import ray
+
+        answers = {"/api/version": {"version": "4", "ray_version": ray.__version__, "ray_commit": ray.__commit__,
+                                    "session_name": "session_markup"},
+                   "/api/jobs/": [_JOB], f"/api/jobs/{_JOB['submission_id']}": _JOB,
+                   f"/api/jobs/{_JOB['submission_id']}/logs": {"logs": f"line 1\n{MARKUP}\n"}}
+        body = json.dumps(answers.get(self.path.split("?")[0])).encode()
+        self.send_response(200 if self.path.split("?")[0] in answers else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_jobs_brackets_are_printed_as_they_are(tmp_path):
+    """`atoll submit -- echo '[/x]'` then `atoll jobs status ID` was "internal error" (rich's MarkupError)."""
+    token = tmp_path / "auth_token"
+    token.write_text("a" * 64)
+    with _server(_JobsAPI) as url:
+        env = {"ATOLL_ADDRESS": url, "RAY_AUTH_TOKEN_PATH": str(token)}
+        shown = run_cli("jobs", "status", _JOB["submission_id"], env=env)
+        listed = run_cli("jobs", "list", env=env)
+        logs = run_cli("jobs", "logs", _JOB["submission_id"], "--tail", "1", env=env)
+    for result in (shown, listed, logs):
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert f"echo '{MARKUP}'" in shown.stdout and _JOB["message"] in shown.stdout
+    assert f"echo '{MARKUP}'" in listed.stdout
+    assert logs.stdout == f"{MARKUP}\n"
+
+
+def test_a_failed_jobs_log_tail_is_printed_as_it_is(tmp_path):
+    """What `atoll train`/`tune`/`predict` print when their job fails: its log's tail (in a process of its own:
+    the token path it is given must not stay in this one's Ray clients)."""
+    token = tmp_path / "auth_token"
+    token.write_text("a" * 64)
+    code = f"from atoll import progress; progress.job_failed_hint({_JOB['submission_id']!r})"
+    with _server(_JobsAPI) as url:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                             env={**os.environ, "ATOLL_ADDRESS": url, "RAY_AUTH_TOKEN_PATH": str(token)})
+    assert out.returncode == 0 and MARKUP in out.stderr, out.stderr

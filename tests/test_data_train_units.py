@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,9 @@ import torch
 from atoll import data, events, models, train
 from atoll.config import apply_overrides, load_file, load_model
 from atoll.errors import ConfigError, DataError
-from atoll.specs import TrainSpec
+from atoll.specs import TrainSpec, check_name
+from atoll.train import scaling
+from atoll.train.run import default_run_name
 from conftest import REPO
 
 
@@ -142,8 +146,9 @@ def test_scaling_policy_cpu_gpu_and_feasibility():
     gpu = train.choose_scaling(_spec(num_workers=4), cluster_cpus=32, cluster_gpus=8)
     assert (gpu.use_gpu, gpu.backend, gpu.precision) == (True, "nccl", "bf16")
     assert gpu.resources_per_worker == {"CPU": 1, "GPU": 1}
-    # GPUs only reachable through autoscaling still select the GPU path.
-    assert train.choose_scaling(_spec(), cluster_cpus=4, cluster_gpus=0, max_gpus=2).use_gpu
+    # Issue 32.5: a GPU node type the cluster could add is no reason for `auto` to rent one; `true` may.
+    assert not train.choose_scaling(_spec(), cluster_cpus=4, cluster_gpus=0, max_gpus=2).use_gpu
+    assert train.choose_scaling(_spec(use_gpu=True), cluster_cpus=4, cluster_gpus=0, max_gpus=2).use_gpu
     assert not train.choose_scaling(_spec(use_gpu=False), cluster_cpus=4, cluster_gpus=8).use_gpu
     with pytest.raises(ConfigError, match="no GPU"):
         train.choose_scaling(_spec(use_gpu=True), cluster_cpus=4, cluster_gpus=0)
@@ -151,6 +156,14 @@ def test_scaling_policy_cpu_gpu_and_feasibility():
         train.choose_scaling(_spec(num_workers=8), cluster_cpus=4, cluster_gpus=0)
     with pytest.raises(ConfigError, match="need 3 GPUs"):
         train.choose_scaling(_spec(num_workers=3), cluster_cpus=32, cluster_gpus=2)
+
+
+def test_a_gpu_worker_without_cuda_or_nccl_is_one_line_before_any_process_group():
+    assert scaling.gpu_worker_problem(True, True, "2.13.0+cu128") is None
+    for cuda, nccl, says in ((False, False, "sees no CUDA device"), (True, False, "has a torch without NCCL")):
+        problem = scaling.gpu_worker_problem(cuda, nccl, "2.13.0+cpu")
+        assert says in problem and "torch 2.13.0+cpu" in problem and "use_gpu: false" in problem
+        assert "\n" not in problem
 
 
 def test_models_build_and_user_import_paths():
@@ -192,6 +205,35 @@ def test_run_names_are_never_silently_reused(tmp_path):
     train.check_run_name(str(tmp_path), "old", resume=True)
     with pytest.raises(ConfigError, match="no such run"):
         train.check_run_name(str(tmp_path), "new", resume=True)
+
+
+@pytest.mark.parametrize("bad", ["../registry/digits", "/tmp/elsewhere", "a/b", "..", ".hidden", "-x", "x\n",
+                                 "", "n" * 65])
+def test_a_run_name_that_is_not_one_folder_under_runs_is_refused(tmp_path, bad):
+    # The target exists, so before the check `--resume ../registry/digits` "resumed" the registry's folder.
+    (tmp_path / "registry" / "digits").mkdir(parents=True)
+    (tmp_path / "runs").mkdir()
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match=r"^invalid run name .*: use 1 to 64 letters, digits"):
+            train.check_run_name(str(tmp_path), bad, resume=resume)
+    train.check_run_name(str(tmp_path), "digits-20260101-120000-ab12", resume=False)
+
+
+def test_the_training_job_refuses_a_bad_run_name_in_one_line_before_connecting(tmp_path):
+    """`python -m atoll.train` (what `ray job submit` can run too) checks the name itself: no cluster needed."""
+    env = {**os.environ, "ATOLL_STORAGE": str(tmp_path), "RAY_ADDRESS": "127.0.0.1:1"}  # nothing listens there
+    for flag in ("--run-name", "--resume"):
+        out = subprocess.run([sys.executable, "-m", "atoll.train", "-c", str(REPO / "jobs/configs/train.yaml"),
+                              flag, "../registry/x"], capture_output=True, text=True, timeout=120, env=env,
+                             cwd=REPO, check=False)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "Traceback" not in out.stderr and "invalid run name '../registry/x'" in out.stderr
+    assert not (tmp_path / "registry").exists()
+
+
+def test_a_long_model_name_still_gets_a_valid_default_run_name():
+    name = default_run_name(_spec(name="m" * 64))
+    assert check_name(name, "run name") == name and name.startswith("m" * 42)
 
 
 def test_fingerprint_is_of_the_bytes_not_the_path_or_mtime(tmp_path, monkeypatch):
@@ -264,9 +306,9 @@ def test_small_data_is_held_in_memory_and_a_csv_is_judged_by_its_size(table, tmp
 @pytest.mark.parametrize("name", ["train", "regression", "text", "image", "keras"])
 def test_every_task_and_framework_takes_the_same_scaling_policy(name):
     """The Transformers, Keras and image specs as shipped: GPU workers with NCCL and bf16 autocast when the
-    cluster has (or can add) GPUs, CPU workers with gloo and fp32 when it has none."""
+    cluster has GPUs, CPU workers with gloo and fp32 when it has none."""
     spec = load_file(TrainSpec, REPO / "jobs" / "configs" / f"{name}.yaml")
-    gpu = train.choose_scaling(spec, cluster_cpus=16, cluster_gpus=0, max_gpus=spec.num_workers)
+    gpu = train.choose_scaling(spec, cluster_cpus=16, cluster_gpus=spec.num_workers)
     assert (gpu.use_gpu, gpu.backend, gpu.precision) == (True, "nccl", "bf16")
     assert gpu.resources_per_worker == {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker}
     cpu = train.choose_scaling(spec, cluster_cpus=4, cluster_gpus=0)

@@ -108,7 +108,9 @@ def test_a_serve_replica_or_proxy_never_imports_client_side_code():
 
 def test_the_pure_layers_import_nothing_above_them():
     graph = import_graph()
-    assert graph["atoll.specs"] <= {"atoll.tasks"}  # pydantic models, and the catalogue of task names
+    # pydantic models, the catalogue of task names, and the error a name check raises (errors imports nothing)
+    assert graph["atoll.specs"] <= {"atoll.tasks", "atoll.errors"}
+    assert graph["atoll.errors"] == set()
     assert graph["atoll.tasks"] <= {"atoll.errors", "atoll.tasks.base"}  # names only (the base for typing)
     assert _reachable(graph, "atoll.capacity") <= {"atoll.specs", "atoll.tasks", "atoll.tasks.base", "atoll.errors"}
     assert _reachable(graph, "atoll.config") <= {"atoll.specs", "atoll.capacity", "atoll.errors", "atoll.tasks",

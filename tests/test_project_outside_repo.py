@@ -31,7 +31,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "project"
     for folder in ("specs", "sweeps", "data"):
         (root / folder).mkdir(parents=True)
-    shutil.copy(REPO / "cluster.yaml", root / "cluster.yaml")
+    # The project's own storage root and allow-list, which its jobs must use wherever their spec lies.
+    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    cluster["metadata"]["atoll"].update(storage=str(tmp_path / "project-storage"), model_types=["mypkg.models:*"])
+    (root / "cluster.yaml").write_text(yaml.safe_dump(cluster, sort_keys=False))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4)).round(4)
     labels = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0).astype(int)  # 3 classes
@@ -105,19 +108,77 @@ def test_a_relative_path_leaving_the_shipped_folder_is_refused_in_one_line(proje
     assert jobs.job_files("train", loose / "train.yaml", absolute, loose)[1] == project / "data" / "rows.csv"
 
 
+def test_a_job_gets_the_clients_resolved_settings_never_a_path_of_its_machine(project: Path, monkeypatch) -> None:
+    """Issue 32.4: the job's environment holds the storage root and allow-list the client resolved from its
+    cluster.yaml (`-c` or ./cluster.yaml), not the client's path to that file, which a remote head lacks."""
+    monkeypatch.delenv("ATOLL_STORAGE")
+    monkeypatch.setenv("ATOLL_CLUSTER_CONFIG", str(project / "cluster.yaml"))  # what `-c` sets in the client
+    env = jobs.runtime_env(project.parent / "elsewhere")["env_vars"]
+    assert env["ATOLL_STORAGE"] == str(project.parent / "project-storage")
+    assert json.loads(env["ATOLL_MODEL_TYPES"]) == ["mypkg.models:*"]
+    assert "ATOLL_CLUSTER_CONFIG" not in env and "cluster.yaml" not in json.dumps(env)
+    # ... and the job, which finds no cluster.yaml of its own, reads them back.
+    monkeypatch.delenv("ATOLL_CLUSTER_CONFIG")
+    monkeypatch.setenv("ATOLL_STORAGE", env["ATOLL_STORAGE"])
+    monkeypatch.setenv("ATOLL_MODEL_TYPES", env["ATOLL_MODEL_TYPES"])
+    in_job = config.load_spec()
+    assert (in_job.atoll.storage, in_job.atoll.model_types) == (env["ATOLL_STORAGE"], ["mypkg.models:*"])
+    monkeypatch.setenv("ATOLL_MODEL_TYPES", "mypkg")
+    with pytest.raises(ConfigError, match=r"\$ATOLL_MODEL_TYPES: expected a JSON list"):
+        config.load_spec()
+
+
 @pytest.mark.cluster
-def test_atoll_train_in_a_project_outside_the_repo_registers_a_version(ray_cluster, project: Path) -> None:
-    # The project's own ./cluster.yaml (not the repo's, which the session names in ATOLL_CLUSTER_CONFIG).
-    result = run_cli("train", "specs/train.yaml", "--set", "epochs=2", "--json", cwd=project,
-                     env={"ATOLL_CLUSTER_CONFIG": ""}, timeout=600)
+def test_atoll_train_of_a_spec_outside_the_project_registers_where_the_client_looks(ray_cluster,
+                                                                                    project: Path) -> None:
+    """A spec outside the project (its folder is what the job ships: no cluster.yaml in it) trained from the
+    project's folder: the version lands in the project's storage root, where `atoll models list` looks."""
+    loose = project.parent / "loose"
+    loose.mkdir()
+    shutil.copy(project / "data" / "rows.csv", loose / "rows.csv")
+    spec = yaml.safe_load((project / "specs" / "train.yaml").read_text())
+    (loose / "train.yaml").write_text(yaml.safe_dump({**spec, "dataset": {"path": "rows.csv"}}))
+    # The project's own ./cluster.yaml (not the repo's, nor the session's storage root).
+    env = {"ATOLL_CLUSTER_CONFIG": "", "ATOLL_STORAGE": ""}
+    result = run_cli("train", "../loose/train.yaml", "--set", "epochs=2", "--json", cwd=project, env=env,
+                     timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = json.loads(result.stdout)
-    assert out["job"]["entrypoint"].startswith("python -m atoll.train -c specs/train.yaml")
+    assert out["job"]["entrypoint"].startswith("python -m atoll.train -c train.yaml")
     assert out["registered"]["name"] == NAME
-    version = Registry(config.load_spec().atoll.storage).get(f"{NAME}:{out['registered']['version']}")
+    listed = run_cli("models", "list", "--json", cwd=project, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert NAME in {m["name"] for m in json.loads(listed.stdout)}
+    storage = project.parent / "project-storage"
+    version = Registry(str(storage)).get(f"{NAME}:{out['registered']['version']}")
     lineage = version.lineage
-    # The job read the shipped copy of data/rows.csv (in its own working dir), the very same bytes.
-    assert lineage["dataset"].endswith("/data/rows.csv")
-    assert lineage["dataset"] != str(project / "data" / "rows.csv")
-    assert lineage["dataset_fingerprint"] == data.fingerprint(str(project / "data" / "rows.csv"))
+    # The job read the shipped copy of rows.csv (in its own working dir), the very same bytes.
+    assert lineage["dataset"].endswith("/rows.csv") and lineage["dataset"] != str(loose / "rows.csv")
+    assert lineage["dataset_fingerprint"] == data.fingerprint(str(loose / "rows.csv"))
     assert lineage["num_workers"] == 1 and lineage["job_id"] == out["job"]["id"]
+
+
+def test_a_git_ignored_dataset_is_refused_before_submitting_with_the_fix(project: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 32.16: Ray's upload honours .gitignore, so a git-ignored dataset (where teams keep data) never
+    reached the job, which then failed with "no such file". Now one line says so first, checked by Ray's rule."""
+    from ray._private import ray_constants
+    from ray._private.runtime_env.packaging import create_package
+
+    spec = project / "specs" / "train.yaml"
+    files = jobs.job_files("train", spec, [], project)
+    jobs.check_shipped(project, files)  # nothing ignored yet
+    (project / ".gitignore").write_text("*.csv\n")
+    with pytest.raises(ConfigError) as err:
+        jobs.check_shipped(project, files)
+    message = str(err.value)
+    assert "\n" not in message and "data/rows.csv is ignored by a .gitignore" in message
+    assert "object storage" in message and "RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1" in message
+    # Ray's own packaging agrees: the file is not in what a submission uploads ...
+    package = project.parent / "package.zip"
+    excludes = ray_constants.get_runtime_env_default_excludes() + jobs.runtime_env(project, keep=files)["excludes"]
+    create_package(str(project), package, include_gitignore=True, excludes=excludes)
+    assert "data/rows.csv" not in {n.rstrip("/") for n in zipfile.ZipFile(package).namelist()}
+    # ... and with Ray's switch it ships, so the check lets it through.
+    monkeypatch.setenv("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "1")
+    jobs.check_shipped(project, files)

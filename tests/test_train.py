@@ -34,6 +34,14 @@ def test_train_registers_a_version_with_its_history_and_lineage(trained_digits):
         parity = show["exports"][fmt]
         assert parity["file"] == file and file in show["files"] and parity["max_abs_diff"] <= 1e-4, parity
         assert parity["examples"] >= 10
+    # Issue 32.11: the version holds no training state (the optimiser's pickle stays with the run).
+    assert "optim.pt" not in show["files"] and "model.safetensors" in show["files"]
+    # Issue 32.16: each progress event appears once in the job's own log (Train's print patch wrote a copy).
+    from atoll import events, jobs
+
+    logged = events.parse_events(jobs.logs(trained_digits["job"]["id"]))
+    ids = [e["id"] for e in logged]
+    assert len(ids) == len(set(ids)) and sum(e["event"] == "epoch" for e in logged) == TRAINED_EPOCHS
 
 
 @pytest.mark.parametrize("override,message", [

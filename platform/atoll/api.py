@@ -91,18 +91,23 @@ def fit(spec: str | Path = "jobs/configs/train.yaml", *, overrides: Sequence[str
 
     Args:
         spec: the training spec (YAML). ``overrides``: ``--set`` items such as ``"epochs=3"``.
-        name / resume: name the run, or continue the run of that name from its checkpoint.
+        name / resume: name the run, or continue the run of that name from its checkpoint (a name is one
+            folder under ``<storage>/runs``: see :data:`atoll.specs.NAME_RULE`).
         on_event: called with each progress event (``start``, ``epoch``, ``registered``, ...).
 
     Returns:
         ``{"job", "status", "registered", "finished", "events"}`` (only ``{"job"}`` with ``wait=False``).
 
     Raises:
-        ConfigError: the spec is invalid (checked before anything is submitted). JobFailedError: the job failed.
+        ConfigError: the spec or the run name is invalid (checked before anything is submitted).
+        JobFailedError: the job failed.
     """
     from atoll import tasks
-    from atoll.specs import TrainSpec
+    from atoll.specs import TrainSpec, check_name
 
+    for given in (name, resume):
+        if given is not None:
+            check_name(given, "run name")
     checked = config.load_file(TrainSpec, spec, list(overrides))
     tasks.get(checked.task).check_model(checked.model.type)
     extra = ["--resume", resume] if resume else (["--run-name", name] if name else [])

@@ -6,22 +6,26 @@ The embedded default is a local Ray head on this machine (``ray start --head``),
 everything it listens on bound to 127.0.0.1 (Ray's local-only mode: the dashboard and Jobs API, and Ray's
 own gRPC servers). What ``up`` started is recorded in ``$ATOLL_HOME/cluster.json`` (PIDs with their start
 times, and the Ray session) so that ``down`` stops those processes, their children and the processes of
-that Ray session (whose command line names its session directory), and nothing else. A cloud cluster is Ray's
+that Ray session (Ray's own programs whose command line names its session directory, and every process
+that carries the environment mark ``up`` gave ``ray start``), and nothing else: not a ``tail -f`` of one of
+its logs, not another user's process. A cloud cluster is Ray's
 cluster launcher on the same file (``ray up cluster.yaml``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -33,6 +37,9 @@ from atoll.config import DEFAULT_CONFIG, find_config, load_spec, project_root, v
 from atoll.errors import ClusterError, ClusterNotUpError, ConfigError
 from atoll.serving import proxy_auth
 from atoll.specs import ClusterSpec
+
+if TYPE_CHECKING:
+    import psutil
 
 # ------------------------------------------------------------------------------------------------
 # Where things are: the state file and the addresses of a running cluster
@@ -57,6 +64,7 @@ class ClusterInfo:
     session_name: str | None = None
     session_dir: str | None = None
     processes: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # pid + create_time
+    mark: str | None = None  # the MARK_VAR value every process of this `ray start` inherits
     config_path: str | None = None
     started_at: float | None = None
     already_up: bool = False
@@ -204,16 +212,75 @@ def cloud_launch(cmd: list[str]) -> int:
 def _ray_pids() -> set[int]:
     import psutil
 
-    return {p.pid for p in psutil.process_iter(["cmdline"]) if _is_ray_cmdline(p.info.get("cmdline"))}
+    return {p.pid for p in psutil.process_iter(["cmdline"]) if is_ray_cmdline(p.info.get("cmdline"))}
 
 
-def _is_ray_cmdline(cmdline: list[str] | None) -> bool:
-    text = " ".join(cmdline or [])
-    return "/ray/" in text or text.startswith("ray::") or "-m ray." in text
+# A file inside an installed ``ray`` package (any interpreter's), where raylet, gcs_server and Ray's Python
+# entry points (default_worker.py, dashboard.py, log_monitor.py, the agents, the monitor) live.
+_RAY_PACKAGE_FILE = re.compile(r"[/\\](site|dist)-packages[/\\]ray[/\\]")
+_PYTHON_OPTIONS_WITH_VALUE = ("-X", "-W")
+
+
+@functools.cache
+def _ray_package_dirs() -> tuple[str, ...]:
+    """This interpreter's Ray package folder (as found, and resolved), without importing Ray: an editable or
+    vendored Ray outside site-packages too."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ray")
+    found = list(spec.submodule_search_locations or []) if spec else []
+    return tuple({form + os.sep for place in found for form in (os.path.abspath(place), os.path.realpath(place))})
+
+
+def _is_ray_file(path: str) -> bool:
+    return bool(_RAY_PACKAGE_FILE.search(path)) or path.startswith(_ray_package_dirs())
+
+
+def is_ray_cmdline(cmdline: list[str] | None) -> bool:
+    """Whether a command line is one of Ray's own processes, by the program it runs.
+
+    Ray's programs are its executables (raylet, gcs_server: files of the ``ray`` package), Python running a
+    file of that package (``default_worker.py``, ``dashboard.py``, ``log_monitor.py``, the agents) or
+    ``-m ray...``, and the titles Ray's workers and dashboard modules give themselves (``ray::IDLE``,
+    ``ray-dashboard-JobHead-0``). Any other program that merely names a Ray file or session in its arguments
+    (``tail -f /tmp/ray/session_.../logs/raylet.out``, ``less .../ray/x.py``) is not.
+
+    Args:
+        cmdline: The process's arguments (``psutil.Process.cmdline()``; None when unreadable).
+    """
+    if not cmdline:
+        return False
+    program = cmdline[0]
+    if program.startswith(("ray::", "ray-dashboard-")) or _is_ray_file(program):
+        return True
+    if not os.path.basename(program).startswith("python"):
+        return False
+    args = iter(cmdline[1:])
+    for arg in args:  # the interpreter's options come first; the first other argument is what it runs
+        if arg == "-m":
+            return next(args, "").partition(".")[0] == "ray"
+        if arg.startswith("-m"):
+            return arg[2:].partition(".")[0] == "ray"
+        if arg.startswith("-c"):  # a program given as text: not one of Ray's files
+            return False
+        if arg in _PYTHON_OPTIONS_WITH_VALUE:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return _is_ray_file(arg)
+    return False
 
 
 MARK_VAR = "ATOLL_CLUSTER_MARK"
 LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine, loopback-only mode
+
+
+def ray_tools_hint(info: ClusterInfo) -> str | None:
+    """The one line that lets Ray's own clients on this machine (``ray status``, ``ray.init()`` in a notebook)
+    reach a loopback-only cluster, or None for a cluster elsewhere. Ray gives no way around it: a client not in
+    local-only mode dials the machine's routable IP and waits on the GCS for minutes."""
+    if info.mode == "remote":
+        return None
+    return f"export {LOCAL_ONLY_VAR}=0 RAY_AUTH_MODE=token   # then `ray status`, ray.init() reach this cluster"
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -237,9 +304,9 @@ def _new_ray_processes(before: set[int], mark: str) -> list[dict[str, Any]]:
     for pid in _ray_pids() - before:
         try:
             proc = psutil.Process(pid)
-            if proc.environ().get(MARK_VAR) == mark:
+            if _has_mark(proc, mark):
                 found.append({"pid": pid, "create_time": proc.create_time()})
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except psutil.NoSuchProcess:
             pass
     return found
 
@@ -247,31 +314,38 @@ def _new_ray_processes(before: set[int], mark: str) -> list[dict[str, Any]]:
 def _stop_marked(mark: str, within_s: float = 20.0) -> None:
     """Stop every process that carries this ``ray start``'s mark, again and again until none is left: a
     half-started head (Ctrl-C, a failure) may still be spawning workers while the first ones are stopped."""
-    import psutil
-
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        marked = []
-        for proc in psutil.process_iter(["pid"]):
-            try:
-                if proc.pid != os.getpid() and proc.environ().get(MARK_VAR) == mark:
-                    marked.append({"pid": proc.pid, "create_time": proc.create_time()})
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
+        marked = _session_processes(None, mark)
         if not marked:
             return
         _stop_processes(marked, None, grace_s=3.0)
 
 
-def _session_processes(session_dir: str) -> list[dict[str, Any]]:
-    """Top-level Ray processes of one session (their cmdline names the session directory)."""
+def _has_mark(proc: psutil.Process, mark: str) -> bool:
+    """Whether ``proc`` inherited this ``ray start``'s mark (False where its environment is unreadable:
+    another user's process is never ours)."""
     import psutil
 
-    name = Path(session_dir).name
+    try:
+        return proc.environ().get(MARK_VAR) == mark
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _session_processes(session_dir: str | None, mark: str | None = None) -> list[dict[str, Any]]:
+    """The processes of one Ray session: Ray's own programs (:func:`is_ray_cmdline`) whose command line names
+    the session directory, and every process carrying ``mark`` (what ``up`` gives ``ray start``)."""
+    import psutil
+
+    name = Path(session_dir).name if session_dir else None
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if name in cmdline:
+        if proc.pid == os.getpid():
+            continue
+        cmdline = proc.info.get("cmdline")
+        of_session = bool(name) and is_ray_cmdline(cmdline) and name in " ".join(cmdline)
+        if of_session or (mark is not None and _has_mark(proc, mark)):
             found.append({"pid": proc.info["pid"], "create_time": proc.info["create_time"]})
     return found
 
@@ -356,7 +430,7 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
         if version is not None and version.get("session_name") == existing.session_name:
             existing.already_up = True
             return existing
-        _stop_processes(existing.processes, existing.session_dir)  # stale record: clear leftovers
+        _stop_processes(existing.processes, existing.session_dir, existing.mark)  # stale record: clear leftovers
         state_path().unlink(missing_ok=True)
 
     local = spec.atoll.local
@@ -405,8 +479,8 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
         info = ClusterInfo(
             mode="simulated" if simulate else "local", dashboard_url=dashboard_url,
             gcs_address=f"127.0.0.1:{local.port}", session_name=session_name, session_dir=session_dir,
-            processes=_merge(_new_ray_processes(before, mark), _session_processes(session_dir) if session_dir else []),
-            config_path=spec.source, started_at=time.time())
+            processes=_merge(_new_ray_processes(before, mark), _session_processes(session_dir, mark)),
+            config_path=spec.source, started_at=time.time(), mark=mark)
         _write_state(info)
     except BaseException:
         # Interrupted (Ctrl-C) or failed half-way: stop whatever this `ray start` left running, so that no
@@ -449,8 +523,11 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def _stop_processes(recorded: list[dict[str, Any]], session_dir: str | None, grace_s: float = 10.0) -> list[int]:
-    """SIGTERM then SIGKILL the recorded processes, their descendants and the session's processes."""
+def _stop_processes(recorded: list[dict[str, Any]], session_dir: str | None, mark: str | None = None,
+                    grace_s: float = 10.0) -> list[int]:
+    """SIGTERM then SIGKILL the recorded processes, their descendants and the session's processes
+    (:func:`_session_processes`); the PIDs signalled. What cannot be signalled (gone meanwhile, or another
+    user's) is passed over: it never stops the rest, nor the removal of the record."""
     import psutil
 
     procs: dict[int, psutil.Process] = {}
@@ -459,7 +536,8 @@ def _stop_processes(recorded: list[dict[str, Any]], session_dir: str | None, gra
         if proc.pid != os.getpid():
             procs[proc.pid] = proc
 
-    for entry in recorded + (_session_processes(session_dir) if session_dir else []):
+    unsignallable = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
+    for entry in recorded + _session_processes(session_dir, mark):
         try:
             proc = psutil.Process(entry["pid"])
             # A recycled PID belongs to someone else: only stop the process we recorded.
@@ -468,21 +546,23 @@ def _stop_processes(recorded: list[dict[str, Any]], session_dir: str | None, gra
             add(proc)
             for child in proc.children(recursive=True):
                 add(child)
-        except psutil.NoSuchProcess:
+        except unsignallable:
             continue
+    signalled = []
     for proc in procs.values():
         try:
             proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
+            signalled.append(proc)
+        except unsignallable:
             pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace_s)
+    _, alive = psutil.wait_procs(signalled, timeout=grace_s)
     for proc in alive:
         try:
             proc.kill()
-        except psutil.NoSuchProcess:
+        except unsignallable:
             pass
     psutil.wait_procs(alive, timeout=5)
-    return sorted(procs)
+    return sorted(p.pid for p in signalled)
 
 
 def down() -> list[int] | None:
@@ -490,7 +570,7 @@ def down() -> list[int] | None:
     info = _read_state()
     if info is None:
         return None
-    stopped = _stop_processes(info.processes, info.session_dir)
+    stopped = _stop_processes(info.processes, info.session_dir, info.mark)
     state_path().unlink(missing_ok=True)
     return stopped
 
@@ -500,12 +580,12 @@ def ray_processes_of(info: ClusterInfo) -> list[int]:
     import psutil
 
     alive = []
-    for entry in info.processes + (_session_processes(info.session_dir) if info.session_dir else []):
+    for entry in info.processes + _session_processes(info.session_dir, info.mark):
         try:
             proc = psutil.Process(entry["pid"])
             # A zombie has exited; it only waits for its parent to collect its exit status.
             if abs(proc.create_time() - entry["create_time"]) <= 1.0 and proc.status() != psutil.STATUS_ZOMBIE:
                 alive.append(entry["pid"])
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return sorted(set(alive))

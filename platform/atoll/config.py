@@ -22,7 +22,7 @@ import yaml
 
 from atoll import capacity, filesystems
 from atoll.errors import ConfigError
-from atoll.specs import AtollSettings, ClusterSpec
+from atoll.specs import NAME_PATTERN, NAME_RULE, AtollSettings, ClusterSpec
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -153,6 +153,8 @@ def format_validation_error(exc: pydantic.ValidationError, model: type[pydantic.
             lines.append(f"{path}: unknown key; {hint}")
             continue
         msg = err["msg"]
+        if err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME_PATTERN:
+            msg = f"not a valid name; use {NAME_RULE}"  # the rule in words, not the regex
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         if err["type"] == "missing":
@@ -322,6 +324,19 @@ def project_root(spec: ClusterSpec | None = None) -> Path:
     return found.resolve().parent if found and found.exists() else Path.cwd()
 
 
+#: Override cluster.yaml's storage root and model-type allow-list; a job gets both from the client that submitted
+#: it (atoll.jobs.cluster_env), whichever cluster.yaml, if any, lies in its working dir.
+STORAGE_VAR, MODEL_TYPES_VAR = "ATOLL_STORAGE", "ATOLL_MODEL_TYPES"
+
+
+def _model_types_from_env(text: str) -> list[str]:
+    try:
+        return AtollSettings.model_validate({"model_types": json.loads(text)}).model_types
+    except (ValueError, pydantic.ValidationError):  # not JSON, or not a list of valid entries
+        raise ConfigError(f"${MODEL_TYPES_VAR}: expected a JSON list of model types like cluster.yaml's "
+                          f"metadata.atoll.model_types; got {text[:80]!r}.") from None
+
+
 def load_spec(path: str | Path | None = None) -> ClusterSpec:
     """Load cluster.yaml into a typed :class:`ClusterSpec`, validating Ray's part and Atoll's part.
 
@@ -348,8 +363,10 @@ def load_spec(path: str | Path | None = None) -> ClusterSpec:
     if not isinstance(atoll_raw, dict):
         raise ConfigError(f"{source}: metadata.atoll: expected a mapping of Atoll settings.")
     settings = load_model(AtollSettings, atoll_raw, source, prefix=("metadata", "atoll"))
-    if os.environ.get("ATOLL_STORAGE"):
-        settings.storage = os.environ["ATOLL_STORAGE"]
+    if os.environ.get(STORAGE_VAR):
+        settings.storage = os.environ[STORAGE_VAR]
+    if os.environ.get(MODEL_TYPES_VAR):  # a job's: the submitting client's list (atoll.jobs.cluster_env)
+        settings.model_types = _model_types_from_env(os.environ[MODEL_TYPES_VAR])
     filesystems.configure(settings.s3)  # pyarrow and boto3 in this process reach the store cluster.yaml names
     fields = {k: v for k, v in data.items() if k != "metadata"}
     return ClusterSpec.model_validate({**fields, "atoll": settings, "source": source})

@@ -52,8 +52,10 @@ def _files(uri: str) -> list[Any]:
                         f"(or use `demo:digits` for the built-in demo).")
     if info.type == pafs.FileType.File:
         return [info]
-    found = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-             if f.type == pafs.FileType.File and not Path(f.path).name.startswith((".", "_"))]
+    # By name: a folder's rows have one order (a listing's order is the filesystem's whim).
+    found = sorted((f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                    if f.type == pafs.FileType.File and not Path(f.path).name.startswith((".", "_"))),
+                   key=lambda f: f.path)
     if not found:
         raise DataError(f"dataset {uri}: the folder holds no data files.")
     return found

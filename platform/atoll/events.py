@@ -20,8 +20,9 @@ def emit(event: str, **fields: Any) -> None:
     """Print one machine-readable progress line; the CLI reads these from the job's logs.
 
     Each line carries ``t`` (when it was printed, Unix seconds: readers time a job's steps from the log) and an
-    ``id`` of its own: Ray forwards a Train worker's line into the job's log twice
-    (once through Train's worker logging, once through the log monitor), and readers drop the copy by it.
+    ``id`` of its own, by which a reader that meets a line twice (reading overlapping chunks of a log) drops the
+    copy. Atoll's jobs turn off Ray Train's print patch (``RAY_TRAIN_ENABLE_PRINT_PATCH=0``), which wrote each
+    of a worker's lines to the job's log a second time.
     """
     print(EVENT_PREFIX + json.dumps({"event": event, **fields, "id": os.urandom(6).hex(), "t": round(time.time(), 3)}, default=str), flush=True)
 

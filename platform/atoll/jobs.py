@@ -7,19 +7,23 @@ submitted with ``ray job submit`` is visible here.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from atoll import auth, filesystems
 from atoll.cluster import ClusterInfo, current
 from atoll.errors import ClusterError, ClusterNotUpError, ConfigError, JobNotFoundError, JobUnschedulableError
+
+if TYPE_CHECKING:
+    from atoll.specs import ClusterSpec
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -31,10 +35,6 @@ DEFAULT_EXCLUDES = [".venv", "venv", ".git", "**/__pycache__", "*.pyc", ".pytest
 #: How long a request waits for a freshly started head's job agent before giving up.
 AGENT_WAIT_S = 60
 
-# Environment variables forwarded from the submitting shell to the job, so that the job writes where the
-# user's CLI reads (e.g. a test's temporary storage root). Never a secret: a job's runtime_env is readable by
-# anyone with the cluster token (Jobs API, dashboard), and no job needs the Serve API key.
-FORWARDED_ENV = ("ATOLL_STORAGE", "ATOLL_CLUSTER_CONFIG")
 
 
 def _client(info: ClusterInfo):
@@ -109,12 +109,27 @@ def package_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
+def cluster_env(spec: ClusterSpec | None = None) -> dict[str, str]:
+    """What a job needs of the client's cluster.yaml, resolved by the client: the storage root, the store's
+    (non-secret) settings and the model-type allow-list.
+
+    Never a path of the client's machine: a remote head has no such file, and a spec outside the project
+    ships no cluster.yaml, yet the job must write where the client reads. Never a secret either: a job's
+    runtime_env is readable by anyone with the cluster token (Jobs API, dashboard).
+    """
+    from atoll import config
+
+    spec = spec or config.load_spec()  # also points this process's AWS variables at cluster.yaml's store
+    return {config.STORAGE_VAR: spec.atoll.storage, config.MODEL_TYPES_VAR: json.dumps(spec.atoll.model_types),
+            **filesystems.forwarded_env()}
+
+
 def runtime_env(working_dir: str | Path | None, env: dict[str, str] | None = None,
                 keep: list[Path] | None = None) -> dict[str, Any]:
     """The job's runtime_env: the working dir (minus data/caches, but with the files in ``keep``) plus this
-    very ``atoll`` package, so the cluster runs the same Atoll code as the client that submitted the job."""
-    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    env_vars.update(filesystems.forwarded_env())  # where the object store is, never a key
+    very ``atoll`` package, so the cluster runs the same Atoll code as the client that submitted the job, and
+    the client's resolved cluster settings (:func:`cluster_env`)."""
+    env_vars = cluster_env()
     env_vars["HF_HUB_OFFLINE"] = "1"  # no job downloads weights: a mistyped hub id fails at once
     env_vars.update(env or {})
     renv: dict[str, Any] = {"py_modules": [str(package_dir())], "env_vars": env_vars}
@@ -200,6 +215,27 @@ def job_files(kind: str, spec: str | Path, overrides: list[str] | None, folder: 
     return files + ([Path(train.dataset.path).expanduser()] if specs.is_local(train.dataset.path) else [])
 
 
+#: Ray's switch for a working_dir upload that ignores .gitignore files (a .rayignore still applies).
+IGNORE_GITIGNORE_VAR = "RAY_RUNTIME_ENV_IGNORE_GITIGNORE"
+
+
+def check_shipped(folder: Path, files: list[Path]) -> None:
+    """Refuse, before submitting, a job whose spec or data Ray would not ship: a git-ignored dataset (where
+    teams keep data) is left out of the upload and the job would fail with "no such file".
+
+    Raises:
+        ConfigError: naming the first such file and the two ways to fix it.
+    """
+    from atoll import ray_compat
+
+    include = os.environ.get(IGNORE_GITIGNORE_VAR, "0") != "1"
+    left_out = ray_compat.unshipped_files(folder, files, include_gitignore=include)
+    if left_out:
+        raise ConfigError(f"{left_out[0]} is ignored by a .gitignore or .rayignore in {folder}, so Ray would not "
+                          f"ship it with the job; put it in object storage (s3://...), or ship it anyway with "
+                          f"{IGNORE_GITIGNORE_VAR}=1 (Ray then ignores every .gitignore).")
+
+
 def submit_atoll_job(kind: str, config: str | Path, overrides: list[str] | None = None,
                      extra_args: list[str] | None = None, *, info: ClusterInfo | None = None) -> str:
     """Submit a training or sweep job, ``python -m atoll.<kind> -c CONFIG [--set K=V ...]``.
@@ -221,6 +257,7 @@ def submit_atoll_job(kind: str, config: str | Path, overrides: list[str] | None 
         raise ValueError(f"unknown job kind {kind!r}; one of {', '.join(ENTRY_POINTS)}")
     folder = job_folder(config)
     files = job_files(kind, config, overrides, folder)
+    check_shipped(folder, files)
     spec_arg = Path(config).expanduser().resolve().relative_to(folder).as_posix()
     cmd = ["python", "-m", ENTRY_POINTS[kind], "-c", spec_arg]
     for item in overrides or []:
@@ -229,7 +266,10 @@ def submit_atoll_job(kind: str, config: str | Path, overrides: list[str] | None 
     env = {"ATOLL_JOB_ID": submission_id, "ATOLL_GIT_COMMIT": git_commit(folder) or "", "RAY_DEDUP_LOGS": "0",
            # Ray Train's controller collects one report per poll, every 2 s by default: an epoch shorter than
            # that waits for it in ray.train.report (measured: 0.4 s epochs took 2 s each).
-           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+           # Train V2 patches a worker's print() into its logger, and tees it to the stream Ray's worker set up:
+           # every line (every progress event) reached the job's log twice.
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     return submit(cmd + list(extra_args or []), info=info, working_dir=folder, env=env,
                   submission_id=submission_id, keep=files)
 

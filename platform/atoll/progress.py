@@ -8,7 +8,9 @@ import json
 from typing import Any
 
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from atoll import jobs
 from atoll.console import console, err_console
@@ -45,16 +47,17 @@ class TrainProgress(_EventView):
                 self.progress.console.print(
                     f"Training on {ev['workers']} {'GPU' if ev['use_gpu'] else 'CPU'} workers ({ev['backend']}), "
                     f"{ev['rows'] or '?'} rows x {ev['features']} features, "
-                    + (f"{ev['classes']} classes" if ev.get("classes") else ev.get("task", "")))
+                    + (f"{ev['classes']} classes" if ev.get("classes") else ev.get("task", "")), markup=False)
                 self.task = self.progress.add_task("epochs", total=ev["epochs"], metrics="")
             elif ev["event"] == "resumed":
-                self.progress.console.print(f"Resumed run {ev['run']} at epoch {ev['epoch']}")
+                self.progress.console.print(f"Resumed run {ev['run']} at epoch {ev['epoch']}", markup=False)
             elif ev["event"] == "epoch" and self.task is not None:
                 self.progress.update(self.task, completed=ev["epoch"] + 1, metrics=(
                     f"loss {ev['train_loss']:.3f}  val_loss {ev['val_loss']:.3f}  "
                     f"{validation_figures(ev, digits=3)}  {ev['samples_per_s'] or 0:.0f} samples/s"))
             elif ev["event"] == "error":
-                self.progress.console.print(f"[red]error:[/] {ev['message']}", highlight=False, soft_wrap=True)
+                self.progress.console.print(f"[red]error:[/] {escape(str(ev['message']))}", highlight=False,
+                                            soft_wrap=True)
 
 
 def training_progress():
@@ -66,8 +69,9 @@ def training_progress():
 
 def job_failed_hint(job_id: str) -> None:
     tail = "\n".join(jobs.logs(job_id).strip().splitlines()[-15:])
-    err_console.print(f"[dim]{tail}[/]", highlight=False, soft_wrap=True)
-    err_console.print(f"[red]Job {job_id} failed[/]; full logs: atoll jobs logs {job_id}", soft_wrap=True)
+    err_console.print(Text(tail, style="dim"), highlight=False, soft_wrap=True)  # the job's own output, as it is
+    err_console.print(f"[red]Job {escape(job_id)} failed[/]; full logs: atoll jobs logs {escape(job_id)}",
+                      soft_wrap=True)
 
 
 class SweepView(_EventView):
@@ -88,7 +92,8 @@ class SweepView(_EventView):
             elif ev["event"] == "sweep_done":
                 self.final = dict(ev.get("statuses") or {})
             elif ev["event"] == "error":
-                self.live.console.print(f"[red]error:[/] {ev['message']}", highlight=False, soft_wrap=True)
+                self.live.console.print(f"[red]error:[/] {escape(str(ev['message']))}", highlight=False,
+                                        soft_wrap=True)
             changed = True
         if changed:
             self.live.update(self.table())
@@ -98,13 +103,14 @@ class SweepView(_EventView):
         metric = start.get("metric", "metric")
         title = (f"sweep {start['sweep']}: {len(self.trials)}/{start['trials']} trials, {start['scheduler']}, "
                  f"{start['algorithm']} search" if start else "sweep")
-        table = Table(title=title, title_justify="left")
+        table = Table(title=Text(title), title_justify="left")
         for col in ("trial", "config", "epoch", metric, "status"):  # only the config may wrap: ids stay whole
             table.add_column(col, justify="right" if col in ("epoch", metric) else "left", no_wrap=col != "config")
         for trial_id, t in self.trials.items():
             value = t.get("value")
-            table.add_row(trial_id, short_config(t.get("config")), f"{(t.get('epoch') or 0) + 1}/{t.get('epochs', '?')}",
-                          "-" if value is None else f"{value:.4f}", self.final.get(trial_id, t.get("status", "")))
+            table.add_row(Text(trial_id), Text(short_config(t.get("config"))),
+                          f"{(t.get('epoch') or 0) + 1}/{t.get('epochs', '?')}", "-" if value is None else f"{value:.4f}",
+                          Text(self.final.get(trial_id, t.get("status", ""))))
         return table
 
 
@@ -122,12 +128,12 @@ def print_sweep_summary(done: dict[str, Any]) -> None:
     for col in ("trial", "best", "epoch", "ran", "status", "config"):
         table.add_column(col, no_wrap=col != "config")
     for row in done.get("top") or []:
-        table.add_row(row["trial_id"], f"{row[f'best_{metric}']:.4f}", str(row["best_epoch"]), str(row["epochs"]),
-                      row["status"], short_config(row["config"]))
+        table.add_row(Text(row["trial_id"]), f"{row[f'best_{metric}']:.4f}", str(row["best_epoch"]), str(row["epochs"]),
+                      Text(row["status"]), Text(short_config(row["config"])))
     console.print(table)
     console.print(f"{done['trials']} trials, {done['trial_epochs']} trial-epochs of {done['trials'] * done['max_t']}"
                   f" possible, {done['stopped_early']} stopped early, {done['errors']} failed\n"
-                  f"results: {done.get('results_csv')}\nplot:    {done.get('plot')}", soft_wrap=True)
+                  f"results: {done.get('results_csv')}\nplot:    {done.get('plot')}", soft_wrap=True, markup=False)
 
 
 def follow_training(job_id: str) -> tuple[dict[str, Any], TrainProgress]:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from atoll import cluster, data, jobs, progress, registry
 from atoll.console import console
@@ -110,7 +110,7 @@ def run(*, fast: bool = False, down: bool = False, config: str | Path | None = N
     spec = cluster.load_spec(config)
     info = cluster.up(spec)
     console.print(f"{'Reusing' if info.already_up else 'Started'} the local Ray cluster: dashboard "
-                  f"{info.dashboard_url} (token auth on)")
+                  f"{info.dashboard_url} (token auth on)", markup=False, highlight=False, soft_wrap=True)
     lap("cluster", t)
     # --down stops only a cluster this run started, whether the steps succeed or fail; a reused one stays.
     stop_at_end = down and not info.already_up
@@ -135,7 +135,8 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
     summary = data.describe(paths["train"])
     held = data.describe(paths["holdout"])["rows"]
     console.print(f"{demo.about}: {paths['train']}\n{summary['rows']} rows x {len(summary['columns'])} columns; "
-                  f"{paths['holdout']} keeps {held} rows back for the endpoint test", highlight=False)
+                  f"{paths['holdout']} keeps {held} rows back for the endpoint test", highlight=False, markup=False,
+                  soft_wrap=True)
     t = lap("data", t)
 
     _step(3, "Training job (Ray Train, 2 workers, through the Jobs API)")
@@ -146,7 +147,7 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
                          f"one holding cluster.yaml and jobs/), or pass -c path/to/cluster.yaml.")
     job_id = jobs.submit_atoll_job("train", configs / demo.train, [f"epochs={epochs}"],
                                    ["--run-name", f"quickstart-{stamp}"])
-    console.print(f"job {job_id}")
+    console.print(f"job {job_id}", markup=False, highlight=False)
     details, view = progress.follow_training(job_id)
     trained = _job_outcome("training", job_id, details, view.last("registered"))
     progress.print_registered(trained)
@@ -158,7 +159,7 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
     sweep_set = [f"name=quickstart-{stamp}", f"num_samples={demo.trials[pick]}",
                  f"overrides.epochs={demo.trial_epochs[pick]}"]
     job_id = jobs.submit_atoll_job("tune", configs / demo.sweep, sweep_set)
-    console.print(f"job {job_id}")
+    console.print(f"job {job_id}", markup=False, highlight=False)
     details, view = progress.follow_sweep(job_id)
     swept = _job_outcome("sweep", job_id, details, view.last("registered"))
     if done := view.last("sweep_done"):
@@ -183,7 +184,7 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
         deployed = endpoints.deploy(f"{best['name']}@{ALIAS}", spec=spec, info=info)
     out["deployed"] = deployed
     console.print(f"{deployed['app']} is {deployed['status']} at {deployed['url']}/predict "
-                  f"(serving {deployed['model']}:{deployed['version']})", highlight=False)
+                  f"(serving {deployed['model']}:{deployed['version']})", highlight=False, markup=False, soft_wrap=True)
     t = lap("serve", t)
 
     _step(7, "Query the endpoint with held-out examples")
@@ -201,9 +202,11 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
     table = Table.grid(padding=(0, 3))
     for _ in shown:
         table.add_column(min_width=16, max_width=18, no_wrap=art is not None, overflow="ellipsis")
-    table.add_row(*["\n".join(art(i)) if art else str(inputs[i])[:70] for i in shown])
-    table.add_row(*[f"true      {labels[i]}\npredicted [{'green' if predictions[i] == labels[i] else 'red'}]"
-                    f"{predictions[i]}[/]" for i in shown])
+    # The held-out texts and labels are data, printed as they are (a message may hold "[/b]").
+    table.add_row(*[Text("\n".join(art(i)) if art else str(inputs[i])[:70]) for i in shown])
+    table.add_row(*[Text.assemble(f"true      {labels[i]}\npredicted ",
+                                  (str(predictions[i]), "green" if predictions[i] == labels[i] else "red"))
+                    for i in shown])
     console.print(table)
     console.print(f"Endpoint accuracy on the {len(inputs)} held-out examples: [bold]{accuracy:.3f}[/]")
     lap("query", t)
@@ -247,4 +250,8 @@ def _finish(out: dict[str, Any], info, spec, demo: Demo, *, stopped: bool, reuse
         lines.append("Stop it all   atoll down")
         lines.append(f"Try it        {deployed.get('playground') or url + '/ui'}   ({demo.try_it}; all models: "
                      f"{deployed.get('gallery') or '/'})")
-    console.print(Panel("\n".join(lines), title="What next", title_align="left"), highlight=False)
+    # Not in a box: a box wraps its lines at the terminal's width (80 in a pipe or CI), cutting a path, a URL or
+    # a command in two. Each line is printed whole (a terminal folds it visually; a copy takes it whole).
+    console.rule("[bold]What next", align="left")
+    for line in lines:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from atoll.errors import ConfigError
 from atoll.tasks import DEFAULT_TASK, TASK_NAMES, unknown_task_message
 
 
@@ -242,7 +243,30 @@ class ClusterSpec(BaseModel):
 # --------------------------------------------------------------------------------------------------
 # Training spec (jobs/configs/train.yaml)
 
+#: A name that becomes one folder under the storage root (model, run, sweep): no '/', no '..', no absolute path.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_RULE = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def check_name(value: str, what: str) -> str:
+    """Refuse a user-given name that would not be one folder under the storage root (``../registry/x``, ``/abs``).
+
+    The one check for run and sweep names wherever they enter (the CLI, :func:`atoll.fit`, the jobs);
+    the specs' ``name`` fields hold the same :data:`NAME_PATTERN`.
+
+    Args:
+        value: The name as given.
+        what: What it names, for the message, e.g. ``"run name"``.
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        ConfigError: the name breaks :data:`NAME_RULE`.
+    """
+    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+        raise ConfigError(f"invalid {what} {value!r}: use {NAME_RULE}, e.g. digits-lr3.")
+    return value
 
 
 class DatasetSpec(Strict):

@@ -41,6 +41,7 @@ def status(info: ClusterInfo | None = None) -> dict[str, Any]:
     except (ConfigError, OSError):
         storage = None
     result["warnings"] = [w for w in [storage_warning(result["nodes"], storage)] if w]
+    result["ray_tools"] = cluster.ray_tools_hint(info)  # for --json readers
     return result
 
 

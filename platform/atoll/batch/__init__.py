@@ -3,7 +3,8 @@
 The job reads the input with Ray Data, runs the version in an actor pool sized from the cluster (one replica
 of the model per actor, loaded once; GPU actors when the cluster has GPUs), and writes one Parquet file:
 the input's key columns (every column that is not a model input), ``prediction`` and, for classifiers,
-``probabilities`` (one list per row, in the order of the version's classes). Everything that can be wrong
+``probabilities`` (one list per row, in the order of the version's classes). Its rows follow the input's (the
+files by name, each file's rows as stored), whichever actor finishes first: Ray Data's order guarantee. Everything that can be wrong
 with the request (an unknown version, a missing input, missing or mistyped columns, an output that
 exists) is refused with one line before any work starts, on the client and again in the job.
 """
@@ -192,6 +193,10 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     # 5,300-6,500, with an actor ready in 0.07 s instead of 3.4 s (torch and Transformers never imported).
     runtime = choose_runtime(runtime, version, device)  # refused here, not in an actor
     data.quiet_progress()
+    # Pieces come back as actors finish; without the order guarantee the output's rows could not be matched
+    # to the input's without an id column. Ray Data holds a piece that finished early until those before it
+    # are out (cost: bench/batch_predict.py).
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     started = time.perf_counter()
     # At least two batches per actor, so that no actor idles while another works through a long tail.
     if checked["rows"]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from atoll.cli.common import ConfigOpt, JsonOpt, console, err_console, print_json
 
@@ -44,22 +45,26 @@ def up(config: Path | None = ConfigOpt,
         print_json(info.to_dict())
         return
     if info.already_up:
-        console.print(f"A cluster is already up: dashboard {info.dashboard_url} (session {info.session_name}).")
+        console.print(f"A cluster is already up: dashboard {info.dashboard_url} (session {info.session_name}).",
+                      markup=False, highlight=False, soft_wrap=True)
         return
     if simulate:
         types = ", ".join(f"{name} x{t.min_workers}..{t.max_workers}" for name, t in spec.worker_types().items())
-        console.print(f"Simulated autoscaling: worker types {types}; watch it with `atoll status --watch`.")
+        console.print(f"Simulated autoscaling: worker types {types}; watch it with `atoll status --watch`.",
+                      markup=False, highlight=False)
     console.print(f"[green]Cluster up[/] in {time.monotonic() - start:.1f} s\n"
-                  f"  dashboard + Jobs API  {info.dashboard_url}  (token: {auth.token_path()})\n"
-                  f"  Ray address           {info.gcs_address}\n"
-                  f"  stop it with          atoll down")
+                  f"  dashboard + Jobs API  {escape(info.dashboard_url)}  (token: {escape(str(auth.token_path()))})\n"
+                  f"  Ray address           {escape(str(info.gcs_address))}\n"
+                  f"  stop it with          atoll down", soft_wrap=True)
+    if hint := cluster.ray_tools_hint(info):  # Ray's CLI and ray.init() hang on this cluster without it
+        console.print(f"  Ray's own tools       {hint}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _launch(cmd: list[str], dry_run: bool) -> None:
     """Show a command of Ray's cluster launcher, then (unless a dry run) run it and exit with its code."""
     from atoll import cluster
 
-    console.print(f"[bold]$ {' '.join(cmd)}")
+    console.print(f"[bold]$ {escape(' '.join(cmd))}", soft_wrap=True)  # a command to copy: never wrapped
     if not dry_run:
         raise typer.Exit(cluster.cloud_launch(cmd))
 
@@ -96,6 +101,8 @@ def status(config: Path | None = ConfigOpt, as_json: bool = JsonOpt,
     if as_json:
         print_json(cluster_status.status(info))
         return
+    if hint := cluster.ray_tools_hint(info):  # a command to copy: its own line, never wrapped or cut
+        console.print(f"Ray's own tools on this machine: {hint}", soft_wrap=True, markup=False, highlight=False)
     if not watch:
         console.print(_status_view(cluster_status.status(info)))
         return
@@ -124,13 +131,13 @@ def _status_view(st: dict[str, Any]):
                         for k, v in sorted(n["resources"].items()) if not k.endswith("memory"))
         # Both ends of the id: simulated nodes share their leading hex digits (ffff…), real ones rarely do.
         shown = f"{n['node_id'][:8]}…{n['node_id'][-4:]}" if len(n["node_id"]) > 12 else n["node_id"]
-        nodes.add_row(shown + (" (head)" if n.get("head") else ""), n["type"], n["status"], res)
+        nodes.add_row(*map(Text, (shown + (" (head)" if n.get("head") else ""), n["type"], n["status"], res)))
     parts.append(nodes)
     res = Table("resource", "available", "total", title="Resources", title_justify="left")
     for k, v in sorted(st["resources"].items()):
         scale = 2**30 if k.endswith("memory") else 1
         unit = " GiB" if scale > 1 else ""
-        res.add_row(k, f"{v['available'] / scale:.4g}{unit}", f"{v['total'] / scale:.4g}{unit}")
+        res.add_row(Text(k), f"{v['available'] / scale:.4g}{unit}", f"{v['total'] / scale:.4g}{unit}")
     parts.append(res)
     pending = ", ".join(f"{p.get('count', 1)} x {p['type']}" + (f" ({p['status']})" if p.get("status") else "")
                         for p in st.get("pending_nodes") or [])

@@ -75,14 +75,15 @@ def following(job_id: str) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def listing(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], *, free: str | None = None,
+def listing(title: str, header: Sequence[str], rows: Sequence[Sequence[str | Text]], *, free: str | None = None,
             width: int | None = None) -> Table:
     """A table whose cells are never cut (ids and names a user copies, e.g. into `atoll jobs stop ID`),
     except those of the ``free`` column (text such as an entrypoint), shortened with … to the room left.
 
-    Cells may hold rich markup ("[green]READY[/]")."""
+    A cell is printed as it is: a string is never read as rich markup (an entrypoint or a name may hold
+    ``[/x]``); style one with a :class:`rich.text.Text` (``Text("READY", style="green")``)."""
     width = width or console.width
-    cells = [[Text.from_markup(str(c)) for c in row] for row in rows]
+    cells = [[c if isinstance(c, Text) else Text(str(c)) for c in row] for row in rows]
     widths = [max([len(h), *(row[i].cell_len for row in cells)]) for i, h in enumerate(header)]
     table = Table(title=title)
     for i, name in enumerate(header):

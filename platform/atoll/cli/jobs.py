@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from atoll.cli.common import (
     ALL_HELP,
@@ -56,8 +57,8 @@ def follow_job(job_id: str, on_text=None) -> int:
         details = jobs.follow(job_id, on_text or _out)
     state = details["status"]
     color = "green" if state == "SUCCEEDED" else "red"
-    err_console.print(f"[{color}]Job {job_id} {state}[/]" + (f": {details['message']}" if state != "SUCCEEDED"
-                                                              and details.get("message") else ""))
+    message = f": {details['message']}" if state != "SUCCEEDED" and details.get("message") else ""
+    err_console.print(Text(f"Job {job_id} {state}{message}", style=color), soft_wrap=True)
     return 0 if state == "SUCCEEDED" else 1
 
 
@@ -84,7 +85,8 @@ def submit(ctx: typer.Context,
     if as_json and not wait:
         print_json({"id": job_id})
         return
-    err_console.print(f"Submitted job [bold]{job_id}[/] (logs: atoll jobs logs {job_id} -f)", soft_wrap=True)
+    err_console.print(f"Submitted job [bold]{escape(job_id)}[/] (logs: atoll jobs logs {escape(job_id)} -f)",
+                      soft_wrap=True)
     if wait:
         code = follow_job(job_id)
         if as_json:
@@ -109,8 +111,8 @@ def jobs_list(all_: bool = typer.Option(False, "--all", help=f"{ALL_HELP}: also 
 def jobs_table(rows: list[dict[str, Any]], width: int | None = None) -> Table:
     """Jobs as a table whose ids are never cut (they are what `jobs logs/stop` take); entrypoints are."""
     colors = {"SUCCEEDED": "green", "FAILED": "red", "RUNNING": "cyan"}
-    cells = [[j["id"] or "-", f"[{colors[j['status']]}]{j['status']}[/]" if j["status"] in colors else str(j["status"]),
-              _fmt_time(j["start_time"]), escape(j["entrypoint"] or "")] for j in rows]
+    cells = [[j["id"] or "-", Text(str(j["status"]), style=colors.get(j["status"], "")), _fmt_time(j["start_time"]),
+              j["entrypoint"] or ""] for j in rows]
     return listing(f"Jobs ({len(rows)})", ["id", "status", "started", "entrypoint"], cells, free="entrypoint",
                    width=width)
 
@@ -127,10 +129,10 @@ def jobs_status(job_id: str, as_json: bool = JsonOpt) -> None:
         return
     for key in ("id", "status", "entrypoint", "message", "start_time", "end_time"):
         value = _fmt_time(details[key]) if key.endswith("_time") else details[key]
-        console.print(f"[bold]{key:11}[/] {value}")
+        console.print(f"[bold]{key:11}[/] {escape(str(value))}", highlight=False, soft_wrap=True)
     if details["unschedulable"]:
-        console.print(f"[red]It can never be scheduled: {details['unschedulable']}[/] Stop it: atoll jobs stop "
-                      f"{job_id}", soft_wrap=True)
+        console.print(f"[red]It can never be scheduled: {escape(details['unschedulable'])}[/] Stop it: atoll jobs stop "
+                      f"{escape(job_id)}", soft_wrap=True)
 
 
 @jobs_app.command("logs")
@@ -170,4 +172,4 @@ def jobs_stop(job_id: str) -> None:
     from atoll import jobs
 
     state = jobs.stop(job_id)
-    console.print(f"Job {job_id}: {state}")
+    console.print(f"Job {job_id}: {state}", markup=False, highlight=False)

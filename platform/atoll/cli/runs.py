@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from atoll import runs  # light: the standard library only
 from atoll.cli.common import ConfigOpt, JsonOpt, console, listing, print_json
@@ -28,7 +29,7 @@ def list_(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
         return
     if not rows:
         console.print(f"No training runs or sweeps under {storage} yet: `atoll train`, `atoll tune`.",
-                      highlight=False)
+                      highlight=False, markup=False, soft_wrap=True)
         return
     console.print(runs_table(rows))
 
@@ -45,7 +46,7 @@ def _detail(row: dict[str, Any]) -> str:
 
 def runs_table(rows: list[dict[str, Any]], width: int | None = None):
     """Runs and sweeps as a table whose names are never cut (they are what --resume takes)."""
-    cells = [[r["name"], r["kind"], f"[{_STATE[r['state']]}]{r['state']}[/]", (r["updated"] or "-")[:19].replace("T", " "),
-              _detail(r)] for r in rows]
+    cells = [[r["name"], r["kind"], Text(r["state"], style=_STATE[r["state"]]),
+              (r["updated"] or "-")[:19].replace("T", " "), _detail(r)] for r in rows]
     return listing(f"Runs and sweeps ({len(rows)})", ["name", "kind", "state", "updated", "detail"], cells,
                    free="detail", width=width)

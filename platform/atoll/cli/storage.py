@@ -7,6 +7,7 @@ import contextlib
 import shlex
 
 import typer
+from rich.markup import escape
 
 from atoll.cli.common import JsonOpt, console, print_json
 
@@ -35,9 +36,9 @@ def up(port: int = typer.Option(8333, "--port", help="Port of the S3 API on 127.
         print_json(info.to_dict())
         return
     state = "already up" if info.already_up else "[green]up[/]"
-    console.print(f"Object store {state}: S3 API {info.endpoint}, buckets {', '.join(info.buckets)}\n"
-                  f"  credentials file        {info.credentials_file}  (owner-only; never printed)\n"
-                  f"{_use_it(info)}\n  stop it with            atoll storage down")
+    console.print(f"Object store {state}: S3 API {escape(info.endpoint)}, buckets {escape(', '.join(info.buckets))}\n"
+                  f"  credentials file        {escape(str(info.credentials_file))}  (owner-only; never printed)\n"
+                  f"{escape(_use_it(info))}\n  stop it with            atoll storage down", soft_wrap=True)
 
 
 @storage_app.command("down")
@@ -47,7 +48,8 @@ def down() -> None:
 
     stopped = objectstore.down()
     console.print("No object store started by `atoll storage up` is running; nothing to stop." if stopped is None
-                  else f"[green]Object store down[/] (pid {stopped.pid}); its data stays in {stopped.data_dir}.")
+                  else f"[green]Object store down[/] (pid {stopped.pid}); its data stays in "
+                       f"{escape(str(stopped.data_dir))}.", soft_wrap=True)
 
 
 @storage_app.command("status")
@@ -62,7 +64,8 @@ def status(as_json: bool = JsonOpt) -> None:
     if info is None:
         console.print("No object store is running; start one with `atoll storage up`.")
         return
-    console.print(f"Object store up: S3 API {info.endpoint} (pid {info.pid}), data in {info.data_dir}\n{_use_it(info)}")
+    console.print(f"Object store up: S3 API {info.endpoint} (pid {info.pid}), data in {info.data_dir}\n{_use_it(info)}",
+                  markup=False, soft_wrap=True)
 
 
 @storage_app.command("env")

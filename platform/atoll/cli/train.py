@@ -14,7 +14,10 @@ app = typer.Typer()
 
 
 def _one_name(what: str, *names: str | None) -> str | None:
-    """The one name that --name, --resume (and for a sweep --set name=) give, or None."""
+    """The one name that --name, --resume (and for a sweep --set name=) give, or None; checked (it becomes
+    a folder under the storage root)."""
+    from atoll.specs import check_name
+
     given = sorted({n for n in names if n})
     if any(n.startswith("-") for n in given):  # `--resume --json`: the option took the next flag as its value
         raise ConfigError(f"--resume and --name take the {what}'s NAME (`atoll runs list` shows them), not "
@@ -22,7 +25,7 @@ def _one_name(what: str, *names: str | None) -> str | None:
     if len(given) > 1:
         raise ConfigError(f"two names for the {what}: {', '.join(given)}; give one (`--resume NAME` alone "
                           f"continues NAME).")
-    return given[0] if given else None
+    return check_name(given[0], f"{what} name") if given else None
 
 
 def _submitted(kind: str, job: dict[str, str]) -> str:
@@ -133,4 +136,5 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
     if not as_json and predicted:
         err_console.print(f"Predicted {predicted['rows']:,} rows with {predicted['model']} in {predicted['seconds']} s "
                           f"({predicted['rows_per_s']:,.0f} rows/s, {predicted['actors']} actor(s)"
-                          f"{' on GPU' if predicted['gpu'] else ''}) → {predicted['output']}", highlight=False)
+                          f"{' on GPU' if predicted['gpu'] else ''}) → {predicted['output']}", highlight=False,
+                          markup=False, soft_wrap=True)

@@ -190,9 +190,13 @@ def pick_examples(spec: dict[str, Any], schema: dict[str, Any], storage: str, n:
 def add_examples(version_dir: str | Path, meta: dict[str, Any], storage: str) -> dict[str, Any]:
     """Write ``examples.json`` into a version being registered; return its input schema, with ``image``
     (and ``value_range``) recorded when the inputs are an image. Never fails a registration: without
-    examples the page simply has no example buttons."""
+    examples (or without a dataset: ``spec.dataset.path`` None) the page simply has no example buttons."""
     schema = dict(meta["input_schema"])
     try:
+        if meta["spec"]["dataset"]["path"] is None:  # no data to show: only the schema's image shape
+            if shape := image_shape(schema):
+                schema["image"] = shape
+            return schema
         examples, value_range = pick_examples(meta["spec"], schema, storage)
         if str(meta["spec"]["dataset"]["path"]) == "demo:digits" and schema.get("num_features") == 64:
             schema.setdefault("image", [8, 8])  # scikit-learn's 8x8 digits, pixels 0..16

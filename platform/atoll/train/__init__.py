@@ -26,6 +26,7 @@ from atoll.train.checkpoints import (
 from atoll.train.loop import TrainSession, loop_config, train_loop, wrap_fsdp
 from atoll.train.run import (
     build_trainer,
+    check_gpu_workers,
     check_run_name,
     fit,
     in_memory,
@@ -36,7 +37,8 @@ from atoll.train.run import (
 from atoll.train.scaling import ScalingPlan, choose_scaling
 
 __all__ = [
-    "LEGACY_MODEL_FILE", "META_FILE", "MODEL_FILE", "OPTIM_FILE", "ScalingPlan", "TrainSession", "build_trainer", "check_run_name",
+    "LEGACY_MODEL_FILE", "META_FILE", "MODEL_FILE", "OPTIM_FILE", "ScalingPlan", "TrainSession", "build_trainer", "check_gpu_workers",
+    "check_run_name",
     "choose_scaling", "fit", "in_memory", "input_schema", "load_model_state", "load_training_state", "loop_config", "prepare",
     "register_checkpoint", "runs_root", "save_training_state", "train_loop", "wrap_fsdp",
 ]

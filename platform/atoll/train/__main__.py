@@ -13,7 +13,7 @@ import time
 
 from atoll import config, driver, exports
 from atoll.events import emit
-from atoll.specs import TrainSpec
+from atoll.specs import TrainSpec, check_name
 from atoll.train.run import best_checkpoint, default_run_name, fit, register_checkpoint
 
 
@@ -36,7 +36,7 @@ def _train_job(spec_path: str, overrides: list[str], run_name: str | None, resum
     imported = time.time()
     spec = config.load_file(TrainSpec, spec_path, overrides)
     storage = config.load_spec().atoll.storage
-    run_name = resume or run_name or default_run_name(spec)
+    run_name = check_name(resume or run_name or default_run_name(spec), "run name")  # before connecting
     print("resolved spec:", json.dumps(spec.model_dump(mode="json")), flush=True)
     driver.connect()
     connected = time.time()

@@ -19,10 +19,10 @@ from typing import Any
 from atoll import capacity, config, data, filesystems, models, tasks
 from atoll.errors import ConfigError
 from atoll.events import emit
-from atoll.specs import TrainSpec
-from atoll.train.checkpoints import META_FILE
+from atoll.specs import TrainSpec, check_name
+from atoll.train.checkpoints import META_FILE, OPTIM_FILE
 from atoll.train.loop import loop_config, train_loop_per_worker
-from atoll.train.scaling import ScalingPlan, choose_scaling
+from atoll.train.scaling import ScalingPlan, choose_scaling, gpu_worker_problem
 
 
 def runs_root(storage: str) -> str:
@@ -38,7 +38,9 @@ def run_exists(storage: str, run_name: str) -> bool:
 
 
 def check_run_name(storage: str, run_name: str, resume: bool) -> None:
-    """A new run never silently continues an old run's state; --resume needs a run to resume."""
+    """A new run never silently continues an old run's state; --resume needs a run to resume; the name is
+    one folder under ``<storage>/runs`` (never ``../registry/x`` or an absolute path)."""
+    check_name(run_name, "run name")
     exists = run_exists(storage, run_name)
     if exists and not resume:
         raise ConfigError(f"run {run_name!r} already exists under {runs_root(storage)}. Resume it with "
@@ -112,6 +114,28 @@ def build_trainer(plan: ScalingPlan, train_config: dict[str, Any], *, storage: s
     )
 
 
+def check_gpu_workers(plan: ScalingPlan) -> None:
+    """For a GPU plan: one probe task on a GPU, as a worker gets it, checks that torch there sees CUDA and has
+    NCCL, before Ray Train starts any process group (where a CPU build of torch fails deep in Ray).
+
+    Raises:
+        ConfigError: :func:`atoll.train.scaling.gpu_worker_problem`'s line.
+    """
+    if not plan.use_gpu:
+        return
+    import ray
+
+    @ray.remote(num_cpus=0, num_gpus=plan.resources_per_worker.get("GPU", 1))
+    def probe() -> tuple[bool, bool, str]:
+        import torch
+        import torch.distributed as dist
+
+        return torch.cuda.is_available(), dist.is_available() and dist.is_nccl_available(), torch.__version__
+
+    if problem := gpu_worker_problem(*ray.get(probe.remote())):
+        raise ConfigError(problem)
+
+
 def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
         callbacks: list | None = None, report_events: bool = True, timings: dict[str, float] | None = None):
     """Train on the connected Ray cluster. Returns (ray.train.Result, DatasetPlan, Preprocessor, plan).
@@ -127,6 +151,7 @@ def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
     check_run_name(storage, run_name, resume)
     cpus, gpus, max_cpus, max_gpus = capacity.live_capacity(config.autoscaling_worker_types())
     plan = choose_scaling(spec, cluster_cpus=cpus, cluster_gpus=gpus, max_cpus=max_cpus, max_gpus=max_gpus)
+    check_gpu_workers(plan)
     dplan, pre, train_ds, val_ds = prepare(spec, storage)
     metric, mode = tasks.get(spec.task).objective
     train_config = loop_config(spec, pre, run_name, plan.precision, in_memory(spec, dplan, pre))
@@ -161,18 +186,33 @@ def best_checkpoint(result, spec: TrainSpec) -> tuple[Any, dict[str, Any]]:
 
 
 def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, name: str,
-                        lineage: dict[str, Any]):
-    """Register a training checkpoint (plus its training-curve picture and ~10 held-out examples of the
-    validation split for the playground page) as a new model version."""
+                        lineage: dict[str, Any], foreign: bool = False, examples: str | None = None):
+    """Register a training checkpoint (plus its training-curve picture and ~10 held-out examples for the
+    playground page) as a new model version.
+
+    The version holds what serving, export and its card need; the optimiser's state (a pickle, twice the
+    weights for Adam) is training state and stays with the run's checkpoints.
+
+    Args:
+        foreign: The checkpoint was trained elsewhere (`atoll models register`): the dataset its spec names
+            is not one this caller chose, so no example is read from it.
+        examples: A dataset (path or URI) the caller names, whose rows (every row) give the examples. None:
+            the validation split of the spec's own dataset for a run of this cluster, none when ``foreign``.
+    """
     from atoll import plots, registry
     from atoll.serving import playground
 
     with checkpoint.as_directory() as ckpt_dir, tempfile.TemporaryDirectory() as staging:
         version_dir = Path(staging) / "version"
-        shutil.copytree(ckpt_dir, version_dir)
+        shutil.copytree(ckpt_dir, version_dir, ignore=shutil.ignore_patterns(OPTIM_FILE))
         meta = json.loads((version_dir / META_FILE).read_text())
         plots.training_curve(meta["history"], version_dir / "training_curve.png", title=name)
-        schema = playground.add_examples(version_dir, meta, storage)  # examples.json; image shape if any
+        if examples is not None or foreign:  # sampled from the caller's data only, never a path it did not name
+            dataset = {"path": examples, "format": "auto", "validation_fraction": 1.0}  # None: no examples
+            shown = {**meta, "spec": {**meta["spec"], "dataset": dataset}}
+        else:
+            shown = meta
+        schema = playground.add_examples(version_dir, shown, storage)  # examples.json; image shape if any
         exported = export_artefacts(version_dir, meta, schema)
         return registry.Registry(storage).register(
             name, str(version_dir), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
@@ -201,4 +241,5 @@ def export_artefacts(version_dir: Path, meta: dict[str, Any], schema: dict[str, 
 
 
 def default_run_name(spec: TrainSpec) -> str:
-    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    """``NAME-TIMESTAMP-RANDOM``, within check_name's 64 characters (a long model name is shortened)."""
+    return f"{spec.name[:42]}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"

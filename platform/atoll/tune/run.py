@@ -214,6 +214,7 @@ def run_sweep(sweep: SweepSpec, base: TrainSpec, *, storage: str, resume: bool =
     spec = trial_spec(base, resources)
     plan = train.choose_scaling(spec, cluster_cpus=cpus, cluster_gpus=gpus, max_cpus=max_cpus,
                                 max_gpus=max_gpus)
+    train.check_gpu_workers(plan)
     dplan, pre, train_ds, val_ds = train.prepare(spec, storage)
     task = tasks.get(spec.task)
     model = spec.model.model_copy(update={"params": task.model_params(pre, spec.model.params)})
