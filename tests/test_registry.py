@@ -786,3 +786,96 @@ def test_cli_list_versions_and_unready_registrations(cli: Any, reg: Registry) ->
     assert isinstance(bare.exception, RegistryError) and "pass its name" in str(bare.exception)
     unknown = cli("list", "digit", "--all")
     assert isinstance(unknown.exception, RegistryError) and "Did you mean 'digits'" in str(unknown.exception)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 32, item 12: an aliases.json that is there but unreadable is not an empty one
+
+
+@pytest.mark.parametrize("damage", ['{"production": 2, "staging": ', "[2, 1]", '{"production": "two"}'],
+                         ids=["cut short", "not a map", "not a version"])
+def test_an_unreadable_aliases_file_is_refused_never_written_over(cli: Any, reg: Registry, tmp_path: Path,
+                                                                  damage: str) -> None:
+    reg.set_alias("digits", 2, "production")
+    reg.set_alias("digits", 1, "staging")
+    aliases = tmp_path / "store" / "registry" / "digits" / "aliases.json"
+    aliases.write_text(damage)
+    for args in (["promote", "digits:2", "canary"], ["unalias", "digits", "staging"], ["show", "digits@production"]):
+        result = cli(*args)
+        assert result.exit_code == 1 and isinstance(result.exception, RegistryError), result.output
+        said = str(result.exception)
+        assert said.startswith(str(aliases)) and "\n" not in said and "left as it is" in said, said
+    assert aliases.read_text() == damage  # every alias it held is still there to repair
+    aliases.unlink()  # the fix the message names: without the file there are no aliases, and promote works
+    assert cli("promote", "digits:2", "production").exit_code == 0
+    assert reg.aliases("digits") == {"production": 2}
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 32, item 13: a checkpoint from elsewhere is held to the cluster's model-type allow-list
+
+
+def test_register_refuses_a_model_type_the_cluster_does_not_allow_before_importing_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atoll import cli
+    from test_cli import write_checkpoint
+    from typer.testing import CliRunner
+
+    marker = tmp_path / "imported"
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "foreign_model.py").write_text(  # what a foreign checkpoint's code could do the moment it is imported
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n\n\ndef build(**kw):\n    return None\n")
+    monkeypatch.syspath_prepend(str(code))  # importable: only the allow-list stands in the way
+    ckpt = write_checkpoint(tmp_path / "foreign")
+    meta = json.loads((ckpt / "atoll.json").read_text())
+    meta["spec"]["model"]["type"] = "foreign_model:build"
+    (ckpt / "atoll.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("ATOLL_STORAGE", str(tmp_path / "storage"))
+
+    result = CliRunner().invoke(cli.app, ["models", "register", "foreign", str(ckpt)])
+    assert isinstance(result.exception, ConfigError), result.output
+    said = str(result.exception)
+    assert "model.type 'foreign_model:build' is not allowed" in said and "metadata.atoll.model_types" in said
+    assert "\n" not in said and not marker.exists()
+    assert not (tmp_path / "storage" / "registry" / "foreign").exists()
+
+
+def _digit_rows(path: Path, value: float) -> Path:
+    """Twenty rows in the columns of the demo's checkpoint (px0..px63, label), every pixel ``value``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {f"px{i}": [value] * 20 for i in range(64)}
+    pq.write_table(pa.table({**columns, "label": [i % 10 for i in range(20)]}), path)
+    return path
+
+
+def test_register_takes_examples_only_from_data_the_caller_names(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from atoll import cli
+    from test_cli import write_checkpoint
+    from typer.testing import CliRunner
+
+    private = _digit_rows(tmp_path / "private.parquet", 7.0)  # data of the registering user's machine
+    ckpt = write_checkpoint(tmp_path / "foreign")
+    meta = json.loads((ckpt / "atoll.json").read_text())
+    meta["spec"]["dataset"]["path"] = str(private)  # a foreign checkpoint names it
+    (ckpt / "atoll.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("ATOLL_STORAGE", str(tmp_path / "storage"))
+    reg = Registry(str(tmp_path / "storage"))
+
+    def registered(*options: str) -> ModelVersion:
+        result = CliRunner().invoke(cli.app, ["models", "register", "foreign", str(ckpt), "--json", *options])
+        assert result.exit_code == 0, result.output
+        return reg.get(f"foreign:{json.loads(result.stdout)['version']}")
+
+    bare = registered()
+    assert "examples.json" not in bare.files  # nothing read from the path the checkpoint names
+    assert bare.spec["dataset"]["path"] == str(private)  # the spec is recorded as it came
+
+    chosen = registered("--examples", str(_digit_rows(tmp_path / "chosen.parquet", 3.0)))
+    shown = json.loads(reg.read_file(chosen, "examples.json"))["examples"]
+    assert shown and all(set(e["inputs"]) == {3.0} for e in shown)  # the caller's rows, every one of them
+    refused = CliRunner().invoke(cli.app, ["models", "register", "foreign", str(ckpt), "--examples", "nope.parquet"])
+    assert isinstance(refused.exception, ConfigError) and "--examples nope.parquet: no such file" in str(refused.exception)

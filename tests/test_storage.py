@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from atoll import data, filesystems, jobs, objectstore
 from atoll.config import load_spec
-from atoll.errors import ConfigError
+from atoll.errors import ConfigError, RegistryError
 from atoll.registry import Registry
 from atoll.specs import S3Settings
 from conftest import REPO, run_cli
@@ -139,3 +139,89 @@ def test_status_warns_of_a_local_root_on_a_cluster_of_several_nodes() -> None:
     assert "nodes share no disk" in status.storage_warning(two, "~/.atoll/storage")
     assert status.storage_warning(two, "s3://team/atoll") is None
     assert status.storage_warning(two[:1], "~/.atoll/storage") is None  # one node: its disk is the only one
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 32, item 12: what the store refuses is one line naming the bucket and the fix, never a traceback
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", ["wrong credentials", "missing bucket", "unreachable endpoint"])
+def test_store_refusals_in_models_commands_are_one_line_naming_the_bucket(
+        case: str, s3_store: objectstore.StoreInfo, tmp_path: Path) -> None:
+    import torch
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save({"w": torch.ones(2)}, ckpt / "model.pt")
+    root = f"s3://atoll-test/refusals-{uuid.uuid4().hex[:8]}"
+    Registry(root).register("m", str(ckpt), metrics={}, spec={})  # a registry that works, until ...
+    env, says = {"ATOLL_STORAGE": root}, ""
+    if case == "wrong credentials":
+        wrong = tmp_path / "credentials"
+        wrong.write_text("[default]\naws_access_key_id = ATOLLWRONG\naws_secret_access_key = not-the-secret\n")
+        env["AWS_SHARED_CREDENTIALS_FILE"] = str(wrong)
+        says = "refused the credentials for bucket 'atoll-test'"
+    elif case == "missing bucket":
+        bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+        env["ATOLL_STORAGE"] = f"s3://{bucket}/atoll"
+        says = f"bucket '{bucket}' does not exist at {s3_store.endpoint}"
+    else:
+        endpoint = f"http://127.0.0.1:{_closed_port()}"
+        env["AWS_ENDPOINT_URL"] = endpoint
+        says = f"cannot reach {endpoint} for bucket 'atoll-test'"
+    for command in (["models", "list"], ["models", "promote", "m:1", "production"]):
+        result = run_cli(*command, env=env, timeout=120)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert lines[0].startswith("error: storage ") and says in lines[0], lines[0]
+    assert Registry(root).get("m").version == 1  # nothing was written on the way
+
+
+def test_each_kind_of_refusal_names_its_fix() -> None:
+    import botocore.exceptions as boto
+
+    def said(exc: Exception) -> str:
+        translated = filesystems.store_error(exc, "s3://team/atoll")
+        assert translated is not None and "\n" not in str(translated)
+        return str(translated)
+
+    def client_error(code: str, message: str) -> Exception:
+        return boto.ClientError({"Error": {"Code": code, "Message": message, "BucketName": "team"}}, "GetObject")
+
+    assert "AWS_REGION" in said(OSError("When getting information for key 'atoll/x' in bucket 'team': AWS Error "
+                                        "UNKNOWN (HTTP status 301) during HeadObject operation: No response body."))
+    assert "metadata.atoll.s3.region" in said(client_error("PermanentRedirect", "use the eu-west-1 endpoint"))
+    assert "expired" in said(client_error("ExpiredToken", "The provided token has expired."))
+    assert "renew them" in said(boto.NoCredentialsError())
+    assert "cannot reach" in said(boto.EndpointConnectionError(endpoint_url="https://s3.example"))
+    assert "bucket 'gone' does not exist" in said(OSError("When listing objects under key 'x' in bucket 'gone': "
+                                                          "AWS Error NO_SUCH_BUCKET during ListObjectsV2"))
+    assert filesystems.store_error(ValueError("a bug"), "s3://team/atoll") is None  # a bug stays a traceback
+    assert filesystems.store_error(OSError("disk full"), "/srv/atoll") is None  # the OS said it already
+
+
+def test_an_unreadable_aliases_file_on_s3_is_never_written_over(s3_store: objectstore.StoreInfo,
+                                                                 tmp_path: Path) -> None:
+    import torch
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save({"w": torch.ones(2)}, ckpt / "model.pt")
+    reg = Registry(f"s3://atoll-test/corrupt-{uuid.uuid4().hex[:8]}")
+    reg.register("m", str(ckpt), metrics={}, spec={})
+    reg.set_alias("m", 1, "production")
+    fs, path = filesystems.resolve(f"{reg.root}/registry/m/aliases.json")
+    with fs.open_output_stream(path) as f:
+        f.write(b'{"production": 1, "stag')  # cut short
+    with pytest.raises(RegistryError, match=r"aliases\.json is unreadable .* left as it is"):
+        reg.set_alias("m", 1, "staging")
+    with fs.open_input_stream(path) as f:
+        assert f.read() == b'{"production": 1, "stag'

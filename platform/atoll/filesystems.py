@@ -12,13 +12,23 @@ own environment, instance role or credentials file.
 An object store has no atomic rename and no file lock. :func:`put_if_absent` (``If-None-Match: *``) claims
 a name once, and :func:`read_versioned` with :func:`put_if_unchanged` (``If-Match: ETag``) is a
 compare-and-swap, so the registry is as safe on S3 as on a local disk.
+
+What the store says when it refuses (expired credentials, another region, no network, no such bucket) is
+translated once, by :func:`store_error`, into a :class:`StorageError`: one line naming the bucket and the
+likely fix, where pyarrow and botocore would raise a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import os
 import posixpath
-from typing import TYPE_CHECKING, Any
+import re
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from atoll.errors import AtollError
 
@@ -33,6 +43,10 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SH
                  "AWS_CONFIG_FILE", "AWS_PROFILE", "AWS_EC2_METADATA_DISABLED")
 #: Read by pyarrow and boto3 where they are set; never forwarded, printed or written by Atoll.
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+class StorageError(AtollError):
+    """The storage root's object store (or disk) refused a read or write, or could not be reached."""
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
@@ -175,3 +189,133 @@ def put_if_unchanged(fs: pafs.FileSystem, path: str, data: bytes, etag: str | No
             return False
         raise
     return True
+
+
+# -- what the store's refusals mean ------------------------------------------------------------------
+
+# Error codes as S3 (botocore: "InvalidAccessKeyId") and pyarrow ("INVALID_ACCESS_KEY_ID") spell them, compared
+# without case or underscores.
+_CREDENTIAL_CODES = {"INVALIDACCESSKEYID", "SIGNATUREDOESNOTMATCH", "EXPIREDTOKEN", "TOKENREFRESHREQUIRED",
+                     "REQUESTEXPIRED", "INVALIDTOKEN", "ACCESSDENIED", "MISSINGAUTHENTICATIONTOKEN",
+                     "INVALIDCLIENTTOKENID", "UNRECOGNIZEDCLIENTEXCEPTION", "NOCREDENTIALS", "FORBIDDEN"}
+_REGION_CODES = {"PERMANENTREDIRECT", "TEMPORARYREDIRECT", "AUTHORIZATIONHEADERMALFORMED",
+                 "ILLEGALLOCATIONCONSTRAINTEXCEPTION", "INVALIDREGION"}
+_NETWORK_CODES = {"NETWORKCONNECTION", "REQUESTTIMEOUT", "ENDPOINTCONNECTION", "CONNECTTIMEOUT", "READTIMEOUT",
+                  "CONNECTIONCLOSED"}
+_NETWORK_WORDS = ("curlcode", "could not connect", "couldn't connect", "could not resolve", "timed out",
+                  "connection refused", "connection reset")
+_BUCKET_IN_MESSAGE = re.compile(r"in bucket '([^']+)'")
+_AWS_ERROR = re.compile(r"AWS Error (\w+)(.*?)(?:\s*\(Request ID:.*)?$", re.DOTALL)
+
+
+def _bucket(location: str) -> str:
+    """The bucket of an object-store URI or of a path inside an object-store filesystem."""
+    return location.split("://", 1)[-1].lstrip("/").split("/", 1)[0]
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _code_and_detail(exc: BaseException) -> tuple[str, str, str | None]:
+    """The store's error code (normalised), a one-line detail and the bucket the error names, if any."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and isinstance(response.get("Error"), dict):  # botocore's ClientError
+        error = response["Error"]
+        code = str(error.get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "")
+        detail = f"{code}: {error.get('Message') or exc}"
+        return code.replace("_", "").upper(), _one_line(detail), error.get("BucketName")
+    text = str(exc)
+    bucket = found[1] if (found := _BUCKET_IN_MESSAGE.search(text)) else None
+    if (aws := _AWS_ERROR.search(text)) is not None:  # pyarrow: "... AWS Error ACCESS_DENIED during ..."
+        code = aws[1]
+        if code == "UNKNOWN" and "HTTP status 301" in text:  # S3 answers 301 to a request for another region
+            code = "PERMANENT_REDIRECT"
+        return code.replace("_", "").upper(), _one_line(f"{aws[1]}{aws[2]}"), bucket
+    # botocore's own errors (no answer from the store): the class name is the code.
+    return type(exc).__name__.removesuffix("Error").upper(), _one_line(text), bucket
+
+
+def bucket_missing(bucket: str, location: str) -> StorageError:
+    """One line: ``bucket`` does not exist where the storage root ``location`` points."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the object store"
+    return StorageError(f"storage {location}: bucket {bucket!r} does not exist at {endpoint}. Create it "
+                        f"(`atoll storage up --bucket {bucket}` for the development store) or point "
+                        f"metadata.atoll.storage in cluster.yaml (or ATOLL_STORAGE) at a bucket that exists.")
+
+
+def store_error(exc: BaseException, location: str) -> StorageError | None:
+    """What a failure of the object store under ``location`` (a storage root) means, as one line naming the
+    bucket and the likely fix; None when ``exc`` is not the store's (a bug stays a traceback, a local disk's
+    ``OSError`` stays as the OS said it).
+
+    Args:
+        exc: What pyarrow (an ``OSError``) or botocore (``ClientError``, ``BotoCoreError``) raised.
+        location: The storage root the call was made for, e.g. ``s3://team/atoll``.
+    """
+    botocore_errors = sys.modules.get("botocore.exceptions")  # loaded only if boto3 made the call
+    from_botocore = botocore_errors is not None and isinstance(
+        exc, (botocore_errors.ClientError, botocore_errors.BotoCoreError))
+    # A local disk's OSError already says what is wrong, and where; only an object store's needs translating.
+    if not from_botocore and not (isinstance(exc, OSError) and is_remote(location)):
+        return None
+    code, detail, named = _code_and_detail(exc)
+    bucket = named or _bucket(location)
+    lowered = detail.lower()
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    if code == "NOSUCHBUCKET":
+        return bucket_missing(bucket, location)
+    if code in _CREDENTIAL_CODES or "credentials" in code.lower() or code.startswith("TOKEN"):
+        return StorageError(
+            f"storage {location}: {endpoint} refused the credentials for bucket {bucket!r} ({detail}). They are "
+            f"wrong, expired or lack access to the bucket: renew them (`aws sso login`, or the keys in the file "
+            f"AWS_SHARED_CREDENTIALS_FILE or metadata.atoll.s3.credentials_file names) or ask for access.")
+    if code in _REGION_CODES or "region" in lowered:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return StorageError(f"storage {location}: bucket {bucket!r} is not in region {region} ({detail}); set "
+                            f"metadata.atoll.s3.region in cluster.yaml (or AWS_REGION) to the bucket's region.")
+    if code in _NETWORK_CODES or any(word in lowered for word in _NETWORK_WORDS):
+        return StorageError(
+            f"storage {location}: cannot reach {endpoint} for bucket {bucket!r} ({detail}); check the network "
+            f"and metadata.atoll.s3.endpoint in cluster.yaml (or AWS_ENDPOINT_URL), and that the server runs "
+            f"(`atoll storage status` for the development store).")
+    return StorageError(f"storage {location}: the object store failed on bucket {bucket!r} ({detail}); check "
+                        f"metadata.atoll.storage and metadata.atoll.s3 in cluster.yaml and the credentials.")
+
+
+@contextlib.contextmanager
+def store_errors(location: str) -> Iterator[None]:
+    """Raise what the store refuses inside the block as :func:`store_error`'s one line; anything else, an
+    ``AtollError`` included, passes unchanged."""
+    try:
+        yield
+    except AtollError:
+        raise
+    except Exception as exc:
+        translated = store_error(exc, location)
+        if translated is None:
+            raise
+        raise translated from exc  # --debug still shows what the store said
+
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def speaks_to_the_store(location_attr: str) -> Callable[[_Class], _Class]:
+    """Class decorator: every public method of the class raises the store's refusals as one line
+    (:func:`store_errors`) for the storage root in ``self.<location_attr>``. The class's surface is the one
+    boundary, whichever call inside it (a listing, a stream, a conditional PUT) met the refusal."""
+    def guard(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with store_errors(getattr(self, location_attr)):
+                return method(self, *args, **kwargs)
+        return guarded
+
+    def decorate(cls: _Class) -> _Class:
+        for attr, member in list(vars(cls).items()):
+            if not attr.startswith("_") and inspect.isfunction(member):
+                setattr(cls, attr, guard(member))
+        return cls
+    return decorate

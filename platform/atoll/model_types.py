@@ -1,15 +1,20 @@
 """Which model types a registered version may name, decided without importing torch (a batch job's driver and
 a deploy ask before any model is built): the built-in ones, and user code only where cluster.yaml's
 ``metadata.atoll.model_types`` allows it, since a version's manifest is what the storage holds and a replica
-would import what it names. The models themselves are in :mod:`atoll.models`.
+would import what it names. A checkpoint trained elsewhere is held to the same list before `atoll models
+register` imports anything it names. The models themselves are in :mod:`atoll.models`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from atoll.errors import ConfigError
 from atoll.tasks.base import BUILTIN_MODELS
+
+if TYPE_CHECKING:
+    from atoll.specs import ClusterSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +33,11 @@ class AllowList:
         """The list in the cluster.yaml this process finds (as ``AppArgs.serve_settings`` does)."""
         from atoll import config
 
-        spec = config.load_spec()
+        return cls.from_spec(config.load_spec())
+
+    @classmethod
+    def from_spec(cls, spec: ClusterSpec) -> AllowList:
+        """The list of a loaded cluster.yaml (``-c``'s, say), named by its file in the refusal."""
         return cls(tuple(spec.atoll.model_types), spec.source)
 
     def admits(self, model_type: str) -> bool:

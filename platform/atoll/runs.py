@@ -16,10 +16,13 @@ import json
 import math
 import posixpath
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atoll import tasks
 from atoll.errors import RegistryError
+
+if TYPE_CHECKING:
+    from atoll.model_types import AllowList
 
 FINISHED, INCOMPLETE, EMPTY = "finished", "incomplete", "no checkpoint"
 #: What a checkpoint's atoll.json must hold to be registered and served.
@@ -165,24 +168,38 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def register_checkpoint(storage: str, name: str, path: str | Path, metrics: dict[str, Any] | None = None,
-                        lineage: dict[str, Any] | None = None):
+                        lineage: dict[str, Any] | None = None, allowed: AllowList | None = None,
+                        examples: str | None = None):
     """Register a checkpoint folder trained elsewhere as the next version of ``name``, the way a training
     run registers its best one (training curve and held-out examples included when its data is at hand).
 
     Args:
         metrics: Recorded metrics (default: the checkpoint's own, from atoll.json).
+        allowed: The model types a version may name (default: :meth:`AllowList.from_cluster`). The
+            checkpoint's ``model.type`` is checked against it before anything imports it: registering
+            builds the model to export it, and a replica would import it too.
+        examples: A dataset (path or URI) whose rows the playground shows as examples. None: no examples,
+            whatever dataset the checkpoint's spec names (data this caller never chose to publish).
 
     Raises:
         RegistryError: see :func:`read_checkpoint`; a bad name.
+        ConfigError: the checkpoint names a model type the allow-list does not admit.
     """
     from ray.train import Checkpoint
 
     from atoll import train
+    from atoll.model_types import AllowList
 
     meta = read_checkpoint(path)
+    model = meta["spec"].get("model") if isinstance(meta["spec"], dict) else None
+    model_type = model.get("type") if isinstance(model, dict) else None
+    if not isinstance(model_type, str):
+        raise RegistryError(f"checkpoint {path}: {train.META_FILE} names no spec.model.type; the training loop "
+                            f"writes it (e.g. \"mlp\").")
+    (allowed or AllowList.from_cluster()).check(model_type, f"checkpoint {path}")
     folder = Path(path).expanduser().resolve()
     recorded = metrics if metrics is not None else dict(meta.get("metrics") or {})
     origin = {"registered_from": str(folder), "run_name": meta.get("run_name"), "epoch": meta.get("epoch"),
               **(lineage or {})}
     return train.register_checkpoint(Checkpoint.from_directory(str(folder)), recorded, storage=storage,
-                                     name=name, lineage=origin)
+                                     name=name, lineage=origin, foreign=True, examples=examples)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from atoll.cli.common import ALL_HELP, ConfigOpt, JsonOpt, console, json_option, listing, print_json
 from atoll.errors import ConfigError, RegistryError
@@ -35,8 +36,8 @@ def _section(title: str, data: dict[str, Any] | None):
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="cyan", no_wrap=True)
     table.add_column()
-    for key, value in (data or {}).items():
-        table.add_row(str(key), _flat(value))
+    for key, value in (data or {}).items():  # a foreign checkpoint's metrics and lineage: printed as they are
+        table.add_row(Text(str(key)), Text(_flat(value)))
     if not data:
         table.add_row("-", "")
     return Group(Text(title, style="bold"), table)
@@ -48,8 +49,6 @@ def list_(name: str | None = typer.Argument(None, help="A model: list its versio
                                         f"that are not READY (PENDING, FAILED)."),
           config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Registered models (latest version, number of versions, aliases), or the versions of NAME."""
-    from rich.markup import escape
-
     if name is not None:
         _list_versions(_open(config).version_rows(name, unready=show_all), name, as_json)
         return
@@ -63,13 +62,14 @@ def list_(name: str | None = typer.Argument(None, help="A model: list its versio
     if not rows:
         console.print("No models registered yet.")
         return
-    cells = [[escape(row["name"]), str(row["latest_version"]), str(row["versions"]),
+    cells = [[row["name"], str(row["latest_version"]), str(row["versions"]),
               ", ".join(f"@{a} → {v}" for a, v in sorted(row["aliases"].items())) or "-"] for row in rows]
     console.print(listing(f"Models ({len(rows)})", ["name", "latest", "versions", "aliases"], cells))
 
 
 def _list_versions(rows: list[dict[str, Any]], name: str, as_json: bool) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from atoll import registry
 
@@ -80,13 +80,13 @@ def _list_versions(rows: list[dict[str, Any]], name: str, as_json: bool) -> None
                   title=f"{name} ({len(rows)})")
     for row in rows:
         if row["state"] == registry.READY:
-            table.add_row(str(row["version"]), "[green]READY[/]", row["created_at"] or "-", _flat(row["metrics"]),
-                          ", ".join(f"@{a}" for a in row["aliases"]) or "-")
+            table.add_row(str(row["version"]), "[green]READY[/]", Text(row["created_at"] or "-"),
+                          Text(_flat(row["metrics"])), Text(", ".join(f"@{a}" for a in row["aliases"]) or "-"))
             continue
         writer = row["writer"]
         detail = row["error"] or f"being written on {writer.get('host', '?')} pid {writer.get('pid', '?')}"
-        table.add_row("-", f"[{'red' if row['state'] == registry.FAILED else 'yellow'}]{row['state']}[/]",
-                      row["started_at"] or "-", _flat(row["metrics"] or {}), detail)
+        table.add_row("-", Text(row["state"], style="red" if row["state"] == registry.FAILED else "yellow"),
+                      Text(row["started_at"] or "-"), Text(_flat(row["metrics"] or {})), Text(detail))
     console.print(table)
 
 
@@ -109,7 +109,7 @@ def show(ref: str = typer.Argument(..., help="NAME (latest), NAME:VERSION or NAM
                                  "aliases": ", ".join(f"@{a}" for a in aliases) or "-", "uri": mv.uri})
     files = Table("file", "size", "sha256")
     for name, meta in sorted(mv.files.items()):
-        files.add_row(name, f"{meta.get('size', 0):,}", str(meta.get("sha256", ""))[:16] + "…")
+        files.add_row(Text(name), f"{meta.get('size', 0):,}", str(meta.get("sha256", ""))[:16] + "…")
     schema = mv.input_schema if isinstance(mv.input_schema, dict) else \
         ({"schema": mv.input_schema} if mv.input_schema is not None else None)
     exported = {fmt: (f"{r['file']} (max |diff| {r['max_abs_diff']:.2g} on {r.get('examples', 0)} examples)"
@@ -134,12 +134,23 @@ def promote(ref: str = typer.Argument(..., help="NAME:VERSION to promote (NAME@A
 def delete(ref: str = typer.Argument(..., help="NAME:VERSION to delete."),
            yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
            config: Path | None = ConfigOpt) -> None:
-    """Delete one version (refused while an alias points at it); its number is never reused."""
+    """Delete one version (refused while an alias points at it or a Serve app serves it); its number is never
+    reused."""
     from atoll import registry
+    from atoll.errors import ClusterNotUpError, RegistryError
+    from atoll.serving import endpoints
 
     name, version = registry.versioned_ref(ref, "`atoll models delete`")
     reg = _open(config)
     reg.deletable(name, version)  # fail on an unknown version before asking (a tampered one is deletable)
+    try:  # a replica that starts later (autoscaling, a lost node) must still find its version
+        serving = endpoints.apps_serving(reg, name, version)
+    except ClusterNotUpError:
+        serving = []  # no cluster answers: no app runs
+    if serving:
+        raise RegistryError(f"cannot delete {name}:{version}: Serve app {serving[0]!r} serves it. Roll the app "
+                            f"over first (`atoll serve deploy {name}:OTHER --app {serving[0]}`) or delete it "
+                            f"(`atoll serve delete {serving[0]}`).")
     if not yes:
         typer.confirm(f"Delete {name}:{version}?", abort=True)
     reg.delete(name, version)
@@ -176,7 +187,8 @@ def download(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or N
     if as_json:
         print_json({"ref": mv.ref, "path": path, "files": sorted(mv.files)})
         return
-    console.print(f"Downloaded {mv.ref} ({len(mv.files)} files, sha256 checked) to {path}", highlight=False)
+    console.print(f"Downloaded {mv.ref} ({len(mv.files)} files, sha256 checked) to {path}", highlight=False,
+                  markup=False, soft_wrap=True)
 
 
 @models_app.command()
@@ -198,7 +210,7 @@ def export(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or NAM
     parity = mv.exports.get(fmt) or {}
     console.print(f"Exported {mv.ref} as {exports.FILES[fmt]} to {dest} (max |diff| from PyTorch "
                   f"{parity.get('max_abs_diff', float('nan')):.2g} on {parity.get('examples', 0)} held-out examples; "
-                  f"README.md says how to run it)", highlight=False)
+                  f"README.md says how to run it)", highlight=False, markup=False, soft_wrap=True)
 
 
 @models_app.command()
@@ -206,17 +218,31 @@ def register(name: str = typer.Argument(..., help="Model name; the checkpoint be
              checkpoint: Path = _CheckpointArg,
              metrics: str | None = typer.Option(None, "--metrics", help='Metrics to record, as JSON: '
                                                 '\'{"val_accuracy": 0.97}\' (default: the checkpoint\'s own).'),
+             examples: str | None = typer.Option(None, "--examples", help="A dataset (Parquet or CSV, a path or "
+                                                 "s3://...) with the checkpoint's feature and label columns: its "
+                                                 "rows are the playground's examples (default: none; the dataset "
+                                                 "the checkpoint names is never read)."),
              config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
-    """Register a checkpoint trained elsewhere as a new version (refused unless it is a whole checkpoint)."""
+    """Register a checkpoint trained elsewhere as a new version (refused unless it is a whole checkpoint whose
+    model type cluster.yaml's metadata.atoll.model_types allows)."""
     from atoll import runs
     from atoll.config import load_spec
+    from atoll.model_types import AllowList
 
     example = '{"val_accuracy": 0.97}'
     recorded = None if metrics is None else json_option(metrics, "--metrics", example)
     if recorded is not None and not isinstance(recorded, dict):
         raise ConfigError(f"--metrics: expected a JSON object, e.g. --metrics '{example}'.")
-    mv = runs.register_checkpoint(load_spec(config).atoll.storage, name, checkpoint, recorded)
+    spec = load_spec(config)
+    if examples is not None and "://" not in examples:
+        if not Path(examples).expanduser().exists():
+            raise ConfigError(f"--examples {examples}: no such file or folder; name a Parquet or CSV dataset with "
+                              f"the checkpoint's feature and label columns, or leave the option out.")
+        examples = str(Path(examples).expanduser().resolve())  # relative to here, not to the storage root
+    mv = runs.register_checkpoint(spec.atoll.storage, name, checkpoint, recorded, allowed=AllowList.from_spec(spec),
+                                  examples=examples)
     if as_json:
         print_json(mv.to_dict())
         return
-    console.print(f"[green]Registered[/] {mv.ref} from {checkpoint}\n  atoll models show {mv.ref}", highlight=False)
+    console.print(f"[green]Registered[/] {mv.ref} from {escape(str(checkpoint))}\n  atoll models show {mv.ref}",
+                  highlight=False, soft_wrap=True)

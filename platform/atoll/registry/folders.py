@@ -2,7 +2,10 @@
 versions, staging folders and aliases live under ``<root>/registry/``, and the IO on them that holds up
 under concurrent writers (small JSON files replaced whole, listings that look again when a folder appears
 or vanishes mid-walk, folder ages, the per-model lock). It knows nothing of manifests, so publishing
-(:mod:`atoll.registry.publish`) and the :class:`~atoll.registry.store.Registry` share it."""
+(:mod:`atoll.registry.publish`) and the :class:`~atoll.registry.store.Registry` share it.
+
+A small JSON file that is there but unreadable is not an absent one: :meth:`Folders.update_json` refuses to
+write over it (that would lose whatever it held, e.g. every other alias)."""
 
 from __future__ import annotations
 
@@ -45,8 +48,15 @@ class Folders:
         #: Whether the store takes conditional writes (S3): claims and compare-and-swap, not rename and lock.
         self.conditional = not local and filesystems.supports_conditional_writes(fs)
         self.object_store = filesystems.is_object_store(fs)  # no folders of its own: none are created
+        self._bucket_exists = False  # checked once, the first time a listing comes back empty
 
     # -- paths ------------------------------------------------------------------------------------
+
+    def uri(self, path: str) -> str:
+        """``path`` as a user names it: ``s3://bucket/key`` on an object store, the path on a disk."""
+        if not self.object_store:
+            return path
+        return f"{'gs' if self.fs.type_name == 'gcs' else self.fs.type_name}://{path}"
 
     def model_dir(self, name: str) -> str:
         return posixpath.join(self.base, name)
@@ -103,30 +113,30 @@ class Folders:
     def take_over(self, path: str, data: bytes, still: Callable[[Any], bool]) -> bool:
         """Replace the JSON object ``path`` with ``data`` if ``still(its content)`` and nobody replaced it
         in between (S3: ``If-Match`` its ETag)."""
-        current, etag = self._read_json_versioned(path)
+        raw, etag = filesystems.read_versioned(self.fs, path)
+        try:
+            current = json.loads(raw) if raw is not None else None
+        except ValueError:
+            return False  # not a claim this writer can judge: leave it
         return etag is not None and still(current) and filesystems.put_if_unchanged(self.fs, path, data, etag)
 
     def update_json(self, path: str, change: Callable[[Any], Any]) -> Any:
         """Apply ``change`` to a small JSON file (None when missing) and write the result, losing no concurrent
-        update: a compare-and-swap on S3; on a local disk the caller holds :meth:`lock`."""
+        update: a compare-and-swap on S3; on a local disk the caller holds :meth:`lock`.
+
+        Raises:
+            RegistryError: the file is there but unreadable (:meth:`read_json_if_present`); it is left as is.
+        """
         if not self.conditional:
-            new = change(self.read_json(path))
+            new = change(self.read_json_if_present(path))
             self.write_json_atomic(path, new)
             return new
         for _ in range(1000):
-            current, etag = self._read_json_versioned(path)
-            new = change(current)
+            raw, etag = filesystems.read_versioned(self.fs, path)
+            new = change(None if raw is None else self._parsed(path, raw))
             if filesystems.put_if_unchanged(self.fs, path, json.dumps(new, indent=2, sort_keys=True).encode(), etag):
                 return new
         raise RegistryError(f"{path}: too many concurrent updates; retry.")
-
-    def _read_json_versioned(self, path: str) -> tuple[Any | None, str | None]:
-        """A small JSON object's content (None when missing or unparsable) and its ETag (S3)."""
-        raw, etag = filesystems.read_versioned(self.fs, path)
-        try:
-            return (json.loads(raw) if raw is not None else None), etag
-        except ValueError:
-            return None, etag
 
     def read_json(self, path: str) -> Any | None:
         """Parsed JSON, or None when the file is missing or unreadable (half-written, foreign)."""
@@ -135,16 +145,52 @@ class Folders:
         except (FileNotFoundError, ValueError):
             return None
 
+    def read_json_if_present(self, path: str) -> Any | None:
+        """Parsed JSON, or None only when there is no such file.
+
+        Raises:
+            RegistryError: the file is there but not JSON (damaged, or edited by hand). Read as empty, the next
+                write would replace whatever it held.
+        """
+        try:
+            raw = self.read_bytes(path)
+        except FileNotFoundError:
+            return None
+        return self._parsed(path, raw)
+
+    def _parsed(self, path: str, raw: bytes) -> Any:
+        try:
+            return json.loads(raw)
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise RegistryError(f"{self.uri(path)} is unreadable ({exc}); it was left as it is, since writing "
+                                f"over it would lose what it holds. Repair it (from a backup, or by hand) or "
+                                f"delete it to start it afresh.") from None
+
     def listing(self, path: str, recursive: bool = False) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
         for _ in range(2):
             try:
-                return self.fs.get_file_info(selector)
+                found = self.fs.get_file_info(selector)
+                break
             except FileNotFoundError:
                 # pyarrow raises when the folder appears between its failed listing and its existence check
                 # (a concurrent first registration), or a subfolder vanishes mid-walk (a publish): look again.
                 continue
-        return self.fs.get_file_info(selector)
+        else:
+            found = self.fs.get_file_info(selector)
+        if not found:
+            self._check_bucket(path)
+        return found
+
+    def _check_bucket(self, path: str) -> None:
+        """An object store lists a missing bucket as empty: say that it is missing, not that nothing is there
+        (and before a write, which some stores answer by creating the bucket)."""
+        if not self.object_store or self._bucket_exists:
+            return
+        bucket = path.lstrip("/").split("/", 1)[0]
+        if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise filesystems.bucket_missing(bucket, self.uri(self.base).removesuffix("/registry"))
+        self._bucket_exists = True
 
     def idle_s(self, folder: pafs.FileInfo) -> float:
         """Seconds since the last write in a folder (0 when the store reports no times)."""

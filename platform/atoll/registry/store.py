@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from atoll import filesystems
 from atoll.errors import RegistryError
 from atoll.registry.folders import Folders, _resolve
 from atoll.registry.manifest import (
@@ -56,8 +57,12 @@ from atoll.registry.writers import STALE_STAGING_S, _this_writer, _writer_died
 _CHUNK = 1 << 20  # bytes per read when streaming a file in or out
 
 
+@filesystems.speaks_to_the_store("_location")
 class Registry:
     """Numbered, immutable model versions under ``<root>/registry/``.
+
+    Every public method raises what the store refuses (credentials, region, network, a missing bucket) as a
+    one-line :class:`~atoll.filesystems.StorageError`.
 
     Args:
         root: The storage root: a local directory (``~`` allowed) or an ``s3://`` / ``gs://`` URI.
@@ -78,6 +83,8 @@ class Registry:
                 self._uri_prefix = base
         self._folders = Folders(fs, posixpath.join(base, "registry") if base else "registry",
                                 local=isinstance(fs, pafs.LocalFileSystem))
+        #: The storage root as errors name it (a URI on an object store).
+        self._location = self.root if filesystem is None else self._folders.uri(base)
 
     def __repr__(self) -> str:
         return f"Registry({self.root!r})"
@@ -148,7 +155,22 @@ class Registry:
                 if (m := self._manifest(name, v)) is not None]
 
     def _read_aliases(self, name: str) -> dict[str, int]:
-        return _aliases_of(self._folders.read_json(self._folders.aliases_file(name)))
+        return self._aliases_of(name, self._folders.read_json_if_present(self._folders.aliases_file(name)))
+
+    def _aliases_of(self, name: str, data: Any) -> dict[str, int]:
+        """The ``{alias: version}`` of a parsed aliases.json (None: there is none yet).
+
+        Raises:
+            RegistryError: it holds something else; every write refuses it too, so no alias is lost.
+        """
+        if data is None:
+            return {}
+        if isinstance(data, dict) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                          for v in data.values()):
+            return {str(k): v for k, v in data.items()}
+        raise RegistryError(f"{self._folders.uri(self._folders.aliases_file(name))} is not a map of alias to "
+                            f"version (e.g. {{\"production\": 3}}); it was left as it is. Repair it, or delete it "
+                            f"to drop every alias of {name!r} and promote again.")
 
     def aliases(self, name: str) -> dict[str, int]:
         """The aliases of a model, ``{alias: version}`` (empty when it has none)."""
@@ -359,7 +381,7 @@ class Registry:
         previous: dict[str, int | None] = {}
 
         def point(current: Any) -> dict[str, int]:
-            aliases = _aliases_of(current)
+            aliases = self._aliases_of(name, current)
             previous["version"] = aliases.get(alias)
             return {**aliases, alias: int(version)}
 
@@ -372,7 +394,7 @@ class Registry:
             # version since. Each side checks again after its own write, so at least one sees the other; here
             # the move backs off, and the alias goes back to where it pointed (unless it moved on meanwhile).
             def back(current: Any) -> dict[str, int]:
-                aliases = _aliases_of(current)
+                aliases = self._aliases_of(name, current)
                 if aliases.get(alias) == int(version):
                     aliases.pop(alias)
                     if previous["version"] is not None:
@@ -409,7 +431,8 @@ class Registry:
             raise self._unknown_alias(name, alias, self._read_aliases(name))
         with self._folders.lock(name):
             self._folders.update_json(self._folders.aliases_file(name),
-                                      lambda current: {a: v for a, v in _aliases_of(current).items() if a != alias})
+                                      lambda current: {a: v for a, v in self._aliases_of(name, current).items()
+                                                      if a != alias})
 
     def _aliases_on(self, name: str, version: int) -> list[str]:
         return sorted(a for a, v in self._read_aliases(name).items() if v == version)
@@ -542,11 +565,6 @@ class Registry:
                 tmp.unlink(missing_ok=True)
         (dest / MANIFEST).write_text(json.dumps(mv.manifest, indent=2))
         return str(dest)
-
-
-def _aliases_of(data: Any) -> dict[str, int]:
-    """The ``{alias: version}`` of a parsed aliases.json (empty when missing or not a mapping)."""
-    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def open_registry(storage_root: str) -> Registry:
