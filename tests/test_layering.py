@@ -114,7 +114,8 @@ def test_the_pure_layers_import_nothing_above_them():
     assert graph["atoll.tasks"] <= {"atoll.errors", "atoll.tasks.base"}  # names only (the base for typing)
     assert _reachable(graph, "atoll.capacity") <= {"atoll.specs", "atoll.tasks", "atoll.tasks.base", "atoll.errors"}
     assert _reachable(graph, "atoll.config") <= {"atoll.specs", "atoll.capacity", "atoll.errors", "atoll.tasks",
-                                                 "atoll.tasks.base", "atoll.filesystems"}
+                                                 "atoll.tasks.base", "atoll.filesystems", "atoll.ray_compat"}
+    assert graph["atoll.ray_compat"] == set()  # the adapter over Ray's internals sits below everything
     assert graph["atoll.filesystems"] <= {"atoll.errors", "atoll.specs"}  # paths and the store's variables: no IO above
 
 
@@ -134,3 +135,29 @@ def test_the_public_api_resolves_every_name_and_import_atoll_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip()) >= 20
+
+
+def test_only_ray_compat_touches_rays_private_apis_and_it_names_the_ray_it_was_read_against():
+    """Issue 32.20: Ray's internals (``_private`` modules, ``_``-prefixed names, the Serve controller's
+    methods) change between releases; one adapter holds every use, so the next Ray upgrade is one file. This
+    fails when a module elsewhere imports one, and when the installed Ray is not one the adapter names."""
+    import ray
+    from atoll import ray_compat
+
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "ray_compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ray"):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("ray")]
+            elif isinstance(node, ast.Attribute) and node.attr in ("_upload_py_modules_if_needed",
+                                                                  "get_app_configs", "_get_global_client"):
+                names = [node.attr]
+            if any("._private" in n or n.startswith("_") or n in ("get_app_configs",) for n in names):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert offenders == [], f"private Ray APIs outside atoll/ray_compat.py: {offenders}"
+    assert tuple(int(p) for p in ray.__version__.split(".")[:2]) in ray_compat.TESTED

@@ -300,7 +300,8 @@ def validate_ray_config(config: dict[str, Any], source: str = "cluster.yaml") ->
     """Validate against Ray's own schema, the way ``ray up`` does; return Ray's filled-out config."""
     import jsonschema
     import ray.autoscaler
-    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from atoll import ray_compat
 
     schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
     try:
@@ -309,8 +310,7 @@ def validate_ray_config(config: dict[str, Any], source: str = "cluster.yaml") ->
         raise _ray_schema_error(exc, config, source) from None
     _check_node_types(config, source)
     try:
-        filled = prepare_config(copy.deepcopy(config))
-        validate_config(filled)
+        filled = ray_compat.prepare_and_validate_cluster_config(copy.deepcopy(config))
     except jsonschema.ValidationError as exc:
         raise _ray_schema_error(exc, config, source) from None
     except (ValueError, RuntimeError, KeyError, NotImplementedError) as exc:

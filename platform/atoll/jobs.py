@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from atoll import auth, filesystems
+from atoll import auth, filesystems, ray_compat
 from atoll.cluster import ClusterInfo, current
 from atoll.errors import ClusterError, ClusterNotUpError, ConfigError, JobNotFoundError, JobUnschedulableError
 
@@ -69,7 +69,7 @@ def upload_modules(paths: list[str], *, info: ClusterInfo | None = None) -> list
     renv: dict[str, Any] = {"py_modules": list(paths), "excludes": list(DEFAULT_EXCLUDES)}
     client = _client(info or current())
     try:
-        client._upload_py_modules_if_needed(renv)  # the SDK's upload (what `ray job submit` does), in place
+        ray_compat.upload_py_modules(client, renv)
     except (ConnectionError, requests.RequestException) as exc:
         raise ClusterNotUpError(f"cannot upload {', '.join(paths)} to the cluster ({_reason(exc)}).") from None
     return list(renv["py_modules"])
@@ -226,8 +226,6 @@ def check_shipped(folder: Path, files: list[Path]) -> None:
     Raises:
         ConfigError: naming the first such file and the two ways to fix it.
     """
-    from atoll import ray_compat
-
     include = os.environ.get(IGNORE_GITIGNORE_VAR, "0") != "1"
     left_out = ray_compat.unshipped_files(folder, files, include_gitignore=include)
     if left_out:

@@ -52,3 +52,41 @@ def unshipped_files(folder: Path, files: list[Path], *, include_gitignore: bool)
                 left_out.append(file)
                 break
     return left_out
+
+
+def upload_py_modules(client: Any, runtime_env: dict[str, Any]) -> None:
+    """Upload a runtime_env's local ``py_modules`` to the cluster's package store, in place (each becomes a
+    ``gcs://`` URI): what ``ray job submit`` does for a job, through the Jobs SDK's own (private) upload, for a
+    Serve app, whose REST API takes no local folder."""
+    check_version()
+    client._upload_py_modules_if_needed(runtime_env)
+
+
+def prepare_and_validate_cluster_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray's cluster launcher's own fill-in and validation of a cluster.yaml (``ray up`` runs the same two
+    functions). Raises what they raise: jsonschema.ValidationError, ValueError, ..."""
+    check_version()
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    filled = prepare_config(config)
+    validate_config(filled)
+    return filled
+
+
+async def serve_app_configs() -> dict[str, Any]:
+    """Every Serve app's deployed config (name → config), from the Serve controller, read by an HTTP proxy's
+    middleware (inside the cluster, where the controller is a named actor)."""
+    check_version()
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    return await controller.get_app_configs.remote()
+
+
+def serve_details() -> dict[str, Any]:
+    """Serve's details (apps with their route prefixes), from inside the cluster (a Serve replica)."""
+    check_version()
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().get_serve_details()

@@ -1,7 +1,7 @@
 """Fault-injection and hostile-input tests (issue 9): each records what it measured for docs/reliability.md.
 
 A test calls ``reliability(group, fault, measured, result)``. The rows wait on the test item until its
-teardown, then land, with the test's real outcome (passed / failed / error / skipped), in
+teardown, then land (a test that records none still leaves its outcome), with the test's real outcome (passed / failed / error / skipped), in
 ``.reliability/<run>/<test id>.json`` at the repository root (ignored by git). Every file carries the run
 (one per pytest session), its start time and the git commit it ran on. ``python tests/faults/report.py``
 turns the latest run's files into the table of ``docs/reliability.md``: a test that records and then
@@ -60,10 +60,9 @@ def reliability(request: pytest.FixtureRequest) -> Callable[..., None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Write the item's rows after its teardown, with the outcome of all three phases."""
+    """Write the item's rows after its teardown, with the outcome of all three phases: for every test under
+    tests/faults, so a fault test that fails before recording anything (or records nothing) still appears."""
     report = yield
-    if "reliability" not in getattr(item, "fixturenames", ()):
-        return report
     outcome = item.stash.get(OUTCOME, "passed")
     if report.failed:
         outcome = "failed" if report.when == "call" else "error"

@@ -46,7 +46,7 @@ def test_a_test_that_fails_after_recording_is_published_as_fail(tmp_path):
     records = {r["test"].rsplit("::", 1)[1]: r for r in _records(tmp_path / ".reliability")}
     assert {name: r["outcome"] for name, r in records.items()} == {
         "test_records_then_passes": "passed", "test_records_then_fails": "failed",
-        "test_fails_before_recording": "failed"}
+        "test_fails_before_recording": "failed", "test_without_the_fixture": "passed"}
     assert len({r["run"] for r in records.values()}) == 1
 
     out = tmp_path / "reliability.md"
@@ -55,7 +55,8 @@ def test_a_test_that_fails_after_recording_is_published_as_fail(tmp_path):
     assert "| serve | fault A | measured A | pass (with a caveat) |" in rows
     assert "| serve | fault B | 0 of 9 failed | FAIL |" in rows
     assert any("test_fails_before_recording" in row and row.endswith("| FAIL |") for row in rows), rows
-    assert len(rows) == 3 and "3 tests, 2 failed, 1 passed" in out.read_text()
+    assert any("test_without_the_fixture" in row for row in rows), rows  # 32.19: every fault test is counted
+    assert len(rows) == 4 and "4 tests, 2 failed, 2 passed" in out.read_text()
 
 
 def test_the_report_keeps_only_the_latest_run(tmp_path):
@@ -85,3 +86,27 @@ def test_the_report_keeps_only_the_latest_run(tmp_path):
     # An earlier run is published only when asked for by name.
     assert report.main(["--records", str(records), "--out", str(out), "--run", old_dir.name]) == 0
     assert "| serve | kill | 0 failed | pass |" in out.read_text() and "3 failed" not in out.read_text()
+
+
+def test_the_published_table_is_from_the_code_it_describes():
+    """Issue 32.19: docs/reliability.md names the commit of its run; CI fails once the code it describes (the
+    package, and the fault tests themselves) has changed since, so a stale table cannot go unnoticed.
+    Regenerate: `pytest` (or `pytest tests/faults`), then `python tests/faults/report.py`, and commit the page."""
+    import re
+
+    text = (report.ROOT / "docs" / "reliability.md").read_text()
+    found = re.search(r"on commit `([0-9a-f]{7,40})`", text)
+    assert found, "docs/reliability.md names no commit"
+    commit = found[1]
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=report.ROOT, capture_output=True, text=True, check=False)
+
+    if git("rev-parse", "--is-inside-work-tree").returncode != 0:
+        import pytest
+
+        pytest.skip("not a git checkout: no history to compare the table's commit with")
+    assert git("cat-file", "-e", f"{commit}^{{commit}}").returncode == 0, f"{commit} is not in this history"
+    changed = git("diff", "--name-only", commit, "HEAD", "--", "platform", "tests/faults").stdout.split()
+    assert changed == [], (f"docs/reliability.md is from {commit}, and {len(changed)} file(s) it describes "
+                           f"changed since ({', '.join(changed[:5])}): rerun the tests and tests/faults/report.py")

@@ -279,9 +279,9 @@ def live_apps() -> list[dict[str, Any]]:
 
     prefixes: dict[str, str] = {}
     try:  # route prefixes are in the controller's details; Atoll's apps are at /<app> anyway
-        from ray.serve.context import _get_global_client
+        from atoll import ray_compat
 
-        details = _get_global_client().get_serve_details()
+        details = ray_compat.serve_details()
         prefixes = {n: a.get("route_prefix") for n, a in (details.get("applications") or {}).items()}
     except Exception as exc:  # noqa: BLE001 - a private API: fall back to the convention
         log.debug("no route prefixes from Serve's details (%s); assuming /<app>", exc)
