@@ -14,7 +14,9 @@ predictions and probabilities, the way a user runs them:
 
 - ours: ``atoll predict NAME:V --input rows.parquet --output out.parquet`` on a warm cluster (``atoll up``
   beforehand, its own storage), timed from the command's start to its end (job submission, Ray Data's read,
-  the actor pool loading the model, writing the file included);
+  the actor pool loading the model, writing the file included); its output is checked to follow the input's
+  rows, and the same job with ``--any-order`` (pieces written as the actors finish them) says what the order
+  costs (``order_cost``: ours / any-order - 1);
 - baseline: one Python process that reads the file with pandas, applies the version's preprocessing
   (``task.encode``), runs the same weights with torch in batches of 4,096 under ``inference_mode``, turns the
   outputs into labels and probabilities with numpy (``task.answer_arrays``, as the job does) and writes the
@@ -107,6 +109,14 @@ def _dataset(storage: str, demo: str, rows: int, target: Path) -> None:
     repeated.to_parquet(target)
 
 
+def _in_input_order(path: Path) -> bool:
+    """Whether the job's output follows the input's rows (``row_id`` counts up from 0)."""
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(path, columns=["row_id"]).column("row_id").to_numpy()
+    return bool(len(ids)) and bool((ids == np.arange(len(ids))).all())
+
+
 def _crossover(small: dict, large: dict) -> dict | None:
     """Where the job overtakes the loop, from one case's two sizes: each side as fixed seconds plus rows at its
     marginal rate (the line through its two points). None where the job's marginal rate is not the faster."""
@@ -148,6 +158,12 @@ def main() -> int:
                                        str(work / f"{case}-ours.parquet"), "--json"))
             ours_s = time.perf_counter() - started
             predicted, breakdown = answer["predicted"], _breakdown(began, began + ours_s, answer)
+            in_order = _in_input_order(work / f"{case}-ours.parquet")
+            # What the input's order costs: the same job writing pieces as the actors finish them.
+            started = time.perf_counter()
+            _atoll("predict", ref, "--input", str(source), "--output", str(work / f"{case}-ours.parquet"),
+                   "--overwrite", "--any-order", "--json")
+            any_order_s = time.perf_counter() - started
             base_s = _plain_loop(storage, ref, source, work / f"{case}-loop.parquet")
             ours, base = n / ours_s, n / base_s
             print(f"{case}: {n:,} rows; atoll predict {ours_s:.1f} s ({ours:,.0f} rows/s, {predicted['actors']} "
@@ -157,7 +173,11 @@ def main() -> int:
                             "unit": "rows/s", "ratio": round(ours / base, 3), "better": "higher", "rows": n,
                             "ours_wall_s": round(ours_s, 2), "baseline_wall_s": round(base_s, 2),
                             "job_seconds": predicted["seconds"], "actors": predicted["actors"],
-                            "runtime": predicted["runtime"], "breakdown_s": breakdown})
+                            "runtime": predicted["runtime"], "breakdown_s": breakdown, "in_input_order": in_order,
+                            "any_order_wall_s": round(any_order_s, 2),
+                            "order_cost": round(ours_s / any_order_s - 1, 3)})
+            print(f"  in the input's order: {in_order}; with --any-order {any_order_s:.1f} s (the order costs "
+                  f"{ours_s / any_order_s - 1:+.1%})", flush=True)
             for written in (source, work / f"{case}-ours.parquet", work / f"{case}-loop.parquet"):
                 written.unlink()  # ten million rows: hundreds of MB on each side
     _print_breakdowns(results)

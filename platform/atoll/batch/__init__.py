@@ -149,13 +149,15 @@ def pieces(groups: list[tuple[str, int, int]], batch_rows: int, actors: int) -> 
 
 
 def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: int | None = None,
-        overwrite: bool = False, runtime: str = "auto", on_progress=None) -> dict[str, Any]:
+        overwrite: bool = False, runtime: str = "auto", any_order: bool = False,
+        on_progress=None) -> dict[str, Any]:
     """Predict ``input_uri`` with version ``ref`` on the connected cluster into ``output_uri`` (one Parquet
     file, written as the pool's batches come back). ``batch_rows``: rows read and answered together (default: the task's,
     :attr:`atoll.tasks.base.Task.batch_rows`). ``runtime``: ``auto`` (ONNX Runtime on CPU where the version has
     its ``model.onnx``, else torch),
-    ``torch`` or ``onnx`` (the version's exported file, run by ONNX Runtime). ``on_progress(rows_done, rows_total)`` after
-    each batch.
+    ``torch`` or ``onnx`` (the version's exported file, run by ONNX Runtime). ``any_order``: write pieces as the
+    actors finish them instead of in the input's order (bench/batch_predict.py measures what the order costs).
+    ``on_progress(rows_done, rows_total)`` after each batch.
 
     Raises:
         RegistryError / DataError / ConfigError: before any work starts.
@@ -196,7 +198,7 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     # Pieces come back as actors finish; without the order guarantee the output's rows could not be matched
     # to the input's without an id column. Ray Data holds a piece that finished early until those before it
     # are out (cost: bench/batch_predict.py).
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    ray.data.DataContext.get_current().execution_options.preserve_order = not any_order
     started = time.perf_counter()
     # At least two batches per actor, so that no actor idles while another works through a long tail.
     if checked["rows"]:
@@ -240,7 +242,7 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     seconds = time.perf_counter() - started
     return {"model": version.ref, "input": input_uri, "output": output_uri, "rows": done, "actors": actors,
             "batch_rows": batch_rows,
-            "gpu": on_gpu, "runtime": runtime, "seconds": round(seconds, 2),
+            "gpu": on_gpu, "runtime": runtime, "ordered": not any_order, "seconds": round(seconds, 2),
             "rows_per_s": round(done / seconds, 1) if seconds else None,
             "keys": checked["keys"],
             # where the job's time went: the version and input checked, the pool's first batch back (actors

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="rows read and answered together (default: the task's: 65,536 table "
                                                         "rows, 4,096 texts or images)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--any-order", action="store_true", help="write rows as the actors finish them, not "
+                        "in the input's order (match them by a key column)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="auto: ONNX Runtime on CPU where the version has its model.onnx, else torch; onnx: "
                              "the exported file")
@@ -44,7 +46,7 @@ def _job(args) -> None:
             emit("predict_progress", rows=done, total=total)
 
     result = batch.run(args.model, args.input, args.output, storage=storage, batch_rows=args.batch_size,
-                       overwrite=args.overwrite, runtime=args.runtime,
+                       overwrite=args.overwrite, runtime=args.runtime, any_order=args.any_order,
                        on_progress=progress)
     started = driver.process_started()
     result["timings"] = {"process_started": round(started, 3), "imports_s": round(imported - started, 2),

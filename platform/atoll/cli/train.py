@@ -112,6 +112,9 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
                 batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Rows read and answered "
                                                       "together (default: the task's: 65,536 table rows, 4,096 texts or images)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+                any_order: bool = typer.Option(False, "--any-order", help="Write rows as the actors finish them "
+                                               "(faster when one piece straggles); by default they follow the "
+                                               "input's order."),
                 runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (auto: ONNX Runtime "
                                             "on CPU where the version has its model.onnx, else torch)."),
                 wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
@@ -121,7 +124,8 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
 
     with cluster_config(config):
         job_id = _submitted("predict", api.predict(model, input_, output, batch_size=batch_size,
-                                                   overwrite=overwrite, runtime=runtime, wait=False))
+                                                   overwrite=overwrite, runtime=runtime, any_order=any_order,
+                                                   wait=False))
     if not wait:
         if as_json:
             print_json({"id": job_id})
