@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=2, help="max_concurrent_trials of the main figure")
     parser.add_argument("--seed", type=int, default=0, help="search seed (the demo's: 0)")
     parser.add_argument("--no-extra", action="store_true", help="skip the ASHA repeat and ASHA at 4 concurrent trials (full run)")
+    parser.add_argument("--scheduler", choices=("asha", "hyperband"), help="ours (default: the sweep file's)")
     args = parser.parse_args()
     trials = args.trials or (6 if args.quick else 8)
     epochs = args.epochs or (6 if args.quick else 8)
@@ -111,9 +112,10 @@ def main() -> int:
                  configure_logging=False)
         ray_init_s = time.perf_counter() - t
         watcher.own_session, watcher.paused = _own_session(), False
-        plan = [("asha", "asha", args.concurrent), ("fifo", "fifo", args.concurrent)]
-        if extra:  # ASHA again (its decisions depend on arrival timing), then with 4 trials at a time
-            plan += [("asha_repeat", "asha", args.concurrent), ("asha_c4", "asha", 4)]
+        ours = args.scheduler or _sweep_scheduler().type
+        plan = [("asha", ours, args.concurrent), ("fifo", "fifo", args.concurrent)]
+        if extra:  # ours again (ASHA's decisions depend on arrival timing), then with 4 trials at a time
+            plan += [("asha_repeat", ours, args.concurrent), ("asha_c4", ours, 4)]
         for key, sched, conc in plan:
             print(f"sweep {key}: {trials} trials x up to {epochs} epochs, scheduler {sched}, "
                   f"max_concurrent_trials {conc} ...", flush=True)
@@ -136,12 +138,17 @@ def main() -> int:
     return 0
 
 
-def _asha_label() -> str:
-    """The ASHA the sweep file sets, read from it (a label written here would drift from the file)."""
+def _sweep_scheduler():
     from atoll import tune
 
-    scheduler = tune.load_sweep(SWEEP)[0].scheduler
-    return f"asha (grace_period {scheduler.grace_period}, reduction_factor {scheduler.reduction_factor:g})"
+    return tune.load_sweep(SWEEP)[0].scheduler
+
+
+def _asha_label(kind: str) -> str:
+    """The scheduler the run used, with the sweep file's settings (a label written here would drift from it)."""
+    scheduler = _sweep_scheduler()
+    grace = f"grace_period {scheduler.grace_period}, " if kind == "asha" else ""
+    return f"{kind} ({grace}reduction_factor {scheduler.reduction_factor:g})"
 
 
 def report(runs: dict[str, dict[str, Any]], trials: int, epochs: int, args, ray_init_s: float,
@@ -206,7 +213,7 @@ def report(runs: dict[str, dict[str, Any]], trials: int, epochs: int, args, ray_
            "best_val_accuracy": {"ours": asha["best"], "baseline": fifo["best"]}, "accuracy_gap": gap,
            "target_accuracy_gap": 0.01, "quick": args.quick, "trials": trials, "max_t": epochs,
            "max_concurrent_trials": args.concurrent, "search_seed": args.seed, "same_configs": same,
-           "scheduler": {"ours": _asha_label(), "baseline": "fifo"},
+           "scheduler": {"ours": _asha_label(asha["scheduler"]), "baseline": "fifo"},
            "stopped_early": {"ours": asha["stopped_early"], "baseline": fifo["stopped_early"]},
            "epochs_per_trial": {"ours": sorted(t["epochs"] for t in asha["per_trial"]),
                                 "baseline": sorted(t["epochs"] for t in fifo["per_trial"])},

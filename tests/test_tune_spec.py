@@ -413,7 +413,7 @@ def test_results_and_plot_are_written_next_to_the_experiment(tmp_path):
     assert Path(paths["plot"]).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("algorithm,scheduler", [("random", "asha"), ("optuna", "fifo")])
+@pytest.mark.parametrize("algorithm,scheduler", [("random", "asha"), ("optuna", "fifo"), ("random", "hyperband")])
 def test_tuner_is_built_without_a_cluster(tmp_path, monkeypatch, algorithm, scheduler):
     import ray
     import ray.tune
@@ -426,6 +426,8 @@ def test_tuner_is_built_without_a_cluster(tmp_path, monkeypatch, algorithm, sche
     trainable = ray.tune.with_resources(ray.tune.with_parameters(tune.run_trial, setup=None, train_ds=None,
                                                                  val_ds=None), {"cpu": 1.0})
     tune.build_tuner(sweep, trainable, storage=str(tmp_path), max_t=8, max_concurrent=2, max_failures=1)
+    kind = {"asha": "AsyncHyperBandScheduler", "hyperband": "HyperBandScheduler", "fifo": "NoneType"}[scheduler]
+    assert type(sweep_run.trial_scheduler(sweep, 8)).__name__ == kind  # the synchronous one for hyperband
     experiment = tune.experiment_path(str(tmp_path), sweep.name)
     assert ray.tune.Tuner.can_restore(experiment) and not ray.is_initialized()
     # From now on the name is taken: only --resume continues it.

@@ -132,6 +132,21 @@ def _registered_before(storage: str, name: str, lineage: dict[str, Any]):
     return next((v for v in versions if all(v.lineage.get(k) == lineage.get(k) for k in keys)), None)
 
 
+def trial_scheduler(sweep: SweepSpec, max_t: int):
+    """Tune's scheduler for the sweep's ``scheduler.type`` (None: FIFO, every trial to ``max_t``)."""
+    from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
+
+    if sweep.scheduler.type == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=sweep.scheduler.grace_period,
+                             reduction_factor=sweep.scheduler.reduction_factor)
+    if sweep.scheduler.type == "hyperband":
+        # Pauses a trial at each rung until its bracket has caught up; a paused trial resumes from its last
+        # checkpoint (every epoch reports one), as after a restart.
+        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
+                                  reduction_factor=sweep.scheduler.reduction_factor)
+    return None
+
+
 def build_tuner(sweep: SweepSpec, trainable, *, storage: str, max_t: int, max_concurrent: int | None,
                 max_failures: int):
     """A new ``tune.Tuner`` for the sweep: its search space, scheduler, search algorithm and storage.
@@ -145,14 +160,9 @@ def build_tuner(sweep: SweepSpec, trainable, *, storage: str, max_t: int, max_co
         max_failures: Restarts of a failed trial from its last checkpoint.
     """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    scheduler = None
-    if sweep.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                  grace_period=sweep.scheduler.grace_period,
-                                  reduction_factor=sweep.scheduler.reduction_factor)
+    scheduler = trial_scheduler(sweep, max_t)
     # The limit goes on the search algorithm itself: TuneConfig.max_concurrent_trials alone did not hold
     # back a BasicVariantGenerator (seen: 4 trials at once with max_concurrent_trials=1).
     if sweep.search.algorithm == "optuna":

@@ -122,9 +122,13 @@ class TrialResources(Strict):
 class SchedulerSpec(Strict):
     """When to stop unpromising trials early (ASHA) or never (FIFO)."""
 
-    type: Literal["asha", "fifo"] = Field("asha", description="asha: stop the worst trials at each rung; "
-                                          "fifo: run every trial to max_t.")
-    grace_period: int = Field(1, ge=1, description="Epochs every trial runs before ASHA may stop it.")
+    type: Literal["asha", "hyperband", "fifo"] = Field(
+        "asha", description="asha: stop the worst trials at each rung as their results arrive (asynchronous: "
+        "whoever reaches a rung first may be promoted); hyperband: synchronous successive halving, a rung "
+        "decides once every trial of its bracket has reached it (trials pause meanwhile), so the epochs spent "
+        "do not depend on which trial ran first; fifo: run every trial to max_t.")
+    grace_period: int = Field(1, ge=1, description="Epochs every trial runs before ASHA may stop it (asha only: "
+                              "hyperband's first rung is max_t / reduction_factor^brackets).")
     reduction_factor: float = Field(2, gt=1, description="ASHA keeps the best 1/reduction_factor of the "
                                     "trials at each rung.")
     max_t: int | None = Field(None, ge=1, description="Most epochs a trial runs (default: the train spec's "
