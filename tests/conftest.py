@@ -66,6 +66,22 @@ def ray_cluster(atoll_env):
     assert leftover == [], f"`atoll down` left Ray processes running: {leftover}"
 
 
+@pytest.fixture
+def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty storage root of this test's own (the session's cluster.yaml, this root)."""
+    root = tmp_path / "storage"
+    monkeypatch.setenv("ATOLL_STORAGE", str(root))
+    return root
+
+
+def invoke(*args: str, **kw):
+    """The CLI run in this process by typer's test runner (no subprocess: for tests that need no cluster)."""
+    from atoll.cli import app
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, list(args), **kw)
+
+
 def run_cli(*args: str, timeout: float = 300, cwd: Path = REPO, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
     """Run the real `atoll` console script as a user would."""

@@ -30,23 +30,12 @@ from atoll.cli.serve import deploy_summary
 from atoll.errors import AtollError, ConfigError, RegistryError
 from atoll.serving import endpoints
 from atoll.specs import ServeSettings
-from conftest import APP_KEY, ATOLL, REPO, run_cli
+from conftest import APP_KEY, ATOLL, REPO, invoke, run_cli
 from rich.console import Console
-from typer.testing import CliRunner
 
 KEY = "cli-test-key-0123456789abcdef"  # long enough for the key check
 
 
-@pytest.fixture
-def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty storage root of this test's own (the session's cluster.yaml, this root)."""
-    root = tmp_path / "storage"
-    monkeypatch.setenv("ATOLL_STORAGE", str(root))
-    return root
-
-
-def invoke(*args: str, **kw: Any):
-    return CliRunner().invoke(cli.app, list(args), **kw)
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -12,24 +12,12 @@ from typing import Any
 
 import pytest
 from atoll import runs
-from atoll.cli import app
 from atoll.cli.runs import size_text
-from conftest import REPO
-from typer.testing import CliRunner
+from conftest import REPO, invoke
 
 SWEEP_STATE = "experiment_state-2026-01-01_00-00-00.json"
 
 
-@pytest.fixture
-def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty storage root of this test's own (the session's cluster.yaml, this root)."""
-    root = tmp_path / "storage"
-    monkeypatch.setenv("ATOLL_STORAGE", str(root))
-    return root
-
-
-def invoke(*args: str, **kw: Any):
-    return CliRunner().invoke(app, list(args), **kw)
 
 
 def write_checkpoint(folder: Path, *, epoch: int, epochs: int, val_accuracy: float, run_name: str = "run",

@@ -231,7 +231,7 @@ def _finish(out: dict[str, Any], info, spec, demo: Demo, *, stopped: bool, reuse
     deployed = out["deployed"]
     url = deployed["url"]
     sweep = out.get("sweep") or {}
-    auth = endpoints.curl_auth(spec.atoll.serve)
+    auth = endpoints.curl_auth(spec.atoll.serve, deployed.get("keyed"))  # a kept key counts too
     lines = [f"Done in {out['timings_s']['total']:.0f} s.",
              f"Dashboard     {info.dashboard_url}",
              f"Query it      atoll query {deployed['app']} --file rows.json   ({demo.inputs})",
