@@ -106,8 +106,12 @@ def test_the_proxy_middleware_refuses_keyless_requests_to_keyed_routes_and_passe
                 "right key": ("POST", "/digits/predict", {"Authorization": f"Bearer {KEY}"}),
                 "healthz": ("GET", "/digits/healthz", {}),
                 "page shell": ("GET", "/digits/ui", {}),
+                "page script": ("GET", "/digits/ui/static/playground.js", {}),
                 "unkeyed app": ("POST", "/open/predict", {}),
-                "serve's own": ("GET", "/-/routes", {}),
+                "unkeyed healthz": ("GET", "/open/healthz", {}),
+                "serve's health": ("GET", "/-/healthz", {}),
+                "serve's routes": ("GET", "/-/routes", {}),
+                "serve's routes keyed": ("GET", "/-/routes", {"Authorization": f"Bearer {KEY}"}),
                 "gallery page": ("GET", "/", {}),
                 "gallery list": ("GET", "/_gallery/apps", {}),
                 "gallery list keyed": ("GET", "/_gallery/apps", {"Authorization": f"Bearer {KEY}"}),
@@ -115,11 +119,18 @@ def test_the_proxy_middleware_refuses_keyless_requests_to_keyed_routes_and_passe
             out = {}
             for name, (method, path, headers) in cases.items():
                 resp = await http.request(method, path, headers=headers)
-                out[name] = (resp.status_code, resp.headers.get("x-atoll-refused-by"))
+                out[name] = (resp.status_code, resp.headers.get("x-atoll-refused-by"),
+                             resp.headers.get("x-atoll-answered-by"), resp.text)
             return out
 
     got = asyncio.run(run())
-    refused = {name for name, (code, _) in got.items() if code == 401}
-    assert refused == {"keyless predict", "wrong key", "gallery list"}, got
+    refused = {name for name, (code, *_) in got.items() if code == 401}
+    assert refused == {"keyless predict", "wrong key", "gallery list", "serve's routes"}, got  # 32.7: the app list
     assert all(got[name][1] == "proxy" for name in refused)
-    assert all(code == 200 for name, (code, _) in got.items() if name not in refused), got
+    assert all(code == 200 for name, (code, *_) in got.items() if name not in refused), got
+    # Issue 32.7: a keyed app's public routes never reach a replica (no queue slot, no autoscaling), and its
+    # keyless /healthz names no model or version; an unkeyed app's go to its replica as before.
+    answered = {name for name, (_, _, by, _) in got.items() if by == "proxy"}
+    assert answered == {"healthz", "page shell", "page script"}, got
+    assert got["healthz"][3] == '{"status":"ok"}' and "digits" not in got["healthz"][3]
+    assert "<html" in got["page shell"][3].lower() and "reached" in got["unkeyed healthz"][3]

@@ -465,6 +465,10 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
         # Ray's local-only mode (its default on macOS/Windows) makes the node IP 127.0.0.1, and then every
         # gRPC server (GCS, raylet, object manager, workers, agents) binds loopback, not every interface.
         env[LOCAL_ONLY_VAR] = "0"
+        # Gloo's connections between Train workers listen on this interface's address (the loopback one, on
+        # Linux); torch's rendezvous store on rank 0 has no such setting and listens on every interface.
+        if sys.platform.startswith("linux"):
+            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     # Serve's HTTP proxies refuse requests without a valid API key before they reach a replica's queue.
     env[proxy_auth.ENV_VAR] = proxy_auth.IMPORT_PATH
     before = _ray_pids()

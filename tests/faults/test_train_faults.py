@@ -57,12 +57,32 @@ def _checkpoint_dirs(run_name: str) -> list[Path]:
     return sorted(p for p in (Path(train.runs_root(_storage())) / run_name).glob("checkpoint_*") if p.is_dir())
 
 
+def _assert_listeners_while_training(reliability) -> None:
+    """Issue 32.18, while a 2-worker gloo run is under way: every listener of the cluster is on loopback but
+    torch's rendezvous store, one on rank 0, which torch binds to every interface with no setting to change
+    (the README's security section says so); Gloo's own connections listen on loopback (GLOO_SOCKET_IFNAME=lo,
+    which `atoll up` sets), and a Serve replica's gRPC server is Ray's (tests/faults/test_serve_faults.py)."""
+    from .sockets import is_loopback, listeners
+
+    found = listeners()
+    workers = [(name, ip, port) for name, ip, port in found if name.startswith("ray::RayTrainWorker")]
+    assert workers, f"no Train worker listens: {found}"  # the run's process group is up
+    exposed = [(name, ip, port) for name, ip, port in found
+               if not is_loopback(ip) and not name.startswith("ray::ServeReplica")]
+    assert len(exposed) <= 1 and all(name.startswith("ray::RayTrainWorker") for name, _, _ in exposed), exposed
+    reliability("access", "listening sockets while a 2-worker gloo run trains",
+                f"{len(workers)} Train worker listeners, {len(workers) - len(exposed)} on 127.0.0.1 (Gloo's "
+                f"connections); {len(exposed)} on every interface: torch's rendezvous store on rank 0 "
+                f"(no bind setting in torch)")
+
+
 def test_a_killed_driver_loses_no_epoch_and_the_resume_redoes_at_most_one(trained_digits, reliability):
     submitted = run_cli("train", "--no-wait", "--json", "--set", f"epochs={TRAINED_EPOCHS}", *STREAMED, "--run-name", RUN)
     job_id = json.loads(submitted.stdout)["id"]
 
     # 1. SIGKILL the job's driver once Ray Train's controller has registered a checkpoint.
     _wait(lambda: len(_checkpoints(RUN)) >= 1, job_id, "a first checkpoint")
+    _assert_listeners_while_training(reliability)
     epochs_before = {e["epoch"] for e in parse_events(jobs.logs(job_id)) if e["event"] == "epoch"}
     assert len(epochs_before) < TRAINED_EPOCHS, "the run finished before its driver could be killed"
     # (The job runs its entrypoint through `sh -c`: the driver is the python process under it.)

@@ -5,9 +5,12 @@ Ray wraps each HTTP proxy's ASGI app in the middlewares that ``RAY_SERVE_HTTP_PR
 names (read when the proxy starts: `atoll up` sets it in the environment of `ray start`, cluster.yaml's
 start commands and the KubeRay manifests set it too). The middleware matches a request to its app by route
 prefix and checks the key against the app's record (``api_key_hash`` in its args, see atoll.apikeys), which
-it reads from the Serve controller's app configs about once a second. Routes that need no key
-(``/healthz``, the playground's page shell, Serve's own ``/-/`` routes) pass untouched. Each replica checks
-the key again, so a proxy started without this middleware still guards every app.
+it reads from the Serve controller's app configs about once a second. The public routes of a keyed app
+(``/healthz``, the playground's page shell and its static files) are answered here, from the package's own
+files, so that no keyless request of any kind takes a replica's queue slot or drives autoscaling. Serve's
+``/-/routes`` (which names every app) needs one of the keyed apps' keys while there is one; ``/-/healthz``
+passes untouched. Each replica checks the key again, so a proxy started without this middleware still
+guards every app.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ REFRESH_S = 1.0
 #: proxy hammer the controller.
 RECHECK_S = 0.25
 REFUSED_BY = (b"x-atoll-refused-by", b"proxy")  # tells a test (or an operator) where the 401 came from
+ANSWERED_BY = ("x-atoll-answered-by", "proxy")  # a keyed app's public route, answered without a replica
+ROUTES_PATH = "/-/routes"  # Serve's own list of every app and its route
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,9 @@ class KeyTable:
             if time.monotonic() - self.read_at < RECHECK_S:
                 return  # another request refreshed meanwhile
             try:
-                import ray
-                from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+                from atoll import ray_compat
 
-                controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-                self.guards = guards_from_configs(await controller.get_app_configs.remote())
+                self.guards = guards_from_configs(await ray_compat.serve_app_configs())
             except Exception as exc:  # noqa: BLE001 - keep the last table; replicas still check every key
                 log.warning("atoll.serving.proxy_auth: cannot read the app configs from the Serve controller (%s)", exc)
             self.read_at = time.monotonic()
@@ -106,16 +109,33 @@ class APIKeyMiddleware:
         self.table = table or KeyTable()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope.get("type") != "http" or scope.get("path", "").startswith("/-/"):
+        if scope.get("type") != "http":
             return await self.app(scope, receive, send)
+        path = scope.get("path") or "/"
         header = next((v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"authorization"), None)
-        if await self._allowed(scope.get("path", "/"), header):
+        if path.startswith("/-/"):
+            if path != ROUTES_PATH or await self._routes_open(header):
+                return await self.app(scope, receive, send)
+            return await self._refuse(send)
+        found = await self.table.lookup(path)
+        if found is not None and not found[0].gallery and (answer := public_answer(*found)) is not None:
+            return await answer(scope, receive, send)
+        if await self._allowed(path, header):
             return await self.app(scope, receive, send)
+        return await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
         body = json.dumps({"error": apikeys.REFUSED}).encode()
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"www-authenticate", b"Bearer"), REFUSED_BY]})
         await send({"type": "http.response.body", "body": body})
+
+    async def _routes_open(self, header: str | None) -> bool:
+        """Serve's list of every app opens to anyone while no app is keyed, else with any keyed app's key."""
+        await self.table.lookup("/")  # refreshes the table when it is old
+        records = tuple(r for guard in self.table.guards for r in guard.records)
+        return not records or apikeys.any_key_matches(header, records)
 
     async def _allowed(self, path: str, header: str | None) -> bool:
         for fresh in (False, True):  # a refusal is re-checked once against fresh configs (a key just deployed)
@@ -128,6 +148,29 @@ class APIKeyMiddleware:
             if apikeys.any_key_matches(header, guard.records):
                 return True
         return False
+
+
+def public_answer(guard: Guard, subpath: str) -> Any | None:
+    """The proxy's own answer (an ASGI response) to a public route of the keyed model app ``guard``, or None
+    for a route that needs the key. The page shell and its files are the package's, the same for every app;
+    ``/healthz`` says the app is deployed and routed to (Serve's own health checks replace a replica that
+    stops answering) and, keyless, names no model or version."""
+    from starlette.responses import JSONResponse, RedirectResponse
+
+    from atoll.serving import playground
+
+    if subpath == "/healthz":
+        response = JSONResponse({"status": "ok"})
+    elif subpath == "/ui":
+        response = playground.html_response("playground.html")
+    elif subpath == "/ui/":
+        response = RedirectResponse(f"{guard.prefix.rstrip('/')}/ui")
+    elif subpath.startswith("/ui/static/"):
+        response = playground.static_response(subpath.removeprefix("/ui/static/"))
+    else:
+        return None
+    response.headers[ANSWERED_BY[0]] = ANSWERED_BY[1]
+    return response
 
 
 def middlewares() -> list[Any]:
