@@ -91,13 +91,16 @@ class ServeSettings(Strict):
                                         "requests are in flight (a lone request never waits).")
     max_rows: int = Field(1024, ge=1, description="Most rows accepted in one request.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    max_request_pixels: int = Field(4 * 4096 * 4096, ge=1, description="Most image pixels one request may hold, "
+                                    "all its images together, counted from their headers before any is decoded "
+                                    "(a 1 MB body holds 48 blank 4096×4096 PNGs: 805 MP).")
     api_key_env: str = Field("ATOLL_API_KEY", description="Environment variable holding the API key; "
                              "when it is set, every route but /healthz needs 'Authorization: Bearer KEY'.")
     #: Settings one app may override at deploy time (the rest is the proxy's or the client's).
     PER_APP: ClassVar[tuple[str, ...]] = (
         "min_replicas", "max_replicas", "target_ongoing_requests", "max_ongoing_requests", "max_queued_requests",
-        "retry_after_s", "max_batch_size", "batch_wait_timeout_s", "max_rows", "max_body_bytes", "num_cpus_per_replica",
-        "num_gpus_per_replica", "runtime")
+        "retry_after_s", "max_batch_size", "batch_wait_timeout_s", "max_rows", "max_body_bytes", "max_request_pixels",
+        "num_cpus_per_replica", "num_gpus_per_replica", "runtime")
 
     num_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs each replica holds.")
     runtime: Literal["auto", "torch", "onnx"] = Field(

@@ -1,6 +1,7 @@
 """A registered version ready to predict, in any process: a Serve replica, a batch-prediction actor, a
 notebook, a benchmark. Nothing here imports Serve or FastAPI (a batch actor starts ~1.5 s sooner without them)."""
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -35,6 +36,19 @@ def _default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One request's inputs made ready for the model: the task's parsed inputs, the model's input array made
+    from them, and the answer's extra fields from that same encoding (a text's ``truncated``)."""
+
+    inputs: Any
+    encoded: np.ndarray
+    notes: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.encoded)
 
 
 class Predictor:
@@ -90,9 +104,22 @@ class Predictor:
     PADDING_MASKED = frozenset({"hf-bert"})
     BUCKET_ROWS = 256
 
+    def prepare(self, inputs: Any) -> Prepared:
+        """The task's parsed inputs encoded for the model (a text tokenized, once) with the answer's notes."""
+        encoded, notes = self.task.encode_with_notes(inputs, self.pre)
+        return Prepared(inputs, np.ascontiguousarray(encoded), notes)
+
+    def predict_encoded(self, encoded: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
+        """:meth:`predict` for inputs already encoded (:meth:`prepare`'s ``encoded``, or several joined)."""
+        return self.task.answer(self.encoded_outputs(encoded), self.pre)
+
     def outputs(self, inputs: Any) -> np.ndarray:
         """The model's raw float32 outputs for the task's parsed inputs, by torch or ONNX Runtime."""
-        encoded = np.ascontiguousarray(self.task.encode(inputs, self.pre))
+        return self.encoded_outputs(self.task.encode(inputs, self.pre))
+
+    def encoded_outputs(self, encoded: np.ndarray) -> np.ndarray:
+        """The model's raw float32 outputs for encoded inputs."""
+        encoded = np.ascontiguousarray(encoded)
         if (self.task.input_kind == "text" and len(encoded) > self.BUCKET_ROWS
                 and self.version.spec["model"]["type"] in self.PADDING_MASKED):
             return self._by_length(encoded)

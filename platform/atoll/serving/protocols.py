@@ -91,53 +91,91 @@ def _bytes_elements(blob: bytes, count: int, where: str) -> list[bytes]:
     return out
 
 
-def _tensor(spec: Any, binary: bytes, offset: int, where: str) -> tuple[np.ndarray | list, int]:
-    """One request tensor as a numpy array (or a list of bytes/str for BYTES), and the binary bytes it used."""
+@dataclass
+class Tensor:
+    """A request tensor: its datatype and shape, and its values as the task should see them.
+
+    ``values`` is a numpy array (binary data, and integer/BOOL data checked against their datatype), a flat
+    list of ``bytes``/``str`` (BYTES), or, for floating-point data sent as JSON, the values exactly as sent,
+    nested to the tensor's shape: the task's own parsing then judges them as it judges a ``/predict`` row
+    (strict numbers, no numeric strings), rather than numpy converting "1.5" behind its back.
+    """
+
+    datatype: str
+    shape: list[int]
+    values: np.ndarray | list[Any]
+
+
+def _tensor(spec: Any, binary: bytes, offset: int, where: str) -> tuple[Tensor, int]:
+    """One request tensor, and the binary bytes it used."""
     if not isinstance(spec, dict):
         raise RequestError(422, f"{where}: a tensor is an object with name, shape, datatype and data.")
     shape, datatype = spec.get("shape"), spec.get("datatype")
     if (not isinstance(shape, list) or not shape or len(shape) > 8
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 2**31 for d in shape)):
         raise RequestError(422, f"{where}.shape: a list of 1 to 8 non-negative sizes, e.g. [2, 64].")
-    if datatype != "BYTES" and datatype not in NUMPY_TYPES:
-        raise RequestError(422, f"{where}.datatype: {datatype!r} is not one of BYTES, {', '.join(NUMPY_TYPES)}.")
+    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in NUMPY_TYPES):
+        raise RequestError(422, f"{where}.datatype: {repr(datatype)[:40]} is not one of BYTES, "
+                                f"{', '.join(NUMPY_TYPES)}.")
     count = math.prod(shape)
-    size = (spec.get("parameters") or {}).get("binary_data_size") if isinstance(spec.get("parameters"), dict) else None
+    params = spec.get("parameters") if isinstance(spec.get("parameters"), dict) else {}
+    size = params.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise RequestError(400, f"{where}.parameters.binary_data_size: {size!r} bytes are not in the body.")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise RequestError(400, f"{where}.parameters.binary_data_size: {repr(size)[:40]} bytes are not in "
+                                    f"the body.")
         blob = binary[offset:offset + size]
         if datatype == "BYTES":
-            return _bytes_elements(blob, count, where), size
+            return Tensor(datatype, shape, _bytes_elements(blob, count, where)), size
         itemsize = np.dtype(NUMPY_TYPES[datatype]).itemsize
         if size != count * itemsize:
             raise RequestError(400, f"{where}: {size} bytes do not hold {shape} {datatype} values ({count * itemsize}).")
-        return np.frombuffer(blob, dtype=NUMPY_TYPES[datatype]).reshape(shape), size
+        return Tensor(datatype, shape, np.frombuffer(blob, dtype=NUMPY_TYPES[datatype]).reshape(shape)), size
     data = spec.get("data")
     if not isinstance(data, list):
         raise RequestError(422, f"{where}.data: a (flat or nested) list of {count} values, or the binary extension.")
+    flat = _flatten(data, len(shape), where)
+    if len(flat) != count:
+        raise RequestError(422, f"{where}.data: {len(flat)} values for shape {shape} ({count} expected).")
     if datatype == "BYTES":
-        flat = list(_flatten(data))
-        if len(flat) != count or not all(isinstance(v, str) for v in flat):
+        if not all(isinstance(v, str) for v in flat):
             raise RequestError(422, f"{where}.data: {count} strings for shape {shape}.")
-        return flat, 0
+        return Tensor(datatype, shape, flat), 0
+    if datatype.startswith("FP"):
+        return Tensor(datatype, shape, _nested(flat, shape)), 0
     try:
-        array = np.asarray(data, dtype=np.float64 if datatype.startswith("FP") else object)
-        array = array.astype(NUMPY_TYPES[datatype]) if datatype.startswith("FP") else np.asarray(
-            [_integer(v, datatype) for v in _flatten(data)], dtype=NUMPY_TYPES[datatype])
+        array = np.asarray([_integer(v, datatype) for v in flat], dtype=NUMPY_TYPES[datatype])
     except (TypeError, ValueError, OverflowError):
-        raise RequestError(422, f"{where}.data: not all {datatype} numbers.") from None
-    if array.size != count:
-        raise RequestError(422, f"{where}.data: {array.size} values for shape {shape} ({count} expected).")
-    return array.reshape(shape), 0
+        raise RequestError(422, f"{where}.data: not all {datatype} numbers (integers within its range).") from None
+    return Tensor(datatype, shape, array.reshape(shape)), 0
 
 
-def _flatten(data: Any):
-    for item in data:
-        if isinstance(item, list):
-            yield from _flatten(item)
+def _flatten(data: list[Any], depth: int, where: str) -> list[Any]:
+    """Row-major values of flat or nested ``data``, at most ``depth`` lists deep (the tensor's dimensions):
+    iterative, so that no nesting a JSON parser accepts can exhaust the stack."""
+    flat: list[Any] = []
+    stack = [(iter(data), 1)]
+    while stack:
+        items, level = stack[-1]
+        item = next(items, stack)
+        if item is stack:
+            stack.pop()
+        elif isinstance(item, list):
+            if level >= depth:
+                raise RequestError(422, f"{where}.data: nested deeper than its shape has dimensions ({depth}); "
+                                        f"send the values flat, in row-major order.")
+            stack.append((iter(item), level + 1))
         else:
-            yield item
+            flat.append(item)
+    return flat
+
+
+def _nested(flat: list[Any], shape: list[int]) -> list[Any]:
+    """A flat row-major list as nested lists of ``shape`` (the values themselves untouched)."""
+    if len(shape) == 1:
+        return flat
+    step = math.prod(shape[1:])
+    return [_nested(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
 def _integer(value: Any, datatype: str) -> int | bool:
@@ -150,6 +188,37 @@ def _integer(value: Any, datatype: str) -> int | bool:
     return value
 
 
+#: ``POST /v2/models/{name}/infer``'s body in the OpenAPI document (the route reads the raw body itself, for the
+#: binary extension): one input tensor, the outputs wanted, and whether they come back binary.
+OIP_REQUEST_BODY = {"required": True, "content": {
+    "application/json": {"schema": {
+        "type": "object", "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+                "type": "object", "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": ["BYTES", *NUMPY_TYPES]},
+                    "data": {"type": "array", "description": "the values in row-major order, flat or nested to the "
+                             "shape: numbers, or strings for BYTES", "items": {"anyOf": [
+                                 {"type": "number"}, {"type": "string"}, {"type": "boolean"},
+                                 {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "string"}]}}]}},
+                    "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+                }}},
+            "outputs": {"type": "array", "items": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string", "enum": ["predictions", "probabilities"]},
+                               "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
+            "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+        }}},
+    "application/octet-stream": {"schema": {
+        "type": "string", "format": "binary", "description": f"the binary-tensor extension: the JSON request in the "
+        f"first {HEADER_LENGTH} bytes, then each tensor's bytes (its parameters.binary_data_size)"}},
+}}
+
+
 def oip_request(body: bytes, header_length: str | None, schema: dict[str, Any]) -> tuple[dict, Outputs, Any]:
     """An ``/infer`` body (JSON, or JSON then binary tensors) as the task's request, the outputs asked for,
     and the request's ``id``.
@@ -158,7 +227,8 @@ def oip_request(body: bytes, header_length: str | None, schema: dict[str, Any]) 
         RequestError: 400 (not JSON, bad binary framing), 422 (not the tensor this model takes).
     """
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # isascii: "²".isdigit() is true, and int() refuses it
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise RequestError(400, f"{HEADER_LENGTH}: {header_length!r} is not a length within the body.")
         head, binary = body[:int(header_length)], body[int(header_length):]
     else:
@@ -186,27 +256,31 @@ def oip_request(body: bytes, header_length: str | None, schema: dict[str, Any]) 
     return {"inputs": _task_inputs(tensor, schema)}, wanted, request.get("id")
 
 
-def _task_inputs(tensor: np.ndarray | list, schema: dict[str, Any]) -> list:
+def _task_inputs(tensor: Tensor, schema: dict[str, Any]) -> list:
     """A request tensor as the ``inputs`` list of the task's own request."""
-    kind = schema.get("input_kind")
-    if isinstance(tensor, list):  # BYTES: texts, or (for images) encoded files
-        if kind == "image":
-            return [{"b64": base64.b64encode(v if isinstance(v, bytes) else v.encode()).decode()} for v in tensor]
-        if kind != "text":
-            raise RequestError(422, "inputs.0.datatype: BYTES is for texts and encoded images; this model takes "
-                                    f"{_shape(schema)[0]} numbers.")
+    kind, (datatype, shape) = schema.get("input_kind"), _shape(schema)
+    if tensor.datatype == "BYTES":  # texts, or (for images) encoded files
+        if kind not in ("text", "image"):
+            raise RequestError(422, f"inputs.0.datatype: BYTES is for texts and encoded images; this model takes "
+                                    f"{datatype} numbers, shape {shape}.")
         try:
-            return [v.decode("utf-8") if isinstance(v, bytes) else v for v in tensor]
-        except UnicodeDecodeError:
-            raise RequestError(422, "inputs.0: a text is not valid UTF-8.") from None
+            if kind == "image":
+                return [{"b64": base64.b64encode(v if isinstance(v, bytes) else v.encode()).decode()}
+                        for v in tensor.values]
+            return [v.decode("utf-8") if isinstance(v, bytes) else v for v in tensor.values]
+        except UnicodeError:  # bytes that are no UTF-8, or a JSON string with a lone surrogate
+            raise RequestError(422, "inputs.0: an element is not valid UTF-8; send texts as UTF-8.") from None
     if kind == "text":
         raise RequestError(422, "inputs.0.datatype: this model takes texts, as a BYTES tensor of shape [n].")
-    if tensor.ndim < 2:
-        raise RequestError(422, f"inputs.0.shape: {list(tensor.shape)}; the first size is the batch, e.g. "
-                                f"{[1, *(_shape(schema)[1][1:])]}.")
-    if not np.isfinite(tensor.astype(np.float64)).all():
+    if len(tensor.shape) < 2 or (kind != "image" and len(tensor.shape) != len(shape)):
+        expected = ", ".join(["n", *map(str, shape[1:])])
+        raise RequestError(422, f"inputs.0.shape: {tensor.shape}; this model takes [{expected}] ({datatype}), "
+                                f"n the batch size.")
+    if isinstance(tensor.values, list):  # floating-point JSON data: the task judges the values as sent
+        return tensor.values
+    if not np.isfinite(tensor.values.astype(np.float64)).all():
         raise RequestError(422, "inputs.0.data: values must be finite numbers.")
-    return tensor.tolist()
+    return tensor.values.tolist()
 
 
 def _bytes_tensor(values: list[str]) -> bytes:
@@ -251,6 +325,33 @@ def oip_response(predictions: list[Any], probabilities: list[list[float]] | None
 
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 MLFLOW_EXAMPLE = '{"dataframe_split": {"columns": [...], "data": [[...]]}}'
+_INPUTS = {"type": "array", "minItems": 1, "description": "rows of feature values, texts or images, as /predict's "
+           "inputs", "items": {"anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"},
+                                         {"type": "object", "additionalProperties": {"type": "number"}}]}}
+_PARAMS = {"type": "object", "description": "accepted, and ignored"}
+
+
+def _one_of_mlflow(key: str, value: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": [key], "additionalProperties": False,
+            "properties": {key: value, "params": _PARAMS}}
+
+
+#: ``POST /invocations``'s body in the OpenAPI document (the route reads the raw body itself, for CSV).
+MLFLOW_REQUEST_BODY = {"required": True, "content": {
+    "application/json": {"schema": {"oneOf": [
+        _one_of_mlflow("dataframe_split", {
+            "type": "object", "required": ["columns", "data"],
+            "properties": {"columns": {"type": "array", "items": {"type": "string"}},
+                           "data": {"type": "array", "minItems": 1, "items": {"type": "array", "items": {
+                               "anyOf": [{"type": "number"}, {"type": "string"}]}}},
+                           "index": {"type": "array", "items": {"type": "integer"}}}}),
+        _one_of_mlflow("dataframe_records", {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": {"anyOf": [{"type": "number"}, {"type": "string"}]}}}),
+        _one_of_mlflow("instances", _INPUTS),
+        _one_of_mlflow("inputs", _INPUTS),
+    ]}},
+    "text/csv": {"schema": {"type": "string", "description": "a header row of column names, then one row per input"}},
+}}
 
 
 def mlflow_request(body: bytes, content_type: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -262,16 +363,19 @@ def mlflow_request(body: bytes, content_type: str, schema: dict[str, Any]) -> di
     """
     kind = (content_type or "application/json").split(";")[0].strip().lower()
     if kind == "text/csv":
-        try:
-            rows = list(csv.reader(io.StringIO(body.decode("utf-8"))))
+        try:  # utf-8-sig: a spreadsheet's byte order mark is not part of the first column's name
+            rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))
         except (UnicodeDecodeError, csv.Error) as exc:
-            raise RequestError(400, f"the CSV body cannot be read ({exc}).") from None
+            raise RequestError(400, f"the CSV body cannot be read ({str(exc)[:120]}).") from None
         if len(rows) < 2:
             raise RequestError(422, "a CSV body is a header row of column names, then one row per input.")
-        columns, data = rows[0], [[_csv_value(v) for v in row] for row in rows[1:] if row]
-        return {"inputs": _frame_inputs(columns, data, schema)}
+        # CSV has no types: a table's cells are numbers, a text model's cells stay texts (and images base64)
+        number = _csv_value if schema.get("input_kind") == "table" else str
+        data = [[number(v) for v in row] for row in rows[1:] if row]
+        return {"inputs": _frame_inputs(_columns(rows[0], "columns"), data, schema)}
     if kind != "application/json":
-        raise RequestError(415, f"Content-Type {content_type!r}: send application/json ({MLFLOW_EXAMPLE}) or text/csv.")
+        raise RequestError(415, f"Content-Type {str(content_type)[:60]!r}: send application/json ({MLFLOW_EXAMPLE}) "
+                                f"or text/csv.")
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -279,18 +383,36 @@ def mlflow_request(body: bytes, content_type: str, schema: dict[str, Any]) -> di
     keys = [k for k in MLFLOW_KEYS if isinstance(payload, dict) and k in payload]
     if len(keys) != 1 or set(payload) - {keys[0], "params"}:
         raise RequestError(422, f"the body must hold exactly one of {', '.join(MLFLOW_KEYS)}, like {MLFLOW_EXAMPLE}.")
-    value = payload[keys[0]]
-    if keys[0] == "dataframe_split":
+    key, value = keys[0], payload[keys[0]]
+    if key == "dataframe_split":
         if not isinstance(value, dict) or not isinstance(value.get("columns"), list) \
                 or not isinstance(value.get("data"), list):
             raise RequestError(422, f"dataframe_split: an object with columns and data, like {MLFLOW_EXAMPLE}.")
-        return {"inputs": _frame_inputs(value["columns"], value["data"], schema)}
-    if keys[0] == "dataframe_records":
+        return {"inputs": _frame_inputs(_columns(value["columns"], "dataframe_split.columns"), value["data"], schema)}
+    if key == "dataframe_records":
         if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
             raise RequestError(422, 'dataframe_records: a list of objects, one per row, like [{"column": value}].')
+        if schema.get("input_kind") == "table":
+            return {"inputs": value}  # rows by feature name, as /predict takes them (it names what is missing)
         columns = list(dict.fromkeys(k for r in value for k in r))
         return {"inputs": _frame_inputs(columns, [[r.get(c) for c in columns] for r in value], schema)}
+    if not isinstance(value, list):  # MLflow's dict of named tensors or columns has no counterpart here
+        raise RequestError(422, f"{key}: a list of rows (or texts, or images), one per input, as /predict takes "
+                                f"them; for named columns send {MLFLOW_EXAMPLE}.")
     return {"inputs": value}  # instances / inputs: the rows, texts or images themselves, as /predict takes them
+
+
+def _columns(columns: list[Any], where: str) -> list[str]:
+    """A data frame's column names: strings, each once (a row becomes an object keyed by them)."""
+    for i, column in enumerate(columns):
+        if not isinstance(column, str):
+            raise RequestError(422, f"{where}.{i}: column names are strings, not {type(column).__name__}.")
+    seen: set[str] = set()
+    for column in columns:
+        if column in seen:
+            raise RequestError(422, f"{where}: {column[:60]!r} appears twice; name each column once.")
+        seen.add(column)
+    return columns
 
 
 def _csv_value(text: str) -> Any:
@@ -300,17 +422,18 @@ def _csv_value(text: str) -> Any:
         return text
 
 
-def _frame_inputs(columns: list[Any], data: list[Any], schema: dict[str, Any]) -> list:
+def _frame_inputs(columns: list[str], data: list[Any], schema: dict[str, Any]) -> list:
     """A data frame (column names, rows) as the task's inputs: rows by feature name, or the text/image column."""
     kind = schema.get("input_kind")
-    if not all(isinstance(row, list) and len(row) == len(columns) for row in data):
-        raise RequestError(422, f"data: every row must hold one value per column ({len(columns)}).")
+    for i, row in enumerate(data):
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise RequestError(422, f"data.{i}: every row must hold one value per column ({len(columns)}).")
     if kind in ("text", "image"):
         column = schema["features"][0]
         at = columns.index(column) if column in columns else 0 if len(columns) == 1 else None
         if at is None:
-            raise RequestError(422, f"columns: this model reads the {kind} column {column!r}; found "
-                                    f"{', '.join(map(str, columns))}.")
+            found = ", ".join(c[:40] for c in columns[:5]) + (" …" if len(columns) > 5 else "")
+            raise RequestError(422, f"columns: this model reads the {kind} column {column!r}; found {found or 'none'}.")
         return [row[at] for row in data]
     return [dict(zip(columns, row, strict=True)) for row in data]
 

@@ -17,6 +17,8 @@ import asyncio
 import copy
 import json
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,7 @@ from atoll import apikeys
 from atoll.errors import AtollError, RequestError
 from atoll.serving import playground, protocols
 from atoll.serving.names import DEPLOYMENT_NAME
-from atoll.serving.predictor import Predictor
+from atoll.serving.predictor import Predictor, Prepared
 from atoll.specs import ServeSettings
 
 log = logging.getLogger("ray.serve")
@@ -84,9 +86,14 @@ class AppArgs(pydantic.BaseModel):
 # Requests
 
 
-def parse_request(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_bytes: int) -> Any:
+#: Pixels a request's images may hold together where the caller names no limit (ServeSettings' default).
+DEFAULT_REQUEST_PIXELS: int = ServeSettings.model_fields["max_request_pixels"].default
+
+
+def parse_request(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_bytes: int,
+                  max_request_pixels: int = DEFAULT_REQUEST_PIXELS) -> Any:
     """Validate a ``/predict`` body: size and JSON here, what ``inputs`` must hold by the version's task
-    (feature rows as float32 ``[n, d]``, or a list of texts). Returns the task's parsed inputs.
+    (feature rows as float32 ``[n, d]``, texts, or images decoded and resized). Returns the task's parsed inputs.
 
     Raises:
         RequestError: 400 (not JSON), 413 (too large), 422 (wrong shape or values).
@@ -105,15 +112,16 @@ def parse_request(body: bytes, schema: dict[str, Any], *, max_rows: int, max_bod
         raise RequestError(400, f"body is not valid JSON ({exc}); send {task.request_example}.") from None
     except RecursionError:
         raise RequestError(400, f"body is nested too deeply; send {task.request_example}.") from None
-    return parse_payload(payload, schema, max_rows=max_rows)
+    return parse_payload(payload, schema, max_rows=max_rows, max_request_pixels=max_request_pixels)
 
 
-def parse_payload(payload: Any, schema: dict[str, Any], *, max_rows: int) -> Any:
+def parse_payload(payload: Any, schema: dict[str, Any], *, max_rows: int,
+                  max_request_pixels: int = DEFAULT_REQUEST_PIXELS) -> Any:
     """A decoded request (``{"inputs": [...]}``, from ``/predict`` or translated from a standard protocol)
     checked against the row limit and the version's task. Returns the task's parsed inputs.
 
     Raises:
-        RequestError: 413 (too many rows), 422 (wrong shape or values), 400 (nested too deeply).
+        RequestError: 413 (too many rows or pixels), 422 (wrong shape or values), 400 (nested too deeply).
     """
     from atoll import tasks
 
@@ -122,7 +130,7 @@ def parse_payload(payload: Any, schema: dict[str, Any], *, max_rows: int) -> Any
         raise RequestError(413, f"{len(payload['inputs'])} rows in one request; the limit is {max_rows} "
                                 f"(max_rows): split the request.")
     try:
-        return task.parse_inputs(payload, schema)
+        return task.parse_inputs(payload, schema, max_request_pixels=max_request_pixels)
     except RecursionError:
         raise RequestError(400, f"body is nested too deeply; send {task.request_example}.") from None
 
@@ -159,6 +167,14 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+#: Threads per replica that parse request bodies. Few: each holds a request's decoded images (up to
+#: max_request_pixels) or tokens while it works, and the rest wait holding only their bodies.
+PARSE_THREADS = 2
+#: A table body up to this size is parsed on the event loop: it takes less time (~0.3 ms) than the hop to
+#: a thread and back. Images and texts always go to a thread (decoding and tokenizing take milliseconds).
+INLINE_TABLE_BYTES = 16 * 1024
+
+
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress(api)
 class ModelServer:
@@ -173,6 +189,7 @@ class ModelServer:
         self.predict_batch.set_max_batch_size(self.settings.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self._in_flight = 0  # requests between parsing and their answer (the batch wait adapts to it)
+        self._parser = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="atoll-parse")
         log.info("serving %s on %s with %s", self.predictor.version.ref, self.predictor.device, self.predictor.runtime)
 
     def _refused(self, request: Request) -> JSONResponse | None:
@@ -230,8 +247,33 @@ class ModelServer:
                                     f"(max_body_bytes): send fewer rows per request.")
         return await _read_body(request, self.settings.max_body_bytes)
 
+    def _prepare(self, body: bytes) -> Prepared:
+        """A ``/predict`` body parsed, validated and encoded for the model (images decoded, texts tokenized)."""
+        rows = parse_request(body, self.predictor.schema, max_rows=self.settings.max_rows,
+                             max_body_bytes=self.settings.max_body_bytes,
+                             max_request_pixels=self.settings.max_request_pixels)
+        return self.predictor.prepare(rows)
+
+    def _prepare_payload(self, payload: Any) -> Prepared:
+        """A standard protocol's request, translated into ``/predict``'s shape, parsed and encoded as one."""
+        rows = parse_payload(payload, self.predictor.schema, max_rows=self.settings.max_rows,
+                             max_request_pixels=self.settings.max_request_pixels)
+        return self.predictor.prepare(rows)
+
+    async def _off_loop(self, parse: Callable[..., Any], *args: Any) -> Any:
+        """``parse(*args)`` in one of the replica's parse threads: the event loop meanwhile goes on reading
+        other requests and answering /healthz (four 4096×4096 images take a quarter of a second or more)."""
+        return await asyncio.get_running_loop().run_in_executor(self._parser, parse, *args)
+
+    async def _prepared(self, body: bytes) -> Prepared:
+        """:meth:`_prepare` off the event loop; a small table body in place."""
+        if self.predictor.task.input_kind == "table" and len(body) <= INLINE_TABLE_BYTES:
+            return self._prepare(body)
+        return await self._off_loop(self._prepare, body)
+
     async def _answer(self, rows: Any) -> tuple[list[Any], list[list[float]] | None]:
-        """Parsed inputs through the batched model; rows whose answer is not finite are an error.
+        """Parsed inputs (or :class:`Prepared` ones) through the batched model; rows whose answer is not
+        finite are an error.
 
         The batch wait adapts: a request with no other in flight goes to the model at once (a lone client
         never waits batch_wait_timeout_s for company that is not coming); under load batches wait to fill.
@@ -245,7 +287,8 @@ class ModelServer:
             self._in_flight -= 1
         bad = self.predictor.non_finite_rows(predictions, probabilities)
         if bad:  # JSON has no NaN: say what happened instead of failing in the encoder
-            raise RequestError(*self.predictor.explain_non_finite(rows, bad))
+            raw = rows.inputs if isinstance(rows, Prepared) else rows
+            raise RequestError(*self.predictor.explain_non_finite(raw, bad))
         return predictions, probabilities
 
     @api.post("/predict", openapi_extra={"requestBody": _PREDICT_BODY})
@@ -253,15 +296,14 @@ class ModelServer:
         if refused := self._refused(request):
             return refused
         try:
-            rows = parse_request(await self._body(request), self.predictor.schema, max_rows=self.settings.max_rows,
-                                 max_body_bytes=self.settings.max_body_bytes)
-            predictions, probabilities = await self._answer(rows)
+            prepared = await self._prepared(await self._body(request))
+            predictions, probabilities = await self._answer(prepared)
         except RequestError as exc:
             return _error(exc.status, exc.message)
         v = self.predictor.version
         answer = {"predictions": predictions, "probabilities": probabilities} if probabilities is not None \
             else {"predictions": predictions}
-        return {**answer, **self.predictor.task.notes(rows, self.predictor.pre), "model": v.name, "version": v.version}
+        return {**answer, **prepared.notes, "model": v.name, "version": v.version}
 
     # ---- The Open Inference Protocol v2 (KServe V2 / Triton REST), beside /predict
 
@@ -291,15 +333,16 @@ class ModelServer:
     def oip_model_ready(self, name: str, request: Request):
         return self._oip_model(request, name) or {"name": name, "ready": True}
 
-    @api.post("/v2/models/{name}/infer")
+    # Like /predict, both read the raw body themselves (binary tensors, CSV): their schemas are declared.
+    @api.post("/v2/models/{name}/infer", openapi_extra={"requestBody": protocols.OIP_REQUEST_BODY})
     async def oip_infer(self, name: str, request: Request):
         if problem := self._oip_model(request, name):
             return problem
         try:
-            payload, wanted, request_id = protocols.oip_request(
-                await self._body(request), request.headers.get(protocols.HEADER_LENGTH), self.predictor.schema)
-            predictions, probabilities = await self._answer(
-                parse_payload(payload, self.predictor.schema, max_rows=self.settings.max_rows))
+            payload, wanted, request_id = await self._off_loop(
+                protocols.oip_request, await self._body(request), request.headers.get(protocols.HEADER_LENGTH),
+                self.predictor.schema)
+            predictions, probabilities = await self._answer(await self._off_loop(self._prepare_payload, payload))
             body, headers = protocols.oip_response(predictions, probabilities, name=name,
                                                    version=self.predictor.version.version,
                                                    schema=self.predictor.schema, wanted=wanted, request_id=request_id)
@@ -313,27 +356,31 @@ class ModelServer:
     def mlflow_ping(self, request: Request):
         return self._refused(request) or Response("\n", media_type="application/json")
 
-    @api.post("/invocations")
+    @api.post("/invocations", openapi_extra={"requestBody": protocols.MLFLOW_REQUEST_BODY})
     async def mlflow_invocations(self, request: Request):
         if refused := self._refused(request):
             return refused
         try:
-            payload = protocols.mlflow_request(await self._body(request), request.headers.get("content-type", ""),
-                                               self.predictor.schema)
-            predictions, _ = await self._answer(
-                parse_payload(payload, self.predictor.schema, max_rows=self.settings.max_rows))
+            payload = await self._off_loop(protocols.mlflow_request, await self._body(request),
+                                           request.headers.get("content-type", ""), self.predictor.schema)
+            predictions, _ = await self._answer(await self._off_loop(self._prepare_payload, payload))
         except RequestError as exc:
             body, status = protocols.mlflow_error(exc.status, exc.message)
             return JSONResponse(body, status_code=status)
         return {"predictions": predictions}
 
+    def _predict_joined(self, requests: list[Any]) -> tuple[list[Any], list[list[float]] | None]:
+        """Many requests' inputs, encoded where they are not yet (the protocol routes'), through the model at once."""
+        encoded = [r.encoded if isinstance(r, Prepared) else self.predictor.prepare(r).encoded for r in requests]
+        return self.predictor.predict_encoded(np.concatenate(encoded))
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict_batch(self, requests: list[Any]) -> list[tuple[list[Any], list[list[float]] | None]]:
-        """Many requests' rows through the model at once; each request gets its own slice back."""
-        joined = np.concatenate(requests) if isinstance(requests[0], np.ndarray) else [x for r in requests for x in r]
+        """Many requests' rows (parsed or :class:`Prepared`) through the model at once; each request gets its
+        own slice back."""
         # Off the event loop (torch and ONNX Runtime release the GIL): the replica goes on reading and parsing
         # the next requests while a batch computes (bench/serve_load.py: +15-20% requests/s on the MLP).
-        predictions, probabilities = await asyncio.to_thread(self.predictor.predict, joined)
+        predictions, probabilities = await asyncio.to_thread(self._predict_joined, requests)
         out, start = [], 0
         for rows in requests:
             end = start + len(rows)

@@ -134,11 +134,12 @@ class Task(ABC):
         return predictions.tolist(), None if probabilities is None else probabilities.tolist()
 
     @abstractmethod
-    def parse_inputs(self, payload: Any, schema: dict[str, Any]) -> Any:
-        """A decoded ``/predict`` body's inputs, checked against the version's schema.
+    def parse_inputs(self, payload: Any, schema: dict[str, Any], *, max_request_pixels: int | None = None) -> Any:
+        """A decoded ``/predict`` body's inputs, checked against the version's schema. ``max_request_pixels``:
+        the most pixels a request's images may hold together (image tasks; None: no cap per request).
 
         Raises:
-            RequestError: 422, naming the field (``inputs.3``) and what it must be.
+            RequestError: 422, naming the field (``inputs.3``) and what it must be; 413 past a limit.
         """
 
     @abstractmethod
@@ -149,9 +150,10 @@ class Task(ABC):
     def encode(self, inputs: Any, state) -> np.ndarray:
         """Parsed inputs as the model's input array (what the training transform makes of a batch)."""
 
-    def notes(self, inputs: Any, state) -> dict[str, Any]:
-        """Extra fields of an answer about the inputs (e.g. which texts were truncated); none by default."""
-        return {}
+    def encode_with_notes(self, inputs: Any, state) -> tuple[np.ndarray, dict[str, Any]]:
+        """:meth:`encode`, and the extra fields of an answer about the inputs (e.g. which texts were
+        truncated) from that same encoding; none by default."""
+        return self.encode(inputs, state), {}
 
     @abstractmethod
     def request_schema(self, schema: dict[str, Any], max_rows: int) -> dict[str, Any]:

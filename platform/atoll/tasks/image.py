@@ -34,8 +34,8 @@ MAX_SIDE = 1024
 _MODES = {1: "L", 3: "RGB"}
 
 
-def decode(blob: bytes, where: str):
-    """A PIL image from encoded bytes, its size checked before its pixels are decoded.
+def open_image(blob: bytes, where: str):
+    """A PIL image from encoded bytes with only its header read: its size is known, its pixels not decoded.
 
     Raises:
         ValueError: not an image PIL reads, or larger than :data:`MAX_PIXELS`.
@@ -44,15 +44,35 @@ def decode(blob: bytes, where: str):
 
     try:
         image = Image.open(io.BytesIO(blob))
+    except Image.DecompressionBombError:  # PIL's own check, past 2 × its MAX_IMAGE_PIXELS (not an OSError)
+        raise ValueError(f"{where}: the image is larger than the {MAX_PIXELS:,} pixels allowed") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise ValueError(f"{where}: not an image (PNG, JPEG, GIF, BMP, WebP, ...)") from None
     if image.width * image.height > MAX_PIXELS:
         raise ValueError(f"{where}: {image.width}×{image.height} pixels is larger than the {MAX_PIXELS:,} allowed")
+    return image
+
+
+def load(image, where: str):
+    """An opened image's pixels, decoded.
+
+    Raises:
+        ValueError: the image data is truncated or corrupt.
+    """
     try:
         image.load()
     except (OSError, ValueError, SyntaxError):
         raise ValueError(f"{where}: the image data is truncated or corrupt") from None
     return image
+
+
+def decode(blob: bytes, where: str):
+    """A PIL image from encoded bytes, its size checked before its pixels are decoded.
+
+    Raises:
+        ValueError: not an image PIL reads, larger than :data:`MAX_PIXELS`, or corrupt.
+    """
+    return load(open_image(blob, where), where)
 
 
 def pixels(image, shape: list[int]) -> np.ndarray:
@@ -65,6 +85,11 @@ def pixels(image, shape: list[int]) -> np.ndarray:
         converted = converted.resize((width, height), Image.Resampling.BILINEAR)
     array = np.asarray(converted, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _pixel_count(image) -> int:
+    """Pixels of an opened (not decoded) PIL image or of a pixel array: what decoding it will hold."""
+    return int(image.shape[0] * image.shape[1]) if isinstance(image, np.ndarray) else image.width * image.height
 
 
 def shape_of(image) -> list[int]:
@@ -186,18 +211,32 @@ class ImageClassification(Classifier):
                 "features": state.features, "num_features": 1, "dtype": "image", "image_shape": state.image_shape,
                 "classes": state.classes, "label": state.label}
 
-    def parse_inputs(self, payload: Any, schema: dict[str, Any]) -> list[np.ndarray]:
-        """Each image as uint8 ``[channels, height, width]`` in the version's shape."""
+    def parse_inputs(self, payload: Any, schema: dict[str, Any], *,
+                     max_request_pixels: int | None = None) -> list[np.ndarray]:
+        """Each image as uint8 ``[channels, height, width]`` in the version's shape.
+
+        Every image's size is read first (an encoded file's from its header), and a request whose images
+        together hold more than ``max_request_pixels`` is refused before any of them is decoded.
+        """
         if not isinstance(payload, dict) or set(payload) != {"inputs"}:
             raise RequestError(422, f"the body must be a JSON object like {self.request_example}.")
         images = payload["inputs"]
         if not isinstance(images, list) or not images:
             raise RequestError(422, f"inputs: a non-empty list of images, like {self.request_example}.")
-        return [self._one(image, f"inputs.{i}", schema["image_shape"]) for i, image in enumerate(images)]
+        opened = [self._open(image, f"inputs.{i}") for i, image in enumerate(images)]
+        total = sum(_pixel_count(image) for image in opened)
+        if max_request_pixels is not None and total > max_request_pixels:
+            raise RequestError(413, f"inputs: the {len(opened)} image(s) hold {total:,} pixels together; the limit "
+                                    f"per request is {max_request_pixels:,} (max_request_pixels): send fewer or "
+                                    f"smaller images per request.")
+        parsed = []
+        for i in range(len(opened)):
+            image, opened[i] = opened[i], None  # let each decoded image go once resized: one at a time in memory
+            parsed.append(self._pixels(image, f"inputs.{i}", schema["image_shape"]))
+        return parsed
 
-    def _one(self, image: Any, where: str, shape: list[int]) -> np.ndarray:
-        from PIL import Image
-
+    def _open(self, image: Any, where: str):
+        """A PIL image opened but not decoded (only its header read), or a pixel array as uint8."""
         if isinstance(image, dict) and set(image) == {"b64"} and isinstance(image["b64"], str):
             image = image["b64"]
         if isinstance(image, str):
@@ -208,7 +247,7 @@ class ImageClassification(Classifier):
                 raise RequestError(422, f"{where}: not valid base64; send the image file's bytes base64-encoded.") \
                     from None
             try:
-                return pixels(decode(blob, where), shape)
+                return open_image(blob, where)
             except ValueError as exc:
                 raise RequestError(422, str(exc)) from None
         if not isinstance(image, list) or not image:
@@ -227,9 +266,18 @@ class ImageClassification(Classifier):
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
             raise RequestError(422, f"{where}: pixel values must be numbers from 0 to 255.")
         array = array.round().astype(np.uint8)
-        if array.ndim == 3 and array.shape[2] == 1:
-            array = array[:, :, 0]
-        return pixels(Image.fromarray(array), shape)
+        return array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
+
+    def _pixels(self, image, where: str, shape: list[int]) -> np.ndarray:
+        """An opened image or pixel array, decoded, in ``shape``'s channels and size."""
+        from PIL import Image
+
+        if isinstance(image, np.ndarray):
+            return pixels(Image.fromarray(image), shape)
+        try:
+            return pixels(load(image, where), shape)
+        except ValueError as exc:
+            raise RequestError(422, str(exc)) from None
 
     def frame_inputs(self, frame, schema: dict[str, Any]) -> list[np.ndarray]:
         column = schema["features"][0]
@@ -243,10 +291,13 @@ class ImageClassification(Classifier):
 
     def request_schema(self, schema: dict[str, Any], max_rows: int) -> dict[str, Any]:
         c, h, w = schema["image_shape"]
-        row = {"type": "array", "minItems": 1,
-               "items": {"anyOf": [{"type": "number", "minimum": 0, "maximum": 255},
-                                   {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 255}}]}}
-        array = {"type": "array", "minItems": 1, "items": row,
+        value = {"type": "number", "minimum": 0, "maximum": 255}
+        grey_row = {"type": "array", "minItems": 1, "items": value}
+        colour_row = {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "maxItems": 4,
+                                                                "items": value}}
+        # One image is all grey rows or all rows of pixels (height × width × 1, 3 or 4 channels), never mixed.
+        array = {"anyOf": [{"type": "array", "minItems": 1, "items": grey_row},
+                           {"type": "array", "minItems": 1, "items": colour_row}],
                  "description": f"pixel rows, 0–255; resized to {h}×{w}, {c} channel(s)"}
         encoded = {"type": "object", "properties": {"b64": {"type": "string", "contentEncoding": "base64"}},
                    "required": ["b64"], "additionalProperties": False,

@@ -86,7 +86,8 @@ class _Tabular(Task):
         rows = {"type": "array", "minItems": 1, "maxItems": max_rows, "items": {"anyOf": [positional, named]}}
         return {"type": "object", "properties": {"inputs": rows}, "required": ["inputs"], "additionalProperties": False}
 
-    def parse_inputs(self, payload: Any, schema: dict[str, Any]) -> np.ndarray:
+    def parse_inputs(self, payload: Any, schema: dict[str, Any], *,
+                     max_request_pixels: int | None = None) -> np.ndarray:
         """The rows as float32 ``[n, d]``, in the order of the version's features."""
         try:
             request = PredictRequest.model_validate(payload)

@@ -25,6 +25,24 @@ DEFAULT_VOCAB, DEFAULT_MAX_LENGTH = 4000, 64
 TOKENIZER_SAMPLE = 200_000
 
 
+#: Characters of a text tokenized first per token the model takes (a text is cut only between words, and only
+#: where BERT's normalizer keeps the break: a space, tab or newline).
+PREFIX_CHARS_PER_TOKEN = 16
+_WORD_BREAKS = " \t\n\r"
+
+
+def _prefix(text: str, chars: int) -> str:
+    """``text`` up to a word break at or before ``chars`` characters (or the first one after, for a first word
+    that long; the whole text when it has none): its words are the text's first words, unsplit."""
+    if len(text) <= chars:
+        return text
+    before = max(text.rfind(ch, 0, chars + 1) for ch in _WORD_BREAKS)
+    if before > 0:
+        return text[:before]
+    after = [at for at in (text.find(ch, chars) for ch in _WORD_BREAKS) if at >= 0]
+    return text[:min(after)] if after else text
+
+
 @dataclasses.dataclass
 class TextState(FittedState):
     """The fitted state: the text and label columns, the classes, the tokenizer (JSON) and the max length."""
@@ -60,10 +78,25 @@ class TextState(FittedState):
         return cached
 
     def token_ids(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
-        """Token ids ``[n, max_length]`` (int64, [PAD] = 0) and whether each text was cut to fit."""
-        encoded = self._tokenizer().encode_batch(list(texts))
-        ids = np.asarray([e.ids for e in encoded], dtype=np.int64).reshape(len(encoded), self.max_length)
-        return ids, [bool(e.overflowing) for e in encoded]
+        """Token ids ``[n, max_length]`` (int64, [PAD] = 0) and whether each text was cut to fit.
+
+        A long text is tokenized a prefix at a time, cut between words, until the prefix alone overflows or
+        is the whole text: the first ``max_length`` tokens of a prefix that overflows are the text's own, and
+        the model keeps no more. A 1 MB text otherwise took seconds and hundreds of MB of overflow encodings.
+        """
+        texts, tokenizer = list(texts), self._tokenizer()
+        ids, cut = np.zeros((len(texts), self.max_length), dtype=np.int64), [False] * len(texts)
+        pending, budget = list(range(len(texts))), self.max_length * PREFIX_CHARS_PER_TOKEN
+        while pending:
+            parts = [_prefix(texts[i], budget) for i in pending]
+            again = []
+            for i, part, encoded in zip(pending, parts, tokenizer.encode_batch(parts)):
+                if encoded.overflowing or len(part) == len(texts[i]):
+                    ids[i], cut[i] = encoded.ids, bool(encoded.overflowing)
+                else:  # the prefix fits: the rest of the text may still hold tokens
+                    again.append(i)
+            pending, budget = again, budget * 4
+        return ids, cut
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
         """``map_batches`` transform: a pandas batch → ``{"x": int64 [n, max_length], "y": int64 [n]}``."""
@@ -174,7 +207,8 @@ class TextClassification(Classifier):
                 "features": state.features, "num_features": 1, "dtype": "string", "max_length": state.max_length,
                 "image_shape": None, "classes": state.classes, "label": state.label}
 
-    def parse_inputs(self, payload: Any, schema: dict[str, Any]) -> list[str]:
+    def parse_inputs(self, payload: Any, schema: dict[str, Any], *,
+                     max_request_pixels: int | None = None) -> list[str]:
         if not isinstance(payload, dict) or set(payload) != {"inputs"}:
             raise RequestError(422, f"the body must be a JSON object like {self.request_example}.")
         texts = payload["inputs"]
@@ -185,6 +219,11 @@ class TextClassification(Classifier):
                 raise RequestError(422, f"inputs.{i}: expected a text (a JSON string), got {type(text).__name__}.")
             if not text.strip():
                 raise RequestError(422, f"inputs.{i}: the text is empty; send at least one word.")
+            try:  # JSON's "\ud800" escapes make strings the tokenizer cannot take (a TypeError there)
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RequestError(422, f"inputs.{i}: the text holds a lone surrogate (an escape from \\ud800 to "
+                                        f"\\udfff that is no character); send valid Unicode.") from None
         return texts
 
     def frame_inputs(self, frame, schema: dict[str, Any]) -> list[str]:
@@ -193,8 +232,9 @@ class TextClassification(Classifier):
     def encode(self, inputs: list[str], state: TextState) -> np.ndarray:
         return state.token_ids(inputs)[0]
 
-    def notes(self, inputs: list[str], state: TextState) -> dict[str, Any]:
-        return {"truncated": state.token_ids(inputs)[1], "max_length": state.max_length}
+    def encode_with_notes(self, inputs: list[str], state: TextState) -> tuple[np.ndarray, dict[str, Any]]:
+        ids, cut = state.token_ids(inputs)  # one tokenization gives both the model's input and the answer's flags
+        return ids, {"truncated": cut, "max_length": state.max_length}
 
     def request_schema(self, schema: dict[str, Any], max_rows: int) -> dict[str, Any]:
         texts = {"type": "array", "minItems": 1, "maxItems": max_rows,
