@@ -1,7 +1,8 @@
 """Early stopping: the demo sweep under ASHA vs the same trials each run in full (FIFO), same configs.
 
-    python bench/tune_asha.py            # 8 trials of up to 8 epochs, 2 at a time, each way
-    python bench/tune_asha.py --quick    # 6 trials of up to 6 epochs (< 3 min on 2 cores)
+    python bench/tune_asha.py                      # 8 trials of up to 8 epochs, 2 at a time, each way
+    python bench/tune_asha.py --quick              # 6 trials of up to 6 epochs (< 3 min on 2 cores)
+    python bench/tune_asha.py --no-extra --seed 3  # another draw of configs; --scheduler asha|hyperband
 
 Both sweeps are jobs/configs/sweep.yaml (the digits MLP of train.yaml; search space optimizer.lr loguniform
 [3e-4, 3e-2], model.params.hidden in [[32], [128, 64], [256, 128]], batch_size in [32, 64, 128]; random search
@@ -78,7 +79,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="6 trials of up to 6 epochs (< 3 min)")
     parser.add_argument("--trials", type=int, help="num_samples (default 8, quick 6)")
-    parser.add_argument("--epochs", type=int, help="epochs per trial = ASHA's max_t (default 8, quick 6)")
+    parser.add_argument("--epochs", type=int, help="epochs per trial = the scheduler's max_t (default 8, quick 6; "
+                        "hyperband needs a power of reduction_factor, e.g. --epochs 9)")
     parser.add_argument("--concurrent", type=int, default=2, help="max_concurrent_trials of the main figure")
     parser.add_argument("--seed", type=int, default=0, help="search seed (the demo's: 0)")
     parser.add_argument("--no-extra", action="store_true", help="skip the ASHA repeat and ASHA at 4 concurrent trials (full run)")

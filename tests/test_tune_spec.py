@@ -131,6 +131,15 @@ def test_every_sampled_value_must_give_a_valid_training_spec(path, values, messa
     assert message in _error(tune.check_sweep, sweep, _base(), "sweep.yaml")
 
 
+def test_hyperband_needs_a_max_t_whose_first_rung_is_an_epoch():
+    """Ray's HyperBand with max_t 8 and reduction_factor 3 puts its first rung at int(8 / 9) = 0 epochs: a
+    bench run stopped nothing (64 of 64 trial-epochs). Refused before submitting; 9 (3 squared) is fine."""
+    assert "its first rung would be 0.89 epochs" in \
+        _error(tune.check_sweep, _sweep(scheduler={"type": "hyperband", "reduction_factor": 3, "max_t": 8}), _base())
+    tune.check_sweep(_sweep(scheduler={"type": "hyperband", "reduction_factor": 3}, overrides={"epochs": 9}),
+                     _base(epochs=9))
+
+
 def test_scheduler_and_algorithm_fit_the_spec():
     assert "scheduler.max_t: 20 exceeds the training spec's epochs (8)" in \
         _error(tune.check_sweep, _sweep(scheduler={"max_t": 20}), _base())
@@ -422,12 +431,13 @@ def test_tuner_is_built_without_a_cluster(tmp_path, monkeypatch, algorithm, sche
         raise AssertionError("building a Tuner must not start Ray")
 
     monkeypatch.setattr(ray, "init", no_cluster)
-    sweep, _ = tune.load_sweep(SWEEP, [f"search.algorithm={algorithm}", f"scheduler.type={scheduler}"])
+    epochs = ["overrides.epochs=9"] if scheduler == "hyperband" else []  # a power of its reduction_factor 3
+    sweep, _ = tune.load_sweep(SWEEP, [f"search.algorithm={algorithm}", f"scheduler.type={scheduler}", *epochs])
     trainable = ray.tune.with_resources(ray.tune.with_parameters(tune.run_trial, setup=None, train_ds=None,
                                                                  val_ds=None), {"cpu": 1.0})
-    tune.build_tuner(sweep, trainable, storage=str(tmp_path), max_t=8, max_concurrent=2, max_failures=1)
+    tune.build_tuner(sweep, trainable, storage=str(tmp_path), max_t=9, max_concurrent=2, max_failures=1)
     kind = {"asha": "AsyncHyperBandScheduler", "hyperband": "HyperBandScheduler", "fifo": "NoneType"}[scheduler]
-    assert type(sweep_run.trial_scheduler(sweep, 8)).__name__ == kind  # the synchronous one for hyperband
+    assert type(sweep_run.trial_scheduler(sweep, 9)).__name__ == kind  # the synchronous one for hyperband
     experiment = tune.experiment_path(str(tmp_path), sweep.name)
     assert ray.tune.Tuner.can_restore(experiment) and not ray.is_initialized()
     # From now on the name is taken: only --resume continues it.

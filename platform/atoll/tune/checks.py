@@ -169,11 +169,29 @@ def check_sweep(sweep: SweepSpec, base: TrainSpec, source: str = "") -> None:
     if sweep.scheduler.grace_period > (max_t or base.epochs):
         problems.append(f"scheduler.grace_period: {sweep.scheduler.grace_period} exceeds max_t "
                         f"({max_t or base.epochs} epochs); lower grace_period")
+    if sweep.scheduler.type == "hyperband" and (problem := hyperband_problem(max_t or base.epochs,
+                                                                         sweep.scheduler.reduction_factor)):
+        problems.append(problem)
     if problems:
         head = f"{source}: " if source else ""
         if len(problems) == 1:
             raise ConfigError(head + problems[0])
         raise ConfigError(head + f"{len(problems)} problems:\n  " + "\n  ".join(problems))
+
+
+def hyperband_problem(max_t: int, eta: float) -> str | None:
+    """Why Ray's HyperBand cannot use ``max_t`` with ``reduction_factor`` ``eta``, or None. Its most aggressive
+    bracket's first rung is ``int(max_t / eta**s)`` epochs with ``s = round(log(max_t) / log(eta))``: below one
+    epoch (max_t 8, eta 3: 8/9), no rung ever decides and every trial runs to max_t."""
+    import math
+
+    rungs = round(math.log(max_t) / math.log(eta))
+    if max_t >= 1 and int(max_t / eta**rungs) >= 1:
+        return None
+    fits = ", ".join(str(round(eta**k)) for k in range(1, 4))
+    return (f"scheduler: hyperband with reduction_factor {eta:g} and max_t {max_t}: its first rung would be "
+            f"{max_t / eta**rungs:.2g} epochs, so no trial would ever be stopped; use a max_t that is a power of "
+            f"reduction_factor ({fits}, ... epochs)")
 
 
 def check_models(sweep: SweepSpec, base: TrainSpec, input_dim: int, num_classes: int) -> None:

@@ -126,7 +126,8 @@ class SchedulerSpec(Strict):
         "asha", description="asha: stop the worst trials at each rung as their results arrive (asynchronous: "
         "whoever reaches a rung first may be promoted); hyperband: synchronous successive halving, a rung "
         "decides once every trial of its bracket has reached it (trials pause meanwhile), so the epochs spent "
-        "do not depend on which trial ran first; fifo: run every trial to max_t.")
+        "do not depend on which trial ran first (every trial is created at once: max_concurrent_trials does not "
+        "apply, the cluster's CPUs bound how many run); fifo: run every trial to max_t.")
     grace_period: int = Field(1, ge=1, description="Epochs every trial runs before ASHA may stop it (asha only: "
                               "hyperband's first rung is max_t / reduction_factor^brackets).")
     reduction_factor: float = Field(2, gt=1, description="ASHA keeps the best 1/reduction_factor of the "
