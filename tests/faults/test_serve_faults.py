@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -168,24 +170,32 @@ def test_a_flood_gets_fast_503s_with_retry_after_and_the_app_recovers(app, relia
                 f"20/20 OK after")
 
 
-def test_a_keyless_flood_is_refused_at_the_proxy_and_a_keyed_client_loses_no_request(app, reliability):
-    """The API key is checked in Serve's HTTP proxy (atoll.serving.proxy_auth): keyless requests never take a slot of
-    the replicas' queues (16 here), so a keyed client beside a flood of 64 at a time gets every answer."""
+@contextlib.contextmanager
+def _keyed_client(url: str) -> Iterator[list[int]]:
+    """A client with the key predicting in a loop (up to 400 requests) for as long as the block runs; yields
+    the list its statuses land in."""
     keyed: list[int] = []
     stop = threading.Event()
 
     def client() -> None:
         with httpx.Client(timeout=30, headers=AUTH) as http:
             while not stop.is_set() and len(keyed) < 400:
-                keyed.append(http.post(f"{app['url']}/predict", json={"inputs": _rows()}).status_code)
+                keyed.append(http.post(f"{url}/predict", json={"inputs": _rows()}).status_code)
 
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
     try:
-        answers = asyncio.run(_flood(app["url"], n=600, concurrency=64, headers={}, header="x-atoll-refused-by"))
+        yield keyed
     finally:
         stop.set()
         thread.join(timeout=60)
+
+
+def test_a_keyless_flood_is_refused_at_the_proxy_and_a_keyed_client_loses_no_request(app, reliability):
+    """The API key is checked in Serve's HTTP proxy (atoll.serving.proxy_auth): keyless requests never take a slot of
+    the replicas' queues (16 here), so a keyed client beside a flood of 64 at a time gets every answer."""
+    with _keyed_client(app["url"]) as keyed:
+        answers = asyncio.run(_flood(app["url"], n=600, concurrency=64, headers={}, header="x-atoll-refused-by"))
     codes = Counter(code for code, _, _ in answers)
     by_proxy = sum(1 for code, _, where in answers if code == 401 and where == "proxy")
     assert codes == {401: 600}, codes
@@ -201,14 +211,6 @@ def test_a_keyless_flood_of_a_keyed_apps_public_routes_takes_no_replica_slot(app
     """Issue 32.7: /healthz, the page shell and its files need no key, yet a flood of them must not fill the
     replicas' queues or drive autoscaling either: the proxy answers them itself (header x-atoll-answered-by),
     naming no model or version; Serve's /-/routes, which names every app, needs a key."""
-    keyed: list[int] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(timeout=30, headers=AUTH) as http:
-            while not stop.is_set() and len(keyed) < 400:
-                keyed.append(http.post(f"{app['url']}/predict", json={"inputs": _rows()}).status_code)
-
     async def flood(n: int, concurrency: int) -> list[tuple[int, str | None, str]]:
         sem = asyncio.Semaphore(concurrency)
         paths = ["healthz", "ui", "ui/static/playground.js"]
@@ -223,13 +225,8 @@ def test_a_keyless_flood_of_a_keyed_apps_public_routes_takes_no_replica_slot(app
 
             return await asyncio.gather(*(one(i) for i in range(n)))
 
-    thread = threading.Thread(target=client, daemon=True)
-    thread.start()
-    try:
+    with _keyed_client(app["url"]) as keyed:
         answers = asyncio.run(flood(n=900, concurrency=64))
-    finally:
-        stop.set()
-        thread.join(timeout=60)
     codes = Counter(code for code, _, _ in answers)
     by_proxy = sum(1 for code, where, _ in answers if code == 200 and where == "proxy")
     assert codes == {200: 900} and by_proxy == 900, (codes, by_proxy)
