@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "atoll"
-CLIENT_SIDE = {"atoll.cluster", "atoll.serving.endpoints", "atoll.jobs", "atoll.status", "atoll.quickstart",
+CLIENT_SIDE = {"atoll.cluster", "atoll.serving.endpoints", "atoll.serving.client", "atoll.jobs", "atoll.status", "atoll.quickstart",
                "atoll.kuberay", "atoll.runs", "atoll.serving.logs"}
 REPLICA_SIDE = {"atoll.serving", "atoll.serving.replica", "atoll.serving.predictor", "atoll.serving.playground",
                 "atoll.serving.proxy_auth"}
@@ -135,6 +135,19 @@ def test_the_public_api_resolves_every_name_and_import_atoll_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip()) >= 20
+
+
+def test_atoll_predictor_runs_a_model_without_importing_serve_or_fastapi():
+    """Issue 32.20: ``atoll.Predictor`` is serving/predictor.py's, which exists so that batch jobs and notebooks
+    load a version without Ray Serve and its web stack (it resolved to the replica module before)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, atoll\n"
+            "assert atoll.Predictor.__module__ == 'atoll.serving.predictor'\n"
+            "print(sorted({'ray.serve', 'fastapi', 'starlette'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
 
 
 def test_only_ray_compat_touches_rays_private_apis_and_it_names_the_ray_it_was_read_against():

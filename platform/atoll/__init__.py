@@ -35,7 +35,7 @@ _EXPORTS = {
     # the types a caller meets
     "ClusterInfo": "atoll.cluster:ClusterInfo", "ClusterSpec": "atoll.specs:ClusterSpec",
     "TrainSpec": "atoll.specs:TrainSpec", "Registry": "atoll.registry:Registry",
-    "ModelVersion": "atoll.registry:ModelVersion", "Predictor": "atoll.serving.replica:Predictor",
+    "ModelVersion": "atoll.registry:ModelVersion", "Predictor": "atoll.serving.predictor:Predictor",
     "load_spec": "atoll.config:load_spec",
     # errors: every one a user can fix is an AtollError whose message says how
     "AtollError": "atoll.errors:AtollError", "ConfigError": "atoll.errors:ConfigError",

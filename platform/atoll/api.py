@@ -13,7 +13,7 @@
 
 Training and sweeps run as Ray jobs through the Jobs API, exactly as `atoll train` / `atoll tune` run them;
 these calls wait for the job and return what it registered. Everything else is the library module's own
-function (``atoll.cluster``, ``atoll.serving.endpoints``, ``atoll.registry``), re-exported here.
+function (``atoll.cluster``, ``atoll.serving.endpoints``, ``atoll.serving.client``, ``atoll.registry``), re-exported here.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from atoll import registry as _registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import ConfigError, JobFailedError
 from atoll.events import parse_events
-from atoll.serving import endpoints
+from atoll.serving import client, endpoints
 
 
 def up(config_path: str | Path | None = None, **options: Any) -> ClusterInfo:
@@ -164,5 +164,5 @@ def predict(model: str, input: str, output: str, *, batch_size: int | None = Non
 
 
 deploy = endpoints.deploy
-query = endpoints.query
+query = client.query
 undeploy = endpoints.delete

@@ -20,7 +20,7 @@ from rich.text import Text
 from atoll import cluster, data, jobs, progress, registry
 from atoll.console import console
 from atoll.errors import AtollError
-from atoll.serving import endpoints
+from atoll.serving import client, endpoints
 
 ALIAS = "production"
 
@@ -194,7 +194,7 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
     inputs, labels, art = _requests(holdout, demo)
     predictions: list[Any] = []
     for start in range(0, len(inputs), 60):
-        answer = endpoints.query(deployed["app"], {"inputs": inputs[start:start + 60]}, spec=spec)
+        answer = client.query(deployed["app"], {"inputs": inputs[start:start + 60]}, spec=spec)
         predictions += answer["predictions"]
     accuracy = float((np.asarray(predictions) == labels).mean())
     out["holdout_accuracy"] = accuracy

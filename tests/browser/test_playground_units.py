@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from atoll import config, data, specs
 from atoll.serving import playground
+from atoll.train import examples as held_out
 from conftest import REPO
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -45,7 +46,7 @@ def test_registration_stores_held_out_validation_examples(tmp_path):
               "image_shape": None, "classes": list(range(10)), "label": "label"}
     version_dir = tmp_path / "version"
     version_dir.mkdir()
-    out = playground.add_examples(version_dir, {"spec": spec, "input_schema": schema}, storage)
+    out = held_out.add_examples(version_dir, {"spec": spec, "input_schema": schema}, storage)
     assert out["image"] == [8, 8] and out["value_range"] == [0.0, 16.0]
     stored = json.loads((version_dir / playground.EXAMPLES_FILE).read_text())
     examples = stored["examples"]
@@ -59,7 +60,7 @@ def test_registration_stores_held_out_validation_examples(tmp_path):
     broken = {**spec, "dataset": {**spec["dataset"], "path": str(tmp_path / "missing.parquet")}}
     other = tmp_path / "other"
     other.mkdir()
-    assert playground.add_examples(other, {"spec": broken, "input_schema": schema}, storage) == schema
+    assert held_out.add_examples(other, {"spec": broken, "input_schema": schema}, storage) == schema
     assert not (other / playground.EXAMPLES_FILE).exists()
 
 

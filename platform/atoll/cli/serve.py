@@ -115,13 +115,13 @@ def query(app: str = typer.Argument(..., help="Serve application name (see `atol
           as_json: bool = typer.Option(False, "--json", help="Print JSON (what query always prints).")) -> None:
     """Send rows to a model endpoint and print its JSON answer."""
     from atoll.config import load_spec
-    from atoll.serving import endpoints
+    from atoll.serving import client
 
     if (body is None) == (file is None):
         raise ConfigError("give the rows with exactly one of -d/--body '{\"inputs\": [[...]]}' or "
                           "--file rows.json|rows.csv.")
-    payload = json_option(body, "--body", '{"inputs": [[0, 1]]}') if body is not None else endpoints.read_rows_file(file)
-    print_json(endpoints.query(app, payload, spec=load_spec(config)))
+    payload = json_option(body, "--body", '{"inputs": [[0, 1]]}') if body is not None else client.read_rows_file(file)
+    print_json(client.query(app, payload, spec=load_spec(config)))
 
 
 @serve_app.command("logs")

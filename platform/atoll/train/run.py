@@ -199,8 +199,8 @@ def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, na
         examples: A dataset (path or URI) the caller names, whose rows (every row) give the examples. None:
             the validation split of the spec's own dataset for a run of this cluster, none when ``foreign``.
     """
+    import atoll.train.examples as held_out  # (the parameter `examples` names a dataset)
     from atoll import plots, registry
-    from atoll.serving import playground
 
     with checkpoint.as_directory() as ckpt_dir, tempfile.TemporaryDirectory() as staging:
         version_dir = Path(staging) / "version"
@@ -212,7 +212,7 @@ def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, na
             shown = {**meta, "spec": {**meta["spec"], "dataset": dataset}}
         else:
             shown = meta
-        schema = playground.add_examples(version_dir, shown, storage)  # examples.json; image shape if any
+        schema = held_out.add_examples(version_dir, shown, storage)  # examples.json; image shape if any
         exported = export_artefacts(version_dir, meta, schema)
         return registry.Registry(storage).register(
             name, str(version_dir), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
