@@ -102,15 +102,16 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The code measured: the short commit, with ``+changes`` when tracked files differ from it."""
+    """The code measured: the short commit, with ``+changes`` when tracked files differ from it (the saved
+    results themselves excepted: appending one run's line must not mark the next run's code as changed)."""
     import subprocess
 
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)bench/results"], cwd=here, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if dirty else "")
