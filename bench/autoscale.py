@@ -72,6 +72,9 @@ def main() -> int:
     from atoll import auth, cluster
 
     auth.enable_for_this_process()  # before Ray is imported: it reads the auth mode once
+    # A driver that dials the loopback-only cluster itself must be in Ray's local-only mode too, or it dials the
+    # machine's routable IP and waits on the GCS for minutes (what `atoll status` tells Ray's own tools).
+    os.environ[cluster.LOCAL_ONLY_VAR] = "0"
     spec = cluster.load_spec()
     info = cluster.up(spec, simulate=True, idle_timeout_minutes=IDLE_TIMEOUT_MIN)
     cold, warm, down_s = [], [], []
