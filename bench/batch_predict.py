@@ -169,7 +169,8 @@ def main() -> int:
             print(f"{case}: {n:,} rows; atoll predict {ours_s:.1f} s ({ours:,.0f} rows/s, {predicted['actors']} "
                   f"actor(s); inside the job {predicted['seconds']} s); plain pandas + torch loop {base_s:.1f} s "
                   f"({base:,.0f} rows/s)", flush=True)
-            results.append({"bench": "batch_predict", "case": case, "ours": round(ours, 1), "baseline": round(base, 1),
+            results.append({"bench": "batch_predict", "case": case, "quick": args.quick, "ours": round(ours, 1),
+                            "baseline": round(base, 1),
                             "unit": "rows/s", "ratio": round(ours / base, 3), "better": "higher", "rows": n,
                             "ours_wall_s": round(ours_s, 2), "baseline_wall_s": round(base_s, 2),
                             "job_seconds": predicted["seconds"], "actors": predicted["actors"],

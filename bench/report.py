@@ -37,12 +37,20 @@ def read_lines(paths: list[Path]) -> dict[str, list[dict]]:
     return {bench: latest_run(records) for bench, records in runs.items()}
 
 
+def _case(record: dict) -> str | None:
+    """What a line measures within its bench: its ``case``, else its ``task`` (task_quality), else its search
+    seed (tune_asha's runs over several seeds)."""
+    if record.get("case") or record.get("task"):
+        return record.get("case") or record.get("task")
+    return f"seed {record['search_seed']}" if record.get("search_seed") is not None else None
+
+
 def latest_run(records: list[dict]) -> list[dict]:
     """The trailing lines of one run: same commit and machine as the last line, each case once."""
     last, run = records[-1], []
     for record in reversed(records):
         if (record.get("commit"), record.get("machine")) != (last.get("commit"), last.get("machine")) \
-                or record.get("case") in {r.get("case") for r in run}:
+                or _case(record) in {_case(r) for r in run}:
             break
         run.append(record)
     return run[::-1]
@@ -61,7 +69,7 @@ def chart(bench: str, records: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [r.get("case") or bench for r in records]
+    labels = [_case(r) or bench for r in records]
     ratios = [r.get("ratio") or 0 for r in records]
     better = records[0].get("better", "higher")
     fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.55 * len(records)))
@@ -84,7 +92,7 @@ def markdown(latest: dict[str, list[dict]], charts: Path) -> str:
             "|---|---|---|---|---|---|---|---|---|---|"]
     for bench in sorted(latest, key=lambda b: BENCHES.index(b) if b in BENCHES else len(BENCHES)):
         for r in latest[bench]:
-            case = " ".join(filter(None, [r.get("case"), "(--quick)" if r.get("quick") else None]))
+            case = " ".join(filter(None, [_case(r), "(--quick)" if r.get("quick") else None]))
             rows.append(f"| `{bench}` | {case} | {_figure(r.get('ours'))} | "
                         f"{_figure(r.get('baseline'))} | {r.get('unit', '')} | {_figure(r.get('ratio'))} | "
                         f"{r.get('better', '')} | {r.get('commit', '?')} | {r.get('machine', '?')} | "
