@@ -340,17 +340,54 @@ def test_a_jobs_error_events_and_trials_are_printed_as_they_are(capsys) -> None:
     events.emit("sweep_start", sweep="s", trials=1, scheduler="asha", algorithm="random", metric="val_accuracy")
     events.emit("trial", trial="t_1", config={"model.params.act": "[/x]"}, epoch=0, epochs=2, value=0.5,
                 status=MARKUP)
-    logged = capsys.readouterr().out
+    logged = events.parse_events(capsys.readouterr().out)
     out = Console(file=io.StringIO(), width=200, color_system=None)
     bar = Progress(console=out)
-    progress.TrainProgress(bar)(logged)
     with Live(console=out, auto_refresh=False) as live:
-        sweep = progress.SweepView(live)
-        sweep(logged)
+        train, sweep = progress.TrainProgress(bar), progress.SweepView(live)
+        for event in logged:
+            train(event)
+            sweep(event)
         out.print(sweep.table())
     printed = out.file.getvalue()
     assert printed.count(f"error: ValueError: {MARKUP}") == 2  # the training bar's and the sweep's
     assert 'act="[/x]"' in printed and f"│ {MARKUP} │" in printed  # a trial's config and status
+
+
+def test_one_follower_hands_each_event_once_in_order_to_the_library_and_the_live_views(capsys, monkeypatch):
+    """`atoll train` and atoll.fit follow a job alike (jobs.follow_events): Ray may forward a line twice, cut one
+    between chunks, and the follower reads the log's tail again at the end, yet each event reaches the view
+    once, in order."""
+    from atoll import api, events, progress
+    from atoll.errors import JobFailedError
+
+    events.emit("start", workers=2, use_gpu=False, backend="gloo", rows=100, features=4, classes=3, epochs=2)
+    for epoch in range(2):
+        events.emit("epoch", epoch=epoch, train_loss=1.0, val_loss=0.5, val_accuracy=0.9, samples_per_s=10.0)
+    events.emit("registered", name="m", version=7, metrics={})
+    lines = capsys.readouterr().out.splitlines(keepends=True)
+    # The first line forwarded twice, the second cut in two by the chunking, the whole tail read again at the end.
+    chunks = [f"(RayTrainWorker pid=1) {lines[0]}", lines[0] + lines[1][:20], lines[1][20:] + "".join(lines[2:]),
+              "".join(lines)]
+    status = "SUCCEEDED"
+
+    def follow(job_id, on_text, info=None):  # jobs.follow without a cluster: the log in chunks, then the end
+        for chunk in chunks:
+            on_text(chunk)
+        return {"id": job_id, "status": status}
+
+    monkeypatch.setattr(jobs, "follow", follow)
+    details, followed = progress.follow_training("j")
+    assert details["status"] == "SUCCEEDED"
+    assert [e["event"] for e in followed] == ["start", "epoch", "epoch", "registered"]
+    assert [e["id"] for e in followed] == [e["id"] for e in events.parse_events("".join(lines))]
+    assert capsys.readouterr().err.count("Training on 2 CPU workers (gloo), 100 rows x 4 features, 3 classes") == 1
+    assert jobs.last_event(followed, "registered")["version"] == 7 and jobs.last_event(followed, "finished") is None
+    handed: list[dict] = []
+    assert api._follow("j", "train", handed.append) == handed == followed
+    status = "FAILED"
+    with pytest.raises(JobFailedError, match="train job j FAILED"):
+        api._follow("j", "train", None)
 
 
 def test_the_quickstarts_last_lines_keep_paths_urls_and_commands_whole_at_80_columns(tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ from atoll import cluster, config, jobs
 from atoll import registry as _registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import ConfigError, JobFailedError
-from atoll.events import parse_events
 from atoll.serving import client, endpoints
 
 
@@ -54,16 +53,7 @@ def _follow(job_id: str, kind: str, on_event: Callable[[dict[str, Any]], None] |
     Raises:
         JobFailedError: the job did not succeed.
     """
-    events: list[dict[str, Any]] = []
-    seen: set[str] = set()
-
-    def collect(text: str) -> None:
-        for event in parse_events(text, seen):
-            events.append(event)
-            if on_event:
-                on_event(event)
-
-    details = jobs.follow(job_id, collect)
+    details, events = jobs.follow_events(job_id, on_event)
     if details["status"] != "SUCCEEDED":
         raise JobFailedError(f"{kind} job {job_id} {details['status']}: {details.get('message') or 'no message'}; "
                              f"its logs: `atoll jobs logs {job_id}`.")
@@ -76,12 +66,9 @@ def _run_job(kind: str, spec: str | Path, overrides: Sequence[str], extra: list[
     if not wait:
         return {"job": job_id}
     events = _follow(job_id, kind, on_event)
-
-    def last(name: str) -> dict[str, Any] | None:
-        return next((e for e in reversed(events) if e["event"] == name), None)
-
-    return {"job": job_id, "status": "SUCCEEDED", "registered": last("registered"),
-            "finished": last("finished"), "summary": last("sweep_done"), "events": events}
+    return {"job": job_id, "status": "SUCCEEDED", "registered": jobs.last_event(events, "registered"),
+            "finished": jobs.last_event(events, "finished"), "summary": jobs.last_event(events, "sweep_done"),
+            "events": events}
 
 
 def fit(spec: str | Path = "jobs/configs/train.yaml", *, overrides: Sequence[str] = (), name: str | None = None,
@@ -160,7 +147,7 @@ def predict(model: str, input: str, output: str, *, batch_size: int | None = Non
         return {"job": job_id}
     events = _follow(job_id, "predict", on_event)
     return {"job": job_id, "status": "SUCCEEDED", "events": events,
-            "predicted": next((e for e in reversed(events) if e["event"] == "predicted"), None)}
+            "predicted": jobs.last_event(events, "predicted")}
 
 
 deploy = endpoints.deploy

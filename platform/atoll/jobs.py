@@ -21,6 +21,7 @@ import requests
 from atoll import auth, filesystems, ray_compat
 from atoll.cluster import ClusterInfo, current
 from atoll.errors import ClusterError, ClusterNotUpError, ConfigError, JobNotFoundError, JobUnschedulableError
+from atoll.events import git_commit, parse_events
 
 if TYPE_CHECKING:
     from atoll.specs import ClusterSpec
@@ -249,8 +250,6 @@ def submit_atoll_job(kind: str, config: str | Path, overrides: list[str] | None 
     Raises:
         ConfigError: the spec is invalid, or a relative path in it leaves the shipped folder.
     """
-    from atoll.events import git_commit
-
     if kind not in ENTRY_POINTS:
         raise ValueError(f"unknown job kind {kind!r}; one of {', '.join(ENTRY_POINTS)}")
     folder = job_folder(config)
@@ -418,3 +417,38 @@ def follow(job_id: str, on_text: Callable[[str], None], info: ClusterInfo | None
         return details
     state = stop(job_id, info)
     raise JobUnschedulableError(f"job {job_id} can never be scheduled: {reason} It was stopped ({state}).")
+
+
+def follow_events(job_id: str, on_event: Callable[[dict[str, Any]], None] | None = None,
+                  info: ClusterInfo | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Follow a job to its end as :func:`follow` does, reading its progress events (``atoll.events``) from the
+    log: each is parsed once, however often Ray forwarded its line, and handed to ``on_event`` as it comes.
+
+    Returns:
+        The job's final details and its events, in order.
+
+    Raises:
+        As :func:`follow`.
+    """
+    events: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    partial = [""]  # a line the last chunk cut short: it is read once its end arrives
+
+    def read(text: str) -> None:
+        text, cut = partial[0] + text, ""
+        if text and not text.endswith("\n"):
+            text, _, cut = text.rpartition("\n")
+        partial[0] = cut
+        for event in parse_events(text, seen):
+            events.append(event)
+            if on_event:
+                on_event(event)
+
+    details = follow(job_id, read, info)
+    read("\n")  # the log's last line, if it had no newline
+    return details, events
+
+
+def last_event(events: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The latest of ``events`` called ``name`` (e.g. ``registered``), or None."""
+    return next((e for e in reversed(events) if e["event"] == name), None)

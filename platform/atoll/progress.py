@@ -14,50 +14,30 @@ from rich.text import Text
 
 from atoll import jobs
 from atoll.console import console, err_console
-from atoll.events import parse_events
 
 
-class _EventView:
-    """What every live view keeps: the events seen so far, and the latest of a kind."""
-
-    events: list[dict[str, Any]]
-
-    def read(self, text: str) -> list[dict[str, Any]]:
-        """The events new in ``text`` (each once, however often Ray forwarded its line), kept in order."""
-        if not hasattr(self, "_seen"):
-            self._seen: set[str] = set()
-        fresh = parse_events(text, self._seen)
-        self.events.extend(fresh)
-        return fresh
-
-    def last(self, name: str) -> dict[str, Any] | None:
-        """The latest event called ``name`` (e.g. ``registered``), or None."""
-        return next((e for e in reversed(self.events) if e["event"] == name), None)
-
-
-class TrainProgress(_EventView):
+class TrainProgress:
     """Renders a training job's progress events (epoch, loss, accuracy) as a live rich progress bar."""
 
     def __init__(self, progress) -> None:
-        self.progress, self.task, self.events = progress, None, []
+        self.progress, self.task = progress, None
 
-    def __call__(self, text: str) -> None:
-        for ev in self.read(text):
-            if ev["event"] == "start":
-                self.progress.console.print(
-                    f"Training on {ev['workers']} {'GPU' if ev['use_gpu'] else 'CPU'} workers ({ev['backend']}), "
-                    f"{ev['rows'] or '?'} rows x {ev['features']} features, "
-                    + (f"{ev['classes']} classes" if ev.get("classes") else ev.get("task", "")), markup=False)
-                self.task = self.progress.add_task("epochs", total=ev["epochs"], metrics="")
-            elif ev["event"] == "resumed":
-                self.progress.console.print(f"Resumed run {ev['run']} at epoch {ev['epoch']}", markup=False)
-            elif ev["event"] == "epoch" and self.task is not None:
-                self.progress.update(self.task, completed=ev["epoch"] + 1, metrics=(
-                    f"loss {ev['train_loss']:.3f}  val_loss {ev['val_loss']:.3f}  "
-                    f"{validation_figures(ev, digits=3)}  {ev['samples_per_s'] or 0:.0f} samples/s"))
-            elif ev["event"] == "error":
-                self.progress.console.print(f"[red]error:[/] {escape(str(ev['message']))}", highlight=False,
-                                            soft_wrap=True)
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if ev["event"] == "start":
+            self.progress.console.print(
+                f"Training on {ev['workers']} {'GPU' if ev['use_gpu'] else 'CPU'} workers ({ev['backend']}), "
+                f"{ev['rows'] or '?'} rows x {ev['features']} features, "
+                + (f"{ev['classes']} classes" if ev.get("classes") else ev.get("task", "")), markup=False)
+            self.task = self.progress.add_task("epochs", total=ev["epochs"], metrics="")
+        elif ev["event"] == "resumed":
+            self.progress.console.print(f"Resumed run {ev['run']} at epoch {ev['epoch']}", markup=False)
+        elif ev["event"] == "epoch" and self.task is not None:
+            self.progress.update(self.task, completed=ev["epoch"] + 1, metrics=(
+                f"loss {ev['train_loss']:.3f}  val_loss {ev['val_loss']:.3f}  "
+                f"{validation_figures(ev, digits=3)}  {ev['samples_per_s'] or 0:.0f} samples/s"))
+        elif ev["event"] == "error":
+            self.progress.console.print(f"[red]error:[/] {escape(str(ev['message']))}", highlight=False,
+                                        soft_wrap=True)
 
 
 def training_progress():
@@ -74,29 +54,24 @@ def job_failed_hint(job_id: str) -> None:
                       soft_wrap=True)
 
 
-class SweepView(_EventView):
+class SweepView:
     """Renders a sweep job's events as a live table of trials (config, epoch, metric, status)."""
 
     def __init__(self, live) -> None:
-        self.live, self.events, self.start = live, [], None
+        self.live, self.start = live, None
         self.trials: dict[str, dict[str, Any]] = {}
         self.final: dict[str, str] = {}  # statuses from the sweep's end: they win over late trial lines
 
-    def __call__(self, text: str) -> None:
-        changed = False
-        for ev in self.read(text):
-            if ev["event"] == "sweep_start":
-                self.start = ev
-            elif ev["event"] == "trial":
-                self.trials[ev["trial"]] = {**self.trials.get(ev["trial"], {}), **ev}
-            elif ev["event"] == "sweep_done":
-                self.final = dict(ev.get("statuses") or {})
-            elif ev["event"] == "error":
-                self.live.console.print(f"[red]error:[/] {escape(str(ev['message']))}", highlight=False,
-                                        soft_wrap=True)
-            changed = True
-        if changed:
-            self.live.update(self.table())
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if ev["event"] == "sweep_start":
+            self.start = ev
+        elif ev["event"] == "trial":
+            self.trials[ev["trial"]] = {**self.trials.get(ev["trial"], {}), **ev}
+        elif ev["event"] == "sweep_done":
+            self.final = dict(ev.get("statuses") or {})
+        elif ev["event"] == "error":
+            self.live.console.print(f"[red]error:[/] {escape(str(ev['message']))}", highlight=False, soft_wrap=True)
+        self.live.update(self.table())  # cheap; drawing it is the costly part, left to the Live's own timer
 
     def table(self) -> Table:
         start = self.start or {}
@@ -136,43 +111,39 @@ def print_sweep_summary(done: dict[str, Any]) -> None:
                   f"results: {done.get('results_csv')}\nplot:    {done.get('plot')}", soft_wrap=True, markup=False)
 
 
-def follow_training(job_id: str) -> tuple[dict[str, Any], TrainProgress]:
-    """Follow a training job to its end with a live progress bar; (final job details, the view)."""
-    with training_progress() as progress:
-        view = TrainProgress(progress)
-        details = jobs.follow(job_id, view)
-    return details, view
-
-
-class PredictProgress(_EventView):
+class PredictProgress:
     """Renders a batch prediction job's events as a live bar of rows done."""
 
     def __init__(self, progress) -> None:
-        self.progress, self.task, self.events = progress, None, []
+        self.progress, self.task = progress, None
 
-    def __call__(self, text: str) -> None:
-        for ev in self.read(text):
-            if ev["event"] != "predict_progress":
-                continue
-            if self.task is None:
-                self.task = self.progress.add_task("rows", total=ev.get("total"), metrics="")
-            self.progress.update(self.task, completed=ev["rows"], total=ev.get("total"))
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if ev["event"] != "predict_progress":
+            return
+        if self.task is None:
+            self.task = self.progress.add_task("rows", total=ev.get("total"), metrics="")
+        self.progress.update(self.task, completed=ev["rows"], total=ev.get("total"))
 
 
-def follow_prediction(job_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Follow a batch prediction job to its end with a live bar of rows; (final job details, its result)."""
+Followed = tuple[dict[str, Any], list[dict[str, Any]]]  # a job's final details and its events (jobs.follow_events)
+
+
+def follow_training(job_id: str) -> Followed:
+    """Follow a training job to its end with a live progress bar."""
     with training_progress() as progress:
-        view = PredictProgress(progress)
-        details = jobs.follow(job_id, view)
-    return details, view.last("predicted")
+        return jobs.follow_events(job_id, TrainProgress(progress))
 
 
-def follow_sweep(job_id: str) -> tuple[dict[str, Any], SweepView]:
-    """Follow a sweep job to its end with a live trial table; (final job details, the view)."""
-    with Live(Table(title="waiting for the sweep to start"), console=err_console, auto_refresh=False) as live:
-        view = SweepView(live)
-        details = jobs.follow(job_id, lambda text: (view(text), live.refresh()))
-    return details, view
+def follow_prediction(job_id: str) -> Followed:
+    """Follow a batch prediction job to its end with a live bar of rows."""
+    with training_progress() as progress:
+        return jobs.follow_events(job_id, PredictProgress(progress))
+
+
+def follow_sweep(job_id: str) -> Followed:
+    """Follow a sweep job to its end with a live trial table."""
+    with Live(Table(title="waiting for the sweep to start"), console=err_console, refresh_per_second=2) as live:
+        return jobs.follow_events(job_id, SweepView(live))
 
 
 def validation_figures(metrics: dict[str, Any], digits: int = 4, most: int = 2) -> str:

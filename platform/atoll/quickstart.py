@@ -148,8 +148,8 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
     job_id = jobs.submit_atoll_job("train", configs / demo.train, [f"epochs={epochs}"],
                                    ["--run-name", f"quickstart-{stamp}"])
     console.print(f"job {job_id}", markup=False, highlight=False)
-    details, view = progress.follow_training(job_id)
-    trained = _job_outcome("training", job_id, details, view.last("registered"))
+    details, events = progress.follow_training(job_id)
+    trained = _job_outcome("training", job_id, details, jobs.last_event(events, "registered"))
     progress.print_registered(trained)
     out["trained"] = trained
     t = lap("train", t)
@@ -160,9 +160,9 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
                  f"overrides.epochs={demo.trial_epochs[pick]}"]
     job_id = jobs.submit_atoll_job("tune", configs / demo.sweep, sweep_set)
     console.print(f"job {job_id}", markup=False, highlight=False)
-    details, view = progress.follow_sweep(job_id)
-    swept = _job_outcome("sweep", job_id, details, view.last("registered"))
-    if done := view.last("sweep_done"):
+    details, events = progress.follow_sweep(job_id)
+    swept = _job_outcome("sweep", job_id, details, jobs.last_event(events, "registered"))
+    if done := jobs.last_event(events, "sweep_done"):
         progress.print_sweep_summary(done)
         out["sweep"] = {k: done.get(k) for k in ("trials", "trial_epochs", "stopped_early", "results_csv", "plot")}
     progress.print_registered(swept, f" from trial {swept.get('trial')}")

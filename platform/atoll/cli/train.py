@@ -44,7 +44,7 @@ def train_cmd(spec: Path = typer.Argument(Path("jobs/configs/train.yaml"), metav
               wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
               config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Train a model on the cluster (a Ray job running `python -m atoll.train`) and register it."""
-    from atoll import api, progress
+    from atoll import api, jobs, progress
 
     _one_name("run", name, resume)
     with cluster_config(config):  # api.fit checks the spec before anything is submitted
@@ -54,10 +54,10 @@ def train_cmd(spec: Path = typer.Argument(Path("jobs/configs/train.yaml"), metav
             print_json({"id": job_id})
         return
     with following(job_id):
-        details, view = progress.follow_training(job_id)
-    registered = view.last("registered")
+        details, events = progress.follow_training(job_id)
+    registered = jobs.last_event(events, "registered")
     if as_json:
-        print_json({"job": details, "registered": registered, "finished": view.last("finished")})
+        print_json({"job": details, "registered": registered, "finished": jobs.last_event(events, "finished")})
     if details["status"] != "SUCCEEDED":
         progress.job_failed_hint(job_id)
         raise typer.Exit(1)
@@ -77,7 +77,7 @@ def tune_cmd(spec: Path = typer.Argument(Path("jobs/configs/sweep.yaml"), metava
              wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the trials until it ends."),
              config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Sweep hyperparameters with Ray Tune + ASHA (a Ray job running `python -m atoll.tune`); register the best."""
-    from atoll import api, progress
+    from atoll import api, jobs, progress
 
     in_set = [value for key, _, value in (o.partition("=") for o in set_) if key.strip() == "name"]
     sweep = _one_name("sweep", name, resume, *in_set)
@@ -89,8 +89,8 @@ def tune_cmd(spec: Path = typer.Argument(Path("jobs/configs/sweep.yaml"), metava
             print_json({"id": job_id})
         return
     with following(job_id):
-        details, view = progress.follow_sweep(job_id)
-    done, registered = view.last("sweep_done"), view.last("registered")
+        details, events = progress.follow_sweep(job_id)
+    done, registered = jobs.last_event(events, "sweep_done"), jobs.last_event(events, "registered")
     if as_json:
         print_json({"job": details, "summary": done, "registered": registered})
     if details["status"] != "SUCCEEDED":
@@ -120,7 +120,7 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
                 wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
                 config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Predict a whole dataset with a registered model (a Ray job: Ray Data and an actor pool of the model)."""
-    from atoll import api, progress
+    from atoll import api, jobs, progress
 
     with cluster_config(config):
         job_id = _submitted("predict", api.predict(model, input_, output, batch_size=batch_size,
@@ -131,7 +131,8 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
             print_json({"id": job_id})
         return
     with following(job_id):
-        details, predicted = progress.follow_prediction(job_id)
+        details, events = progress.follow_prediction(job_id)
+    predicted = jobs.last_event(events, "predicted")
     if as_json:
         print_json({"job": details, "predicted": predicted})
     if details["status"] != "SUCCEEDED":
