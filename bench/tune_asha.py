@@ -1,4 +1,4 @@
-"""Early stopping: the demo sweep under ASHA vs the same trials each run in full (FIFO), same configs.
+"""Early stopping: the demo sweep under its scheduler vs the same trials each run in full (FIFO), same configs.
 
     python bench/tune_asha.py                      # 8 trials of up to 8 epochs, 2 at a time, each way
     python bench/tune_asha.py --quick              # 6 trials of up to 6 epochs (< 3 min on 2 cores)
@@ -10,17 +10,19 @@ with seed 0; each trial trains in its own process on 1 CPU) loaded with ``atoll.
 with ``atoll.tune.run_sweep`` on an in-process local Ray (``ray.init(address="local", num_cpus=4)``) with a
 temporary storage root (also ``ATOLL_STORAGE``). The only differences: the name, and ``scheduler.type``:
 
-* ours: ``asha`` (the sweep's: grace_period 1, reduction_factor 3, max_t = epochs, so rungs at 1 and 3
-  epochs, the best third going on at each);
+* ours: the sweep's ``scheduler.type`` (``successive_halving``: grace_period 1, reduction_factor 3, max_t =
+  epochs, so rungs at 1 and 3 epochs, the best third going on at each once every trial has reached it), or
+  ``--scheduler asha`` (Ray's ASHA, same rungs, each trial judged as it arrives) or ``hyperband``;
 * baseline: ``fifo``: every trial runs all its epochs.
 
 The same seeded sampler gives both sweeps the same trial configs (checked: ``same_configs``). Figures:
 trial-epochs each sweep spent (the sum of epochs its trials ran; ``run_sweep``'s ``trial_epochs``),
-ratio = ASHA / FIFO (lower is better; target <= 0.40), the best val_accuracy each found and the gap
-(FIFO best - ASHA best; target <= 0.01), and wall time. ASHA decides as results arrive, so its figure
-depends on the order, timing and concurrency of trials: the main figure runs 2 at a time (the demo's
-max_concurrent_trials); the full run repeats it once (run-to-run spread) and adds ASHA with 4 at a time
-(as many as the cluster holds). Trials are deterministic (same config: same curve under either scheduler).
+ratio = ours / FIFO (lower is better; target <= 0.40), the best val_accuracy each found and the gap
+(FIFO best - ours; target <= 0.01), and wall time. ASHA decides as results arrive, so its figure depends
+on the order, timing and concurrency of trials (2 at a time here, the demo's max_concurrent_trials);
+successive halving's does not (its trials all exist at once; the cluster's 4 CPUs bound how many run). The
+full run repeats ours once (run-to-run spread) and adds it with 4 at a time. Trials are deterministic (same
+config: same curve under either scheduler).
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ def main() -> int:
                         "hyperband needs a power of reduction_factor, e.g. --epochs 9)")
     parser.add_argument("--concurrent", type=int, default=2, help="max_concurrent_trials of the main figure")
     parser.add_argument("--seed", type=int, default=0, help="search seed (the demo's: 0)")
-    parser.add_argument("--no-extra", action="store_true", help="skip the ASHA repeat and ASHA at 4 concurrent trials (full run)")
-    parser.add_argument("--scheduler", choices=("asha", "hyperband"), help="ours (default: the sweep file's)")
+    parser.add_argument("--no-extra", action="store_true", help="skip the repeat of ours and ours at 4 concurrent trials (full run)")
+    parser.add_argument("--scheduler", choices=("asha", "successive_halving", "hyperband"),
+                        help="ours (default: the sweep file's)")
     args = parser.parse_args()
     trials = args.trials or (6 if args.quick else 8)
     epochs = args.epochs or (6 if args.quick else 8)
@@ -149,13 +152,17 @@ def _sweep_scheduler():
 def _asha_label(kind: str) -> str:
     """The scheduler the run used, with the sweep file's settings (a label written here would drift from it)."""
     scheduler = _sweep_scheduler()
-    grace = f"grace_period {scheduler.grace_period}, " if kind == "asha" else ""
+    grace = f"grace_period {scheduler.grace_period}, " if kind in ("asha", "successive_halving") else ""
     return f"{kind} ({grace}reduction_factor {scheduler.reduction_factor:g})"
+
+
+_SHORT = {"asha": "ASHA", "successive_halving": "SH", "hyperband": "HyperBand"}
 
 
 def report(runs: dict[str, dict[str, Any]], trials: int, epochs: int, args, ray_init_s: float,
            contention: str) -> None:
-    asha, fifo = runs["asha"], runs["fifo"]
+    asha, fifo = runs["asha"], runs["fifo"]  # "asha": ours, whichever scheduler it is (the saved runs' key)
+    ours = _SHORT.get(asha["scheduler"], asha["scheduler"])
     ratio = asha["trial_epochs"] / fifo["trial_epochs"] if fifo["trial_epochs"] else None
     gap = fifo["best"] - asha["best"] if fifo["best"] is not None and asha["best"] is not None else None
     by_cfg = {_config_key(t["config"]): t for t in fifo["per_trial"]}
@@ -177,8 +184,8 @@ def report(runs: dict[str, dict[str, Any]], trials: int, epochs: int, args, ray_
 
         console = Console()
         table = Table(title=f"Demo sweep, {trials} trials x up to {epochs} epochs, search seed {args.seed}, "
-                            f"max_concurrent_trials {args.concurrent}: ASHA vs every trial in full (FIFO)")
-        for col, just in (("figure", "left"), ("ASHA", "right"), ("FIFO (full)", "right")):
+                            f"max_concurrent_trials {args.concurrent}: {ours} vs every trial in full (FIFO)")
+        for col, just in (("figure", "left"), (ours, "right"), ("FIFO (full)", "right")):
             table.add_column(col, justify=just)
         table.add_row("trial-epochs", str(asha["trial_epochs"]), str(fifo["trial_epochs"]))
         table.add_row("trials stopped early", str(asha["stopped_early"]), str(fifo["stopped_early"]))
@@ -187,15 +194,15 @@ def report(runs: dict[str, dict[str, Any]], trials: int, epochs: int, args, ray_
         table.add_row("errors", str(asha["errors"]), str(fifo["errors"]))
         if "asha_repeat" in runs:
             rp = runs["asha_repeat"]
-            table.add_row(f"ASHA again, {args.concurrent} concurrent: trial-epochs / best / wall s",
+            table.add_row(f"{ours} again, {args.concurrent} concurrent: trial-epochs / best / wall s",
                           f"{rp['trial_epochs']} / {f(rp['best'])} / {rp['wall_s']:.0f}", "-")
         if "asha_c4" in runs:
             c4 = runs["asha_c4"]
-            table.add_row("ASHA, 4 concurrent: trial-epochs / best / wall s",
+            table.add_row(f"{ours}, 4 concurrent: trial-epochs / best / wall s",
                           f"{c4['trial_epochs']} / {f(c4['best'])} / {c4['wall_s']:.0f}", "-")
         console.print(table)
         per = Table(title="Per trial (same configs both ways): epochs run, best val_accuracy")
-        for col, just in (("config", "left"), ("ASHA epochs", "right"), ("ASHA best", "right"),
+        for col, just in (("config", "left"), (f"{ours} epochs", "right"), (f"{ours} best", "right"),
                           ("FIFO epochs", "right"), ("FIFO best", "right")):
             per.add_column(col, justify=just)
         for t in sorted(asha["per_trial"], key=lambda t: -(by_cfg.get(_config_key(t["config"]), {})
@@ -205,10 +212,10 @@ def report(runs: dict[str, dict[str, Any]], trials: int, epochs: int, args, ray_
                         f(b.get("best")))
         console.print(per)
     except ImportError:  # pragma: no cover
-        print(f"ASHA {asha['trial_epochs']} trial-epochs best {asha['best']}; FIFO {fifo['trial_epochs']} "
+        print(f"{ours} {asha['trial_epochs']} trial-epochs best {asha['best']}; FIFO {fifo['trial_epochs']} "
               f"best {fifo['best']}")
-    print(f"ratio (ASHA/FIFO trial-epochs): {f(ratio, '{:.3f}')} (target <= 0.40);  best-accuracy gap "
-          f"(FIFO - ASHA): {f(gap)} (target <= 0.01);  same configs: {same};  ray.init {ray_init_s:.1f} s;  "
+    print(f"ratio ({ours}/FIFO trial-epochs): {f(ratio, '{:.3f}')} (target <= 0.40);  best-accuracy gap "
+          f"(FIFO - {ours}): {f(gap)} (target <= 0.01);  same configs: {same};  ray.init {ray_init_s:.1f} s;  "
           f"{contention}.")
     out = {"bench": "tune_asha", "ours": asha["trial_epochs"], "baseline": fifo["trial_epochs"],
            "unit": "trial-epochs", "ratio": ratio, "better": "lower", "target_ratio": 0.40,

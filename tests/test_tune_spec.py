@@ -52,7 +52,7 @@ def test_demo_sweep_loads_with_its_training_spec():
     assert sweep.name == "digits-sweep" and (sweep.metric, sweep.mode) == ("val_accuracy", "max")
     assert set(sweep.search_space) == {"optimizer.lr", "model.params.hidden", "batch_size"}
     assert sweep.search_space["optimizer.lr"].kind == "loguniform"
-    assert (sweep.scheduler.type, sweep.scheduler.max_t, sweep.scheduler.grace_period) == ("asha", None, 1)
+    assert (sweep.scheduler.type, sweep.scheduler.max_t, sweep.scheduler.grace_period) == ("successive_halving", None, 1)
     assert base.name == "digits" and base.epochs == 8  # the sweep's overrides reach the training spec
     assert tune.count_trials(sweep) == 6
 
@@ -129,6 +129,16 @@ def test_every_sampled_value_must_give_a_valid_training_spec(path, values, messa
     dist = {"choice": values} if values is not None else {"uniform": [0.5, 1.5]}
     sweep = _sweep(search_space={path: dist})
     assert message in _error(tune.check_sweep, sweep, _base(), "sweep.yaml")
+
+
+def test_successive_halvings_rungs_are_ashas_milestones_below_max_t():
+    from atoll.tune.halving import rungs
+
+    assert rungs(1, 3, 8) == [1, 3] and rungs(1, 2, 8) == [1, 2, 4] and rungs(2, 2, 9) == [2, 4, 8]
+    assert rungs(4, 3, 4) == []  # grace_period = max_t: nothing to decide, every trial runs in full
+    sweep, _ = tune.load_sweep(SWEEP, ["num_samples=8"])
+    scheduler = sweep_run.trial_scheduler(sweep, 8)
+    assert sweep.scheduler.type == "successive_halving" and scheduler.rung_epochs == [1, 3]  # the demo's
 
 
 def test_hyperband_needs_a_max_t_whose_first_rung_is_an_epoch():
@@ -422,7 +432,8 @@ def test_results_and_plot_are_written_next_to_the_experiment(tmp_path):
     assert Path(paths["plot"]).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("algorithm,scheduler", [("random", "asha"), ("optuna", "fifo"), ("random", "hyperband")])
+@pytest.mark.parametrize("algorithm,scheduler", [("random", "asha"), ("optuna", "fifo"), ("random", "hyperband"),
+                                                 ("random", "successive_halving")])
 def test_tuner_is_built_without_a_cluster(tmp_path, monkeypatch, algorithm, scheduler):
     import ray
     import ray.tune
@@ -436,7 +447,8 @@ def test_tuner_is_built_without_a_cluster(tmp_path, monkeypatch, algorithm, sche
     trainable = ray.tune.with_resources(ray.tune.with_parameters(tune.run_trial, setup=None, train_ds=None,
                                                                  val_ds=None), {"cpu": 1.0})
     tune.build_tuner(sweep, trainable, storage=str(tmp_path), max_t=9, max_concurrent=2, max_failures=1)
-    kind = {"asha": "AsyncHyperBandScheduler", "hyperband": "HyperBandScheduler", "fifo": "NoneType"}[scheduler]
+    kind = {"asha": "AsyncHyperBandScheduler", "hyperband": "HyperBandScheduler", "fifo": "NoneType",
+            "successive_halving": "SuccessiveHalving"}[scheduler]
     assert type(sweep_run.trial_scheduler(sweep, 9)).__name__ == kind  # the synchronous one for hyperband
     experiment = tune.experiment_path(str(tmp_path), sweep.name)
     assert ray.tune.Tuner.can_restore(experiment) and not ray.is_initialized()

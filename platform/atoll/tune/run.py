@@ -136,6 +136,8 @@ def trial_scheduler(sweep: SweepSpec, max_t: int):
     """Tune's scheduler for the sweep's ``scheduler.type`` (None: FIFO, every trial to ``max_t``)."""
     from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 
+    from atoll.tune.halving import SuccessiveHalving
+
     if sweep.scheduler.type == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=sweep.scheduler.grace_period,
                              reduction_factor=sweep.scheduler.reduction_factor)
@@ -144,6 +146,10 @@ def trial_scheduler(sweep: SweepSpec, max_t: int):
         # checkpoint (every epoch reports one), as after a restart.
         return HyperBandScheduler(time_attr="training_iteration", max_t=max_t,
                                   reduction_factor=sweep.scheduler.reduction_factor)
+    if sweep.scheduler.type == "successive_halving":
+        return SuccessiveHalving(num_samples=count_trials(sweep), max_t=max_t,
+                                 grace_period=sweep.scheduler.grace_period,
+                                 reduction_factor=sweep.scheduler.reduction_factor)
     return None
 
 
@@ -163,11 +169,8 @@ def build_tuner(sweep: SweepSpec, trainable, *, storage: str, max_t: int, max_co
     from ray.tune.search import BasicVariantGenerator
 
     scheduler = trial_scheduler(sweep, max_t)
-    if sweep.scheduler.type == "hyperband":
-        # A rung decides once every trial of its bracket has reached it, so all of them must exist: a limit on
-        # live trials (paused ones count) let 2 trials through a bracket at a time and stopped none (measured:
-        # 72 of 72 trial-epochs). The cluster's CPUs and resources_per_trial bound how many run at once.
-        max_concurrent = None
+    if sweep.scheduler.synchronous:
+        max_concurrent = None  # see run_sweep
     # The limit goes on the search algorithm itself: TuneConfig.max_concurrent_trials alone did not hold
     # back a BasicVariantGenerator (seen: 4 trials at once with max_concurrent_trials=1).
     if sweep.search.algorithm == "optuna":
@@ -246,6 +249,12 @@ def run_sweep(sweep: SweepSpec, base: TrainSpec, *, storage: str, resume: bool =
         tune.with_parameters(run_trial, setup=setup, train_ds=train_ds, val_ds=val_ds), resources.trial)
     # A nested trainer's workers are invisible to Tune's accounting: cap trials at what the cluster holds.
     concurrent = sweep.max_concurrent_trials or (resources.max_parallel if resources.nested else None)
+    if sweep.scheduler.synchronous:
+        # A rung decides once every trial has reached it, so all of them must exist: a limit on live trials
+        # (paused ones count) would hold back the trials the rung waits for. The cluster's CPUs and
+        # resources_per_trial bound how many run at once (measured with Ray's HyperBand and a limit of 2: 72 of
+        # 72 trial-epochs, nothing stopped).
+        concurrent = None
     events.emit("sweep_start", sweep=sweep.name, experiment=experiment, trials=count_trials(sweep),
                metric=sweep.metric, mode=sweep.mode, max_t=max_t, scheduler=sweep.scheduler.type,
                algorithm=sweep.search.algorithm, resumed=resume, nested=resources.nested,

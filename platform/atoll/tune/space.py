@@ -122,18 +122,26 @@ class TrialResources(Strict):
 class SchedulerSpec(Strict):
     """When to stop unpromising trials early (ASHA) or never (FIFO)."""
 
-    type: Literal["asha", "hyperband", "fifo"] = Field(
+    type: Literal["asha", "successive_halving", "hyperband", "fifo"] = Field(
         "asha", description="asha: stop the worst trials at each rung as their results arrive (asynchronous: "
-        "whoever reaches a rung first may be promoted); hyperband: synchronous successive halving, a rung "
-        "decides once every trial of its bracket has reached it (trials pause meanwhile), so the epochs spent "
-        "do not depend on which trial ran first (every trial is created at once: max_concurrent_trials does not "
-        "apply, the cluster's CPUs bound how many run); fifo: run every trial to max_t.")
-    grace_period: int = Field(1, ge=1, description="Epochs every trial runs before ASHA may stop it (asha only: "
-                              "hyperband's first rung is max_t / reduction_factor^brackets).")
-    reduction_factor: float = Field(2, gt=1, description="ASHA keeps the best 1/reduction_factor of the "
+        "whoever reaches a rung first may be promoted, so the epochs spent depend on the order trials ran); "
+        "successive_halving: one synchronous bracket, a rung decides once every trial has reached it (trials "
+        "pause meanwhile and resume from their checkpoint), so the epochs spent follow from num_samples alone; "
+        "hyperband: Ray's HyperBand, several synchronous brackets from least to most aggressive; fifo: run every "
+        "trial to max_t. The synchronous ones create every trial at once: max_concurrent_trials does not apply, "
+        "the cluster's CPUs bound how many run.")
+    grace_period: int = Field(1, ge=1, description="Epochs every trial runs before it may be stopped: the first "
+                              "rung (asha and successive_halving; hyperband's first rung is "
+                              "max_t / reduction_factor^brackets).")
+    reduction_factor: float = Field(2, gt=1, description="Each rung keeps the best 1/reduction_factor of the "
                                     "trials at each rung.")
     max_t: int | None = Field(None, ge=1, description="Most epochs a trial runs (default: the train spec's "
                               "epochs; at most that).")
+
+    @property
+    def synchronous(self) -> bool:
+        """Whether a rung waits for every trial (which must then all exist at once)."""
+        return self.type in ("successive_halving", "hyperband")
 
 
 class SearchSpec(Strict):
