@@ -547,3 +547,50 @@ def test_an_app_built_from_an_alias_serves_the_version_it_pointed_at_then(tmp_pa
     built = args.pinned()
     assert (built.model, built.requested) == ("digits:1", "digits@production")
     assert AppArgs.model_validate({"model": "digits", "storage": reg.root}).pinned().model == "digits:2"
+
+
+def test_render_pins_the_alias_to_its_version_and_says_so(cli, raw, tmp_path, monkeypatch):
+    """Issue 32.15: the RayService names the version the alias points at when it is rendered (as `atoll serve
+    deploy` pins it), so a promote moves nothing under a live RayService; a model the registry does not hold yet
+    (the RayJob has not trained it) goes as given, with a line that says so."""
+    import torch
+    from atoll.registry import Registry
+
+    storage = tmp_path / "storage"
+    raw["metadata"]["atoll"]["storage"] = str(storage)
+    src = tmp_path / "cluster.yaml"
+    src.write_text(yaml.safe_dump(raw))
+    monkeypatch.delenv("ATOLL_STORAGE", raising=False)
+    monkeypatch.delenv("ATOLL_API_KEY", raising=False)
+    out = tmp_path / "k8s"
+
+    def render() -> tuple[dict, str]:
+        result = CliRunner().invoke(cli, ["k8s", "render", "-c", str(src), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        return kuberay.rendered_model_args(out), " ".join(result.output.split())
+
+    args, said = render()  # nothing trained yet
+    assert args["model"] == args["requested"] == "digits@production"
+    assert "digits@production is not pinned" in said and "render again after training" in said
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save(torch.nn.Linear(4, 3).state_dict(), ckpt / "model.pt")
+    (ckpt / "atoll.json").write_text(json.dumps({"input_schema": {"features": 4, "dtype": "float32"},
+                                                 "model": {"type": "linear"}, "spec": {"epochs": 1}}))
+    reg = Registry(str(storage))
+    first = reg.register("digits", str(ckpt), metrics={"val_accuracy": 0.9}, spec={"epochs": 1})
+    second = reg.register("digits", str(ckpt), metrics={"val_accuracy": 0.95}, spec={"epochs": 1})
+    reg.set_alias("digits", first.version, "production")
+
+    args, said = render()
+    assert (args["model"], args["requested"]) == (f"digits:{first.version}", "digits@production")
+    assert f"serves digits:{first.version}: digits@production at render time" in said
+    header = (out / kuberay.FILES["RayService"]).read_text().splitlines()[0]
+    assert "digits@production" in header  # the comment still says what was asked for
+    validate(yaml.safe_load((out / kuberay.FILES["RayService"]).read_text()))
+
+    reg.set_alias("digits", second.version, "production")  # a promote: the manifest on disk is unchanged ...
+    assert kuberay.rendered_model_args(out)["model"] == f"digits:{first.version}"
+    args, _ = render()  # ... until the next render
+    assert args["model"] == f"digits:{second.version}"

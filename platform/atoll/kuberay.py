@@ -285,8 +285,32 @@ def rayjob(spec: ClusterSpec, *, config: str = TRAIN_CONFIG, on_cluster: str | N
             "spec": job}
 
 
+def pin(spec: ClusterSpec, model: str) -> tuple[str, str]:
+    """What the RayService should serve for ``model``, and one line saying what was done.
+
+    ``NAME`` and ``NAME@ALIAS`` are resolved to ``NAME:VERSION`` in the registry the cluster reads (k8s.storage,
+    else storage) where this machine can read it, as ``atoll serve deploy`` does: the manifest then names one
+    version, and a promote moves nothing under it until the next render. Where the registry has no such model
+    yet (the RayJob has not trained it) or cannot be read from here, ``model`` goes as given, and Serve resolves
+    it once when it builds the app (every replica of that deploy serves the same version).
+    """
+    from atoll import registry
+    from atoll.errors import AtollError
+
+    storage = _storage(spec)
+    try:
+        version = registry.Registry(storage).get(model)
+    except (AtollError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return model, (f"{model} is not pinned ({first}): Serve resolves it once when it builds the app; render "
+                       f"again after training to pin the version.")
+    if version.ref == model:
+        return model, f"serves {model}."
+    return version.ref, f"serves {version.ref}: {model} at render time, in {storage} (render again to follow it)."
+
+
 def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | None = None,
-                 api_key_hash: str | None = None) -> dict[str, Any]:
+                 api_key_hash: str | None = None, requested: str | None = None) -> dict[str, Any]:
     """The Serve config of the model endpoint (and the gallery): the structure ``atoll serve deploy`` writes,
     for a pod.
 
@@ -304,8 +328,9 @@ def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | No
         raise ConfigError(f"--app {app!r}: use letters, digits, '-' and '_' (it becomes the URL path /{app}).")
     serve = spec.atoll.serve
     settings = {k: getattr(serve, k) for k in ServeSettings.PER_APP if getattr(serve, k) is not None}
-    model_app = endpoints.app_config(app, model, storage=_storage(spec), requested=model, settings=settings,
-                                     api_key_hash=api_key_hash, model_types=spec.atoll.model_types)
+    model_app = endpoints.app_config(app, model, storage=_storage(spec), requested=requested or model,
+                                     settings=settings, api_key_hash=api_key_hash,
+                                     model_types=spec.atoll.model_types)
     # The model app first (the RayService is named after it), then the gallery at / as `atoll serve deploy` adds.
     config = endpoints.serve_config(spec, endpoints.with_gallery([model_app]))
     config["http_options"]["host"] = "0.0.0.0"
@@ -313,9 +338,10 @@ def serve_config(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | No
 
 
 def rayservice(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | None = None,
-               api_key_hash: str | None = None) -> dict[str, Any]:
-    """A RayService serving ``model`` (resolved when a replica starts) on a cluster like the RayCluster."""
-    config = serve_config(spec, model=model, app=app, api_key_hash=api_key_hash)
+               api_key_hash: str | None = None, requested: str | None = None) -> dict[str, Any]:
+    """A RayService serving ``model`` (``NAME:VERSION``, see :func:`pin`; ``requested``: what the user asked
+    for, shown on the card) on a cluster like the RayCluster."""
+    config = serve_config(spec, model=model, app=app, api_key_hash=api_key_hash, requested=requested)
     text = yaml.safe_dump(config, sort_keys=False)
     # Named after the app: KubeRay's Service for it is then <base>-<app>-serve-svc.
     name = k8s_name(f"{base_name(spec)}-{config['applications'][0]['name']}", "--app", MAX_CHILD_NAME)
@@ -324,13 +350,14 @@ def rayservice(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | None
 
 
 def render(spec: ClusterSpec, *, model: str = DEFAULT_MODEL, app: str | None = None,
-           api_key_hash: str | None = None,
+           api_key_hash: str | None = None, requested: str | None = None,
            train_config: str = TRAIN_CONFIG, job_on_cluster: bool = False) -> dict[str, dict[str, Any]]:
-    """All three manifests, by file name (see :data:`FILES`)."""
+    """All three manifests, by file name (see :data:`FILES`); ``model`` as :func:`pin` gives it."""
     return {FILES["RayCluster"]: raycluster(spec),
             FILES["RayJob"]: rayjob(spec, config=train_config,
                                     on_cluster=base_name(spec) if job_on_cluster else None),
-            FILES["RayService"]: rayservice(spec, model=model, app=app, api_key_hash=api_key_hash)}
+            FILES["RayService"]: rayservice(spec, model=model, app=app, api_key_hash=api_key_hash,
+                                            requested=requested)}
 
 
 def as_list(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:

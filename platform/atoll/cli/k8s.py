@@ -23,7 +23,8 @@ def _group() -> None:
 def render(config: Path | None = ConfigOpt,
            output: Path = typer.Option(Path("k8s"), "--output", "-o", help="Folder to write the manifests to."),
            model: str = typer.Option(kuberay.DEFAULT_MODEL, "--model", help="What the RayService serves: NAME, "
-                                     "NAME:VERSION or NAME@ALIAS (resolved when a replica starts)."),
+                                     "NAME:VERSION or NAME@ALIAS (pinned to its version now where the registry can be "
+                                     "read from here, else when Serve builds the app)."),
            app: str | None = typer.Option(None, "--app", help="Serve application name = URL path (default: NAME)."),
            train_config: str = typer.Option(kuberay.TRAIN_CONFIG, "--train-config", help="Training spec the RayJob "
                                             "runs, relative to the project folder."),
@@ -41,10 +42,11 @@ def render(config: Path | None = ConfigOpt,
     spec = load_spec(config)
     record, what = endpoints.key_record(kuberay.rendered_model_args(output), endpoints.api_key(spec.atoll.serve),
                                         public=public)
-    manifests = kuberay.render(spec, model=model, app=app, api_key_hash=record,
+    served, pinned = kuberay.pin(spec, model)
+    manifests = kuberay.render(spec, model=served, requested=model, app=app, api_key_hash=record,
                                train_config=train_config, job_on_cluster=job_on_cluster)
     notes = kuberay.warnings(spec)
-    keys = key_note(what, spec.atoll.serve.api_key_env)
+    keys = f"The RayService {pinned}\n" + key_note(what, spec.atoll.serve.api_key_env)
     if as_json:
         print_json(kuberay.as_list(manifests))
         for note in notes:
