@@ -205,6 +205,20 @@ def image_app(trained_images):
 
 
 @pytest.fixture(scope="session")
+def trained_mixed(ray_cluster) -> dict:
+    """A table with words and gaps: the penguins demo (jobs/configs/penguins.yaml: island and sex as words, sex and
+    the measurements with gaps, the year as a category), kept small: 2 epochs on 1 worker, run `t-penguins`, once
+    per session (for the mixed playground and the per-column protocol tests)."""
+    return _train("jobs/configs/penguins.yaml", "t-penguins", "epochs=2", "num_workers=1")
+
+
+@pytest.fixture(scope="session")
+def mixed_app(trained_mixed):
+    """That version deployed as app `penguins`."""
+    yield from _deployed(trained_mixed, "penguins")
+
+
+@pytest.fixture(scope="session")
 def s3_store(atoll_env):
     """A real S3-compatible server for the session: SeaweedFS started by `atoll storage up` (as a developer
     starts it) on a free loopback port, with bucket ``atoll-test``. Its AWS variables (endpoint, region, the

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from atoll import data, events, models, train
+from atoll import data, events, models, tables, train
 from atoll.config import apply_overrides, load_file, load_model
 from atoll.errors import ConfigError, DataError
 from atoll.specs import TrainSpec, check_name
@@ -42,12 +42,12 @@ def test_plan_accepts_numeric_features_and_fingerprints(table):
 @pytest.mark.parametrize("features,label,message", [
     (["a"], "species", "label column 'species' does not exist"),
     (["a", "nope"], "label", "feature column(s) nope do not exist"),
-    (["a", "name"], "label", "name (large_string) are not numeric"),
     (["a", "label"], "label", "is also listed as a feature"),
+    (["a", "name"], "label", "dataset.categorical names column(s) nmae that do not exist (did you mean 'name'?)"),
 ])
 def test_plan_rejects_bad_columns(table, features, label, message):
     with pytest.raises(DataError) as err:
-        data.plan(str(table[0]), "auto", features, label)
+        data.plan(str(table[0]), "auto", features, label, categorical=["nmae"] if "nmae" in message else None)
     assert message in str(err.value)
 
 
@@ -76,7 +76,8 @@ def test_split_is_deterministic_disjoint_and_complete(table):
 
 def test_preprocessor_fits_on_train_and_round_trips(table):
     _, frame = table
-    parts = [data._PartialStats(["a", "b", "const"], "label")(frame.iloc[i:i + 50]) for i in range(0, 200, 50)]
+    kinds = {"a": "numeric", "b": "numeric", "const": "numeric"}
+    parts = [tables.BatchStats(["a", "b", "const"], kinds, "label")(frame.iloc[i:i + 50]) for i in range(0, 200, 50)]
 
     class FakeDs:  # the aggregation's only contract: map_batches(fn).take_all()
         def map_batches(self, fn, batch_format):

@@ -33,7 +33,13 @@ TEXT = {"task": "text-classification", "input_kind": "text", "output_kind": "lab
         "num_features": 1, "classes": ["ham", "spam"], "label": "label", "max_length": 8}
 IMAGE = {"task": "image-classification", "input_kind": "image", "output_kind": "labels", "features": ["image"],
          "num_features": 1, "image_shape": [1, 8, 8], "classes": list(range(10)), "label": "label"}
-SCHEMAS = {"digits": DIGITS, "text": TEXT, "image": IMAGE}
+#: a table with words, numbers and gaps (penguins-like): its inputs are one tensor per feature column
+MIXED = {"task": "tabular-classification", "input_kind": "table", "output_kind": "labels", "dtype": "mixed",
+         "features": ["island", "bill", "year"], "num_features": 3, "classes": ["Adelie", "Gentoo"], "label": "species",
+         "columns": [{"name": "island", "kind": "categorical", "nullable": True, "levels": ["Biscoe", "Dream"]},
+                     {"name": "bill", "kind": "numeric", "nullable": True, "range": [32.1, 59.6]},
+                     {"name": "year", "kind": "categorical", "nullable": True, "levels": ["2007", "2008"]}]}
+SCHEMAS = {"digits": DIGITS, "text": TEXT, "image": IMAGE, "mixed": MIXED}
 MAX_ROWS = 64
 # /predict's own parse casts rows beyond float32 to inf before refusing them: numpy warns on the way.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
@@ -121,6 +127,52 @@ def valid_text_oip(draw) -> tuple[bytes, str | None, list[str]]:
     return oip_json("BYTES", [len(rows)], rows), None, rows
 
 
+words = st.sampled_from(["Biscoe", "Dream", "Atlantis", "é", "gold plan"]) | st.text(
+    st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=8)
+
+
+def mixed_json(columns: dict[str, tuple[str, list[Any]]], *, nested: bool = False, **extra: Any) -> bytes:
+    """A per-column inference body: each feature its own tensor (JSON data, nulls for gaps)."""
+    tensors = [{"name": name, "datatype": datatype, "shape": [len(values), 1] if nested else [len(values)],
+                "data": [[v] for v in values] if nested else values} for name, (datatype, values) in columns.items()]
+    return json.dumps({"inputs": tensors, **extra}).encode()
+
+
+@st.composite
+def valid_mixed_oip(draw) -> tuple[bytes, str | None, list[dict[str, Any]]]:
+    """A mixed table's request as per-column tensors (JSON with nulls, flat or [n, 1]; or binary, where a gap is
+    an empty string or NaN), in any column order, and the rows /predict would get (by feature name)."""
+    n = draw(st.integers(1, 4))
+    binary = draw(st.booleans())
+    island = draw(st.lists(words | st.none(), min_size=n, max_size=n))
+    bill = draw(st.lists(feature_values | st.none(), min_size=n, max_size=n))
+    year_type = draw(st.sampled_from(["INT64", "BYTES"]))
+    year_values = st.integers(2000, 2030) if binary and year_type == "INT64" else st.integers(2000, 2030) | st.none()
+    years = draw(st.lists(year_values, min_size=n, max_size=n))  # (binary integers have no gap)
+    year = years if year_type == "INT64" else [None if y is None else str(y) for y in years]
+    order = draw(st.permutations(["island", "bill", "year"]))
+    if binary:
+        with np.errstate(over="ignore"):
+            floats = np.asarray([np.nan if v is None else v for v in bill], dtype=np.float32)
+        arrays = {"island": ("BYTES", np.array(["" if v is None else v for v in island], dtype=object)),
+                  "bill": ("FP32", floats),
+                  "year": ("BYTES", np.array(["" if v is None else v for v in year], dtype=object))
+                  if year_type == "BYTES" else ("INT64", np.array(year, dtype=np.int64))}
+        tensors = []
+        for name in order:
+            datatype, values = arrays[name]
+            tensor = triton.InferInput(name, list(values.shape), datatype)
+            tensor.set_data_from_numpy(values, binary_data=True)
+            tensors.append(tensor)
+        body, head = triton.InferenceServerClient.generate_request_body(tensors)
+        bill = [None if math.isnan(v) else v for v in floats.tolist()]
+        return body, str(head), [{"island": i, "bill": b, "year": y} for i, b, y in zip(island, bill, year, strict=True)]
+    columns = {"island": ("BYTES", island), "bill": (draw(st.sampled_from(["FP32", "FP64"])), bill),
+               "year": (year_type, year)}
+    body = mixed_json({name: columns[name] for name in order}, nested=draw(st.booleans()))
+    return body, None, [{"island": i, "bill": b, "year": y} for i, b, y in zip(island, bill, year, strict=True)]
+
+
 def _parts(value: Any, path: tuple = ()) -> dict[tuple, list[tuple]]:
     """Every part of a JSON document by its template (list positions as "*"): template → concrete paths."""
     found: dict[tuple, list[tuple]] = {}
@@ -196,6 +248,10 @@ def hostile_oip(draw) -> tuple[bytes, str | None]:
         return json.dumps(request).encode(), None
     schema = draw(st.sampled_from(list(SCHEMAS.values())))
     n = draw(st.integers(1, 3))
+    if schema is MIXED:  # one tensor per column, one part of them replaced
+        body = json.loads(mixed_json({"island": ("BYTES", ["Dream"] * n), "bill": ("FP32", [None] * n),
+                                      "year": ("INT64", [2007] * n)}, nested=draw(st.booleans())))
+        return json.dumps(_mutated(draw, body)).encode(), None
     datatype, shape = protocols.metadata("m", 1, schema)["inputs"][0]["datatype"], [n, 64]
     flat: list[Any] = [1.0] * (n * 64)
     if schema is TEXT or (schema is IMAGE and draw(st.booleans())):
@@ -310,6 +366,12 @@ def _same(got: tuple[str, Any], expected: tuple[str, Any]) -> None:
     assert got[0] == expected[0], (got, expected)
     if got[0] == "refused":
         assert got[1] == expected[1], (got, expected)
+    elif isinstance(expected[1], np.ndarray) and expected[1].dtype == object:  # a mixed table's cells
+        assert got[1].dtype == object and got[1].shape == expected[1].shape, (got, expected)
+        for a, b in zip(got[1].ravel().tolist(), expected[1].ravel().tolist(), strict=True):
+            gap = (a is None and b is None) or (isinstance(a, float) and isinstance(b, float) and math.isnan(a)
+                                                and math.isnan(b))
+            assert gap or (a == b and type(a) is type(b)), (got, expected)
     elif isinstance(expected[1], np.ndarray):
         assert got[1].dtype == expected[1].dtype and np.array_equal(got[1], expected[1]), (got, expected)
     else:
@@ -332,6 +394,15 @@ def test_oip_digits_tensors_parse_as_the_equivalent_predict_body(request):
 def test_oip_bytes_tensors_parse_as_the_equivalent_predict_texts(request):
     body, header, rows = request
     _same(_oip(body, header, TEXT), _predict(rows, TEXT))
+
+
+@FUZZ
+@given(request=valid_mixed_oip())
+@example(request=(mixed_json({"bill": ("FP64", [None]), "island": ("BYTES", [None]), "year": ("INT64", [None])}),
+                  None, [{"island": None, "bill": None, "year": None}]))  # a row of gaps only
+def test_oip_feature_columns_parse_as_the_equivalent_predict_rows(request):
+    body, header, rows = request
+    _same(_oip(body, header, MIXED), _predict(rows, MIXED))
 
 
 @FUZZ

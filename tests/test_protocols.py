@@ -25,6 +25,12 @@ TEXT = {"task": "text-classification", "input_kind": "text", "output_kind": "lab
 IMAGE = {"task": "image-classification", "input_kind": "image", "output_kind": "labels", "features": ["image"],
          "image_shape": [1, 8, 8], "classes": list(range(10)), "label": "label"}
 VALUE = {**TABLE, "task": "tabular-regression", "output_kind": "number", "classes": []}
+#: a table with words (a penguins-like schema): one tensor per feature column
+MIXED = {"task": "tabular-classification", "input_kind": "table", "output_kind": "labels", "dtype": "mixed",
+         "features": ["island", "mass", "year"], "num_features": 3, "classes": ["Adelie", "Gentoo"], "label": "species",
+         "columns": [{"name": "island", "kind": "categorical", "nullable": True, "levels": ["Biscoe", "Dream"]},
+                     {"name": "mass", "kind": "numeric", "nullable": True, "range": [2700.0, 6300.0]},
+                     {"name": "year", "kind": "categorical", "nullable": True, "levels": ["2007", "2008"]}]}
 
 
 def _triton_body(*inputs, outputs=None):
@@ -70,6 +76,78 @@ def test_triton_binary_and_json_tensors_become_the_tasks_request_and_the_answer_
     assert meta["inputs"] == [{"name": "inputs", "datatype": "UINT8", "shape": [-1, 8, 8]}]
     assert [o["name"] for o in meta["outputs"]] == ["predictions", "probabilities"]
     assert protocols.metadata("r", 1, VALUE)["outputs"] == [{"name": "predictions", "datatype": "FP32", "shape": [-1]}]
+
+
+def _columns(*columns: tuple[str, str, np.ndarray], binary: bool = True):
+    tensors = []
+    for name, datatype, values in columns:
+        tensor = triton.InferInput(name, list(values.shape), datatype)
+        tensor.set_data_from_numpy(values, binary_data=binary)
+        tensors.append(tensor)
+    return _triton_body(*tensors)
+
+
+def test_a_mixed_table_takes_one_tensor_per_column_with_words_and_gaps():
+    meta = protocols.metadata("penguins", 2, MIXED)
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+        ("island", "BYTES", [-1]), ("mass", "FP32", [-1]), ("year", "BYTES", [-1])]
+    assert meta["inputs"][0]["parameters"] == {"kind": "categorical", "levels": ["Biscoe", "Dream"], "nullable": True}
+    assert meta["inputs"][1]["parameters"]["range"] == [2700.0, 6300.0]
+    expected = [{"island": "Dream", "mass": 4100.0, "year": 2007}, {"island": None, "mass": None, "year": 2008},
+                {"island": "Atlantis", "mass": 3650.5, "year": 2009}]
+    for binary in (True, False):  # Triton's client: binary tensors by default, JSON on request
+        body, header = _columns(("island", "BYTES", np.array(["Dream", "", "Atlantis"], dtype=object)),  # "": a gap
+                                ("mass", "FP32", np.array([4100, np.nan, 3650.5], dtype=np.float32)),  # NaN: a gap
+                                ("year", "INT64", np.array([[2007], [2008], [2009]])), binary=binary)  # [n, 1]
+        payload = protocols.oip_request(body, header, MIXED)[0]
+        assert payload == {"inputs": expected}, binary
+    rows = parse_payload(payload, MIXED, max_rows=10)
+    assert rows[0].tolist()[0] == "Dream" and rows[1, 0] is None and np.isnan(rows[1, 1])
+    # plain JSON, in any order, with nulls; the words of a column of integer-coded levels
+    body = {"inputs": [{"name": "year", "shape": [2], "datatype": "BYTES", "data": ["2008", None]},
+                       {"name": "mass", "shape": [2], "datatype": "FP64", "data": [None, 5000]},
+                       {"name": "island", "shape": [2, 1], "datatype": "BYTES", "data": [["Biscoe"], [None]]}]}
+    assert protocols.oip_request(json.dumps(body).encode(), None, MIXED)[0] == {"inputs": [
+        {"island": "Biscoe", "mass": None, "year": "2008"}, {"island": None, "mass": 5000, "year": None}]}
+    # a numeric table keeps its one FP32 tensor, and takes its columns by name too
+    assert protocols.metadata("t", 1, TABLE)["inputs"] == [{"name": "inputs", "datatype": "FP32", "shape": [-1, 3]}]
+    by_name = _columns(*((n, "FP32", np.array([i, np.nan], dtype=np.float32)) for i, n in enumerate(TABLE["features"])))
+    assert protocols.oip_request(*by_name, TABLE)[0] == {"inputs": [{"a": 0.0, "b": 1.0, "c": 2.0},
+                                                                    {"a": None, "b": None, "c": None}]}
+
+
+def _column(name, datatype, data, shape=None):
+    return {"name": name, "datatype": datatype, "shape": shape or [len(data)], "data": data}
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    ([_column("inputs", "FP32", [1, 2, 3], [1, 3])], "inputs.0.name: 'inputs'; a table with categorical features "
+                                                     "takes one tensor per feature column (island BYTES, mass FP32"),
+    ([_column("islnd", "BYTES", ["Dream"])], "inputs.0.name: 'islnd' is not a feature of this model (did you mean "
+                                              "'island'?)"),
+    ([_column("island", "BYTES", ["Dream"]), _column("island", "BYTES", ["Dream"])], "'island' appears twice"),
+    ([_column("island", "BYTES", ["Dream"])], "inputs: no tensor for mass, year"),
+    ([_column("mass", "BYTES", ["heavy"])], "inputs.0.datatype: BYTES; mass is a numeric feature: send FP32"),
+    ([_column("mass", "BOOL", [True])], "mass is a numeric feature"),
+    ([_column("mass", "FP32", ["4100"])], 'inputs.0.data: "4100" is not a number; a FP32 column holds numbers'),
+    ([_column("island", "BYTES", [1.5])], "inputs.0.data: 1 strings (or nulls) for shape [1]"),
+    ([_column("year", "INT64", [2007.5])], "not all INT64 numbers (integers within its range, or nulls)"),
+    ([_column("island", "BYTES", ["Dream"] * 4, [2, 2])], "inputs.0.shape: [2, 2]; a feature column is [n] (or [n, 1])"),
+    ([_column("island", "BYTES", ["Dream", "Biscoe"]), _column("mass", "FP32", [1.0]), _column("year", "BYTES", ["2007"])],
+     "the feature columns hold different numbers of rows (island 2, mass 1, year 1)"),
+    ([_column("island", "BYTES", ["\ud800"])], "inputs.0: an element is not valid UTF-8"),
+    ([_column("mass", "FP32", [1e39]), _column("island", "BYTES", ["Dream"]), _column("year", "BYTES", ["2007"])],
+     "inputs.0.mass: 1e+39 is out of range"),
+    ([_column("mass", "FP32", ["x"]) | {"shape": [-1]}], "inputs.0.shape: a list of 1 to 8 non-negative sizes"),
+    ([3], "inputs.0: a tensor is an object with name (a feature)"),
+    ([], "inputs: this model takes one tensor per feature column"),
+])
+def test_bad_feature_columns_get_422_naming_the_tensor(inputs, message):
+    body = json.dumps({"inputs": inputs}).encode()
+    with pytest.raises(RequestError) as caught:
+        parse_payload(protocols.oip_request(body, None, MIXED)[0], MIXED, max_rows=10)
+    assert caught.value.status == 422 and message in caught.value.message, caught.value.message
+    assert "\n" not in caught.value.message
 
 
 @pytest.mark.parametrize(("body", "header", "status", "message"), [
@@ -193,3 +271,44 @@ def test_the_protocols_sit_behind_the_apps_key(keyed_app):
     assert _client(keyed_app).get_model_metadata("digits", headers=key)["name"] == "digits"
     assert httpx.get(f"{keyed_app['url']}/", headers=key, timeout=10).json()["runtime"] == "torch"  # as deployed
     assert httpx.post(f"{keyed_app['url']}/invocations", json={"instances": [[0] * 64]}, timeout=10).status_code == 401
+
+
+@pytest.mark.cluster
+def test_tritons_client_sends_a_mixed_table_one_tensor_per_column(mixed_app):
+    """The penguins app (words, gaps): BYTES and FP32 columns from Triton's own client, binary and JSON, answer as
+    /predict answers the same rows by name; the metadata lists the columns."""
+    url, name = mixed_app["url"], mixed_app["app"]
+    client = _client(mixed_app)
+    meta = client.get_model_metadata(name)
+    schema = httpx.get(f"{url}/", timeout=10).json()["input_schema"]
+    assert [i["name"] for i in meta["inputs"]] == schema["features"]
+    types = {i["name"]: i["datatype"] for i in meta["inputs"]}
+    assert types["island"] == "BYTES" and types["body_mass_g"] == "FP32" and types["year"] == "BYTES"
+    rows = [{"island": "Biscoe", "bill_length_mm": 47.5, "bill_depth_mm": 15.0, "flipper_length_mm": 218.0,
+             "body_mass_g": None, "sex": "female", "year": "2009"},
+            {"island": "Torgersen", "bill_length_mm": 39.5, "bill_depth_mm": 17.5, "flipper_length_mm": 186.0,
+             "body_mass_g": 3800.0, "sex": None, "year": "2007"}]
+    expected = httpx.post(f"{url}/predict", json={"inputs": rows}, timeout=30).json()
+    for binary in (True, False):
+        tensors = []
+        for feature in schema["features"]:
+            values = [r[feature] for r in rows]
+            if types[feature] == "BYTES":  # an empty string is a gap in a BYTES column
+                array = np.array(["" if v is None else v for v in values], dtype=object)
+            else:  # NaN is a gap in a float column
+                array = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+            tensor = triton.InferInput(feature, [len(rows)], types[feature])
+            tensor.set_data_from_numpy(array, binary_data=binary)
+            tensors.append(tensor)
+        result = client.infer(name, tensors)
+        assert [p.decode() for p in result.as_numpy("predictions").tolist()] == expected["predictions"], binary
+        assert np.allclose(result.as_numpy("probabilities"), expected["probabilities"], atol=1e-5)
+    # plain JSON with nulls and one word the model never saw
+    body = {"inputs": [{"name": f, "shape": [1], "datatype": types[f], "data": [rows[0][f]]} for f in schema["features"]]}
+    body["inputs"][0]["data"] = ["Atlantis"]
+    answer = httpx.post(f"{url}/v2/models/{name}/infer", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"][0] in schema["classes"]
+    body["inputs"][1] = {"name": "bill_length_mm", "shape": [1], "datatype": "BYTES", "data": ["long"]}
+    refused = httpx.post(f"{url}/v2/models/{name}/infer", json=body, timeout=30)
+    assert refused.status_code == 422 and "bill_length_mm is a numeric feature" in refused.json()["error"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
+import math
 import os
 import posixpath
 from pathlib import Path
@@ -22,7 +24,7 @@ from atoll import filesystems
 from atoll.errors import DataError
 
 DEMO_PREFIX = "demo:"
-DEMO_DATASETS = ("digits", "digits_images", "diabetes", "sms_spam")
+DEMO_DATASETS = ("digits", "digits_images", "diabetes", "sms_spam", "penguins")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,13 +129,28 @@ def fingerprint(uri: str) -> str:
     return ("sha256:" if by_content else "stat:") + digest.hexdigest()[:16]
 
 
+def _csv_options():
+    """How every CSV is read: an empty cell (or NA, N/A, null, ...) is a gap in a column of words too, not
+    an empty word (pyarrow's default for strings), as it already is in a column of numbers."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ConvertOptions(strings_can_be_null=True)
+
+
+def file_format(fmt: str):
+    """``fmt`` as pyarrow.dataset takes it (a CSV with :func:`_csv_options`)."""
+    import pyarrow.dataset as pads
+
+    return pads.CsvFileFormat(convert_options=_csv_options()) if fmt == "csv" else fmt
+
+
 def read_schema(uri: str, fmt: str) -> tuple[dict[str, str], int | None]:
     """Column types and (for Parquet) the row count, from file metadata only."""
     import pyarrow.dataset as pads
 
     fs, path = _filesystem(uri)
     try:
-        dataset = pads.dataset(path, filesystem=fs, format=fmt)
+        dataset = pads.dataset(path, filesystem=fs, format=file_format(fmt))
         schema = dataset.schema
         rows = dataset.count_rows() if fmt == "parquet" else None
     except Exception as exc:  # malformed files: pyarrow's message is the useful part
@@ -155,13 +172,14 @@ def read(uri: str, fmt: str, *, small: bool = False, block_rows: int | None = No
     if small:
         import pyarrow.dataset as pads
 
-        table = pads.dataset(path, filesystem=fs, format=fmt).to_table()
+        table = pads.dataset(path, filesystem=fs, format=file_format(fmt)).to_table()
         blocks = max(1, -(-table.nbytes // BLOCK_BYTES))
         step = max(1, -(-table.num_rows // blocks))
         step = min(step, block_rows) if block_rows else step
         return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
-    reader = ray.data.read_csv if fmt == "csv" else ray.data.read_parquet
-    return reader(path, filesystem=fs)
+    if fmt == "csv":
+        return ray.data.read_csv(path, filesystem=fs, convert_options=_csv_options())
+    return ray.data.read_parquet(path, filesystem=fs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,7 +188,9 @@ def read(uri: str, fmt: str, *, small: bool = False, block_rows: int | None = No
 # - diabetes: 442 patients, 10 baseline measurements and a disease-progression score a year later
 #   (B. Efron et al., "Least Angle Regression", Annals of Statistics, 2004), for regression;
 # and one Atoll ships itself (atoll/datasets/, with its licence and source):
-# - sms_spam: 4,862 SMS messages, ham or spam (the SMS Spam Collection, UCI, CC BY 4.0), for text.
+# - sms_spam: 4,862 SMS messages, ham or spam (the SMS Spam Collection, UCI, CC BY 4.0), for text;
+# - penguins: 344 Palmer penguins (CC0): species from island, sex (words, with gaps), bill, flipper and
+#   body mass (numbers, with gaps) and year, a real table for mixed tabular features.
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -197,6 +217,9 @@ def _demo_frame(name: str):
                              "label": digits.target.astype("int64")})
     if name == "sms_spam":
         return pd.read_csv(Path(__file__).with_name("datasets") / "sms_spam.csv.gz", dtype=str)
+    if name == "penguins":  # words stay words, NA cells are gaps (nulls in the Parquet export)
+        return pd.read_csv(Path(__file__).with_name("datasets") / "penguins.csv.gz",
+                           dtype={"species": str, "island": str, "sex": str})
     diabetes = datasets.load_diabetes(scaled=False)  # the measurements in their own units
     frame = pd.DataFrame(diabetes.data.astype("float32"), columns=diabetes.feature_names)
     frame["progression"] = diabetes.target.astype("float32")
@@ -257,7 +280,8 @@ def resolve_path(path: str, storage_root: str) -> str:
 
 @dataclasses.dataclass
 class DatasetPlan:
-    """What the training run will read: resolved path, format, columns, fingerprint."""
+    """What the training run will read: resolved path, format, columns, fingerprint; for a table, each
+    feature's kind (``numeric`` or ``categorical``, :mod:`atoll.tables`) and Arrow type."""
 
     uri: str
     format: str
@@ -265,6 +289,8 @@ class DatasetPlan:
     label: str
     rows: int | None
     fingerprint: str
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)
+    types: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -277,11 +303,49 @@ STRING_PREFIXES = ("string", "large_string", "utf8", "large_utf8")
 BINARY_PREFIXES = ("binary", "large_binary", "fixed_size_binary")
 
 
+def _unknown(names: list[str], columns: dict[str, str], field: str, uri: str) -> None:
+    """Refuse column names a spec field lists that the dataset does not have (with a "did you mean")."""
+    import difflib
+
+    unknown = [n for n in names if n not in columns]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(columns), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(f"dataset {uri}: {field} names column(s) {', '.join(unknown)} that do not exist{hint}; "
+                        f"columns are {', '.join(columns)}.")
+
+
+def column_kinds(columns: dict[str, str], features: list[str], *, categorical: list[str] | None = None,
+                 numeric: list[str] | None = None, uri: str = "") -> dict[str, str]:
+    """Each feature's kind: inferred from its Arrow type (:func:`atoll.tables.arrow_kind`), then as
+    ``categorical`` / ``numeric`` force it.
+
+    Raises:
+        DataError: a feature of a type no table takes (naming it and the fix).
+    """
+    from atoll import tables
+
+    kinds = {}
+    for f in features:
+        kind = tables.CATEGORICAL if f in (categorical or []) else tables.NUMERIC if f in (numeric or []) \
+            else tables.arrow_kind(columns[f])
+        if kind is None:
+            raise DataError(f"dataset {uri}: feature column {f} ({columns[f]}) is neither numbers nor words; "
+                            f"leave it out with dataset.exclude: [{f}], or list it in dataset.categorical to take "
+                            f"its values as levels.")
+        kinds[f] = kind
+    return kinds
+
+
 def plan(uri: str, fmt: str, features: list[str] | None, label: str, *, numeric_label: bool = False,
-         text: bool = False, image: bool = False) -> DatasetPlan:
-    """Check the dataset exists, has the label and numeric features (and a numeric label when
-    ``numeric_label``: a regression target; one string feature, the text, when ``text``; one binary
-    feature, the encoded images, when ``image``), and is not empty.
+         text: bool = False, image: bool = False, categorical: list[str] | None = None,
+         numeric: list[str] | None = None, exclude: list[str] | None = None) -> DatasetPlan:
+    """Check the dataset exists, has the label and usable features, and is not empty.
+
+    A table's features are numbers or words (:func:`column_kinds`; ``categorical``, ``numeric`` and
+    ``exclude`` are the spec's ``dataset.*`` overrides), and its label a number when ``numeric_label`` (a
+    regression target). A text task reads one string feature (``text``), an image task one binary feature of
+    encoded images (``image``).
 
     Raises:
         DataError: naming the column or file and the fix.
@@ -292,7 +356,10 @@ def plan(uri: str, fmt: str, features: list[str] | None, label: str, *, numeric_
     if label not in columns:
         raise DataError(f"dataset {uri}: label column {label!r} does not exist; columns are "
                         f"{', '.join(columns)}. Set dataset.label.")
-    chosen = features or [c for c in columns if c != label]
+    for field, names in (("dataset.categorical", categorical), ("dataset.numeric", numeric),
+                         ("dataset.exclude", exclude)):
+        _unknown(list(names or []), columns, field, uri)
+    chosen = [c for c in (features or [c for c in columns if c != label]) if c not in (exclude or [])]
     one_of = STRING_PREFIXES if text else BINARY_PREFIXES if image else None
     if one_of and not features:  # the one text or image column besides the label
         chosen = [c for c in chosen if columns[c].startswith(one_of)] or chosen
@@ -302,25 +369,25 @@ def plan(uri: str, fmt: str, features: list[str] | None, label: str, *, numeric_
                         f"columns are {', '.join(columns)}. Fix dataset.features.")
     if label in chosen:
         raise DataError(f"dataset {uri}: the label {label!r} is also listed as a feature; remove it.")
+    if not chosen:
+        raise DataError(f"dataset {uri}: no feature column is left (dataset.exclude leaves out every one).")
+    kinds: dict[str, str] = {}
     if one_of:
         what = ("a text task reads one string column, the text" if text else
                 "an image task reads one binary column of encoded images (PNG, JPEG, ...)")
         if len(chosen) != 1 or not columns[chosen[0]].startswith(one_of):
-            kinds = ", ".join(f"{c} ({columns[c]})" for c in chosen)
-            raise DataError(f"dataset {uri}: {what}; found {kinds}. Set dataset.features: "
+            kinds_text = ", ".join(f"{c} ({columns[c]})" for c in chosen)
+            raise DataError(f"dataset {uri}: {what}; found {kinds_text}. Set dataset.features: "
                             f"[the {'text' if text else 'image'} column].")
-        bad = []
     else:
-        bad = [f"{c} ({columns[c]})" for c in chosen if not columns[c].startswith(NUMERIC_PREFIXES)]
-    if bad:
-        raise DataError(f"dataset {uri}: feature column(s) {', '.join(bad)} are not numeric; "
-                        f"encode them as numbers or leave them out of dataset.features.")
+        kinds = column_kinds(columns, chosen, categorical=categorical, numeric=numeric, uri=uri)
     if numeric_label and not columns[label].startswith(NUMERIC_PREFIXES):
         raise DataError(f"dataset {uri}: label column {label!r} is {columns[label]}, not numeric; a regression "
                         f"target must be a number (or use task: tabular-classification for classes).")
     if rows == 0:
         raise DataError(f"dataset {uri}: it is empty (0 rows).")
-    return DatasetPlan(uri=uri, format=fmt, features=chosen, label=label, rows=rows, fingerprint=fingerprint(uri))
+    return DatasetPlan(uri=uri, format=fmt, features=chosen, label=label, rows=rows, fingerprint=fingerprint(uri),
+                       kinds=kinds, types={c: columns[c] for c in [*chosen, label]})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -387,7 +454,13 @@ class FittedState:
 
 @dataclasses.dataclass
 class Preprocessor(FittedState):
-    """Standardisation (fitted on the training split) and label encoding; JSON-serialisable.
+    """A table's features as one float vector, and its labels (fitted on the training split); JSON-serialisable.
+
+    Numeric features are standardised (``mean``, ``std``), a gap imputed with the mean and, for a column that
+    had gaps in training, flagged in a missing-indicator input; categorical features are one-hot over their
+    kept levels, or hashed, plus an ``other`` and a ``missing`` input (:mod:`atoll.tables`). ``columns`` holds
+    each feature's encoding (None: every feature numeric without indicator, as versions before mixed tables
+    were); ``report`` what fitting found (the profile, rows dropped for want of a label, ...).
 
     A classifier's labels become class indices (``classes``); a regression target (``target_mean`` set,
     ``classes`` empty) is standardised too, so the loss is in units of its spread, and turned back into
@@ -401,19 +474,113 @@ class Preprocessor(FittedState):
     classes: list[Any]
     target_mean: float | None = None
     target_std: float | None = None
+    columns: list[dict[str, Any]] | None = None
+    report: dict[str, Any] | None = None
+
+    # ---- the layout of the encoded vector
+    def _encoders(self) -> list[dict[str, Any]]:
+        return self.columns or [{"kind": "numeric", "indicator": False} for _ in self.features]
+
+    @staticmethod
+    def width(column: dict[str, Any]) -> int:
+        """Inputs one feature takes: 1 (+1 indicator) for a number; levels or buckets + other + missing."""
+        from atoll import tables
+
+        if column["kind"] == tables.NUMERIC:
+            return 1 + bool(column.get("indicator"))
+        return (tables.HASH_BUCKETS if column.get("hashed") else len(column["levels"])) + 2
 
     @property
     def input_dim(self) -> int:
-        return len(self.features)
+        return sum(self.width(c) for c in self._encoders())
 
-    def transform_features(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        # Written row-major whatever x's layout (pandas hands columns): what torch and ONNX Runtime take, with no
-        # extra copy; then scaled in place. One new array, two passes.
-        centred = np.empty(x.shape, dtype=np.float32)
-        np.subtract(x, np.asarray(self.mean, dtype=np.float32), out=centred)
-        centred *= 1 / np.asarray(self.std, dtype=np.float32)
-        return centred
+    @property
+    def plain(self) -> bool:
+        """Every feature a number with no missing-indicator: one input per feature, standardised."""
+        return all(c["kind"] == "numeric" and not c.get("indicator") for c in self._encoders())
+
+    def encoded_names(self) -> list[str]:
+        """A name per input of the encoded vector, in order (``island=Biscoe``, ``sex:missing``, ...)."""
+        names = []
+        for f, column in zip(self.features, self._encoders(), strict=True):
+            if column["kind"] == "numeric":
+                names += [f] + ([f"{f}:missing"] if column.get("indicator") else [])
+                continue
+            from atoll import tables
+
+            slots = ([f"{f}#{b}" for b in range(tables.HASH_BUCKETS)] if column.get("hashed")
+                     else [f"{f}={level}" for level in column["levels"]])
+            names += slots + [f"{f}:other", f"{f}:missing"]
+        return names
+
+    def _slots(self, column: dict[str, Any]) -> dict[str, int]:
+        from atoll import tables
+
+        if column.get("hashed"):
+            return {level: tables.bucket(level) for level in column["levels"]}
+        return {level: i for i, level in enumerate(column["levels"])}
+
+    # ---- encoding
+    def transform_features(self, x) -> np.ndarray:
+        """Rows of raw feature values (a float array, an object array of numbers, words and None, or a pandas
+        frame of the features) → float32 ``[n, input_dim]``."""
+        return self.transform_with_unseen(x)[0]
+
+    def transform_with_unseen(self, x) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`transform_features`, and a bool ``[n, features]`` mask of the categorical values it answered
+        as ``other`` because training never kept that level (None when no feature is categorical)."""
+        import pandas as pd
+
+        from atoll import tables
+
+        if self.plain:
+            try:
+                values = np.asarray(x.to_numpy(dtype=np.float32, na_value=np.nan) if isinstance(x, pd.DataFrame)
+                                    else x, dtype=np.float32)
+            except (TypeError, ValueError):  # words (refused for numeric features before this) or None
+                values = np.stack([tables.numbers_of(self._column(x, j)) for j in range(len(self.features))],
+                                  axis=1).astype(np.float32) if len(x) else np.zeros((0, len(self.features)), np.float32)
+            mean = np.asarray(self.mean, dtype=np.float32)
+            gaps = np.isnan(values)
+            if gaps.any():
+                values = np.where(gaps, mean, values)
+            # Written row-major whatever x's layout (pandas hands columns): what torch and ONNX Runtime take, with no
+            # extra copy; then scaled in place. One new array, two passes.
+            centred = np.empty(values.shape, dtype=np.float32)
+            np.subtract(values, mean, out=centred)
+            centred *= 1 / np.asarray(self.std, dtype=np.float32)
+            return centred, None
+        n = len(x)
+        out = np.zeros((n, self.input_dim), dtype=np.float32)
+        unseen = np.zeros((n, len(self.features)), dtype=bool)
+        at = 0
+        rows = np.arange(n)
+        for j, column in enumerate(self._encoders()):
+            values = self._column(x, j)
+            if column["kind"] == tables.NUMERIC:
+                v = tables.numbers_of(values)
+                gaps = np.isnan(v)
+                v = np.where(gaps, self.mean[j], v)
+                out[:, at] = (v - self.mean[j]) / self.std[j]
+                if column.get("indicator"):
+                    out[:, at + 1] = gaps
+            else:
+                keys = tables.keys_of(values, lower=bool(column.get("bool")))
+                width = self.width(column)
+                slots = self._slots(column)
+                index = np.fromiter((width - 1 if k is None else slots.get(k, width - 2) for k in keys),
+                                    dtype=np.int64, count=n)
+                unseen[:, j] = np.fromiter((k is not None and k not in slots for k in keys), dtype=bool, count=n)
+                out[rows, at + index] = 1.0
+            at += self.width(column)
+        return out, unseen
+
+    def _column(self, x, j: int):
+        import pandas as pd
+
+        if isinstance(x, pd.DataFrame):
+            return x[self.features[j]]
+        return (x if isinstance(x, np.ndarray) else np.asarray(x, dtype=object))[:, j]
 
     def encode_labels(self, y: np.ndarray) -> np.ndarray:
         if self.target_mean is not None:
@@ -421,54 +588,122 @@ class Preprocessor(FittedState):
         return encode_classes(self.classes, y)
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
-        """``map_batches`` transform: a pandas batch → ``{"x": float32 [n, d], "y": int64 or float32 [n]}``."""
-        x = self.transform_features(batch[self.features].to_numpy())
+        """``map_batches`` transform: a pandas batch → ``{"x": float32 [n, d], "y": int64 or float32 [n]}``.
+
+        Rows without a label are left out (fitting counted them), and so are a classifier's rows of a class
+        the training split never had (a class seen only in validation: the model has no output for it)."""
+        keep = batch[self.label].notna()
+        if self.target_mean is None:
+            keep &= batch[self.label].isin(self.classes)
+        if not keep.all():
+            batch = batch[keep]
+        x = self.transform_features(batch[self.features] if not self.plain else batch[self.features].to_numpy())
         return {"x": x, "y": self.encode_labels(batch[self.label].to_numpy())}
 
 
-class _PartialStats:
-    """Per-batch sums for mean/std, and the labels seen (or, for a numeric target, its sum and sum of
-    squares): one streaming pass fits the preprocessor."""
+def _class_order(value: Any) -> tuple[str, Any]:
+    return str(type(value)), value
 
-    def __init__(self, features: list[str], label: str, target_moments: bool = False):
-        self.features, self.label, self.target_moments = features, label, target_moments
+
+def encoders(stats: dict[str, Any], features: list[str], kinds: dict[str, str],
+             bools: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[float], list[float]]:
+    """Each feature's encoding (:attr:`Preprocessor.columns`), and the numeric features' means and spreads
+    (0 and 1 for categorical ones), from the training split's merged statistics."""
+    from atoll import tables
+
+    columns, means, stds = [], [], []
+    for f in features:
+        col = stats["columns"][f]
+        if kinds.get(f, tables.NUMERIC) == tables.NUMERIC:
+            std = math.sqrt(col["m2"] / col["n"]) if col["n"] else 0.0
+            means.append(col["mean"] if col["n"] else 0.0)
+            # A constant feature has std 0: divide by 1 instead, so it becomes 0 rather than NaN.
+            stds.append(1.0 if not col["n"] or col["min"] == col["max"] or std < 1e-8 else std)
+            columns.append({"name": f, "kind": tables.NUMERIC, "indicator": col["missing"] > 0,
+                            "min": col["min"], "max": col["max"]})
+            continue
+        kept = sorted((k for k, c in col["counts"].items() if c >= tables.RARE_ROWS),
+                      key=lambda k: (-col["counts"][k], k))
+        means.append(0.0)
+        stds.append(1.0)
+        columns.append({"name": f, "kind": tables.CATEGORICAL, "levels": kept,
+                        "hashed": len(kept) > tables.MAX_ONE_HOT, "bool": f in bools,
+                        "pooled": sum(c for k, c in col["counts"].items() if c < tables.RARE_ROWS)})
+    return columns, means, stds
+
+
+def fit_preprocessor(train_ds, plan: DatasetPlan, *, regression: bool = False) -> Preprocessor:
+    """Fit the features' encoding and the label classes (or, for ``regression``, the target's mean and
+    spread) on the training split, in one streaming pass (:class:`atoll.tables.BatchStats`); record the
+    split's profile and the rows left out for want of a label in ``report``.
+
+    Raises:
+        DataError: an empty training split, or no labelled row in it.
+    """
+    import json as _json
+
+    from atoll import tables
+
+    kinds = plan.kinds or {f: tables.NUMERIC for f in plan.features}
+    bools = tuple(f for f in plan.features if plan.types.get(f) == "bool" and kinds[f] == tables.CATEGORICAL)
+    stats_fn = tables.BatchStats(plan.features, kinds, plan.label, regression=regression, bools=bools)
+    parts = [_json.loads(p["part"]) for p in train_ds.map_batches(stats_fn, batch_format="pandas").take_all()]
+    stats = tables.merge_stats(parts)
+    if stats["rows"] == 0:
+        raise DataError(f"dataset {plan.uri}: the training split is empty; add rows or lower "
+                        f"dataset.validation_fraction.")
+    if stats["rows"] == stats["unlabelled"]:
+        raise DataError(f"dataset {plan.uri}: no row of the training split has a label ({plan.label!r} is empty "
+                        f"in all {stats['rows']}); check dataset.label.")
+    columns, mean, std = encoders(stats, plan.features, kinds, bools)
+    classes = [] if regression else sorted((v for v, _ in stats["label"]), key=_class_order)
+    report = {"training_rows": stats["rows"], "unlabelled_rows": stats["unlabelled"],
+              "profile": tables.profile(stats, kinds, plan.label, plan.types, regression)}
+    pre = Preprocessor(features=plan.features, label=plan.label, mean=mean, std=std, classes=classes,
+                       columns=columns, report=report)
+    if regression:
+        y = stats["label"]
+        pre.target_mean = float(y["mean"])
+        pre.target_std = float(math.sqrt(y["m2"] / y["n"]) if y["n"] else 0.0) or 1.0
+    return pre
+
+
+class _ValidationCounts:
+    """``map_batches`` callable: a validation batch's rows, rows without a label, and (for classes) its class counts."""
+
+    def __init__(self, label: str, classes: bool):
+        self.label, self.classes = label, classes
 
     def __call__(self, batch):
         import pandas as pd
 
-        x = batch[self.features].to_numpy(dtype=np.float64)
-        part = {"n": [len(x)], "sum": [x.sum(0).tolist()], "sumsq": [(x * x).sum(0).tolist()]}
-        if self.target_moments:
-            y = batch[self.label].to_numpy(dtype=np.float64)
-            part |= {"labels": [[]], "y_sum": [float(y.sum())], "y_sumsq": [float((y * y).sum())]}
-        else:
-            part["labels"] = [sorted(set(batch[self.label].tolist()), key=str)]
-        return pd.DataFrame(part)
+        y = batch[self.label]
+        counts = y[y.notna()].value_counts() if self.classes else pd.Series(dtype=object)
+        return pd.DataFrame({"rows": [len(y)], "unlabelled": [int(y.isna().sum())],
+                             "counts": [json.dumps([[_label(v), int(c)] for v, c in counts.items()])]})
 
 
-def fit_preprocessor(train_ds, plan: DatasetPlan, *, regression: bool = False) -> Preprocessor:
-    """Fit standardisation and the label classes (or, for ``regression``, the target's mean and spread)
-    on the training split (one streaming pass)."""
-    stats = _PartialStats(plan.features, plan.label, target_moments=regression)
-    parts = train_ds.map_batches(stats, batch_format="pandas").take_all()
-    n = sum(p["n"] for p in parts)
-    if n == 0:
-        raise DataError(f"dataset {plan.uri}: the training split is empty; add rows or lower "
-                        f"dataset.validation_fraction.")
-    total = np.sum([np.asarray(p["sum"]) for p in parts if p["n"]], axis=0)
-    total_sq = np.sum([np.asarray(p["sumsq"]) for p in parts if p["n"]], axis=0)
-    mean = total / n
-    std = np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
-    # A constant feature has std 0: divide by 1 instead, so it becomes 0 rather than NaN.
-    std[std < 1e-8] = 1.0
-    classes = sorted({v for p in parts for v in p["labels"]}, key=lambda v: (str(type(v)), v))
-    pre = Preprocessor(features=plan.features, label=plan.label, mean=mean.tolist(), std=std.tolist(),
-                       classes=[v.item() if hasattr(v, "item") else v for v in classes])
-    if regression:
-        y_mean = sum(p["y_sum"] for p in parts) / n
-        y_var = sum(p["y_sumsq"] for p in parts) / n - y_mean * y_mean
-        pre.target_mean, pre.target_std = float(y_mean), float(max(y_var, 0.0) ** 0.5 or 1.0)
-    return pre
+def _label(value: Any) -> Any:
+    value = value.item() if hasattr(value, "item") else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def check_validation(val_ds, pre: Preprocessor) -> dict[str, Any]:
+    """Count the validation split's rows that training leaves out (no label; a class the training split never
+    had), record them in ``pre.report`` and return them. Small classes and classes only in validation are
+    reported, never a failure: the transform simply leaves those rows out."""
+    parts = val_ds.map_batches(_ValidationCounts(pre.label, pre.target_mean is None), batch_format="pandas").take_all()
+    unseen: dict[str, int] = {}
+    known = set(pre.classes)
+    for p in parts:
+        for v, c in json.loads(p["counts"]):
+            if v not in known:
+                unseen[str(v)] = unseen.get(str(v), 0) + c
+    found = {"validation_rows": int(sum(p["rows"] for p in parts)),
+             "validation_unlabelled_rows": int(sum(p["unlabelled"] for p in parts)),
+             "validation_only_classes": unseen}
+    pre.report = {**(pre.report or {}), **found}
+    return found
 
 
 def to_training(ds, pre: Preprocessor, cache: bool = False):
@@ -511,3 +746,47 @@ def describe(uri: str) -> dict[str, Any]:
     size = sum(f.size for f in _files(uri))
     return {"uri": uri, "format": fmt, "rows": rows, "bytes": size, "columns": columns}
 
+
+
+def profile_path(uri: str, label: str | None = None, *, fmt: str = "auto", exclude: list[str] | None = None,
+                 categorical: list[str] | None = None, numeric: list[str] | None = None,
+                 label_required: bool = True) -> dict[str, Any]:
+    """A dataset's profile, read here in one streaming pass with pyarrow (no cluster): per column its inferred
+    kind, missing share, levels or range and warnings (:func:`atoll.tables.profile`); the label's classes
+    (its values, or its range when it is a floating-point column). ``label_required``: a ``label`` the table lacks
+    is an error (else the table is profiled without one).
+
+    Raises:
+        DataError: a missing dataset, or a label or listed column it does not have.
+    """
+    import pyarrow.dataset as pads
+
+    from atoll import tables
+
+    _files(uri)
+    fmt = detect_format(uri, fmt)
+    columns, rows = read_schema(uri, fmt)
+    if label is not None and label not in columns and not label_required:
+        label = None  # no such column: a table profiled without a label
+    if label is not None and label not in columns:
+        raise DataError(f"dataset {uri}: no column {label!r} to profile as the label; columns are "
+                        f"{', '.join(columns)}.")
+    for field, names in (("--categorical", categorical), ("--numeric", numeric), ("--exclude", exclude)):
+        _unknown(list(names or []), columns, field, uri)
+    features = [c for c in columns if c != label and c not in (exclude or [])]
+    kinds = {f: tables.CATEGORICAL if f in (categorical or []) else tables.NUMERIC if f in (numeric or [])
+             else tables.arrow_kind(columns[f]) for f in features}
+    usable = [f for f in features if kinds[f] is not None]
+    regression = label is not None and columns[label].startswith(("float", "double", "halffloat", "decimal"))
+    bools = tuple(f for f in usable if columns[f] == "bool" and kinds[f] == tables.CATEGORICAL)
+    fs, path = _filesystem(uri)
+    parts = [tables.batch_stats(batch.to_pandas(), usable, kinds, label, regression=regression, bools=bools)
+             for batch in pads.dataset(path, filesystem=fs, format=file_format(fmt)).to_batches(
+                 columns=usable + ([label] if label else []))]
+    stats = tables.merge_stats(parts)
+    lines = tables.profile(stats, kinds, label, columns, regression)
+    for f in features:
+        if kinds[f] is None:
+            lines.insert(features.index(f), {"column": f, "kind": "unsupported", "type": columns[f], "missing": None,
+                                             "warnings": [f"{columns[f]}: neither numbers nor words; exclude it"]})
+    return {"uri": uri, "format": fmt, "rows": stats["rows"], "label": label, "columns": lines}

@@ -186,6 +186,11 @@ def example_inputs(task, state, schema: dict[str, Any], examples: list[dict[str,
 _STEPS = {
     "table": "rows of the features in `input_schema.features` order, standardised: (x - state.mean) / state.std, "
              "float32 [n, {features}]",
+    # A table with categories or gaps: the model takes the encoded vector, not the raw row.
+    "mixed": "the encoded row, float32 [n, {input_dim}], in `state.columns` order: a number standardised, (x - "
+             "state.mean[i]) / state.std[i], a gap taking the mean, then (where `indicator`) 1 for a gap; a category one-"
+             "hot over `levels` (or, where `hashed`, at CRC-32(level) mod 32), then an `other` input (rare or unseen "
+             "levels) and a `missing` input. `input_schema.encoded` names every input",
     "text": "texts tokenized with tokenizer.json (Hugging Face `tokenizers`: Tokenizer.from_file), cut and padded "
             "to state.max_length = {max_length} with [PAD] = 0: int64 [n, up to {max_length}]",
     "image": "images converted to {channels} channel(s), resized to {height}x{width}, scaled to 0-1 and "
@@ -226,7 +231,10 @@ def _readme(mv, fmt: str, pre: dict[str, Any], recorded: dict[str, Any]) -> str:
     schema, state = pre["input_schema"], pre["state"]
     kind = schema.get("input_kind", "table")
     channels, height, width = (schema.get("image_shape") or [1, 0, 0])
+    if kind == "table" and schema.get("dtype") == "mixed":
+        kind = "mixed"
     steps = _STEPS.get(kind, _STEPS["table"]).format(features=schema.get("num_features"), width=width,
+                                                     input_dim=schema.get("input_dim"),
                                                      max_length=state.get("max_length"), channels=channels, height=height)
     classes = state.get("classes") or []
     if classes:

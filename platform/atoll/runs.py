@@ -176,7 +176,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     need = f"an Atoll training checkpoint holds {train.MODEL_FILE} (the weights) and {train.META_FILE}"
     if not folder.is_dir():
         raise RegistryError(f"checkpoint {path}: not a folder; pass a local checkpoint folder ({need}).")
-    has_weights = any((folder / f).is_file() for f in (train.MODEL_FILE, train.LEGACY_MODEL_FILE))
+    # a torch model's weights, or (model.type xgboost) a booster in XGBoost's own format
+    has_weights = any((folder / f).is_file() for f in (train.MODEL_FILE, train.LEGACY_MODEL_FILE, "model.ubj", "model.json"))
     missing = [f for f, there in ((train.MODEL_FILE, has_weights), (train.META_FILE, (folder / train.META_FILE).is_file()))
                if not there]
     if missing:

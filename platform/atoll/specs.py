@@ -276,11 +276,38 @@ class DatasetSpec(Strict):
     path: str = Field(..., description="Parquet/CSV file or folder, local or s3:// / gs://; "
                       "`demo:digits` exports the built-in demo on first use.")
     format: Literal["auto", "parquet", "csv"] = Field("auto", description="File format (auto: by suffix).")
-    features: list[str] | None = Field(None, description="Feature columns (default: every column but the label).")
-    label: str = Field("label", description="Label column (classes are encoded as 0..K-1).")
+    features: list[str] | None = Field(None, description="Feature columns (default: every column but the label "
+                                       "and those in exclude).")
+    label: str = Field("label", description="Label column (classes are encoded as 0..K-1; rows without a label "
+                       "are left out and counted).")
+    categorical: list[str] = Field(default_factory=list, description="Tables: columns taken as categories whatever "
+                                   "their type, e.g. integer codes (a zip code, a year). Words, booleans and "
+                                   "categoricals are categories anyway.")
+    numeric: list[str] = Field(default_factory=list, description="Tables: columns taken as numbers whatever their "
+                               "type (booleans as 0/1; numbers written as text are read, other text is a gap).")
+    exclude: list[str] = Field(default_factory=list, description="Tables: columns left out of the features (ids, "
+                               "free text, dates).")
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="Share of rows held out for validation.")
     cache: Literal["auto", True, False] = Field("auto", description="Keep preprocessed rows in the object "
                                                 "store across epochs (auto: when they take < 512 MiB).")
+
+    @model_validator(mode="after")
+    def _column_choices(self) -> DatasetSpec:
+        both = [c for c in self.categorical if c in self.numeric]
+        if both:
+            raise ValueError(f"{', '.join(both)} listed in both categorical and numeric; keep each column in one")
+        for field in ("categorical", "numeric", "exclude"):
+            if self.label in getattr(self, field):
+                raise ValueError(f"{field} lists the label {self.label!r}; it names feature columns only")
+        listed = [c for c in self.exclude if c in (self.features or [])]
+        if listed:
+            raise ValueError(f"{', '.join(listed)} both in features and in exclude; drop it from one of them")
+        return self
+
+    def overrides(self) -> dict[str, list[str]]:
+        """The column choices as :func:`atoll.data.plan` takes them (unknown names are refused there, where the
+        columns are known)."""
+        return {"categorical": self.categorical, "numeric": self.numeric, "exclude": self.exclude}
 
     @field_validator("path")
     @classmethod
@@ -296,9 +323,51 @@ class DatasetSpec(Strict):
 
 
 class ModelSpec(Strict):
-    type: str = Field("mlp", description="`mlp`, `cnn`, or an import path `mypkg.models:build`.")
+    type: str = Field("mlp", description="`mlp`, `cnn`, `xgboost` (gradient-boosted trees, tables), or an import "
+                      "path `mypkg.models:build`.")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model "
-                                   "(mlp: hidden, dropout; cnn: channels, image_shape, dropout).")
+                                   "(mlp: hidden, dropout; cnn: channels, image_shape, dropout; xgboost: TreeParams).")
+
+
+class TreeParams(Strict):
+    """``model.params`` of ``model.type: xgboost`` (XGBoost's own names; boosting rounds are the spec's ``epochs``).
+    Used by :mod:`atoll.trees`; here so that a spec is checked whole before any work."""
+
+    max_depth: int = Field(6, ge=1, le=32, description="Deepest a tree grows.")
+    eta: float = Field(0.3, gt=0, le=1, description="Learning rate: the shrinkage of each round's trees.")
+    min_child_weight: float = Field(1.0, ge=0, description="Least hessian sum in a leaf.")
+    subsample: float = Field(1.0, gt=0, le=1, description="Share of rows each round samples.")
+    colsample_bytree: float = Field(1.0, gt=0, le=1, description="Share of inputs each tree samples.")
+    reg_lambda: float = Field(1.0, ge=0, description="L2 penalty on leaf weights (XGBoost's lambda).")
+    reg_alpha: float = Field(0.0, ge=0, description="L1 penalty on leaf weights (XGBoost's alpha).")
+    gamma: float = Field(0.0, ge=0, description="Least loss reduction to split.")
+    max_bin: int = Field(256, ge=2, le=65_536, description="Histogram bins per input.")
+    tree_method: Literal["hist", "approx"] = Field("hist", description="How splits are found.")
+    early_stopping_rounds: int | None = Field(None, ge=1, description="Stop when the validation loss has not "
+                                              "improved for this many rounds (None: run every round).")
+    checkpoint_every: int = Field(10, ge=1, description="Rounds between checkpoints; a round that improves the "
+                                  "task's objective and the last round are always checkpointed.")
+
+
+def tree_params_problem(params: dict[str, Any] | None) -> str | None:
+    """What is wrong with trees' ``model.params``, as one line naming the field and the fix; None if nothing."""
+    import difflib
+
+    import pydantic
+
+    try:
+        TreeParams.model_validate(params or {})
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(TreeParams.model_fields), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(TreeParams.model_fields)}"
+            if key in ("num_boost_round", "n_estimators", "rounds"):
+                hint = "boosting rounds are the spec's `epochs`"
+            return f"model.params.{key}: unknown key for model.type xgboost; {hint}."
+        return f"model.params.{key}: {err['input']!r}: {err['msg']}."
+    return None
 
 
 class OptimizerSpec(Strict):
@@ -344,6 +413,12 @@ class TrainSpec(Strict):
     def _checks(self) -> TrainSpec:
         if self.dataset.features is not None and not self.dataset.features:
             raise ValueError("dataset.features: empty list; leave it out to use every column but the label")
+        chosen = [f for f in ("categorical", "numeric", "exclude") if getattr(self.dataset, f)]
+        if chosen and not self.task.startswith("tabular-"):
+            raise ValueError(f"dataset.{chosen[0]}: column kinds are for tables; a {self.task} task reads one "
+                             f"column (set dataset.features instead)")
+        if self.model.type == "xgboost" and (problem := tree_params_problem(self.model.params)):
+            raise ValueError(problem)  # gradient-boosted trees (atoll.trees): checked before any work
         return self
 
     @model_validator(mode="after")

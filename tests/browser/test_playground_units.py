@@ -124,3 +124,151 @@ def test_the_tabular_form_and_csv_row_in_a_browser():
         assert "422" in page.text_content("#error") and "valid number" in page.text_content("#error")
         assert sent[-1]["inputs"][0]["rooms"] == "two"  # sent as typed: the API is the judge
         browser.close()
+
+
+PENGUINS = {"features": ["island", "bill_length_mm", "body_mass_g", "sex", "year"], "num_features": 5,
+            "dtype": "mixed", "classes": ["Adelie", "Chinstrap", "Gentoo"], "label": "species", "input_kind": "table",
+            "columns": [
+                {"name": "island", "kind": "categorical", "nullable": True, "levels": ["Biscoe", "Dream", "Torgersen"]},
+                {"name": "bill_length_mm", "kind": "numeric", "nullable": True, "range": [32.1, 59.6]},
+                {"name": "body_mass_g", "kind": "numeric", "nullable": True, "range": [2700.0, 6300.0]},
+                {"name": "sex", "kind": "categorical", "nullable": True, "levels": ["female", "male"]},
+                {"name": "year", "kind": "categorical", "nullable": True, "levels": ["2009", "2007", "2008"]}]}
+
+
+def test_a_mixed_tables_panel_describes_each_column_and_a_numeric_one_stays_plain():
+    out = playground.panel(PENGUINS, [])
+    assert out["kind"] == "form" and out["mixed"] is True
+    assert out["columns"][0] == {"name": "island", "kind": "categorical", "nullable": True,
+                                 "levels": ["Biscoe", "Dream", "Torgersen"], "dropdown": True}
+    assert out["columns"][1] == {"name": "bill_length_mm", "kind": "numeric", "nullable": True, "range": [32.1, 59.6]}
+    many = {**PENGUINS, "columns": [{**PENGUINS["columns"][0], "levels": [f"shop-{i}" for i in range(500)]},
+                                    *PENGUINS["columns"][1:]]}
+    assert playground.panel(many, [])["columns"][0]["dropdown"] is False  # a text box with suggestions
+    plain = {"features": ["a", "b"], "num_features": 2}  # a version from before column kinds
+    assert "columns" not in playground.panel(plain, []) and "mixed" not in playground.panel(plain, [])
+    numeric = {**plain, "columns": [{"name": "a", "kind": "numeric", "nullable": True, "range": [0, 1]},
+                                    {"name": "b", "kind": "numeric", "nullable": True, "range": None}]}
+    assert playground.panel(numeric, [])["mixed"] is False
+
+
+def test_a_mixed_tables_examples_keep_their_words_and_gaps(tmp_path):
+    """Registration-time examples of a table with words, yes/no and gaps: JSON values a request takes as they are."""
+    n = 200  # distinct rows (the split hashes each row): a gap in every Gentoo row's island and bill
+    frame = pd.DataFrame({"island": ["Biscoe", None, "Dream", "Torgersen"] * (n // 4),
+                          "bill_length_mm": [None if i % 4 == 1 else 35 + i / 8 for i in range(n)],
+                          "member": [True, False, None, True] * (n // 4), "year": [2007 + i % 3 for i in range(n)],
+                          "species": ["Adelie", "Gentoo", "Chinstrap", "Adelie"] * (n // 4)})
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    spec = {"dataset": {"path": str(tmp_path / "p.csv"), "validation_fraction": 0.5}, "seed": 0}
+    schema = {"features": ["island", "bill_length_mm", "member", "year"], "num_features": 4, "label": "species",
+              "input_kind": "table", "classes": ["Adelie", "Chinstrap", "Gentoo"], "dtype": "mixed",
+              "columns": [{"name": "island", "kind": "categorical"}, {"name": "bill_length_mm", "kind": "numeric"},
+                          {"name": "member", "kind": "categorical"}, {"name": "year", "kind": "categorical"}]}
+    picked, _ = held_out.pick_examples(spec, schema, str(tmp_path))
+    assert {e["label"] for e in picked} == {"Adelie", "Chinstrap", "Gentoo"}
+    again = json.loads(json.dumps(picked))  # as examples.json stores them
+    assert again == picked
+    rows = {e["label"]: e["inputs"] for e in again}
+    assert rows["Gentoo"][:2] == [None, None]  # gaps (an empty CSV cell) are null, not NaN or ""
+    assert rows["Adelie"][0] in ("Biscoe", "Torgersen") and isinstance(rows["Adelie"][1], float)
+    assert all(isinstance(e["inputs"][3], int) for e in again)  # a category of integers stays a number
+
+
+def _serve_mocked(page, app: str, card: dict, examples: dict, answer) -> list:
+    """Route the page's calls to fixed answers: the page's own files, the card, the examples, and ``answer(row)``
+    for /predict (a (status, body) pair). Returns the list the sent /predict bodies go to."""
+    sent: list = []
+
+    def handle(route):
+        path = route.request.url.split("127.0.0.1:8000", 1)[1]
+        if path == f"/{app}/ui" or path.startswith(f"/{app}/ui/static/"):
+            name = "playground.html" if path == f"/{app}/ui" else path.rsplit("/", 1)[1]
+            kind = playground.STATIC_TYPES.get("." + name.rsplit(".", 1)[1], "text/html")
+            return route.fulfill(body=(playground.UI_DIR / name).read_bytes(), content_type=kind)
+        if path == f"/{app}/":
+            return route.fulfill(json=card)
+        if path == f"/{app}/examples":
+            return route.fulfill(json=examples)
+        if path == f"/{app}/predict":
+            sent.append(route.request.post_data_json)
+            status, body = answer(sent[-1]["inputs"][0])
+            return route.fulfill(status=status, json=body)
+        return route.fulfill(status=404, json={"error": "not found"})
+
+    page.route("http://127.0.0.1:8000/**", handle)
+    return sent
+
+
+def test_the_mixed_form_dropdowns_blanks_and_csv_words_in_a_browser():
+    executable = shutil.which("chromium")
+    if executable is None:
+        if os.environ.get("CI") or os.environ.get("ATOLL_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is not installed, and CI/ATOLL_REQUIRE_BROWSER is set")
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); browser tests skipped")
+    from playwright.sync_api import expect, sync_playwright
+
+    card = {"model": "penguins", "version": 1, "input_schema": PENGUINS, "metrics": {}, "lineage": {}, "aliases": [],
+            "spec_summary": {}, "has_curve": False}
+    example = {"inputs": ["Dream", 46.5, None, "female", 2008], "label": "Chinstrap"}
+    examples = {"panel": playground.panel(PENGUINS, [example]), "examples": [example]}
+
+    def answer(row):
+        if isinstance(row, dict) and isinstance(row.get("body_mass_g"), str):
+            return 422, {"error": f'inputs.0.body_mass_g: "{row["body_mass_g"]}" is not a valid number'}
+        unseen = {"unseen": {"0": ["island"]}} if isinstance(row, dict) and row.get("island") == "Atlantis" else {}
+        return 200, {"predictions": ["Gentoo"], "probabilities": [[0.1, 0.2, 0.7]], **unseen}
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        sent = _serve_mocked(page, "penguins", card, examples, answer)
+        page.goto("http://127.0.0.1:8000/penguins/ui")
+        page.wait_for_selector("#layout:not([hidden])")
+        assert page.locator("#form-input select").count() == 3 and page.locator("#form-input input").count() == 2
+        assert page.locator("#f-0 option").all_text_contents() == ["missing", "Biscoe", "Dream", "Torgersen"]
+        assert page.get_attribute("#f-1", "placeholder") == "32.1 – 59.6"
+        assert "leave empty for missing" in page.get_attribute("#f-1", "title")
+
+        # Untouched: every dropdown "missing", every number empty, all sent as null.
+        page.click("#predict")
+        page.wait_for_selector("#result:not([hidden])")
+        assert sent[-1] == {"inputs": [dict.fromkeys(PENGUINS["features"])]}
+        assert page.is_hidden("#unseen")
+
+        # An example round-trips exactly: its words, its gap, its integer year.
+        page.click("#examples button >> nth=0")
+        assert page.input_value("#f-0") == "Dream" and page.input_value("#f-2") == "" and page.input_value("#f-4") == "2008"
+        with page.expect_response("**/penguins/predict"):
+            page.click("#predict")
+        expect(page.locator("#truth")).to_contain_text("true label Chinstrap")
+        assert sent[-1] == {"inputs": [dict(zip(PENGUINS["features"], example["inputs"], strict=True))]}
+
+        # A level picked by hand goes as its word; a changed number as a number; an emptied one as null.
+        page.select_option("#f-0", "Biscoe")
+        page.select_option("#f-3", label="missing")
+        page.fill("#f-1", "")
+        page.fill("#f-2", "4100")
+        with page.expect_response("**/penguins/predict"):
+            page.click("#predict")
+        expect(page.locator("#truth")).to_have_text("")
+        assert sent[-1]["inputs"][0] == {"island": "Biscoe", "bill_length_mm": None, "body_mass_g": 4100,
+                                         "sex": None, "year": 2008}
+
+        # A pasted CSV row with words, a quoted word with a comma, and blanks; an unseen level is shown.
+        page.fill("#csv", 'Atlantis, 39.5,  , "male", NA')
+        with page.expect_response("**/penguins/predict"):
+            page.click("#csv-predict")
+        expect(page.locator("#unseen")).to_contain_text("island")
+        assert sent[-1] == {"inputs": [{"island": "Atlantis", "bill_length_mm": 39.5, "body_mass_g": None,
+                                        "sex": "male", "year": None}]}
+        assert page.input_value("#f-0") == "Atlantis" and page.input_value("#f-4") == ""
+        assert "not a known level" in page.text_content("#f-0 option:checked")
+        page.fill("#csv", "Biscoe, 39.5, heavy, male, 2009")
+        page.click("#csv-predict")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "body_mass_g" in page.text_content("#error") and page.is_hidden("#result")
+        assert errors == []
+        browser.close()

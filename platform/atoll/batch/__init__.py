@@ -48,7 +48,16 @@ def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite:
                         f"this model reads {', '.join(features[:5])}{' …' if len(features) > 5 else ''} "
                         f"({len(features)} columns). Its columns are {', '.join(list(columns)[:8])}.")
     prefixes, what = _KINDS.get(schema.get("input_kind") or "table", _KINDS["table"])
-    bad = [f"{f} ({columns[f]})" for f in features if not columns[f].startswith(prefixes)]
+    kinds = {c["name"]: c["kind"] for c in schema.get("columns") or []}
+    if kinds and (schema.get("input_kind") or "table") == "table":  # a table of numbers and words, with gaps
+        from atoll import tables
+
+        bad = [f"{f} ({columns[f]})" for f in features
+               if (tables.arrow_kind(columns[f]) is None and kinds.get(f) != "categorical")
+               or (kinds.get(f) == "numeric" and tables.arrow_kind(columns[f]) != "numeric" and columns[f] != "bool")]
+        what = "numbers (the version's numeric features) or words and numbers (its categorical ones)"
+    else:
+        bad = [f"{f} ({columns[f]})" for f in features if not columns[f].startswith(prefixes)]
     if bad:
         raise DataError(f"--input {input_uri}: column(s) {', '.join(bad[:5])} must be {what} for this model.")
     footers = data.parquet_footers(input_uri) if fmt == "parquet" else None

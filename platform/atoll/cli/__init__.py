@@ -13,7 +13,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from atoll.cli import cluster, jobs, k8s, models, quickstart, runs, serve, storage, train
+from atoll.cli import cluster, data, jobs, k8s, models, quickstart, runs, serve, storage, train
 from atoll.cli.common import console, err_console
 from atoll.cli.errors import ABORTS, CLICK_ERRORS, EXITS, USAGE_ERRORS, usage_line
 from atoll.errors import AtollError
@@ -24,6 +24,7 @@ app = typer.Typer(help="Atoll: the whole ML lifecycle on one Ray cluster.", no_a
                   add_completion=False, pretty_exceptions_enable=False)
 for commands in (cluster.app, jobs.app, train.app, serve.query_app, quickstart.app):  # up … quickstart
     app.add_typer(commands)
+app.add_typer(data.data_app, name="data")
 app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(runs.runs_app, name="runs")
 app.add_typer(models.models_app, name="models")

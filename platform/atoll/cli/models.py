@@ -114,8 +114,18 @@ def show(ref: str = typer.Argument(..., help="NAME (latest), NAME:VERSION or NAM
         ({"schema": mv.input_schema} if mv.input_schema is not None else None)
     exported = {fmt: (f"{r['file']} (max |diff| {r['max_abs_diff']:.2g} on {r.get('examples', 0)} examples)"
                       if "file" in r else r.get("error", "-")) for fmt, r in mv.exports.items()}
-    body = Group(head, "", _section("Metrics", mv.metrics), "", _section("Input schema", schema), "",
-                 _section("Lineage", mv.lineage), "", _section("Exported", exported or None), "",
+    profile = (schema or {}).get("data", {}).get("profile") if isinstance((schema or {}).get("data"), dict) else None
+    if schema and "columns" in schema:  # a table's features: kinds and levels in one line each, the profile below
+        columns = schema["columns"] if schema.get("dtype") == "mixed" else []  # all numeric: features say it all
+        schema = {k: v for k, v in schema.items() if k not in ("columns", "encoded", "data")} | ({
+            "columns": "; ".join(f"{c['name']} ({c['kind']}{', ' + str(len(c['levels'])) + ' levels' if 'levels' in c else ''})"
+                                 for c in columns)} if columns else {})
+    parts = [head, "", _section("Metrics", mv.metrics), "", _section("Input schema", schema), ""]
+    if profile:
+        from atoll import tables
+
+        parts += [Text("Training data", style="bold"), Text(tables.format_profile(profile)), ""]
+    body = Group(*parts, _section("Lineage", mv.lineage), "", _section("Exported", exported or None), "",
                  Text("Files", style="bold"), files)
     console.print(Panel(body, title=f"[bold]{mv.ref}", expand=False))
 

@@ -22,11 +22,12 @@ MANIFEST_SHA256 = "manifest_sha256"
 MANIFEST_FORMAT = 2  # 2: sealed with manifest_sha256; 1: written before that (accepted without one)
 WEIGHTS = "model.safetensors"  # the weights as safetensors: plain tensors, no pickle
 LEGACY_WEIGHTS = "model.pt"  # a state dict saved with torch.save (read with weights_only=True)
-WEIGHT_FILES = (WEIGHTS, LEGACY_WEIGHTS)
+BOOSTER_FILES = ("model.ubj", "model.json")  # gradient-boosted trees in XGBoost's own format (atoll.trees)
+WEIGHT_FILES = (WEIGHTS, LEGACY_WEIGHTS, *BOOSTER_FILES)
 
 
 def weights_file(files) -> str | None:
-    """The weights file among ``files``: safetensors first, else the torch.save one, else None."""
+    """The weights file among ``files``: safetensors first, else the torch.save one, else a booster, else None."""
     return next((f for f in WEIGHT_FILES if f in files), None)
 CHECKPOINT_META = "atoll.json"
 PENDING = "PENDING"

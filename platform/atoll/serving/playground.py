@@ -10,6 +10,9 @@
 * **Held-out examples**: at registration (:func:`atoll.train.examples.add_examples`), ~10 validation rows of
   the training dataset (raw feature values as the API takes them, with their true labels) are written to
   ``examples.json`` in the version, which the page offers; versions without it get a page without them.
+* **A table's form** (:func:`form_columns`): a number field per numeric feature with its training range as
+  the hint (empty: null), and per categorical feature a dropdown of its known levels plus "missing" (null); a
+  pasted CSV row may hold words and blanks, and the answer shows which levels were unseen.
 * **Gallery** (``GET /``): a tiny Serve app of its own (:data:`GALLERY_APP`, route prefix ``/``, no CPU)
   that lists the live model apps from ``serve.status()``; the page fetches each app's card itself.
 
@@ -100,11 +103,40 @@ def image_shape(schema: dict[str, Any]) -> list[int] | None:
     return None
 
 
+#: past this many levels a categorical field is a text box with suggestions, not a dropdown
+MAX_DROPDOWN_LEVELS = 100
+
+
+def form_columns(schema: dict[str, Any]) -> dict[str, Any]:
+    """``{"columns": [...], "mixed": bool}`` for a table's form: each feature's kind, its levels (categorical)
+    or training range (numeric), and whether a gap is allowed; ``mixed`` when a feature is categorical (then the
+    form has dropdowns and a pasted CSV row may hold words and blanks). Empty for versions from before column
+    kinds (the form is plain number fields, as it always was)."""
+    columns = schema.get("columns")
+    if (not isinstance(columns, list) or len(columns) != len(schema.get("features") or [])
+            or not all(isinstance(c, dict) for c in columns)):
+        return {}
+    out = []
+    for column in columns:
+        entry: dict[str, Any] = {"name": column.get("name"), "kind": column.get("kind", "numeric"),
+                                 "nullable": bool(column.get("nullable", True))}
+        if entry["kind"] == "categorical":
+            levels = [str(level) for level in column.get("levels") or []]
+            entry |= {"levels": levels, "dropdown": len(levels) <= MAX_DROPDOWN_LEVELS}
+        else:
+            low, high = (column.get("range") or [None, None])[:2]
+            if isinstance(low, (int, float)) and isinstance(high, (int, float)):
+                entry["range"] = [low, high]
+        out.append(entry)
+    return {"columns": out, "mixed": any(c["kind"] == "categorical" for c in out)}
+
+
 def panel(schema: dict[str, Any], examples: list[dict[str, Any]], spec: dict[str, Any] | None = None
           ) -> dict[str, Any]:
-    """How the page lays out the inputs: ``{"kind": "image", "shape", "range"}`` or ``{"kind": "form"}``,
-    with the feature names and the classes. The drawing range is the one recorded at registration, else
-    the demo's 0..16, else the largest value of the examples (else 0..1)."""
+    """How the page lays out the inputs: ``{"kind": "image", "shape", "range"}`` or ``{"kind": "form"}`` (with
+    :func:`form_columns` for a table that records its column kinds), with the feature names and the classes.
+    The drawing range is the one recorded at registration, else the demo's 0..16, else the largest value of
+    the examples (else 0..1)."""
     out: dict[str, Any] = {"features": list(schema.get("features") or []), "classes": schema.get("classes") or [],
                            "num_features": schema.get("num_features")}
     if schema.get("input_kind") == "text":
@@ -115,7 +147,7 @@ def panel(schema: dict[str, Any], examples: list[dict[str, Any]], spec: dict[str
                 "num_features": rows * cols}
     shape = image_shape(schema)
     if shape is None:
-        return {**out, "kind": "form"}
+        return {**out, "kind": "form", **form_columns(schema)}
     value_range = schema.get("value_range")
     if not (isinstance(value_range, list) and len(value_range) == 2):
         seen = [v for e in examples for v in e.get("inputs", []) if isinstance(v, (int, float))]

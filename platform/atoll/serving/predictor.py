@@ -4,6 +4,7 @@ notebook, a benchmark. Nothing here imports Serve or FastAPI (a batch actor star
 import dataclasses
 import json
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -75,12 +76,20 @@ class Predictor:
             if model_types is not None else None
         self.device = device or _default_device()
         self.runtime = choose_runtime(runtime, self.version, self.device.split(":")[0])
-        self.model, self.session = None, None
+        self.model, self.session, self.booster = None, None, None
         if self.runtime == "onnx":  # the exported file alone (checksum-verified): no model code, no torch
             from atoll import exports
 
             self.session = exports.onnx_session(reg.read_file(self.version, exports.FILES["onnx"]),
                                                 cuda=self.device.startswith("cuda"))
+            return
+        if model_spec["type"] == "xgboost":  # gradient-boosted trees: the booster in XGBoost's own format
+            from atoll import trees
+
+            self.runtime = "xgboost"
+            threads = os.environ.get("OMP_NUM_THREADS", "")
+            self.booster = trees.load_booster(reg.read_file(self.version, trees.booster_file(self.version.files)),
+                                              threads=int(threads) if threads.isdigit() else None)
             return
         from atoll import models  # torch, and the model's code: only on this path
 
@@ -156,6 +165,10 @@ class Predictor:
             from atoll import exports
 
             return self.session.run([exports.OUTPUT_NAME], {exports.INPUT_NAME: encoded})[0].astype(np.float32, copy=False)
+        if self.booster is not None:
+            from atoll import trees
+
+            return trees.outputs(self.booster, encoded, classification=self.task.output_kind == "labels")
         import torch
 
         x = torch.from_numpy(encoded).to(self.device)

@@ -6,9 +6,12 @@ which the replica checks exactly as it checks ``/predict`` (the same task valida
 API key and batching); the answer is put back into the protocol's shape. Nothing here runs a model, and
 nothing from a request is unpickled or imported: tensors are read with numpy from declared dtypes.
 
-Tensors, by task: tabular rows are one numeric ``[n, features]`` tensor; texts one ``BYTES [n]`` tensor;
-images a numeric ``[n, height, width(, channels)]`` tensor of pixels 0–255, or ``BYTES [n]`` holding the
-encoded files. The outputs are ``predictions`` (``[n]``: INT64 or BYTES labels, or FP32 values) and, for
+Tensors, by task: tabular rows are one numeric ``[n, features]`` tensor; a table with categorical features
+(words) takes one tensor per feature column instead, named by the feature, shape ``[n]`` (or ``[n, 1]``):
+``BYTES`` for a categorical column (numbers and ``BOOL`` are read as levels too), a numeric datatype for a
+numeric one, and a gap as JSON ``null``, a float ``NaN`` or (``BYTES``) an empty string; numeric tables take the
+per-column shape too. Texts are one ``BYTES [n]`` tensor; images a numeric ``[n, height, width(, channels)]``
+tensor of pixels 0–255, or ``BYTES [n]`` holding the encoded files. The outputs are ``predictions`` (``[n]``: INT64 or BYTES labels, or FP32 values) and, for
 classifiers, ``probabilities`` (``FP32 [n, classes]``).
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import difflib
 import io
 import json
 import math
@@ -48,6 +52,39 @@ def _shape(schema: dict[str, Any]) -> tuple[str, list[int]]:
     return "FP32", [-1, int(schema["num_features"])]
 
 
+def _per_column(schema: dict[str, Any]) -> bool:
+    """A table with a categorical feature: its inputs are one tensor per feature column (words need BYTES)."""
+    return schema.get("input_kind") == "table" and any(
+        isinstance(c, dict) and c.get("kind") == "categorical" for c in schema.get("columns") or [])
+
+
+def _column_kinds(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each feature's column record (kind, levels or range), in the version's feature order."""
+    features = list(schema.get("features") or [])
+    columns = schema.get("columns") or []
+    if len(columns) != len(features):
+        columns = [{"kind": "numeric"}] * len(features)
+    return dict(zip(features, columns, strict=True))
+
+
+def _column_inputs(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metadata's inputs of a per-column table: one ``[-1]`` tensor per feature, BYTES for a categorical one
+    (its ``parameters`` list the known levels) and FP32 for a numeric one (with its training range)."""
+    inputs = []
+    for name, column in _column_kinds(schema).items():
+        if column.get("kind") == "categorical":
+            params: dict[str, Any] = {"kind": "categorical", "levels": list(column.get("levels") or [])}
+            inputs.append({"name": name, "datatype": "BYTES", "shape": [-1], "parameters": params})
+        else:
+            params = {"kind": "numeric"}
+            if column.get("range"):
+                params["range"] = column["range"]
+            inputs.append({"name": name, "datatype": "FP32", "shape": [-1], "parameters": params})
+    for entry in inputs:
+        entry["parameters"]["nullable"] = True  # every feature takes a gap: null, NaN, or an empty string
+    return inputs
+
+
 def _prediction_type(schema: dict[str, Any]) -> str:
     classes = schema.get("classes") or []
     if schema.get("output_kind") == "number" or not classes:
@@ -56,13 +93,16 @@ def _prediction_type(schema: dict[str, Any]) -> str:
 
 
 def metadata(name: str, version: int, schema: dict[str, Any]) -> dict[str, Any]:
-    """``GET /v2/models/{name}``: the model's inputs and outputs, each with name, datatype and shape."""
+    """``GET /v2/models/{name}``: the model's inputs and outputs, each with name, datatype and shape (a table
+    with categorical features: one input per feature column)."""
     datatype, shape = _shape(schema)
+    inputs = _column_inputs(schema) if _per_column(schema) else [{"name": "inputs", "datatype": datatype,
+                                                                   "shape": shape}]
     outputs = [{"name": "predictions", "datatype": _prediction_type(schema), "shape": [-1]}]
     if schema.get("output_kind") != "number":
         outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, len(schema.get("classes") or [])]})
     return {"name": name, "versions": [str(version)], "platform": "atoll_pytorch",
-            "inputs": [{"name": "inputs", "datatype": datatype, "shape": shape}], "outputs": outputs}
+            "inputs": inputs, "outputs": outputs}
 
 
 @dataclass
@@ -106,8 +146,9 @@ class Tensor:
     values: np.ndarray | list[Any]
 
 
-def _tensor(spec: Any, binary: bytes, offset: int, where: str) -> tuple[Tensor, int]:
-    """One request tensor, and the binary bytes it used."""
+def _tensor(spec: Any, binary: bytes, offset: int, where: str, *, nullable: bool = False) -> tuple[Tensor, int]:
+    """One request tensor, and the binary bytes it used; ``nullable``: JSON data may hold nulls (a table's
+    feature column), kept as None."""
     if not isinstance(spec, dict):
         raise RequestError(422, f"{where}: a tensor is an object with name, shape, datatype and data.")
     shape, datatype = spec.get("shape"), spec.get("datatype")
@@ -138,15 +179,22 @@ def _tensor(spec: Any, binary: bytes, offset: int, where: str) -> tuple[Tensor, 
     if len(flat) != count:
         raise RequestError(422, f"{where}.data: {len(flat)} values for shape {shape} ({count} expected).")
     if datatype == "BYTES":
-        if not all(isinstance(v, str) for v in flat):
-            raise RequestError(422, f"{where}.data: {count} strings for shape {shape}.")
+        if not all(isinstance(v, str) or (nullable and v is None) for v in flat):
+            raise RequestError(422, f"{where}.data: {count} strings{' (or nulls)' if nullable else ''} for shape "
+                                    f"{shape}.")
         return Tensor(datatype, shape, flat), 0
     if datatype.startswith("FP"):
         return Tensor(datatype, shape, _nested(flat, shape)), 0
+    gaps = nullable and any(v is None for v in flat)
     try:
-        array = np.asarray([_integer(v, datatype) for v in flat], dtype=NUMPY_TYPES[datatype])
+        array = np.asarray([_integer(v, datatype) for v in flat if not (gaps and v is None)],
+                           dtype=NUMPY_TYPES[datatype])
     except (TypeError, ValueError, OverflowError):
-        raise RequestError(422, f"{where}.data: not all {datatype} numbers (integers within its range).") from None
+        raise RequestError(422, f"{where}.data: not all {datatype} numbers (integers within its range"
+                                f"{', or nulls' if nullable else ''}).") from None
+    if gaps:  # numbers and nulls: a flat list (numpy has no integer gap)
+        found = iter(array.tolist())
+        return Tensor(datatype, shape, [None if v is None else next(found) for v in flat]), 0
     return Tensor(datatype, shape, array.reshape(shape)), 0
 
 
@@ -195,16 +243,20 @@ OIP_REQUEST_BODY = {"required": True, "content": {
         "type": "object", "required": ["inputs"],
         "properties": {
             "id": {"type": "string"},
-            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+            "inputs": {"type": "array", "minItems": 1, "description": "one tensor named inputs; for a table with "
+                       "categorical features, one tensor per feature column, named by the feature (GET "
+                       "/v2/models/{name} lists them)", "items": {
                 "type": "object", "required": ["name", "shape", "datatype"],
                 "properties": {
                     "name": {"type": "string"},
                     "shape": {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 0}},
                     "datatype": {"type": "string", "enum": ["BYTES", *NUMPY_TYPES]},
                     "data": {"type": "array", "description": "the values in row-major order, flat or nested to the "
-                             "shape: numbers, or strings for BYTES", "items": {"anyOf": [
-                                 {"type": "number"}, {"type": "string"}, {"type": "boolean"},
-                                 {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "string"}]}}]}},
+                             "shape: numbers, or strings for BYTES; null for a gap in a table's feature column",
+                             "items": {"anyOf": [
+                                 {"type": "number"}, {"type": "string"}, {"type": "boolean"}, {"type": "null"},
+                                 {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "string"},
+                                                                       {"type": "null"}]}}]}},
                     "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
                 }}},
             "outputs": {"type": "array", "items": {
@@ -237,12 +289,17 @@ def oip_request(body: bytes, header_length: str | None, schema: dict[str, Any]) 
         request = json.loads(head)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(400, f"the inference request is not valid JSON ({str(exc)[:120]}).") from None
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or len(request["inputs"]) != 1:
-        datatype, shape = _shape(schema)
-        raise RequestError(422, f'inputs: this model takes one input tensor ({datatype}, shape {shape}), like '
-                                f'{{"inputs": [{{"name": "inputs", "shape": [1, ...], "datatype": "{datatype}", '
-                                f'"data": [...]}}]}}.')
-    tensor, _ = _tensor(request["inputs"][0], binary, 0, "inputs.0")
+    inputs = request.get("inputs") if isinstance(request, dict) else None
+    if _by_column(schema, inputs):
+        payload = {"inputs": _column_rows(inputs, binary, schema)}
+    else:
+        if not isinstance(inputs, list) or len(inputs) != 1:
+            datatype, shape = _shape(schema)
+            raise RequestError(422, f'inputs: this model takes one input tensor ({datatype}, shape {shape}), like '
+                                    f'{{"inputs": [{{"name": "inputs", "shape": [1, ...], "datatype": "{datatype}", '
+                                    f'"data": [...]}}]}}.')
+        tensor, _ = _tensor(inputs[0], binary, 0, "inputs.0")
+        payload = {"inputs": _task_inputs(tensor, schema)}
     params = request.get("parameters") if isinstance(request.get("parameters"), dict) else {}
     wanted = Outputs(binary_default=bool(params.get("binary_data_output", False)))
     if isinstance(request.get("outputs"), list):
@@ -253,7 +310,111 @@ def oip_request(body: bytes, header_length: str | None, schema: dict[str, Any]) 
             wanted.names.append(out["name"])
             out_params = out.get("parameters") if isinstance(out.get("parameters"), dict) else {}
             wanted.binary[out["name"]] = bool(out_params.get("binary_data", wanted.binary_default))
-    return {"inputs": _task_inputs(tensor, schema)}, wanted, request.get("id")
+    return payload, wanted, request.get("id")
+
+
+def _by_column(schema: dict[str, Any], inputs: Any) -> bool:
+    """Whether a request's inputs are a table's feature columns: always for a table with categorical features;
+    for a numeric table, when every tensor is named by a feature (not the one tensor named ``inputs``)."""
+    if schema.get("input_kind") != "table":
+        return False
+    if _per_column(schema):
+        return True
+    features = set(schema.get("features") or [])
+    return (isinstance(inputs, list) and bool(inputs) and not (len(inputs) == 1 and isinstance(inputs[0], dict)
+                                                                and inputs[0].get("name") == "inputs")
+            and all(isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"] in features for t in inputs))
+
+
+def _columns_example(schema: dict[str, Any]) -> str:
+    """What a per-column request looks like for this model, in a few words."""
+    described = [f"{i['name']} {i['datatype']}" for i in _column_inputs(schema)]
+    first = _column_inputs(schema)[0] if described else {"name": "feature", "datatype": "FP32"}
+    data = '["word"]' if first["datatype"] == "BYTES" else "[1.5]"
+    return (f"one tensor per feature column ({', '.join(described[:4])}{', …' if len(described) > 4 else ''}), each "
+            f'of shape [n], like {{"inputs": [{{"name": "{first["name"]}", "shape": [1], "datatype": '
+            f'"{first["datatype"]}", "data": {data}}}, …]}}')
+
+
+def _column_rows(inputs: Any, binary: bytes, schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """A table's feature-column tensors as the task's rows by feature name (None for a gap).
+
+    Raises:
+        RequestError: 422 naming the tensor (not a feature, twice, missing, a datatype its kind does not take,
+            not one value per row, a value that is no number or word), 400 (bad binary framing).
+    """
+    columns = _column_kinds(schema)
+    if not isinstance(inputs, list) or not inputs:
+        raise RequestError(422, f"inputs: this model takes {_columns_example(schema)}.")
+    found: dict[str, list[Any]] = {}
+    offset = 0
+    for k, spec in enumerate(inputs):
+        where = f"inputs.{k}"
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str):
+            raise RequestError(422, f"{where}: a tensor is an object with name (a feature), shape, datatype and data; "
+                                    f"this model takes {_columns_example(schema)}.")
+        if name == "inputs" and name not in columns:
+            raise RequestError(422, f"{where}.name: 'inputs'; a table with categorical features takes "
+                                    f"{_columns_example(schema)}.")
+        if name not in columns:
+            close = difflib.get_close_matches(name, list(columns), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RequestError(422, f"{where}.name: {name[:60]!r} is not a feature of this model{hint}; it takes "
+                                    f"{_columns_example(schema)}.")
+        if name in found:
+            raise RequestError(422, f"{where}.name: {name[:60]!r} appears twice; send each feature column once.")
+        tensor, used = _tensor(spec, binary, offset, where, nullable=True)
+        offset += used
+        if not (len(tensor.shape) == 1 or (len(tensor.shape) == 2 and tensor.shape[1] == 1)):
+            raise RequestError(422, f"{where}.shape: {tensor.shape}; a feature column is [n] (or [n, 1]), n the "
+                                    f"batch size.")
+        categorical = columns[name].get("kind") == "categorical"
+        if not categorical and tensor.datatype in ("BYTES", "BOOL"):
+            raise RequestError(422, f"{where}.datatype: {tensor.datatype}; {name[:60]} is a numeric feature: send "
+                                    f"FP32, FP64 or INT numbers (null or NaN for a gap).")
+        found[name] = _column_values(tensor, where)
+    missing = [f for f in columns if f not in found]
+    if missing:
+        raise RequestError(422, f"inputs: no tensor for {', '.join(m[:40] for m in missing[:5])}"
+                                f"{' …' if len(missing) > 5 else ''}; this model takes {_columns_example(schema)} "
+                                f"(null for a gap).")
+    sizes = {name: len(values) for name, values in found.items()}
+    if len(set(sizes.values())) > 1:
+        counts = ", ".join(f"{n[:30]} {c}" for n, c in list(sizes.items())[:4])
+        raise RequestError(422, f"inputs: the feature columns hold different numbers of rows ({counts}); send one "
+                                f"value per row in each.")
+    rows = next(iter(sizes.values()))
+    return [{name: found[name][i] for name in columns} for i in range(rows)]
+
+
+def _column_values(tensor: Tensor, where: str) -> list[Any]:
+    """A feature column's values, flat: words (str), numbers, booleans, or None for a gap (a JSON null, a float
+    NaN, an empty string)."""
+    if isinstance(tensor.values, np.ndarray):
+        flat = tensor.values.reshape(-1)
+        if flat.dtype.kind == "f":
+            if np.isinf(flat).any():
+                raise RequestError(422, f"{where}.data: values must be finite numbers (NaN or null for a gap).")
+            return [None if math.isnan(v) else v for v in flat.tolist()]
+        return flat.tolist()
+    values = _flatten(tensor.values, len(tensor.shape), where)  # JSON data, or binary BYTES elements
+    if tensor.datatype == "BYTES":
+        try:
+            words = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+            for v in words:
+                if v is not None:
+                    v.encode("utf-8")  # a JSON string with a lone surrogate is no text
+        except UnicodeError:
+            raise RequestError(422, f"{where}: an element is not valid UTF-8; send words as UTF-8.") from None
+        return [None if v == "" else v for v in words]
+    if tensor.datatype.startswith("FP"):
+        for v in values:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise RequestError(422, f"{where}.data: {json.dumps(v)[:40]} is not a number; a {tensor.datatype} "
+                                        f"column holds numbers, or null for a gap.")
+        return [None if isinstance(v, float) and math.isnan(v) else v for v in values]  # NaN (as Triton writes it)
+    return values
 
 
 def _task_inputs(tensor: Tensor, schema: dict[str, Any]) -> list:
@@ -415,7 +576,13 @@ def _columns(columns: list[Any], where: str) -> list[str]:
     return columns
 
 
+_CSV_GAPS = frozenset({"", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL"})
+
+
 def _csv_value(text: str) -> Any:
+    """A CSV cell of a table: a number, a word, or null (an empty cell, or NA as pandas and pyarrow read it)."""
+    if text.strip() in _CSV_GAPS:
+        return None
     try:
         return float(text)
     except ValueError:

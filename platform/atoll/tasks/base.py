@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-#: The names of :data:`atoll.models.BUILTIN`, here without importing torch (a test keeps the two equal).
-BUILTIN_MODELS = ("mlp", "cnn", "hf-bert")
+#: The names of :data:`atoll.models.BUILTIN`, here without importing torch (a test keeps the two equal), and
+#: gradient-boosted trees (``xgboost``: :mod:`atoll.trees`, not a torch module).
+BUILTIN_MODELS = ("mlp", "cnn", "hf-bert", "xgboost")
 
 
 class Task(ABC):
@@ -72,8 +73,11 @@ class Task(ABC):
 
     # ---- the data, on the driver (before any worker starts)
     @abstractmethod
-    def plan(self, uri: str, fmt: str, features: list[str] | None, label: str):
-        """Check the dataset's columns for this task; a :class:`atoll.data.DatasetPlan`.
+    def plan(self, uri: str, fmt: str, features: list[str] | None, label: str,
+             overrides: dict[str, list[str] | None] | None = None):
+        """Check the dataset's columns for this task; a :class:`atoll.data.DatasetPlan`. ``overrides``: a table's
+        ``dataset.categorical``, ``dataset.numeric`` and ``dataset.exclude`` (keyword arguments of
+        :func:`atoll.data.plan`; other tasks take none).
 
         Raises:
             DataError: naming the column and the fix.

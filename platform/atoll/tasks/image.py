@@ -169,7 +169,7 @@ class ImageClassification(Classifier):
     builtin_models = ("cnn", "mlp")
     fitted_params = ("image_shape",)
 
-    def plan(self, uri, fmt, features, label):
+    def plan(self, uri, fmt, features, label, overrides=None):
         return data.plan(uri, fmt, features, label, image=True)
 
     def fit(self, train_ds, plan, model_params=None) -> ImageState:

@@ -160,7 +160,7 @@ class TextClassification(Classifier):
     builtin_models = ("hf-bert",)
     fitted_params = ("max_length", "vocab_size", "pretrained")
 
-    def plan(self, uri, fmt, features, label):
+    def plan(self, uri, fmt, features, label, overrides=None):
         return data.plan(uri, fmt, features, label, text=True)
 
     def fit(self, train_ds, plan, model_params=None) -> TextState:

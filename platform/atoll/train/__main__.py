@@ -45,13 +45,18 @@ def _train_job(spec_path: str, overrides: list[str], run_name: str | None, resum
     started = driver.process_started()
     timings = {"process_started": round(started, 3), "imports_s": round(imported - started, 2),
                "connect_s": round(connected - imported, 2)}
-    result, dplan, _, plan = fit(spec, storage=storage, run_name=run_name, resume=bool(resume), timings=timings)
+    result, dplan, pre, plan = fit(spec, storage=storage, run_name=run_name, resume=bool(resume), timings=timings)
     ckpt, metrics = best_checkpoint(result, spec)
     emit("finished", run=run_name, best=metrics, checkpoint=ckpt.path)
     if spec.register_model:
         lineage = {"run_name": run_name, "run_path": result.path, "dataset": dplan.uri,
                    "dataset_fingerprint": dplan.fingerprint, **driver.lineage(),
                    "num_workers": plan.num_workers, "use_gpu": plan.use_gpu, "epoch": metrics.get("epoch")}
+        report = getattr(pre, "report", None) or {}
+        if report:  # a table's rows left out for want of a label, or of a class training never had
+            lineage["unlabelled_rows_dropped"] = report.get("unlabelled_rows", 0) + report.get(
+                "validation_unlabelled_rows", 0)
+            lineage["validation_only_class_rows_dropped"] = sum((report.get("validation_only_classes") or {}).values())
         version = register_checkpoint(ckpt, metrics, storage=storage, name=spec.name, lineage=lineage)
         emit("registered", name=version.name, version=version.version, metrics=version.manifest["metrics"])
 

@@ -20,6 +20,16 @@ def _scalar(value: Any) -> Any:
     return float(value) if isinstance(value, float) else value
 
 
+def _cell(value: Any) -> Any:
+    """A table's cell as a request holds it: a number, a word, a boolean, or None for a gap."""
+    from atoll import tables
+
+    value = _scalar(value)
+    if isinstance(value, (bool, int, float, str)) and tables.level_key(value) is not None:
+        return value
+    return None if tables.level_key(value) is None else str(value)
+
+
 def pick_examples(spec: dict[str, Any], schema: dict[str, Any], storage: str, n: int = NUM_EXAMPLES
                   ) -> tuple[list[dict[str, Any]], list[float] | None]:
     """Up to ``n`` rows of the validation split (one per class first), and the min/max feature value seen.
@@ -27,6 +37,7 @@ def pick_examples(spec: dict[str, Any], schema: dict[str, Any], storage: str, n:
     The split is the training run's own (:class:`atoll.data.SplitFilter` with the spec's fraction and
     seed), applied batch by batch while reading the files; reading stops once every class has an example.
     """
+    import numpy as np
     import pyarrow.dataset as pads
 
     from atoll import data, filesystems
@@ -42,22 +53,26 @@ def pick_examples(spec: dict[str, Any], schema: dict[str, Any], storage: str, n:
     classes = schema.get("classes") or []
     by_class: dict[Any, list[dict[str, Any]]] = {}
     low, high, scanned = math.inf, -math.inf, 0
-    for batch in pads.dataset(path, filesystem=fs, format=fmt).to_batches(columns=features + [label]):
+    for batch in pads.dataset(path, filesystem=fs, format=data.file_format(fmt)).to_batches(columns=features + [label]):
         frame = keep(batch.to_pandas())
+        frame = frame[frame[label].notna()]  # a row without a label shows nothing to compare with
         if len(frame) == 0:
             continue
         if schema.get("input_kind") == "text":  # one text per example, no value range
             values = frame[features[0]].astype(str).to_numpy()
         elif schema.get("input_kind") == "image":  # grey pixel rows 0–255 in the model's size, as a request
-            import numpy as np
-
             from atoll.tasks import image
 
             grey = [1, *schema["image_shape"][1:]]
             values = np.stack([image.pixels(image.decode(blob, features[0]), grey)[0] for blob in frame[features[0]]])
+        elif any(c.get("kind") == "categorical" for c in schema.get("columns") or []):  # words, numbers and gaps
+            values = np.asarray([[_cell(v) for v in row] for row in frame[features].itertuples(index=False)],
+                                dtype=object)
         else:
-            values = frame[features].to_numpy(dtype="float64")
-            low, high = min(low, float(values.min())), max(high, float(values.max()))
+            values = frame[features].to_numpy(dtype="float64", na_value=np.nan)
+            if np.isfinite(values).any():
+                low, high = min(low, float(np.nanmin(values))), max(high, float(np.nanmax(values)))
+            values = np.where(np.isnan(values), None, values).astype(object)  # JSON has no NaN: a gap is null
         for row, y in zip(values.tolist(), frame[label].tolist()):
             by_class.setdefault(_scalar(y), []).append({"inputs": row, "label": _scalar(y)})
         scanned += len(frame)

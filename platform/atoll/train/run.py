@@ -55,16 +55,41 @@ def prepare(spec: TrainSpec, storage: str):
     task = tasks.get(spec.task)
     task.check_model(spec.model.type)
     uri = data.resolve_path(spec.dataset.path, storage)
-    dplan = task.plan(uri, spec.dataset.format, spec.dataset.features, spec.dataset.label)
-    models.resolve(spec.model.type)  # a bad import path fails now, not in every worker
+    overrides = spec.dataset.overrides() if task.input_kind == "table" else None
+    dplan = task.plan(uri, spec.dataset.format, spec.dataset.features, spec.dataset.label, overrides)
+    trees = spec.model.type == "xgboost"  # gradient-boosted trees (atoll.train.trees): no torch module to build
+    if not trees:
+        models.resolve(spec.model.type)  # a bad import path fails now, not in every worker
     data.quiet_progress()
     ds = data.read(dplan.uri, dplan.format, small=data.should_cache(dplan, spec.dataset.cache))
     train_raw, val_raw = data.split(ds, dplan, spec.dataset.validation_fraction, spec.seed)
     pre = task.fit(train_raw, dplan, spec.model.params)
+    if task.input_kind == "table":
+        report_data(pre, data.check_validation(val_raw, pre))
     # Build once on the driver: wrong params / image shapes fail here with the field named.
-    models.build(spec.model.type, pre.input_dim, task.out_dim(pre), task.model_params(pre, spec.model.params))
+    if not trees:
+        models.build(spec.model.type, pre.input_dim, task.out_dim(pre), task.model_params(pre, spec.model.params))
     cache = in_memory(spec, dplan, pre)
     return dplan, pre, data.to_training(train_raw, pre, cache), data.to_training(val_raw, pre, cache)
+
+
+def report_data(pre, validation: dict[str, Any]) -> None:
+    """The training split's profile in the job's log (one line per column), and a ``data`` event with the rows
+    training leaves out: without a label, or (validation) of a class the training split never had."""
+    from atoll import tables
+
+    report = pre.report or {}
+    print("data profile (training split):\n" + tables.format_profile(report.get("profile") or []), flush=True)
+    dropped = report.get("unlabelled_rows", 0) + validation["validation_unlabelled_rows"]
+    unseen = validation["validation_only_classes"]
+    if dropped:
+        print(f"left out: {dropped} rows without a label ({report.get('unlabelled_rows', 0)} training, "
+              f"{validation['validation_unlabelled_rows']} validation)", flush=True)
+    if unseen:
+        print(f"left out of validation: {sum(unseen.values())} rows of classes the training split never had "
+              f"({', '.join(f'{k}: {v}' for k, v in list(unseen.items())[:5])})", flush=True)
+    emit("data", training_rows=report.get("training_rows"), unlabelled_rows=dropped,
+         validation_only_classes=unseen, profile=report.get("profile"))
 
 
 def in_memory(spec: TrainSpec, dplan, pre) -> bool:
@@ -151,7 +176,8 @@ def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
     check_run_name(storage, run_name, resume)
     cpus, gpus, max_cpus, max_gpus = capacity.live_capacity(config.autoscaling_worker_types())
     plan = choose_scaling(spec, cluster_cpus=cpus, cluster_gpus=gpus, max_cpus=max_cpus, max_gpus=max_gpus)
-    check_gpu_workers(plan)
+    if spec.model.type != "xgboost":  # trees check their own build on the workers (atoll.train.trees)
+        check_gpu_workers(plan)
     dplan, pre, train_ds, val_ds = prepare(spec, storage)
     metric, mode = tasks.get(spec.task).objective
     train_config = loop_config(spec, pre, run_name, plan.precision, in_memory(spec, dplan, pre))
@@ -165,9 +191,13 @@ def fit(spec: TrainSpec, *, storage: str, run_name: str, resume: bool = False,
         emit("start", run=run_name, workers=plan.num_workers, use_gpu=plan.use_gpu, backend=plan.backend,
              dataset=dplan.uri, rows=dplan.rows, features=len(dplan.features), classes=pre.num_classes, task=spec.task,
              epochs=spec.epochs, timings={**(timings or {}), "prepare_s": round(time.perf_counter() - started, 2)})
-    trainer = build_trainer(plan, train_config, storage=storage, run_name=run_name, datasets=datasets,
-                            callbacks=callbacks, keep=spec.keep_checkpoints, metric=metric, mode=mode,
-                            max_failures=spec.max_failures)
+    if spec.model.type == "xgboost":  # Ray Train's XGBoostTrainer over the same data, rounds as epochs
+        from atoll.train.trees import build_trainer as build
+    else:
+        build = build_trainer
+    trainer = build(plan, train_config, storage=storage, run_name=run_name, datasets=datasets,
+                    callbacks=callbacks, keep=spec.keep_checkpoints, metric=metric, mode=mode,
+                    max_failures=spec.max_failures)
     result = trainer.fit()
     return result, dplan, pre, plan
 
@@ -226,6 +256,10 @@ def export_artefacts(version_dir: Path, meta: dict[str, Any], schema: dict[str, 
     from atoll.train.checkpoints import load_model_state
 
     spec = TrainSpec.model_validate(meta["spec"])
+    if spec.model.type == "xgboost":  # the booster: ONNX where onnxmltools converts it, else its own format
+        from atoll.train.trees import export_artefacts as export_trees
+
+        return export_trees(version_dir, spec, meta, schema)
     task = tasks.get(spec.task)
     state = task.state_from_dict(meta["preprocess"])
     model = models.build(spec.model.type, state.input_dim, task.out_dim(state),

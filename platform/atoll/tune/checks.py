@@ -208,6 +208,15 @@ def check_models(sweep: SweepSpec, base: TrainSpec, input_dim: int, num_classes:
             continue
         for value in dist.candidates():
             params = config.apply_values(base.model.params, {key.removeprefix("model.params."): value})
+            if base.model.type == "xgboost":  # trees: their params are checked, there is no module to build
+                from atoll import trees
+
+                try:
+                    trees.check_params(params)
+                except ConfigError as exc:
+                    raise ConfigError(f"search_space.{key}: value {value!r}: {exc}; change the {dist.kind} "
+                                      f"values.") from None
+                continue
             try:
                 with torch.device("meta"):
                     models.build(base.model.type, input_dim, num_classes, params)

@@ -102,7 +102,12 @@ def _fit_nested(loop_config: dict[str, Any], spec: TrainSpec, setup: TrialSetup,
     from ray.tune.integration.ray_train import TuneReportCallback
 
     # Keep the trial's best epoch by the sweep's metric: it is the one a sweep registers.
-    trainer = train.build_trainer(
+    build = train.build_trainer
+    if spec.model.type == "xgboost":  # gradient-boosted trees: Ray Train's XGBoostTrainer, rounds as epochs
+        from atoll.train import trees
+
+        build = trees.build_trainer
+    trainer = build(
         setup.plan, loop_config, storage=setup.storage, run_name=loop_config["run_name"], datasets=datasets,
         callbacks=[TuneReportCallback(), _event_callback(trial_id, values, sweep.metric, spec.epochs)],
         keep=1, metric=sweep.metric, mode=sweep.mode, max_failures=spec.max_failures)
@@ -128,10 +133,17 @@ def run_trial(sampled: dict[str, Any], *, setup: TrialSetup, train_ds, val_ds) -
     loop_config = train.loop_config(spec, pre, f"{sweep.name}-{trial_id}", setup.plan.precision,
                                     setup.in_memory)
     datasets = {"train": train_ds, "validation": val_ds}
+    if spec.model.type == "xgboost":  # trees: a checkpoint every round, so a paused trial resumes where it stopped
+        loop_config["checkpoint_every_round"] = True
     if setup.plan.num_workers > 1:
         _fit_nested(loop_config, spec, setup, sweep, trial_id, values, datasets)
     else:
         session = TuneSession(datasets, trial_id=trial_id, values=values, metric=sweep.metric,
                               epochs=spec.epochs)
-        train.train_loop(loop_config, session)
+        if spec.model.type == "xgboost":
+            from atoll.train import trees
+
+            trees.train_loop(loop_config, session)
+        else:
+            train.train_loop(loop_config, session)
 

@@ -211,22 +211,83 @@
     $("erase").setAttribute("aria-pressed", String(state.erase));
   });
 
+  // A table's form: a number field per numeric feature (the training range as its hint; empty means missing),
+  // and for a categorical one a dropdown of its known levels plus "missing" (null), or past many levels a text
+  // box with the levels as suggestions. Versions from before column kinds get plain number fields.
+  const MISSING = "";  // a dropdown's "missing" option: no level is the empty string (a blank cell is a gap)
+
+  function columnOf(i) { return (state.panel.columns || [])[i] || { kind: "numeric", nullable: true }; }
+
+  function hint(value) { return Number(Number(value).toPrecision(6)).toString(); }
+
+  function numberField(column) {
+    const input = el("input");
+    input.type = "text";
+    input.inputMode = "decimal";
+    if (column.range) {
+      const [lo, hi] = column.range;
+      input.placeholder = `${hint(lo)} – ${hint(hi)}`;
+      input.title = `training range ${hint(lo)} to ${hint(hi)}` + (column.nullable ? "; leave empty for missing" : "");
+    } else if (column.nullable && state.panel.mixed) {
+      input.placeholder = "empty: missing";
+    }
+    return input;
+  }
+
+  function levelField(column, i) {
+    if (column.dropdown === false) {  // many levels: type one (the known ones are suggested)
+      const input = el("input");
+      input.type = "text";
+      input.placeholder = "a level, or empty: missing";
+      const list = el("datalist");
+      list.id = `levels-${i}`;
+      for (const level of column.levels) {
+        const option = el("option");
+        option.value = level;
+        list.append(option);
+      }
+      input.setAttribute("list", list.id);
+      $("form-input").append(list);
+      return input;
+    }
+    const select = el("select");
+    const missing = el("option", "missing", "missing");
+    missing.value = MISSING;
+    select.append(missing);
+    for (const level of column.levels) {
+      const option = el("option", "", level);
+      option.value = level;
+      select.append(option);
+    }
+    select.title = `${column.levels.length} levels seen in training; "missing" sends null`;
+    return select;
+  }
+
   function buildForm() {
     const form = $("form-input");
     form.replaceChildren();
     state.panel.features.forEach((name, i) => {
-      const label = el("label", "", name);
-      const input = el("input");
-      input.type = "text";
-      input.inputMode = "decimal";
-      input.id = `f-${i}`;
-      input.name = name;
-      input.autocomplete = "off";
-      label.append(input);
+      const column = columnOf(i);
+      const label = el("label", column.kind === "categorical" ? "categorical" : "", name);
+      const field = column.kind === "categorical" ? levelField(column, i) : numberField(column);
+      field.id = `f-${i}`;
+      field.name = name;
+      field.autocomplete = "off";
+      // A value set from an example keeps its JSON type (2007, true) until the person changes the field;
+      // changed by hand, the row is no longer the example's: its true label goes too.
+      const forget = () => {
+        delete field.dataset.raw;
+        state.truth = null;
+        markExample(null);
+      };
+      field.addEventListener("input", forget);
+      field.addEventListener("change", forget);
+      label.append(field);
       form.append(label);
     });
-    form.addEventListener("submit", (event) => { event.preventDefault(); predictPanel(); });
   }
+
+  $("form-input").addEventListener("submit", (event) => { event.preventDefault(); predictPanel(); });
 
   function renderPanel(panel) {
     state.panel = panel;
@@ -249,10 +310,14 @@
     } else {
       $("image-input").hidden = true;
       $("form-input").hidden = false;
-      $("panel-hint").textContent = `${n} features: fill in the form, paste a CSV row, or pick an example.`;
+      $("panel-hint").textContent = panel.mixed
+        ? `${n} features: pick a level or type a number (empty: missing), paste a CSV row, or pick an example.`
+        : `${n} features: fill in the form, paste a CSV row, or pick an example.`;
       buildForm();
     }
-    $("csv").placeholder = `${n} comma-separated values, in the order ${panel.features.slice(0, 3).join(", ")}, …`;
+    $("csv").placeholder = panel.mixed
+      ? `${n} comma-separated values (words allowed, a blank is missing), in the order ${panel.features.slice(0, 3).join(", ")}, …`
+      : `${n} comma-separated values, in the order ${panel.features.slice(0, 3).join(", ")}, …`;
   }
 
   function setValues(values) {
@@ -263,8 +328,31 @@
       $("upload-preview").hidden = true;
       drawGrid();
     } else {
-      values.forEach((v, i) => { $(`f-${i}`).value = String(v); });
+      values.forEach((v, i) => setField($(`f-${i}`), v));
     }
+  }
+
+  // A categorical value as the server compares it: true -> "true", 2007 -> "2007", null -> missing.
+  function levelKey(v) {
+    if (v === null || v === undefined) return MISSING;
+    return String(v);
+  }
+
+  function setField(field, v) {
+    if (!field) return;
+    if (field.tagName === "SELECT") {
+      const key = levelKey(v);
+      if (![...field.options].some((o) => o.value === key)) {  // a level training pooled or never saw
+        const option = el("option", "unseen", `${key} (not a known level)`);
+        option.value = key;
+        field.append(option);
+      }
+      field.value = key;
+    } else {
+      field.value = v === null || v === undefined ? "" : String(v);
+    }
+    if (state.panel.mixed) field.dataset.raw = JSON.stringify(v === undefined ? null : v);
+    else delete field.dataset.raw;
   }
 
   function markExample(button) {
@@ -308,8 +396,45 @@
     }
     if (state.panel.kind === "image") return state.values.slice();
     const row = {};
-    state.panel.features.forEach((name, i) => { row[name] = numberOrRaw($(`f-${i}`).value); });
+    state.panel.features.forEach((name, i) => { row[name] = fieldValue($(`f-${i}`), columnOf(i)); });
     return row;
+  }
+
+  function fieldValue(field, column) {
+    if (field.dataset.raw !== undefined) return JSON.parse(field.dataset.raw);  // an example's value, untouched
+    if (column.kind !== "categorical") return numberOrRaw(field.value);  // empty: null (a gap)
+    const text = field.tagName === "SELECT" ? field.value : field.value.trim();
+    return text === MISSING ? null : text;
+  }
+
+  // A pasted CSV row of a table with words: cells split at commas (else tabs or semicolons), quotes respected,
+  // a blank or NA cell missing; numbers for numeric features, words kept as typed (the API names a bad one).
+  const GAPS = new Set(["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL"]);
+
+  function csvCells(text) {
+    const line = text.split(/\r?\n/).find((l) => l.trim() !== "") || "";
+    const sep = line.includes(",") ? "," : line.includes("\t") ? "\t" : line.includes(";") ? ";" : ",";
+    const cells = [];
+    let cell = "", quoted = false;
+    for (let i = 0; i < line.length; i++) {
+      const ch = line[i];
+      if (quoted) {
+        if (ch === '"' && line[i + 1] === '"') { cell += '"'; i++; }
+        else if (ch === '"') quoted = false;
+        else cell += ch;
+      } else if (ch === '"' && cell.trim() === "") { quoted = true; cell = ""; }
+      else if (ch === sep) { cells.push(cell); cell = ""; }
+      else cell += ch;
+    }
+    cells.push(cell);
+    return cells.map((c) => c.trim());
+  }
+
+  function mixedCsvRow(text) {
+    return csvCells(text).map((cell, i) => {
+      if (GAPS.has(cell)) return null;
+      return columnOf(i).kind === "categorical" ? cell : numberOrRaw(cell);
+    });
   }
 
   function shellQuote(text) { return "'" + text.replace(/'/g, "'\\''") + "'"; }
@@ -349,6 +474,10 @@
       truth.textContent = `true label ${state.truth} ${right ? "✓" : "✗"}`;
       truth.className = "truth " + (right ? "right" : "wrong");
     }
+    const unseen = (answer.unseen && answer.unseen["0"]) || [];
+    $("unseen").textContent = unseen.length
+      ? `Not seen in training, answered as "other": ${unseen.join(", ")}` : "";
+    $("unseen").hidden = unseen.length === 0;
     const cut = answer.truncated && answer.truncated[0] ? ` · text cut to ${answer.max_length} tokens` : "";
     $("latency").textContent = `${Math.round(ms)} ms${cut}`;
     const bars = $("bars");
@@ -411,11 +540,17 @@
     reader.readAsDataURL(file);
   });
   $("csv-predict").addEventListener("click", () => {
-    const tokens = $("csv").value.split(/[,;\t\s]+/).filter((t) => t !== "");
-    const row = tokens.map(numberOrRaw);
     const n = state.panel.num_features || state.panel.features.length;
     state.truth = null;
     markExample(null);
+    if (state.panel.mixed) {  // words and blanks: the form shows the row, sent by feature name
+      const row = mixedCsvRow($("csv").value);
+      if (row.length === n) setValues(row);
+      predict(row.length !== n ? row : Object.fromEntries(state.panel.features.map((f, i) => [f, row[i]])));
+      return;
+    }
+    const tokens = $("csv").value.split(/[,;\t\s]+/).filter((t) => t !== "");
+    const row = tokens.map(numberOrRaw);
     if (row.length === n && row.every((v) => typeof v === "number")) setValues(row);
     predict(state.panel.kind === "image" || row.length !== n
       ? row : Object.fromEntries(state.panel.features.map((f, i) => [f, row[i]])));
