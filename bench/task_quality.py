@@ -1,6 +1,6 @@
 """What each task's model is worth: Atoll's model against a simple baseline, on the same rows, in one run.
 
-    python bench/task_quality.py                      # every task: text, image, keras, regression
+    python bench/task_quality.py                      # every task: text, image, keras, regression, tables
     python bench/task_quality.py --task text --quick  # one task, fewer epochs
 
 Ours: ``atoll train jobs/configs/<task>.yaml`` run for real (a Ray job, 2 Ray Train workers, preprocessing
@@ -13,7 +13,13 @@ train/validation split) and asked about the same held-out rows:
   messages, so accuracy alone flatters a model that never says spam), accuracy beside it;
 - image and keras (the digits as 8×8 PNGs; a small CNN, the Keras CNN of examples/keras_cnn.py): logistic
   regression on the 64 pixels; accuracy, macro-F1 beside it;
-- regression (the diabetes data): ordinary least squares; RMSE (lower is better), R² beside it.
+- regression (the diabetes data): ordinary least squares; RMSE (lower is better), R² beside it;
+- tables (the Palmer penguins: words, a category coded as a number, gaps): the MLP on the table as it comes,
+  against scikit-learn's ``HistGradientBoostingClassifier`` with native categories (gaps left as NaN, which
+  it handles); accuracy, macro-F1 beside it. tables-regression: the same birds' body mass in grams
+  (``HistGradientBoostingRegressor``); RMSE, R² beside it. tables-trees and tables-regression-trees: the same
+  two with Atoll's gradient-boosted trees (``model.type: xgboost`` on Ray Train's XGBoostTrainer) instead of
+  the MLP.
 
 The bench uses a cluster and storage of its own, and stops them. One JSON line per task.
 """
@@ -44,6 +50,7 @@ class Case:
     figure: str  # the headline figure
     better: str
     baseline: str  # what the baseline is, for people
+    sets: tuple[str, ...] = ()  # --set overrides of the spec (the same table, another model)
 
 
 CASES = {
@@ -51,7 +58,19 @@ CASES = {
     "image": Case("image.yaml", "digits_images", 5, "accuracy", "higher", "logistic regression on the pixels"),
     "keras": Case("keras.yaml", "digits_images", 4, "accuracy", "higher", "logistic regression on the pixels"),
     "regression": Case("regression.yaml", "diabetes", 20, "rmse", "lower", "ordinary least squares"),
+    "tables": Case("penguins.yaml", "penguins", 10, "accuracy", "higher",
+                   "HistGradientBoosting with native categories"),
+    "tables-regression": Case("penguins_mass.yaml", "penguins", 20, "rmse", "lower",
+                              "HistGradientBoosting with native categories"),
+    "tables-trees": Case("penguins_trees.yaml", "penguins", 30, "accuracy", "higher",
+                         "HistGradientBoosting with native categories"),
+    "tables-regression-trees": Case("penguins_mass.yaml", "penguins", 100, "rmse", "lower",
+                                    "HistGradientBoosting with native categories",
+                                    ("name=penguins-mass-trees", "model.type=xgboost", "epochs=300",
+                                     "model.params={max_depth: 3, eta: 0.05, early_stopping_rounds: 30}")),
 }
+#: Cases whose rows are a table with words and gaps: ours gets them raw, the baseline as pandas categories.
+MIXED = ("tables", "tables-regression", "tables-trees", "tables-regression-trees")
 
 
 def _scores(truth, predicted, regression: bool) -> dict[str, float]:
@@ -64,8 +83,16 @@ def _scores(truth, predicted, regression: bool) -> dict[str, float]:
             "f1": round(float(metrics.f1_score(truth, predicted, average="macro")), 4)}
 
 
-def _inputs(task: str, frame, features: list[str]):
-    """(what the registered model is asked, a numeric matrix for the baseline) of a frame's rows."""
+def _inputs(task: str, frame, features: list[str], categorical: list[str] | None = None):
+    """(what the registered model is asked, the baseline's input) of a frame's rows."""
+    if task in MIXED:  # words stay words, gaps stay gaps; scikit-learn's trees take words as categories
+        from pandas.api.types import is_numeric_dtype
+
+        base = frame[features].copy()
+        for column in features:
+            if not is_numeric_dtype(base[column]) or column in (categorical or []):
+                base[column] = base[column].astype(str).where(base[column].notna()).astype("category")
+        return frame[features], base
     if task == "text":
         return frame[features[0]].astype(str).tolist(), frame[features[0]].astype(str).tolist()
     if task in ("image", "keras"):
@@ -87,6 +114,11 @@ def _baseline(task: str) -> Callable:
         return make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=1000))
     if task == "regression":
         return LinearRegression()
+    if task in MIXED:
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        trees = HistGradientBoostingRegressor if CASES[task].figure == "rmse" else HistGradientBoostingClassifier
+        return trees(categorical_features="from_dtype", random_state=0)
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
 
 
@@ -98,21 +130,33 @@ def run_case(task: str, quick: bool, storage: str) -> dict:
 
     case = CASES[task]
     path = REPO / "jobs" / "configs" / case.config
-    overrides = [f"epochs={case.quick_epochs}"] if quick else []
+    overrides = [*case.sets, *([f"epochs={case.quick_epochs}"] if quick else [])]
     spec = config.load_file(TrainSpec, path, overrides)
     paths = data.prepare_demo(storage, case.demo)
     train_file, held = pd.read_parquet(paths["train"]), pd.read_parquet(paths["holdout"])
     label = spec.dataset.label
-    features = spec.dataset.features or [c for c in train_file.columns if c != label]
+    features = spec.dataset.features or [c for c in train_file.columns
+                                          if c != label and c not in (spec.dataset.exclude or [])]
     sets = [a for o in overrides for a in ("--set", o)]
     out = json.loads(_atoll("train", str(path), *sets, "--name", f"bench-{task}-{os.urandom(3).hex()}", "--json"))
     registered = out["registered"]
     regression = case.figure == "rmse"
-    asked, held_x = _inputs(task, held, features)
+    categorical = list(spec.dataset.categorical or []) if task in MIXED else None
+    if task in MIXED:  # the rows without a label are left out of training on both sides, and of the scoring
+        held = held[held[label].notna()]
+    asked, held_x = _inputs(task, held, features, categorical)
     ours = _scores(held[label], Predictor(storage, f"{registered['name']}:{registered['version']}").predict(asked)[0],
                    regression)
     trained_on = data.SplitFilter(features + [label], spec.dataset.validation_fraction, "train", spec.seed)(train_file)
-    model = _baseline(task).fit(_inputs(task, trained_on, features)[1], trained_on[label])
+    trained_on = trained_on[trained_on[label].notna()]
+    train_x = _inputs(task, trained_on, features, categorical)[1]
+    if task in MIXED:  # one set of categories for both frames (each frame's own would number levels differently)
+        for column in train_x.columns:
+            if str(train_x[column].dtype) == "category":
+                levels = sorted(set(train_x[column].dropna()) | set(held_x[column].dropna()))
+                train_x[column] = train_x[column].cat.set_categories(levels)
+                held_x[column] = held_x[column].cat.set_categories(levels)
+    model = _baseline(task).fit(train_x, trained_on[label])
     baseline = _scores(held[label], model.predict(held_x), regression)
     figure = case.figure
     print(f"{task}: {len(held)} held-out rows, trained on {len(trained_on)}; {spec.model.type}, {spec.epochs} epochs, "
