@@ -138,7 +138,7 @@ def _column(name, datatype, data, shape=None):
     ([_column("island", "BYTES", ["\ud800"])], "inputs.0: an element is not valid UTF-8"),
     ([_column("mass", "FP32", [1e39]), _column("island", "BYTES", ["Dream"]), _column("year", "BYTES", ["2007"])],
      "inputs.0.mass: 1e+39 is out of range"),
-    ([_column("mass", "FP32", ["x"]) | {"shape": [-1]}], "inputs.0.shape: a list of 1 to 8 non-negative sizes"),
+    ([_column("mass", "FP32", ["x"]) | {"shape": [-1]}], "inputs.0.shape: a list of 1 to 8 sizes of at least 1"),
     ([3], "inputs.0: a tensor is an object with name (a feature)"),
     ([], "inputs: this model takes one tensor per feature column"),
 ])
@@ -156,6 +156,11 @@ def test_bad_feature_columns_get_422_naming_the_tensor(inputs, message):
     (b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP99", "data": [1, 2, 3]}]}', None, 422, "datatype"),
     (b'{"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3]}]}', None, 422,
      "3 values for shape [2, 3]"),
+    # Found by the fuzzing of the image and text apps: no values, but a dimension of 10^9 that the FP path walked.
+    (b'{"inputs": [{"name": "", "shape": [963437058, 0, 0, 0, 0], "datatype": "FP32", "data": []}]}', None, 422,
+     "sizes of at least 1"),
+    (b'{"inputs": [{"name": "", "shape": [0, 17251, 3239588, 165038653], "datatype": "BOOL", "data": []}]}', None,
+     422, "sizes of at least 1"),
     (b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT64", "data": [1, 2.5, 3]}]}', None, 422,
      "not all INT64 numbers"),
     (b'{"inputs": [{"name": "x", "shape": [-1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}', None, 422, "shape"),

@@ -153,8 +153,10 @@ def _tensor(spec: Any, binary: bytes, offset: int, where: str, *, nullable: bool
         raise RequestError(422, f"{where}: a tensor is an object with name, shape, datatype and data.")
     shape, datatype = spec.get("shape"), spec.get("datatype")
     if (not isinstance(shape, list) or not shape or len(shape) > 8
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 2**31 for d in shape)):
-        raise RequestError(422, f"{where}.shape: a list of 1 to 8 non-negative sizes, e.g. [2, 64].")
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 2**31 for d in shape)):
+        # No size 0: an empty tensor asks nothing, and [10**9, 0] holds no values yet would be walked dimension
+        # by dimension (seen: a replica busy for minutes). With every size >= 1, each is at most the values sent.
+        raise RequestError(422, f"{where}.shape: a list of 1 to 8 sizes of at least 1, e.g. [2, 64].")
     if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in NUMPY_TYPES):
         raise RequestError(422, f"{where}.datatype: {repr(datatype)[:40]} is not one of BYTES, "
                                 f"{', '.join(NUMPY_TYPES)}.")
@@ -249,7 +251,7 @@ OIP_REQUEST_BODY = {"required": True, "content": {
                 "type": "object", "required": ["name", "shape", "datatype"],
                 "properties": {
                     "name": {"type": "string"},
-                    "shape": {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 0}},
+                    "shape": {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 1}},
                     "datatype": {"type": "string", "enum": ["BYTES", *NUMPY_TYPES]},
                     "data": {"type": "array", "description": "the values in row-major order, flat or nested to the "
                              "shape: numbers, or strings for BYTES; null for a gap in a table's feature column",
