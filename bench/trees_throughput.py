@@ -107,7 +107,8 @@ def ours(rounds: int, work: Path) -> dict:
     import yaml
     from atoll import api
 
-    spec = work / "trees.yaml"
+    spec = work / "spec" / "trees.yaml"  # a folder of its own: a job ships its spec's folder, never the table
+    spec.parent.mkdir()
     spec.write_text(yaml.safe_dump({
         "name": "bench-trees", "dataset": {"path": str(PATH), "label": "label", "validation_fraction": 0.2},
         "model": {"type": "xgboost", "params": dict(PARAMS)},

@@ -328,8 +328,14 @@ def test_the_penguins_demo_ships_with_words_and_gaps_and_its_spec_loads(tmp_path
 # End to end, on the session's cluster
 
 
+#: The model section and rounds/epochs of each model type the mixed table is trained with.
+MODELS = {"mlp": "model: {type: mlp, params: {hidden: [16]}}\nepochs: 2\nbatch_size: 32\n",
+          "xgboost": "model: {type: xgboost, params: {max_depth: 3}}\nepochs: 10\n"}
+
+
 @pytest.mark.cluster
-def test_a_mixed_table_trains_serves_by_name_and_batch_predicts_a_raw_csv(ray_cluster, tmp_path):
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_a_mixed_table_trains_serves_by_name_and_batch_predicts_a_raw_csv(ray_cluster, tmp_path, model):
     import httpx
     from atoll.serving import endpoints
 
@@ -337,9 +343,9 @@ def test_a_mixed_table_trains_serves_by_name_and_batch_predicts_a_raw_csv(ray_cl
     frame.to_csv(tmp_path / "customers.csv", index=False)  # gaps as empty cells
     (tmp_path / "churn.yaml").write_text(
         f"name: churn\ndataset:\n  path: {tmp_path / 'customers.csv'}\n  label: label\n  categorical: [zip]\n"
-        f"  exclude: [customer_id]\nmodel: {{type: mlp, params: {{hidden: [16]}}}}\nepochs: 2\nbatch_size: 32\n"
-        f"num_workers: 1\n")
-    trained = run_cli("train", str(tmp_path / "churn.yaml"), "--run-name", "t-churn", "--json", timeout=600)
+        f"  exclude: [customer_id]\n{MODELS[model]}num_workers: 1\n")
+    trained = run_cli("train", str(tmp_path / "churn.yaml"), "--run-name", f"t-churn-{model}", "--json",
+                      timeout=600)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     out = json.loads(trained.stdout)
     version = out["registered"]["version"]
@@ -356,7 +362,8 @@ def test_a_mixed_table_trains_serves_by_name_and_batch_predicts_a_raw_csv(ray_cl
     onnx = mv.exports["onnx"]  # the encoded vector goes in; checked on held-out rows with words and gaps
     assert onnx.get("file") == "model.onnx" and onnx["examples"] > 0 and onnx["max_abs_diff"] < 1e-4
 
-    deployed = run_cli("serve", "deploy", ref, "--app", "churn", "--replicas", "1:1", "--set",
+    app = f"churn-{model}"
+    deployed = run_cli("serve", "deploy", ref, "--app", app, "--replicas", "1:1", "--set",
                        "num_cpus_per_replica=0.1", "--json", timeout=400)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     url = json.loads(deployed.stdout)["url"]
@@ -376,7 +383,7 @@ def test_a_mixed_table_trains_serves_by_name_and_batch_predicts_a_raw_csv(ray_cl
         openapi = httpx.get(f"{url}/openapi.json", timeout=30).text
         assert "gold plan" in openapi  # the levels in the request's schema
     finally:
-        endpoints.delete("churn")
+        endpoints.delete(app)
 
     raw = frame.drop(columns=["label"]).iloc[:200]
     raw.to_csv(tmp_path / "raw.csv", index=False)

@@ -59,14 +59,17 @@ def check_params(params: dict[str, Any] | None) -> TreeParams:
 
 def booster_params(params: TreeParams, *, num_classes: int, threads: int, use_gpu: bool = False,
                    seed: int = 0) -> dict[str, Any]:
-    """XGBoost's ``params`` for a table task: ``multi:softprob`` over the classes (2 included, so a classifier's
-    output is always ``[n, classes]``), else squared error on the standardised target."""
+    """XGBoost's ``params`` for a table task: ``multi:softprob`` over 3 or more classes, ``binary:logistic`` for
+    2 (:func:`outputs` makes it ``[n, 2]``: onnxmltools converts a 2-class softprob booster wrongly, seen: its
+    probabilities off by 0.96), else squared error on the standardised target."""
     out = {"max_depth": params.max_depth, "eta": params.eta, "min_child_weight": params.min_child_weight,
            "subsample": params.subsample, "colsample_bytree": params.colsample_bytree, "lambda": params.reg_lambda,
            "alpha": params.reg_alpha, "gamma": params.gamma, "max_bin": params.max_bin,
            "tree_method": params.tree_method, "nthread": max(1, threads), "seed": seed,
            "device": "cuda" if use_gpu else "cpu"}
-    if num_classes:
+    if num_classes == 2:
+        out |= {"objective": "binary:logistic", "eval_metric": "logloss"}
+    elif num_classes:
         out |= {"objective": "multi:softprob", "num_class": num_classes, "eval_metric": "mlogloss"}
     else:
         out |= {"objective": "reg:squarederror", "eval_metric": "rmse"}
@@ -80,6 +83,8 @@ def outputs(booster, x, *, classification: bool) -> np.ndarray:
     matrix = x if isinstance(x, xgboost.DMatrix) else xgboost.DMatrix(np.ascontiguousarray(x, dtype=np.float32))
     predicted = booster.predict(matrix)
     if classification:
+        if predicted.ndim == 1:  # binary:logistic: p of the second class
+            predicted = np.stack([1 - predicted, predicted], axis=1)
         return np.log(np.maximum(predicted, LOG_FLOOR)).astype(np.float32)
     return predicted.reshape(-1, 1).astype(np.float32)
 
