@@ -314,6 +314,7 @@ def test_tritons_client_sends_a_mixed_table_one_tensor_per_column(mixed_app):
     answer = httpx.post(f"{url}/v2/models/{name}/infer", json=body, timeout=30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"][0]["data"][0] in schema["classes"]
+    assert json.loads(answer.json()["parameters"]["unseen"]) == {"0": ["island"]}  # as /predict says it
     body["inputs"][1] = {"name": "bill_length_mm", "shape": [1], "datatype": "BYTES", "data": ["long"]}
     refused = httpx.post(f"{url}/v2/models/{name}/infer", json=body, timeout=30)
     assert refused.status_code == 422 and "bill_length_mm is a numeric feature" in refused.json()["error"]

@@ -13,7 +13,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from atoll.cli import cluster, data, jobs, k8s, models, quickstart, runs, serve, storage, train
+from atoll.cli import cluster, data, jobs, k8s, metrics, models, quickstart, runs, serve, storage, train
 from atoll.cli.common import console, err_console
 from atoll.cli.errors import ABORTS, CLICK_ERRORS, EXITS, USAGE_ERRORS, usage_line
 from atoll.errors import AtollError
@@ -29,6 +29,7 @@ app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(runs.runs_app, name="runs")
 app.add_typer(models.models_app, name="models")
 app.add_typer(serve.serve_app, name="serve")
+app.add_typer(metrics.metrics_app, name="metrics")
 app.add_typer(k8s.k8s_app, name="k8s")
 app.add_typer(storage.storage_app, name="storage")
 

@@ -3,6 +3,7 @@ atoll.serving.endpoints, render."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,29 +71,82 @@ def deploy_summary(result: dict[str, Any], auth: str) -> str:
 
 
 @serve_app.command("status")
-def status(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
-    """Serve applications: status, model version, replicas, URL."""
+def status(config: Path | None = ConfigOpt, as_json: bool = JsonOpt,
+           watch: bool = typer.Option(False, "--watch", "-w", help="Refresh every --interval seconds (Ctrl-C stops)."),
+           interval: float = typer.Option(2.0, "--interval", min=0.5, help="Seconds between refreshes of --watch."),
+           window: str = typer.Option("2m", "--window", help="Traffic figures over this last stretch (Prometheus "
+                                      "duration: 1m, 5m, 1h).")) -> None:
+    """Serve applications: status, model version, replicas, URL, and per app and version req/s, p50/p99 latency and
+    error rate (from `atoll metrics up`'s Prometheus)."""
     from atoll.config import load_spec
+
+    spec = load_spec(config)
+    if as_json:
+        print_json(_status_rows(spec, window)[0])
+        return
+    if not watch:
+        console.print(_status_view(*_status_rows(spec, window)))
+        return
+    from rich.live import Live
+
+    with Live(_status_view(*_status_rows(spec, window)), console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(_status_view(*_status_rows(spec, window)), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+def _status_rows(spec: Any, window: str) -> tuple[list[dict[str, Any]], str | None]:
+    from atoll import prometheus
     from atoll.serving import endpoints
 
-    rows = endpoints.status(spec=load_spec(config))
-    if as_json:
-        print_json(rows)
-        return
+    rows = endpoints.status(spec=spec)
+    figures, note = prometheus.traffic(window) if rows else (None, None)
+    return prometheus.with_traffic(rows, figures), note
+
+
+def _figure(value: float | None, kind: str) -> str:
+    if value is None:
+        return "-"
+    return {"rps": f"{value:.2f}", "ms": f"{value:.1f}", "share": f"{100 * value:.1f}%"}[kind]
+
+
+def _traffic_cells(t: dict[str, Any] | None) -> list[str]:
+    if t is None:
+        return ["?"] * 4
+    return [_figure(t.get("rps"), "rps"), _figure(t.get("p50_ms"), "ms"), _figure(t.get("p99_ms"), "ms"),
+            _figure(t.get("error_rate"), "share")]
+
+
+def _status_view(rows: list[dict[str, Any]], note: str | None) -> Any:
+    """The status table, the failing apps' messages and the note on missing figures, as one renderable."""
+    from rich.console import Group
+    from rich.text import Text
+
     if not rows:
-        console.print("No Serve apps. Deploy one with `atoll serve deploy NAME`.")
-        return
+        return Text("No Serve apps. Deploy one with `atoll serve deploy NAME`.")
+    wide = console.width >= 150  # else the URLs go below the table, whole (a cut URL is no use)
     cells = []
     for r in rows:
         replicas = ", ".join(f"{n} {state.lower()}" for state, n in r["replicas"].items()) or "-"
         model = r["model"] or "-"
-        if r["requested"] and r["requested"] != r["model"]:
+        if wide and r["requested"] and r["requested"] != r["model"]:
             model += f" ({r['requested']})"
-        cells.append([r["app"], r["status"], model, replicas, r["url"]])
-    console.print(listing("Serve apps", ["app", "status", "model", "replicas", "url"], cells, free="replicas"))
+        cells.append([r["app"], r["status"], model, replicas, *_traffic_cells(r["traffic"]), *([r["url"]] * wide)])
+        for other, figures in sorted(r["other_versions"].items()):
+            cells.append(["", "", f"└ {other}", "", *_traffic_cells(figures), *([""] * wide)])
+    header = ["app", "status", "model", "replicas", "req/s", "p50 ms", "p99 ms", "errors", *(["url"] * wide)]
+    parts: list[Any] = [listing("Serve apps", header, cells, free="replicas")]
+    if not wide:
+        parts += [Text(f"{r['app']}: {r['url']}") for r in rows]
     for r in rows:
         if r["status"] not in ("RUNNING", "DEPLOYING") and r["message"]:
-            console.print(f"[red]{escape(r['app'])}[/]: {escape(r['message'])}", soft_wrap=True, highlight=False)
+            parts.append(Text.assemble((r["app"], "red"), f": {r['message']}"))
+    if note:
+        parts.append(Text(note, style="dim"))
+    return Group(*parts)
 
 
 @serve_app.command("delete")

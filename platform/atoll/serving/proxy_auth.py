@@ -11,6 +11,9 @@ files, so that no keyless request of any kind takes a replica's queue slot or dr
 ``/-/routes`` (which names every app) needs one of the keyed apps' keys while there is one; ``/-/healthz``
 passes untouched. Each replica checks the key again, so a proxy started without this middleware still
 guards every app.
+
+The middleware also counts, in Atoll's request metric (atoll.serving.metrics), what never reaches a replica:
+its own 401s and Serve's 503s (a full queue), by app and version; the replicas count the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atoll import apikeys
+from atoll.serving import metrics
 from atoll.serving.names import GALLERY_IMPORT_PATH, MODEL_IMPORT_PATH
 
 log = logging.getLogger("ray.serve")
@@ -45,13 +49,19 @@ class Guard:
     prefix: str
     gallery: bool
     records: tuple[str, ...]
+    app: str = ""
+    model: str = ""
+
+
+def _conf(config: Any) -> dict[str, Any]:
+    return config.model_dump() if hasattr(config, "model_dump") else dict(config)
 
 
 def guards_from_configs(configs: dict[str, Any]) -> list[Guard]:
     """Keyed Atoll apps from the controller's app configs (pydantic objects or dicts), longest prefix first."""
     guards = []
-    for config in configs.values():
-        conf = config.model_dump() if hasattr(config, "model_dump") else dict(config)
+    for name, config in configs.items():
+        conf = _conf(config)
         args, path = conf.get("args") or {}, conf.get("import_path")
         if path == MODEL_IMPORT_PATH and args.get("api_key_hash"):
             records = (args["api_key_hash"],)
@@ -60,8 +70,20 @@ def guards_from_configs(configs: dict[str, Any]) -> list[Guard]:
         else:
             continue
         prefix = (conf.get("route_prefix") or "/").rstrip("/") or "/"
-        guards.append(Guard(prefix, path == GALLERY_IMPORT_PATH, records))
+        guards.append(Guard(prefix, path == GALLERY_IMPORT_PATH, records, name, str(args.get("model") or "")))
     return sorted(guards, key=lambda g: len(g.prefix), reverse=True)
+
+
+def model_apps_from_configs(configs: dict[str, Any]) -> list[Guard]:
+    """Every Atoll model app (keyed or not) as a record without keys, longest prefix first: what the metrics
+    of a request that never reached a replica are tagged with (its app and version)."""
+    apps = []
+    for name, config in configs.items():
+        conf = _conf(config)
+        if conf.get("import_path") == MODEL_IMPORT_PATH:
+            prefix = (conf.get("route_prefix") or "/").rstrip("/") or "/"
+            apps.append(Guard(prefix, False, (), name, str((conf.get("args") or {}).get("model") or "")))
+    return sorted(apps, key=lambda g: len(g.prefix), reverse=True)
 
 
 def guard_for(path: str, guards: list[Guard]) -> tuple[Guard, str] | None:
@@ -79,6 +101,7 @@ class KeyTable:
 
     def __init__(self) -> None:
         self.guards: list[Guard] = []
+        self.apps: list[Guard] = []  # every model app, for the metrics' tags
         self.read_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -89,7 +112,8 @@ class KeyTable:
             try:
                 from atoll import ray_compat
 
-                self.guards = guards_from_configs(await ray_compat.serve_app_configs())
+                configs = await ray_compat.serve_app_configs()
+                self.guards, self.apps = guards_from_configs(configs), model_apps_from_configs(configs)
             except Exception as exc:  # noqa: BLE001 - keep the last table; replicas still check every key
                 log.warning("atoll.serving.proxy_auth: cannot read the app configs from the Serve controller (%s)", exc)
             self.read_at = time.monotonic()
@@ -99,6 +123,10 @@ class KeyTable:
         if age > REFRESH_S or (fresh and age > RECHECK_S):
             await self.refresh()
         return guard_for(path, self.guards)
+
+    def app_for(self, path: str) -> tuple[Guard, str] | None:
+        """The model app that serves ``path`` and the path below it, as last read (no refresh)."""
+        return guard_for(path, self.apps)
 
 
 class APIKeyMiddleware:
@@ -120,8 +148,13 @@ class APIKeyMiddleware:
         found = await self.table.lookup(path)
         if found is not None and not found[0].gallery and (answer := public_answer(*found)) is not None:
             return await answer(scope, receive, send)
+        model_app = self.table.app_for(path)
         if await self._allowed(path, header):
-            return await self.app(scope, receive, send)
+            if model_app is None:
+                return await self.app(scope, receive, send)
+            return await self.app(scope, receive, _counting_503(send, *model_app))
+        if model_app is not None:
+            metrics.proxy_recorder().record_refused(metrics.route_label(model_app[1]), 401, _tags(model_app[0]))
         return await self._refuse(send)
 
     async def _refuse(self, send: Any) -> None:
@@ -148,6 +181,20 @@ class APIKeyMiddleware:
             if apikeys.any_key_matches(header, guard.records):
                 return True
         return False
+
+
+def _tags(app: Guard) -> dict[str, str]:
+    return {"application": app.app, "model": app.model}
+
+
+def _counting_503(send: Any, app: Guard, subpath: str) -> Any:
+    """``send``, counting a 503 answer (Serve's own, for a full queue: a replica never sends one)."""
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message.get("status") == 503:
+            metrics.proxy_recorder().record_refused(metrics.route_label(subpath), 503, _tags(app))
+        await send(message)
+
+    return sending
 
 
 def public_answer(guard: Guard, subpath: str) -> Any | None:

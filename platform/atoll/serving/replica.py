@@ -30,7 +30,7 @@ from ray import serve
 
 from atoll import apikeys
 from atoll.errors import AtollError, RequestError
-from atoll.serving import playground, protocols
+from atoll.serving import metrics, playground, protocols
 from atoll.serving.names import DEPLOYMENT_NAME
 from atoll.serving.predictor import Predictor, Prepared
 from atoll.specs import ServeSettings
@@ -143,6 +143,8 @@ def parse_payload(payload: Any, schema: dict[str, Any], *, max_rows: int,
 # a CDN): the document is served by a route of the deployment instead, behind the key like the rest.
 api = FastAPI(title="Atoll model endpoint", docs_url=None, redoc_url=None, openapi_url=None,
               description="Predictions from a registered Atoll model version. POST rows to /predict.")
+# Every request counted by route and status and timed, into Ray's metrics (atoll.serving.metrics).
+api.add_middleware(metrics.RequestMetrics)
 # /predict reads its body itself (size limit, one-line errors), so FastAPI cannot infer its schema: declare it.
 _PREDICT_BODY = {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["inputs"],
@@ -190,6 +192,7 @@ class ModelServer:
         self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self._in_flight = 0  # requests between parsing and their answer (the batch wait adapts to it)
         self._parser = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="atoll-parse")
+        metrics.start_replica(serve.get_replica_context().app_name, self.predictor.version.ref)
         log.info("serving %s on %s with %s", self.predictor.version.ref, self.predictor.device, self.predictor.runtime)
 
     def _refused(self, request: Request) -> JSONResponse | None:
@@ -279,12 +282,15 @@ class ModelServer:
         never waits batch_wait_timeout_s for company that is not coming); under load batches wait to fill.
         """
         self._in_flight += 1
+        recorder = metrics.recorder()
         try:
             alone = self._in_flight == 1
             self.predict_batch.set_batch_wait_timeout_s(0.0 if alone else self.settings.batch_wait_timeout_s)
+            recorder.queued(rows)  # its wait for a batch is recorded when the batch starts
             predictions, probabilities = await self.predict_batch(rows)
         finally:
             self._in_flight -= 1
+            recorder.unqueued(rows)
         bad = self.predictor.non_finite_rows(predictions, probabilities)
         if bad:  # JSON has no NaN: say what happened instead of failing in the encoder
             raw = rows.inputs if isinstance(rows, Prepared) else rows
@@ -380,7 +386,10 @@ class ModelServer:
         own slice back."""
         # Off the event loop (torch and ONNX Runtime release the GIL): the replica goes on reading and parsing
         # the next requests while a batch computes (bench/serve_load.py: +15-20% requests/s on the MLP).
+        recorder = metrics.recorder()
+        started = recorder.batch_started(requests)
         predictions, probabilities = await asyncio.to_thread(self._predict_joined, requests)
+        recorder.batch_done(started)
         out, start = [], 0
         for rows in requests:
             end = start + len(rows)
