@@ -451,8 +451,11 @@ def _bytes_tensor(values: list[str]) -> bytes:
 
 
 def oip_response(predictions: list[Any], probabilities: list[list[float]] | None, *, name: str, version: int,
-                 schema: dict[str, Any], wanted: Outputs, request_id: Any) -> tuple[bytes, dict[str, str]]:
-    """The ``/infer`` answer (JSON, or JSON then binary tensors as asked), and its headers."""
+                 schema: dict[str, Any], wanted: Outputs, request_id: Any,
+                 notes: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
+    """The ``/infer`` answer (JSON, or JSON then binary tensors as asked), and its headers. ``notes``: what
+    ``/predict`` adds beside its answer (``unseen``: the fields of each row answered as ``other``); the protocol's
+    parameters hold scalars only, so each goes as JSON text."""
     datatype = _prediction_type(schema)
     tensors = {"predictions": (datatype, [len(predictions)], predictions)}
     if probabilities is not None:
@@ -476,6 +479,8 @@ def oip_response(predictions: list[Any], probabilities: list[list[float]] | None
     answer: dict[str, Any] = {"model_name": name, "model_version": str(version), "outputs": outputs}
     if request_id is not None:
         answer["id"] = request_id
+    if notes:
+        answer["parameters"] = {key: json.dumps(value) for key, value in notes.items()}
     head = json.dumps(answer).encode()
     if not blobs:
         return head, {"content-type": "application/json"}

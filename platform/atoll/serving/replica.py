@@ -348,10 +348,12 @@ class ModelServer:
             payload, wanted, request_id = await self._off_loop(
                 protocols.oip_request, await self._body(request), request.headers.get(protocols.HEADER_LENGTH),
                 self.predictor.schema)
-            predictions, probabilities = await self._answer(await self._off_loop(self._prepare_payload, payload))
+            prepared = await self._off_loop(self._prepare_payload, payload)
+            predictions, probabilities = await self._answer(prepared)
             body, headers = protocols.oip_response(predictions, probabilities, name=name,
                                                    version=self.predictor.version.version,
-                                                   schema=self.predictor.schema, wanted=wanted, request_id=request_id)
+                                                   schema=self.predictor.schema, wanted=wanted, request_id=request_id,
+                                                   notes=prepared.notes)
         except RequestError as exc:
             return _error(exc.status, exc.message)
         return Response(body, headers=headers)
