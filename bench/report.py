@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("train_throughput", "serve_load", "tune_asha", "data_ingest", "batch_predict", "task_quality",
-           "autoscale")
+           "trees_throughput", "autoscale")
 
 
 def read_lines(paths: list[Path]) -> dict[str, list[dict]]:

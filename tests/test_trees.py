@@ -156,6 +156,20 @@ def test_the_demo_specs_load():
         assert trees.is_trees(spec.model.type) and trees.check_params(spec.model.params).early_stopping_rounds
 
 
+def test_trees_hold_their_shards_in_memory_whatever_the_cache_setting():
+    """Streaming a shard would need CPUs for Ray Data's tasks beside the workers' (a 1M-row job on a 2-CPU cluster
+    waited forever); XGBoost holds the shard as one DMatrix anyway."""
+    from atoll.train.run import in_memory
+
+    x, _, pre = _digits()
+    plan = data.DatasetPlan(uri="x.parquet", format="parquet", features=pre.features, label="label",
+                            rows=10**9, fingerprint="f")
+    spec = TrainSpec.model_validate(_spec(dataset={"path": "x.parquet", "label": "label", "cache": False}))
+    assert in_memory(spec, plan, pre)
+    mlp = TrainSpec.model_validate(_spec(model={"type": "mlp"}, dataset={"path": "x.parquet", "label": "label"}))
+    assert not in_memory(mlp, plan, pre)  # a billion rows stream for the MLP
+
+
 # ------------------------------------------------------------------------------------------------
 # The training loop, in this process
 

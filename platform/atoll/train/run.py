@@ -94,7 +94,11 @@ def report_data(pre, validation: dict[str, Any]) -> None:
 
 def in_memory(spec: TrainSpec, dplan, pre) -> bool:
     """Whether the rows, as model inputs, fit in memory (``dataset.cache``): then they are materialised once
-    in the object store and each worker holds its shard as tensors."""
+    in the object store and each worker holds its shard as tensors. Trees always: XGBoost holds a worker's
+    shard as one DMatrix in memory anyway, and streaming it needs CPUs for Ray Data's tasks beside the ones the
+    workers hold (seen: a 1M-row job on a 2-CPU cluster waiting forever for them)."""
+    if spec.model.type == "xgboost":
+        return True
     return data.should_cache(dplan, spec.dataset.cache, tasks.get(spec.task).row_bytes(pre))
 
 
