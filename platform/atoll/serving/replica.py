@@ -90,6 +90,17 @@ class AppArgs(pydantic.BaseModel):
 DEFAULT_REQUEST_PIXELS: int = ServeSettings.model_fields["max_request_pixels"].default
 
 
+def _app_name() -> str:
+    """The Serve application this replica serves ("" where the class is built outside Serve, as in tests of
+    its request handling)."""
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        return serve.get_replica_context().app_name
+    except RayServeException:
+        return ""
+
+
 def parse_request(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_bytes: int,
                   max_request_pixels: int = DEFAULT_REQUEST_PIXELS) -> Any:
     """Validate a ``/predict`` body: size and JSON here, what ``inputs`` must hold by the version's task
@@ -192,7 +203,7 @@ class ModelServer:
         self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self._in_flight = 0  # requests between parsing and their answer (the batch wait adapts to it)
         self._parser = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="atoll-parse")
-        metrics.start_replica(serve.get_replica_context().app_name, self.predictor.version.ref)
+        metrics.start_replica(_app_name(), self.predictor.version.ref)
         log.info("serving %s on %s with %s", self.predictor.version.ref, self.predictor.device, self.predictor.runtime)
 
     def _refused(self, request: Request) -> JSONResponse | None:
