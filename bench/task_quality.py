@@ -14,6 +14,9 @@ train/validation split) and asked about the same held-out rows:
 - image and keras (the digits as 8×8 PNGs; a small CNN, the Keras CNN of examples/keras_cnn.py): logistic
   regression on the 64 pixels; accuracy, macro-F1 beside it;
 - regression (the diabetes data): ordinary least squares; RMSE (lower is better), R² beside it;
+- generate (the SMS corpus as chats; a small Llama-style language model): perplexity on the held-out chats' learnt
+  tokens (the assistant's turns), against an interpolated bigram model fitted on the tokens of the rows the run
+  trained on (the unigram's beside it);
 - tables (the Palmer penguins: words, a category coded as a number, gaps): the MLP on the table as it comes,
   against scikit-learn's ``HistGradientBoostingClassifier`` with native categories (gaps left as NaN, which
   it handles); accuracy, macro-F1 beside it. tables-regression: the same birds' body mass in grams
@@ -68,6 +71,8 @@ CASES = {
                                     "HistGradientBoosting with native categories",
                                     ("name=penguins-mass-trees", "model.type=xgboost", "epochs=300",
                                      "model.params={max_depth: 3, eta: 0.05, early_stopping_rounds: 30}")),
+    "generate": Case("generate.yaml", "sms_chat", 3, "perplexity", "lower",
+                     "interpolated bigram model on the same tokens"),
 }
 #: Cases whose rows are a table with words and gaps: ours gets them raw, the baseline as pandas categories.
 MIXED = ("tables", "tables-regression", "tables-trees", "tables-regression-trees")
@@ -122,6 +127,87 @@ def _baseline(task: str) -> Callable:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
 
 
+def _packed_nll(state, frame, next_token_logprob) -> tuple[float, int]:
+    """(summed negative log-likelihood, tokens) of the learnt positions of ``frame``'s rows packed as training packs
+    them; ``next_token_logprob(x [b, L] int64) -> log-probabilities [b, L, vocabulary]`` of the token after each."""
+    import torch
+    from atoll.tasks.generation import IGNORE
+
+    blocks = state(frame)
+    x, y = torch.as_tensor(blocks["x"]), torch.as_tensor(blocks["y"])
+    logprob = next_token_logprob(x)[:, :-1]
+    labels = y[:, 1:]
+    mask = labels != IGNORE
+    picked = logprob.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return float(-(picked * mask).sum()), int(mask.sum())
+
+
+def _bigram(state, frame, vocab: int):
+    """An interpolated bigram model (Jelinek-Mercer, add-one unigram) fitted on ``frame``'s packed tokens, as a
+    ``next_token_logprob``; its weight is the best of a grid on the evaluated rows (a baseline at its best)."""
+    import torch
+    from atoll.tasks.generation import IGNORE
+
+    blocks = state(frame)
+    x, y = torch.as_tensor(blocks["x"]), torch.as_tensor(blocks["y"])
+    prev, nxt = x[:, :-1].reshape(-1), y[:, 1:].reshape(-1)
+    keep = nxt != IGNORE
+    pairs = torch.zeros(vocab, vocab, dtype=torch.float64)
+    pairs.index_put_((prev[keep], nxt[keep]), torch.ones(int(keep.sum()), dtype=torch.float64), accumulate=True)
+    unigram = (pairs.sum(0) + 1) / (pairs.sum() + vocab)
+    conditional = pairs / pairs.sum(1, keepdim=True).clamp(min=1)
+
+    def with_weight(weight: float):
+        table = torch.log(weight * conditional + (1 - weight) * unigram)
+        return lambda ids: table[ids]
+
+    return with_weight
+
+
+def _generation_case(task: str, case: Case, quick: bool, storage: str) -> dict:
+    """Ours: the registered language model's perplexity on the held-out chats (packed as training packs them);
+    baseline: an interpolated bigram model on the tokens of the rows the run trained on, on the same positions."""
+    import math
+    import tempfile
+
+    import pandas as pd
+    import torch
+    from atoll import config, data, registry
+    from atoll.specs import TrainSpec
+    from atoll.tasks.generation import GenerationState
+    from transformers import AutoModelForCausalLM
+
+    path = REPO / "jobs" / "configs" / case.config
+    overrides = [*case.sets, *([f"epochs={case.quick_epochs}"] if quick else [])]
+    spec = config.load_file(TrainSpec, path, overrides)
+    paths = data.prepare_demo(storage, case.demo)
+    train_file, held = pd.read_parquet(paths["train"]), pd.read_parquet(paths["holdout"])
+    sets = [a for o in overrides for a in ("--set", o)]
+    out = json.loads(_atoll("train", str(path), *sets, "--name", f"bench-{task}-{os.urandom(3).hex()}", "--json"))
+    registered = out["registered"]
+    reg = registry.Registry(storage)
+    version = reg.get(f"{registered['name']}:{registered['version']}")
+    state = GenerationState.from_dict(json.loads(reg.read_file(version, "atoll.json"))["preprocess"])
+    with tempfile.TemporaryDirectory() as tmp:
+        model = AutoModelForCausalLM.from_pretrained(f"{reg.local_copy(version, tmp)}/hf").eval()
+        with torch.no_grad():
+            nll, tokens = _packed_nll(state, held, lambda ids: torch.log_softmax(model(input_ids=ids).logits, -1))
+    trained_on = data.SplitFilter(state.features, spec.dataset.validation_fraction, "train", spec.seed)(train_file)
+    bigram = _bigram(state, trained_on, state.vocab_size)
+    base_nll, _ = min(_packed_nll(state, held, bigram(w)) for w in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95))
+    uni_nll, _ = _packed_nll(state, held, bigram(0.0))
+    ours = {"perplexity": round(math.exp(nll / tokens), 3), "loss": round(nll / tokens, 4)}
+    baseline = {"perplexity": round(math.exp(base_nll / tokens), 3), "loss": round(base_nll / tokens, 4),
+                "unigram_perplexity": round(math.exp(uni_nll / tokens), 3)}
+    print(f"{task}: {len(held)} held-out chats ({tokens} learnt tokens), trained on {len(trained_on)}; "
+          f"{spec.model.type}, {spec.epochs} epochs, 2 workers: {ours}; {case.baseline}: {baseline}", flush=True)
+    return {"bench": "task_quality", "task": task, "model": spec.model.type, "unit": "perplexity", "better": "lower",
+            "ours": ours["perplexity"], "baseline": baseline["perplexity"],
+            "ratio": round(ours["perplexity"] / baseline["perplexity"], 4), "ours_all": ours, "baseline_all": baseline,
+            "baseline_model": case.baseline, "epochs": spec.epochs, "held_out": len(held), "held_out_tokens": tokens,
+            "val_metrics": registered["metrics"]}
+
+
 def run_case(task: str, quick: bool, storage: str) -> dict:
     import pandas as pd
     from atoll import config, data
@@ -129,6 +215,8 @@ def run_case(task: str, quick: bool, storage: str) -> dict:
     from atoll.specs import TrainSpec
 
     case = CASES[task]
+    if case.figure == "perplexity":
+        return _generation_case(task, case, quick, storage)
     path = REPO / "jobs" / "configs" / case.config
     overrides = [*case.sets, *([f"epochs={case.quick_epochs}"] if quick else [])]
     spec = config.load_file(TrainSpec, path, overrides)

@@ -220,6 +220,20 @@ def mixed_app(trained_mixed):
 
 
 @pytest.fixture(scope="session")
+def trained_writer(ray_cluster) -> dict:
+    """The generation demo (jobs/configs/generate.yaml: a small Llama-style language model on the SMS corpus as
+    chats), kept small: 1 epoch of a 1-layer model on 2 workers, run `t-writer`, once per session."""
+    return _train("jobs/configs/generate.yaml", "t-writer", "epochs=1", "model.params.layers=1",
+                  "model.params.hidden=64", "model.params.vocab_size=800", "model.params.context_length=64")
+
+
+@pytest.fixture(scope="session")
+def writer_app(trained_writer):
+    """That version deployed as app `writer` (OpenAI's API, the chat playground)."""
+    yield from _deployed(trained_writer, "writer")
+
+
+@pytest.fixture(scope="session")
 def s3_store(atoll_env):
     """A real S3-compatible server for the session: SeaweedFS started by `atoll storage up` (as a developer
     starts it) on a free loopback port, with bucket ``atoll-test``. Its AWS variables (endpoint, region, the

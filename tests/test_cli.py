@@ -60,7 +60,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, 
     (["models", "show"], "atoll models show: Missing argument"),
     (["submit", "--wiat", "--", "python", "-c", "1"], "atoll submit: no such option --wiat; did you mean --wait?"),
     (["tune", "--resume"], "atoll tune: Option '--resume' requires an argument"),  # raised without its context
-    (["quickstart", "--task", "txt"], "--task 'txt': choose one of tabular, text, image."),  # before any cluster
+    (["quickstart", "--task", "txt"], "--task 'txt': choose one of tabular, text, image, generate."),  # before any cluster
 ])
 def test_a_usage_error_is_one_line_with_the_closest_name_and_exit_2(capsys, argv, expected) -> None:
     code, out, err = run_main(capsys, *argv)

@@ -112,13 +112,14 @@ def sweep(spec: str | Path = "jobs/configs/sweep.yaml", *, overrides: Sequence[s
 
 
 def predict(model: str, input: str, output: str, *, batch_size: int | None = None, overwrite: bool = False,
-            runtime: str = "auto", any_order: bool = False, wait: bool = True,
+            runtime: str = "auto", any_order: bool = False, max_tokens: int | None = None, wait: bool = True,
             on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Batch prediction as `atoll predict` does: a Ray job running the version over a dataset with Ray Data.
 
     ``input``: Parquet or CSV (file or folder, local or a URI); ``output``: the Parquet file to write (a local
     path is made absolute: the job runs on the cluster); ``runtime``: ``auto`` (the faster one for large
-    batches: ONNX Runtime on CPU where the version has its ``model.onnx``, else torch), ``torch`` or ``onnx`` (the version's exported file); ``any_order``: rows as the actors finish them (by default the output follows the input's rows). Everything about the request is checked here first.
+    batches: ONNX Runtime on CPU where the version has its ``model.onnx``, else torch), ``torch`` or ``onnx`` (the version's exported file); ``any_order``: rows as the actors finish them (by default the output follows the input's rows); ``max_tokens``: a
+    language model's new tokens per completion (a ``completion`` column per prompt). Everything about the request is checked here first.
 
     Returns:
         ``{"job", "status", "predicted", "events"}`` (only ``{"job"}`` with ``wait=False``).
@@ -141,6 +142,7 @@ def predict(model: str, input: str, output: str, *, batch_size: int | None = Non
     cmd = ["python", "-m", "atoll.batch", version.ref, "--input", source, "--output", target, "--runtime", runtime]
     cmd += (["--batch-size", str(batch_size)] if batch_size else []) + (["--overwrite"] if overwrite else [])
     cmd += ["--any-order"] if any_order else []
+    cmd += ["--max-tokens", str(max_tokens)] if max_tokens else []
     job_id = jobs.submit(cmd, working_dir=config.project_root(spec), env={"RAY_DEDUP_LOGS": "0"},
                          submission_id=f"atoll-predict-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}")
     if not wait:

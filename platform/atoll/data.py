@@ -24,7 +24,7 @@ from atoll import filesystems
 from atoll.errors import DataError
 
 DEMO_PREFIX = "demo:"
-DEMO_DATASETS = ("digits", "digits_images", "diabetes", "sms_spam", "penguins")
+DEMO_DATASETS = ("digits", "digits_images", "diabetes", "sms_spam", "sms_chat", "penguins")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,6 +217,12 @@ def _demo_frame(name: str):
                              "label": digits.target.astype("int64")})
     if name == "sms_spam":
         return pd.read_csv(Path(__file__).with_name("datasets") / "sms_spam.csv.gz", dtype=str)
+    if name == "sms_chat":  # the same messages as chats: asked for a text (spam or not), the assistant writes it
+        sms = pd.read_csv(Path(__file__).with_name("datasets") / "sms_spam.csv.gz", dtype=str)
+        asks = {"spam": "Write a spam text message.", "ham": "Write a text message to a friend."}
+        return pd.DataFrame({"messages": [[{"role": "user", "content": asks[label]},
+                                           {"role": "assistant", "content": text}]
+                                          for text, label in zip(sms["text"], sms["label"])]})
     if name == "penguins":  # words stay words, NA cells are gaps (nulls in the Parquet export)
         return pd.read_csv(Path(__file__).with_name("datasets") / "penguins.csv.gz",
                            dtype={"species": str, "island": str, "sex": str})
@@ -399,7 +405,20 @@ def _row_bucket(frame) -> np.ndarray:
     run and every machine, with no shuffle and no materialisation."""
     import pandas as pd
 
+    nested = [c for c in frame.columns if frame[c].dtype.kind not in "biufcmM" and _is_nested(frame[c])]
+    if nested:  # lists (a chat's turns) are not hashable: their JSON text is
+        frame = frame.assign(**{c: frame[c].map(_json_text) for c in nested})
     return (pd.util.hash_pandas_object(frame, index=False).to_numpy() % 10_000).astype(np.int64)
+
+
+def _is_nested(column) -> bool:
+    first = column.dropna().head(1).tolist()
+    return bool(first) and isinstance(first[0], (list, tuple, np.ndarray, dict))
+
+
+def _json_text(value: Any) -> str:
+    """A nested cell (Arrow lists come as numpy arrays) as canonical JSON text."""
+    return json.dumps(value, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
 
 
 class SplitFilter:
@@ -417,7 +436,7 @@ class SplitFilter:
 
 def split(ds, plan: DatasetPlan, validation_fraction: float, seed: int = 0):
     """Deterministic train/validation split of a Ray Dataset (streaming; seed changes the split)."""
-    columns = plan.features + [plan.label]
+    columns = plan.features + ([plan.label] if plan.label else [])  # a text generator's rows have no label
     train = ds.map_batches(SplitFilter(columns, validation_fraction, "train", seed), batch_format="pandas")
     val = ds.map_batches(SplitFilter(columns, validation_fraction, "validation", seed), batch_format="pandas")
     return train, val

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 #: the largest absolute difference from the PyTorch model's raw outputs an artefact may show
 TOLERANCE = 1e-4
 FILES = {"pt2": "model.pt2", "onnx": "model.onnx"}
+HF_FORMAT = "hf"  # a language model's Hugging Face folder (atoll.train.generation writes it as hf/)
 PREPROCESS_FILE, TOKENIZER_FILE = "preprocess.json", "tokenizer.json"
 INPUT_NAME, OUTPUT_NAME = "inputs", "outputs"
 
@@ -209,21 +210,52 @@ def hand_over(reg, mv, fmt: str, dest: str | Path) -> Path:
     """
     from atoll.errors import ConfigError
 
+    if fmt == HF_FORMAT or HF_FORMAT in mv.exports:
+        return _hand_over_hf(reg, mv, fmt, Path(dest))
     if fmt not in FILES:
-        raise ConfigError(f"--format {fmt!r}: choose {' or '.join(FILES)}.")
+        raise ConfigError(f"--format {fmt!r}: choose {' or '.join(FILES)} (or hf, for a language model).")
     recorded = mv.exports.get(fmt) or {}
     if FILES[fmt] not in mv.files:
         why = recorded.get("error") or "it was registered before Atoll exported models"
         raise ConfigError(f"{mv.ref} has no {FILES[fmt]}: {why}.")
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise ConfigError(f"--output {dest}: exists and is not an empty folder; choose a new one.")
-    dest.mkdir(parents=True, exist_ok=True)
+    _empty_folder(dest)
     names = [FILES[fmt], PREPROCESS_FILE] + ([TOKENIZER_FILE] if TOKENIZER_FILE in mv.files else [])
     for name in names:
         (dest / name).write_bytes(reg.read_file(mv, name))
     pre = json.loads((dest / PREPROCESS_FILE).read_text())
     (dest / "README.md").write_text(_readme(mv, fmt, pre, recorded))
+    return dest
+
+
+def _empty_folder(dest: Path) -> None:
+    from atoll.errors import ConfigError
+
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ConfigError(f"--output {dest}: exists and is not an empty folder; choose a new one.")
+    dest.mkdir(parents=True, exist_ok=True)
+
+
+def _hand_over_hf(reg, mv, fmt: str, dest: Path) -> Path:
+    """A language model's Hugging Face folder (``hf/`` of the version) as it is: Transformers' ``from_pretrained``,
+    vLLM, TGI and llama.cpp's converters take it without Atoll.
+
+    Raises:
+        ConfigError: a format other than hf for a language model, hf for another model, or a non-empty ``dest``.
+    """
+    from atoll.errors import ConfigError
+
+    prefix = f"{HF_FORMAT}/"
+    files = [f for f in sorted(mv.files) if f.startswith(prefix)]
+    if fmt != HF_FORMAT:
+        raise ConfigError(f"--format {fmt!r}: {mv.ref} is a language model; export it with --format hf "
+                          f"(a Hugging Face folder).")
+    if not files:
+        raise ConfigError(f"--format hf: {mv.ref} is not a language model (it has no Hugging Face folder); "
+                          f"choose {' or '.join(FILES)}.")
+    _empty_folder(dest)
+    for name in files:  # names from a checked manifest; read_file verifies each one's sha256
+        (dest / name[len(prefix):]).write_bytes(reg.read_file(mv, name))
     return dest
 
 

@@ -123,7 +123,118 @@ def _pretrained_bert(directory: str | None, config_json: str | None, vocab: int,
     return model
 
 
-BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "hf-bert": BertClassifier}
+class CausalLM(nn.Module):
+    """A causal language model (Transformers' ``AutoModelForCausalLM``) over token ids ``[n, context_length]`` →
+    next-token logits ``[n, context_length, vocabulary]``.
+
+    Built from a small config given in the spec (``arch: llama`` or ``gpt2``: layers, hidden, heads, ...), or
+    ``from_pretrained`` on a local folder (``pretrained``; never a hub id); with ``lora`` (PEFT), an adapter trains
+    on the pretrained model's frozen weights. Where the folder is not at hand (a version being registered on
+    another node), ``config_json`` (the folder's config.json, recorded in the fitted state) builds the same
+    architecture, and the checkpoint supplies every weight.
+    """
+
+    ARCHS = ("llama", "gpt2")
+
+    def __init__(self, input_dim: int, num_classes: int, arch: str = "llama", layers: int = 2, hidden: int = 128,
+                 heads: int = 4, kv_heads: int | None = None, intermediate: int | None = None,
+                 context_length: int = 128, dropout: float = 0.0, tie_embeddings: bool = True,
+                 pretrained: str | None = None, config_json: str | None = None, lora: dict[str, Any] | None = None,
+                 special_ids: dict[str, int | None] | None = None, vocab_size: int | None = None):
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id must never reach the network at run time
+        ids = special_ids or {}
+        if lora is not None and pretrained is None and config_json is None:
+            raise ConfigError("model.params.lora trains an adapter on a pretrained model's frozen weights; set "
+                              "model.params.pretrained to a local folder (save_pretrained output), or drop lora.")
+        if pretrained is not None or config_json is not None:
+            self.lm = _pretrained_causal_lm(pretrained, config_json, input_dim)
+        else:
+            self.lm = _causal_lm_from_config(arch, input_dim, layers=layers, hidden=hidden, heads=heads,
+                                             kv_heads=kv_heads, intermediate=intermediate,
+                                             context_length=context_length, dropout=dropout,
+                                             tie_embeddings=tie_embeddings, ids=ids)
+        if lora is not None:
+            self.lm = _with_lora(self.lm, lora)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=x).logits
+
+    def merged(self):
+        """The Transformers model alone, an adapter merged into its weights (what the registry keeps)."""
+        lm = self.lm
+        return lm.merge_and_unload() if hasattr(lm, "merge_and_unload") else lm
+
+
+def _causal_lm_from_config(arch: str, vocab: int, *, layers: int, hidden: int, heads: int, kv_heads: int | None,
+                           intermediate: int | None, context_length: int, dropout: float, tie_embeddings: bool,
+                           ids: dict[str, int | None]):
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    if arch not in CausalLM.ARCHS:
+        raise ConfigError(f"model.params.arch: {arch!r} is not one of {', '.join(CausalLM.ARCHS)}; or load a "
+                          f"local folder with model.params.pretrained.")
+    if hidden % heads:
+        raise ConfigError(f"model.params.hidden: {hidden} is not a multiple of heads ({heads}); "
+                          f"choose e.g. hidden: {heads * max(1, hidden // heads)}.")
+    special = {"bos_token_id": ids.get("bos") if ids.get("bos") is not None else ids.get("eos"),
+               "eos_token_id": ids.get("eos"), "pad_token_id": ids.get("pad")}
+    if arch == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=context_length,
+                            n_inner=intermediate, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                            tie_word_embeddings=tie_embeddings, **special)
+    else:
+        if heads % (kv_heads or heads):
+            raise ConfigError(f"model.params.kv_heads: {kv_heads} does not divide heads ({heads}).")
+        config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                             num_key_value_heads=kv_heads or heads, intermediate_size=intermediate or 4 * hidden,
+                             max_position_embeddings=context_length, attention_dropout=dropout,
+                             tie_word_embeddings=tie_embeddings, **special)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _pretrained_causal_lm(directory: str | None, config_json: str | None, vocab: int):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if directory is not None and Path(directory).expanduser().is_dir():
+        model = AutoModelForCausalLM.from_pretrained(str(Path(directory).expanduser()), local_files_only=True)
+    elif config_json is not None:
+        raw = json.loads(config_json)
+        config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+        model = AutoModelForCausalLM.from_config(config)
+    else:
+        raise ConfigError(f"model.params.pretrained: {directory!r} is not a local directory; name a folder "
+                          f"holding config.json, the weights and tokenizer.json (Atoll never downloads a hub id).")
+    if model.config.vocab_size < vocab:
+        raise ConfigError(f"model.params.pretrained: the model's vocabulary ({model.config.vocab_size}) is smaller "
+                          f"than its tokenizer's ({vocab}); the folder's model and tokenizer do not belong together.")
+    return model
+
+
+#: The attention projections LoRA adapts by default, per architecture (PEFT's own choice otherwise).
+LORA_TARGETS = {"llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
+                "gpt2": ["c_attn"]}
+
+
+def _with_lora(model, lora: dict[str, Any]):
+    """``model`` with a LoRA adapter (PEFT): the adapter's weights train, the model's own stay frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    known = {"r", "alpha", "dropout", "target_modules"}
+    if not isinstance(lora, dict) or set(lora) - known:
+        extra = sorted(set(lora) - known) if isinstance(lora, dict) else lora
+        raise ConfigError(f"model.params.lora: unknown key(s) {extra}; it takes {', '.join(sorted(known))}.")
+    targets = lora.get("target_modules") or LORA_TARGETS.get(model.config.model_type, "all-linear")
+    config = LoraConfig(r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)),
+                        lora_dropout=float(lora.get("dropout", 0.0)), target_modules=targets, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # e.g. target modules the model does not have
+        raise ConfigError(f"model.params.lora: {exc}") from None
+
+
+BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "hf-bert": BertClassifier,
+                                                "hf-causal-lm": CausalLM}
 
 
 def resolve(model_type: str, *, registered: str | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from atoll import cluster, data, jobs, progress, registry
+from atoll import cluster, data, jobs, progress, registry, tasks
 from atoll.console import console
 from atoll.errors import AtollError
 from atoll.serving import client, endpoints
@@ -38,6 +39,11 @@ class Demo:
     trials: tuple[int, int]
     trial_epochs: tuple[int, int]
     try_it: str
+    task: str = "tabular-classification"
+
+    @property
+    def generates(self) -> bool:
+        return self.task == "text-generation"
 
 
 DEMOS = {
@@ -51,6 +57,10 @@ DEMOS = {
                   "scikit-learn's handwritten digits as 8x8 grey PNGs in Parquet, image: the PNG, label: 0-9",
                   "pixel rows (0-255) or PNG/JPEG files in base64", (5, 10), (4, 6), (4, 8),
                   "draw a digit or upload an image"),
+    "generate": Demo("sms_chat", "generate.yaml", "generate_sweep.yaml",
+                     "the SMS Spam Collection (UCI, CC BY 4.0) as chats in Parquet, messages: a user asks for a text "
+                     "(spam or to a friend), the assistant writes one", "a chat: messages of role and content",
+                     (2, 8), (2, 2), (1, 2), "chat with it", task="text-generation"),
 }
 
 
@@ -86,7 +96,8 @@ def run(*, fast: bool = False, down: bool = False, config: str | Path | None = N
     Args:
         fast: Fewest epochs and trials (CI, smoke tests).
         down: Stop the cluster at the end (default: leave the cluster and endpoint running).
-        task: Whose demo: ``tabular`` (the digits as rows of pixels), ``text`` or ``image``.
+        task: Whose demo: ``tabular`` (the digits as rows of pixels), ``text``, ``image`` or ``generate`` (a
+            language model, served with OpenAI's API, ending in its chat playground).
 
     Raises:
         ConfigError: an unknown ``task``, before anything starts.
@@ -169,13 +180,14 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
     t = lap("sweep", t)
 
     _step(5, f"Registry: point @{ALIAS} at the best version")
-    best = max((trained, swept), key=lambda r: r["metrics"].get("val_accuracy", 0))
+    metric, mode = tasks.get(demo.task).objective
+    sign = 1 if mode == "max" else -1
+    best = max((trained, swept), key=lambda r: sign * r["metrics"].get(metric, -sign * float("inf")))
     reg = registry.Registry(storage)
     reg.set_alias(best["name"], best["version"], ALIAS)
-    out["production"] = {"name": best["name"], "version": best["version"],
-                         "val_accuracy": best["metrics"].get("val_accuracy")}
+    out["production"] = {"name": best["name"], "version": best["version"], metric: best["metrics"].get(metric)}
     console.print(f"{best['name']}@{ALIAS} → version {best['version']} "
-                  f"(val_accuracy {best['metrics'].get('val_accuracy', 0):.4f}, the better of the trained and "
+                  f"({metric} {best['metrics'].get(metric, 0):.4f}, the better of the trained and "
                   f"swept versions)", highlight=False)
     t = lap("registry", t)
 
@@ -183,7 +195,8 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
     with console.status(f"deploying {best['name']}@{ALIAS} …"):
         deployed = endpoints.deploy(f"{best['name']}@{ALIAS}", spec=spec, info=info)
     out["deployed"] = deployed
-    console.print(f"{deployed['app']} is {deployed['status']} at {deployed['url']}/predict "
+    route = "v1/chat/completions (OpenAI's API)" if demo.generates else "predict"
+    console.print(f"{deployed['app']} is {deployed['status']} at {deployed['url']}/{route} "
                   f"(serving {deployed['model']}:{deployed['version']})", highlight=False, markup=False, soft_wrap=True)
     t = lap("serve", t)
 
@@ -191,6 +204,10 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
     import pandas as pd
 
     holdout = pd.read_parquet(paths["holdout"])
+    if demo.generates:
+        out["replies"] = _chat(deployed, holdout, spec)
+        lap("query", t)
+        return
     inputs, labels, art = _requests(holdout, demo)
     predictions: list[Any] = []
     for start in range(0, len(inputs), 60):
@@ -210,6 +227,26 @@ def _steps(spec, info, out: dict[str, Any], lap, stamp: str, fast: bool, demo: D
     console.print(table)
     console.print(f"Endpoint accuracy on the {len(inputs)} held-out examples: [bold]{accuracy:.3f}[/]")
     lap("query", t)
+
+
+def _chat(deployed: dict[str, Any], holdout, spec, shown: int = 4) -> list[dict[str, str]]:
+    """A few held-out chats' first turns sent to the endpoint's chat completions (greedy); the replies, printed
+    beside the held-out answers."""
+    from atoll.tasks.generation import _messages
+
+    replies, table = [], Table(show_header=True, header_style="bold", expand=True)
+    for column in ("asked", "the model wrote", "a held-out answer"):
+        table.add_column(column, overflow="fold")
+    for i, value in enumerate(holdout["messages"].tolist()[:shown]):
+        turns = _messages(value, f"held-out row {i}")
+        body = {"model": deployed["model"], "messages": turns[:1], "max_tokens": 48, "temperature": 0}
+        answer = client.query(deployed["app"], body, spec=spec, path="v1/chat/completions")
+        reply = answer["choices"][0]["message"]["content"]
+        replies.append({"prompt": turns[0]["content"], "reply": reply})
+        # Data, printed as it is (a message may hold "[/b]").
+        table.add_row(Text(turns[0]["content"]), Text(reply), Text(turns[1]["content"] if len(turns) > 1 else ""))
+    console.print(table)
+    return replies
 
 
 def _requests(holdout, demo: Demo):
@@ -232,11 +269,22 @@ def _finish(out: dict[str, Any], info, spec, demo: Demo, *, stopped: bool, reuse
     url = deployed["url"]
     sweep = out.get("sweep") or {}
     auth = endpoints.curl_auth(spec.atoll.serve, deployed.get("keyed"))  # a kept key counts too
+    if demo.generates:
+        chat = json.dumps({"model": deployed["model"], "stream": True,
+                           "messages": [{"role": "user", "content": "Write a text message to a friend."}]})
+        key = "os.environ['ATOLL_API_KEY']" if deployed.get("keyed") else "'none'"
+        query = [f"Query it      curl -sN {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+                 f"-d '{chat}'   (OpenAI's API, streamed)",
+                 f"  with openai OpenAI(base_url='{url}/v1', api_key={key}).chat.completions.create(...)",
+                 f"Export it     atoll models export {deployed['model']}@{ALIAS} --format hf -o DIR   (a Hugging Face "
+                 f"folder)"]
+    else:
+        query = [f"Query it      atoll query {deployed['app']} --file rows.json   ({demo.inputs})",
+                 f"  with curl   curl -s {url}/predict -H 'Content-Type: application/json'{auth} -d @rows.json",
+                 f"API schema    {url}/openapi.json"]
     lines = [f"Done in {out['timings_s']['total']:.0f} s.",
              f"Dashboard     {info.dashboard_url}",
-             f"Query it      atoll query {deployed['app']} --file rows.json   ({demo.inputs})",
-             f"  with curl   curl -s {url}/predict -H 'Content-Type: application/json'{auth} -d @rows.json",
-             f"API schema    {url}/openapi.json",
+             *query,
              f"Look around   atoll status | atoll models list | atoll models show {deployed['model']}@{ALIAS}",
              "              atoll serve status | atoll jobs list",
              f"Models        {spec.atoll.storage}/registry/{deployed['model']}/ (training_curve.png in each version)"]

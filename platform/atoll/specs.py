@@ -100,7 +100,7 @@ class ServeSettings(Strict):
     PER_APP: ClassVar[tuple[str, ...]] = (
         "min_replicas", "max_replicas", "target_ongoing_requests", "max_ongoing_requests", "max_queued_requests",
         "retry_after_s", "max_batch_size", "batch_wait_timeout_s", "max_rows", "max_body_bytes", "max_request_pixels",
-        "num_cpus_per_replica", "num_gpus_per_replica", "runtime")
+        "num_cpus_per_replica", "num_gpus_per_replica", "runtime", "llm_engine")
 
     num_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs each replica holds.")
     runtime: Literal["auto", "torch", "onnx"] = Field(
@@ -108,6 +108,10 @@ class ServeSettings(Strict):
                             "(ONNX Runtime on CPU replicas when the version has it, else torch).")
     num_gpus_per_replica: float | None = Field(None, ge=0, description="GPUs per replica "
                                                "(default: 1 when the cluster has GPUs, else 0).")
+    llm_engine: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", description="What generates for a language model: vllm (Ray Serve LLM's OpenAI app), transformers "
+                            "(Transformers' generate, with the chat playground) or auto (vllm where the cluster has "
+                            "GPUs and vLLM is installed, else transformers).")
 
     @model_validator(mode="after")
     def _bounds(self) -> ServeSettings:

@@ -32,6 +32,7 @@ from atoll.errors import ConfigError, RegistryError
 from atoll.registry import ModelVersion, Registry, TamperedManifestError
 from atoll.registry.manifest import _seal
 from atoll.registry.publish import CLAIM
+from atoll.tasks.base import BUILTIN_MODELS
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "atoll"
 
@@ -588,7 +589,7 @@ def test_a_model_type_cluster_yaml_does_not_allow_is_refused_and_not_imported(
     for model_type in ("atoll_probe_evil:build", "os:system", "subprocess:getoutput", "atoll_probe_user_x:build"):
         mv = _user_model_version(reg, tmp_path, model_type)
         with pytest.raises(ConfigError, match=rf"^{mv.ref}: model.type '{model_type}' is not allowed: a registered "
-                                              rf"version may name only a built-in model \(mlp, cnn, hf-bert, xgboost\) or a type "
+                                              rf"version may name only a built-in model \({', '.join(BUILTIN_MODELS)}\) or a type "
                                               rf"cluster.yaml allows.* add \"{model_type}\" to "
                                               rf"metadata.atoll.model_types in .*cluster.yaml \(it lists "
                                               rf"atoll_probe_user\.\*\)\.$"):

@@ -20,7 +20,28 @@ from atoll import data, filesystems
 from atoll.errors import ConfigError, DataError
 
 _KINDS = {"table": (data.NUMERIC_PREFIXES, "numeric"), "text": (data.STRING_PREFIXES, "a string"),
-          "image": (data.BINARY_PREFIXES, "binary (encoded images)")}
+          "image": (data.BINARY_PREFIXES, "binary (encoded images)"),
+          "prompt": ((*data.STRING_PREFIXES, "list", "large_list"), "text (a prompt) or a list of chat turns")}
+GENERATION = "text-generation"
+#: new tokens per completion where `atoll predict --max-tokens` names none
+DEFAULT_NEW_TOKENS = 64
+
+
+def prompt_columns(columns: dict[str, str], input_uri: str) -> list[str]:
+    """The column a language model completes: ``messages`` (chats), else ``prompt``, else the one text column.
+
+    Raises:
+        DataError: none of them, naming the columns there are.
+    """
+    if "messages" in columns:
+        return ["messages"]
+    if "prompt" in columns:
+        return ["prompt"]
+    texts = [c for c, kind in columns.items() if kind.startswith(data.STRING_PREFIXES)]
+    if len(texts) == 1:
+        return texts
+    raise DataError(f"--input {input_uri}: a language model completes a `prompt` column (texts) or a `messages` "
+                    f"column (chats); its columns are {', '.join(list(columns)[:8])}. Rename the prompt column.")
 
 
 def resolve_local(path: str) -> str:
@@ -41,7 +62,7 @@ def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite:
         raise DataError(f"--input {input_uri}: not found; name a Parquet or CSV file or folder (a local path or a URI).")
     fmt = data.detect_format(input_uri)
     columns, rows = data.read_schema(input_uri, fmt)
-    features = list(schema.get("features") or [])
+    features = prompt_columns(columns, input_uri) if schema.get("task") == GENERATION else list(schema.get("features") or [])
     missing = [f for f in features if f not in columns]
     if missing:
         raise DataError(f"--input {input_uri}: no column {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}; "
@@ -91,19 +112,26 @@ class Scorer:
     built from arrays (a million rows never become Python lists)."""
 
     def __init__(self, storage: str, ref: str, keys: list[str], model_types: list[str] | None = None,
-                 runtime: str = "auto", device: str | None = None) -> None:
+                 runtime: str = "auto", device: str | None = None, max_tokens: int | None = None) -> None:
+        self.keys = keys
+        if max_tokens is not None:  # a language model: completions, not predictions
+            self.predictor, self.completions = None, Completions(storage, ref, device=device, max_tokens=max_tokens)
+            return
         from atoll.serving.predictor import Predictor
 
         self.predictor = Predictor(storage, ref, device=device, model_types=model_types, runtime=runtime)
-        self.keys = keys
+        self.completions = None
 
     def __call__(self, batch):
         return self.score(batch)
 
     def score(self, batch):
-        """Input rows (an Arrow table or record batch) → the key columns, ``prediction``, ``probabilities``."""
+        """Input rows (an Arrow table or record batch) → the key columns, ``prediction``, ``probabilities`` (a
+        language model's: ``completion``, ``completion_tokens``, ``finish_reason``)."""
         import pyarrow as pa
 
+        if self.completions is not None:
+            return self.completions.table(batch, self.keys)
         task, schema = self.predictor.task, self.predictor.schema
         inputs = task.frame_inputs(batch.select(schema["features"]).to_pandas(), schema)
         predictions, probabilities = self.predictor.predict_arrays(inputs)
@@ -113,6 +141,39 @@ class Scorer:
             columns["probabilities"] = pa.FixedSizeListArray.from_arrays(pa.array(probabilities.ravel()),
                                                                          probabilities.shape[1])
         return pa.table(columns)
+
+
+class Completions:
+    """A language model's version in an actor: its Hugging Face folder copied from the registry (sha256 checked)
+    and run by :class:`atoll.serving.generation.Generator` (Transformers' ``generate``, the batch's prompts
+    together), greedy: the same prompt always gets the same completion."""
+
+    def __init__(self, storage: str, ref: str, *, device: str | None, max_tokens: int) -> None:
+        import tempfile
+
+        from atoll import registry, tasks
+        from atoll.serving.generation import Generator
+
+        reg = registry.Registry(storage)
+        version = reg.get(ref)
+        self.task, self.schema, self.max_tokens = tasks.get(GENERATION), version.input_schema or {}, max_tokens
+        self._folder = tempfile.TemporaryDirectory(prefix="atoll-lm-")  # removed with the actor
+        local = reg.local_copy(version, self._folder.name)
+        self.generator = Generator(Path(local) / "hf", device=device, context_length=self.schema.get("context_length"))
+
+    def table(self, batch, keys: list[str]):
+        import pyarrow as pa
+
+        columns = list(batch.schema.names)
+        chosen = prompt_columns({c: str(batch.schema.field(c).type) for c in columns}, "the input")
+        inputs = self.task.frame_inputs(batch.select(chosen).to_pandas(), self.schema)
+        prompts = [self.generator.chat_prompt(p) if isinstance(p, list) else p for p in inputs]
+        done = self.generator.complete(prompts, max_tokens=self.max_tokens, temperature=0.0)
+        out = {k: batch.column(k) for k in keys}
+        out["completion"] = pa.array([d["text"] for d in done], pa.string())
+        out["completion_tokens"] = pa.array([d["completion_tokens"] for d in done], pa.int32())
+        out["finish_reason"] = pa.array([d["finish_reason"] for d in done], pa.string())
+        return pa.table(out)
 
 
 class PieceScorer(Scorer):
@@ -158,7 +219,7 @@ def pieces(groups: list[tuple[str, int, int]], batch_rows: int, actors: int) -> 
 
 
 def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: int | None = None,
-        overwrite: bool = False, runtime: str = "auto", any_order: bool = False,
+        overwrite: bool = False, runtime: str = "auto", any_order: bool = False, max_tokens: int | None = None,
         on_progress=None) -> dict[str, Any]:
     """Predict ``input_uri`` with version ``ref`` on the connected cluster into ``output_uri`` (one Parquet
     file, written as the pool's batches come back). ``batch_rows``: rows read and answered together (default: the task's,
@@ -166,7 +227,8 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
     its ``model.onnx``, else torch),
     ``torch`` or ``onnx`` (the version's exported file, run by ONNX Runtime). ``any_order``: write pieces as the
     actors finish them instead of in the input's order (bench/batch_predict.py measures what the order costs).
-    ``on_progress(rows_done, rows_total)`` after each batch.
+    ``on_progress(rows_done, rows_total)`` after each batch. ``max_tokens``: a language model's new tokens per
+    completion (default :data:`DEFAULT_NEW_TOKENS`; its prompts are completed greedily, in the input's order).
 
     Raises:
         RegistryError / DataError / ConfigError: before any work starts.
@@ -214,6 +276,8 @@ def run(ref: str, input_uri: str, output_uri: str, *, storage: str, batch_rows: 
         batch_rows = max(1, min(batch_rows, -(-checked["rows"] // (2 * actors))))
     scorer_args = {"storage": storage, "ref": version.ref, "keys": checked["keys"],
                    "model_types": list(allowed.patterns), "runtime": runtime, "device": device}
+    if schema.get("task") == GENERATION:
+        scorer_args["max_tokens"] = max_tokens or DEFAULT_NEW_TOKENS
     if by_pieces:
         items = pieces(data.row_groups(checked["footers"]), batch_rows, actors)
         ds, scorer, per_call = ray.data.from_items(items, override_num_blocks=len(items)), PieceScorer, 1

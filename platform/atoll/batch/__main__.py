@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="auto: ONNX Runtime on CPU where the version has its model.onnx, else torch; onnx: "
                              "the exported file")
+    parser.add_argument("--max-tokens", type=int, help="a language model's new tokens per completion (default 64)")
     args = parser.parse_args(argv)
     return driver.run(lambda: _job(args))
 
@@ -47,7 +48,7 @@ def _job(args) -> None:
 
     result = batch.run(args.model, args.input, args.output, storage=storage, batch_rows=args.batch_size,
                        overwrite=args.overwrite, runtime=args.runtime, any_order=args.any_order,
-                       on_progress=progress)
+                       max_tokens=args.max_tokens, on_progress=progress)
     started = driver.process_started()
     result["timings"] = {"process_started": round(started, 3), "imports_s": round(imported - started, 2),
                          "connect_s": round(connected - imported, 2), **result["timings"]}

@@ -204,7 +204,8 @@ def download(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or N
 @models_app.command()
 def export(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or NAME for the latest, also work)."),
            fmt: str = typer.Option("onnx", "--format", help="onnx (one self-contained file, for ONNX "
-                                   "Runtime) or pt2 (a torch.export program, for torch alone)."),
+                                   "Runtime), pt2 (a torch.export program, for torch alone) or, for a language model, "
+                                   "hf (a Hugging Face folder)."),
            output: Path | None = _OutputOpt, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Write a version's exported model, its preprocessing (JSON) and a README of its inputs and outputs to a
     folder another team can use without Atoll."""
@@ -218,6 +219,11 @@ def export(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or NAM
                     "parity": mv.exports.get(fmt)})
         return
     parity = mv.exports.get(fmt) or {}
+    if fmt == exports.HF_FORMAT:
+        console.print(f"Exported {mv.ref} as a Hugging Face folder to {dest} (reloaded at registration: max |diff| "
+                      f"{parity.get('max_abs_diff', float('nan')):.2g}); load it with "
+                      f"AutoModelForCausalLM.from_pretrained({str(dest)!r})", highlight=False, markup=False, soft_wrap=True)
+        return
     console.print(f"Exported {mv.ref} as {exports.FILES[fmt]} to {dest} (max |diff| from PyTorch "
                   f"{parity.get('max_abs_diff', float('nan')):.2g} on {parity.get('examples', 0)} held-out examples; "
                   f"README.md says how to run it)", highlight=False, markup=False, soft_wrap=True)

@@ -18,7 +18,8 @@ def quickstart(fast: bool = typer.Option(False, "--fast", help="Fewest epochs an
                down: bool = typer.Option(False, "--down/--keep", help="Stop the cluster at the end (default: keep "
                                          "the cluster and the endpoint running)."),
                task: str = typer.Option("tabular", "--task", help="Whose demo: tabular (the digits as pixel rows), "
-                                        "text (a small BERT on SMS spam) or image (a CNN on digit PNGs)."),
+                                        "text (a small BERT on SMS spam), image (a CNN on digit PNGs) or generate (a "
+                                        "small language model writing texts, served with OpenAI's API)."),
                config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """The whole lifecycle on this machine: cluster, data, training, sweep, registry, Serve, queries."""
     from atoll import quickstart as qs

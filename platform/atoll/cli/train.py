@@ -117,6 +117,8 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
                                                "input's order."),
                 runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (auto: ONNX Runtime "
                                             "on CPU where the version has its model.onnx, else torch)."),
+                max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="A language model's new tokens "
+                                                      "per prompt (default 64; completions are greedy)."),
                 wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow progress until it ends."),
                 config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Predict a whole dataset with a registered model (a Ray job: Ray Data and an actor pool of the model)."""
@@ -125,7 +127,7 @@ def predict_cmd(model: str = typer.Argument(..., metavar="MODEL", help="NAME, NA
     with cluster_config(config):
         job_id = _submitted("predict", api.predict(model, input_, output, batch_size=batch_size,
                                                    overwrite=overwrite, runtime=runtime, any_order=any_order,
-                                                   wait=False))
+                                                   max_tokens=max_tokens, wait=False))
     if not wait:
         if as_json:
             print_json({"id": job_id})

@@ -23,7 +23,8 @@ MANIFEST_FORMAT = 2  # 2: sealed with manifest_sha256; 1: written before that (a
 WEIGHTS = "model.safetensors"  # the weights as safetensors: plain tensors, no pickle
 LEGACY_WEIGHTS = "model.pt"  # a state dict saved with torch.save (read with weights_only=True)
 BOOSTER_FILES = ("model.ubj", "model.json")  # gradient-boosted trees in XGBoost's own format (atoll.trees)
-WEIGHT_FILES = (WEIGHTS, LEGACY_WEIGHTS, *BOOSTER_FILES)
+HF_WEIGHTS = "hf/model.safetensors"  # a language model as a Hugging Face folder (atoll.train.generation)
+WEIGHT_FILES = (WEIGHTS, LEGACY_WEIGHTS, *BOOSTER_FILES, HF_WEIGHTS)
 
 
 def weights_file(files) -> str | None:

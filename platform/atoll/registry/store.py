@@ -93,6 +93,10 @@ class Registry:
         rel = f"registry/{name}/versions/{version}"
         return f"{self._uri_prefix}/{rel}" if self._uri_prefix else rel
 
+    def location(self, mv: ModelVersion) -> str:
+        """Where a version's folder is: a path, or a URI on an object store (for engines that read it themselves)."""
+        return self._uri(mv.name, mv.version)
+
     # -- reading ----------------------------------------------------------------------------------
 
     def _raw_manifest(self, name: str, version: int) -> dict[str, Any] | None:

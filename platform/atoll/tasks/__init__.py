@@ -26,6 +26,7 @@ CATALOGUE = {
     "tabular-regression": "atoll.tasks.tabular:TabularRegression",
     "text-classification": "atoll.tasks.text:TextClassification",
     "image-classification": "atoll.tasks.image:ImageClassification",
+    "text-generation": "atoll.tasks.generation:TextGeneration",
 }
 TASK_NAMES = tuple(CATALOGUE)
 

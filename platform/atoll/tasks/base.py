@@ -18,7 +18,7 @@ import numpy as np
 
 #: The names of :data:`atoll.models.BUILTIN`, here without importing torch (a test keeps the two equal), and
 #: gradient-boosted trees (``xgboost``: :mod:`atoll.trees`, not a torch module).
-BUILTIN_MODELS = ("mlp", "cnn", "hf-bert", "xgboost")
+BUILTIN_MODELS = ("mlp", "cnn", "hf-bert", "xgboost", "hf-causal-lm")
 
 
 class Task(ABC):
@@ -47,12 +47,17 @@ class Task(ABC):
     #: at most :attr:`atoll.serving.predictor.Predictor.RUN_ROWS` at a time): texts and images cost the model far
     #: more per row than a table's row, so the same work per batch is fewer rows
     batch_rows: ClassVar[int] = 4096
+    #: batches whose outputs the training loop holds before it sums their figures (:class:`atoll.train.loop.EpochFigures`)
+    sums_every: ClassVar[int] = 64
+    #: what a training sample is: a row, or a token (a language model's ``samples_per_s`` is tokens per second)
+    sample_unit: ClassVar[str] = "rows"
 
     # ---- what every run reports
     def reported_metrics(self) -> tuple[str, ...]:
         """Every figure an epoch reports: what a sweep may optimise."""
         per_split = tuple(f"{split}_{m}" for split in ("train", "val") for m in self.metric_names)
-        return (*per_split, "epoch", "train_samples", "epoch_time_s", "samples_per_s")
+        speed = ("tokens_per_s",) if self.sample_unit == "tokens" else ()
+        return (*per_split, "epoch", "train_samples", "epoch_time_s", "samples_per_s", *speed)
 
     def mode_of(self, metric: str) -> str:
         bare = metric.removeprefix("train_").removeprefix("val_")

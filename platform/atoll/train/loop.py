@@ -141,7 +141,7 @@ def _epoch(model, shard, spec: TrainSpec, task, pre, device, optimizer=None, aut
     """One pass over a shard; trains when ``optimizer`` is given. Returns the task's summed batch figures."""
     import torch
 
-    figures = EpochFigures(task, pre)
+    figures = EpochFigures(task, pre, chunk=task.sums_every)
     training = optimizer is not None
     model.train(training)
     with torch.set_grad_enabled(training):
@@ -251,6 +251,8 @@ def train_loop(config: dict[str, Any], session) -> None:
                    **{f"val_{k}": v for k, v in task.metrics(sums[len(train_sums):], pre).items()},
                    "train_samples": int(t_n), "epoch_time_s": round(time.perf_counter() - started, 3),
                    "samples_per_s": round(t_n / train_time, 1) if train_time > 0 else None}
+        if task.sample_unit == "tokens":
+            metrics["tokens_per_s"] = metrics["samples_per_s"]
         history = history + [metrics]
         with tempfile.TemporaryDirectory() as tmp:
             save_training_state(model, optimizer, tmp, rank=rank)

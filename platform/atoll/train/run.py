@@ -246,7 +246,11 @@ def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, na
             shown = {**meta, "spec": {**meta["spec"], "dataset": dataset}}
         else:
             shown = meta
-        schema = held_out.add_examples(version_dir, shown, storage)  # examples.json; image shape if any
+        if meta["spec"].get("task") == "text-generation":  # prompts and their reference answers
+            from atoll.train.generation import add_examples
+        else:
+            add_examples = held_out.add_examples
+        schema = add_examples(version_dir, shown, storage)  # examples.json; image shape if any
         exported = export_artefacts(version_dir, meta, schema)
         return registry.Registry(storage).register(
             name, str(version_dir), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
@@ -264,6 +268,10 @@ def export_artefacts(version_dir: Path, meta: dict[str, Any], schema: dict[str, 
         from atoll.train.trees import export_artefacts as export_trees
 
         return export_trees(version_dir, spec, meta, schema)
+    if spec.task == "text-generation":  # a Hugging Face folder (hf/), checked by reloading it
+        from atoll.train.generation import export_artefacts as export_hf
+
+        return export_hf(version_dir, spec, meta, schema)
     task = tasks.get(spec.task)
     state = task.state_from_dict(meta["preprocess"])
     model = models.build(spec.model.type, state.input_dim, task.out_dim(state),
