@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "atoll"
 CLIENT_SIDE = {"atoll.cluster", "atoll.serving.endpoints", "atoll.serving.client", "atoll.jobs", "atoll.status", "atoll.quickstart",
                "atoll.kuberay", "atoll.runs", "atoll.serving.logs"}
 REPLICA_SIDE = {"atoll.serving", "atoll.serving.replica", "atoll.serving.predictor", "atoll.serving.playground",
-                "atoll.serving.proxy_auth"}
+                "atoll.serving.proxy_auth", "atoll.serving.openai_api", "atoll.serving.generation",
+                "atoll.serving.llm_engine"}
 
 
 def _module_name(path: Path) -> str:

@@ -22,9 +22,9 @@ _RECORD = re.compile(rf"^{SCHEME}\$([0-9a-f]{{32}})\$([0-9a-f]{{64}})$")
 # What a caller sees without a valid key, from the proxy and from a replica alike.
 REFUSED = "missing or wrong API key: send 'Authorization: Bearer <key>'."
 
-# Routes of a model app that need no key: its health check and the playground's page shell (no model
-# data). The gallery (route /) keeps only its list of apps behind a key.
-MODEL_APP_PUBLIC = ("/healthz", "/ui", "/ui/")
+# Routes of a model app that need no key: its health check and the playground's page shells (no model
+# data; /ui/chat: a language model's). The gallery (route /) keeps only its list of apps behind a key.
+MODEL_APP_PUBLIC = ("/healthz", "/ui", "/ui/", "/ui/chat")
 MODEL_APP_PUBLIC_PREFIXES = ("/ui/static/",)
 GALLERY_KEYED = ("/_gallery/apps",)
 

@@ -59,7 +59,7 @@ BATCH_BUCKETS = [0.5, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5, 128.5, 256.5]
 #: The status classes of the request counter.
 STATUS_CLASSES = ("2xx", "4xx", "401", "503", "5xx")
 #: The routes that ask the model for an answer (the status table's latency reads only these).
-PREDICT_ROUTES = ("/predict", "/v2/models/{name}/infer", "/invocations")
+PREDICT_ROUTES = ("/predict", "/v2/models/{name}/infer", "/invocations", "/v1/completions", "/v1/chat/completions")
 OTHER_ROUTE = "other"
 
 
@@ -79,7 +79,8 @@ _ROUTES = [(re.compile(r"^/v2/models/[^/]+/infer$"), "/v2/models/{name}/infer"),
            (re.compile(r"^/v2/models/[^/]+$"), "/v2/models/{name}"),
            (re.compile(r"^/ui/static/.+$"), "/ui/static/{name}")]
 _PLAIN_ROUTES = {"/", "/predict", "/healthz", "/ui", "/examples", "/curve.png", "/openapi.json", "/ping",
-                 "/invocations", "/v2/health/live", "/v2/health/ready"}
+                 "/invocations", "/v2/health/live", "/v2/health/ready", "/ui/chat", "/v1/models", "/v1/completions",
+                 "/v1/chat/completions"}
 
 
 def route_label(subpath: str) -> str:

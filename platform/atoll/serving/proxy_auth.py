@@ -212,6 +212,8 @@ def public_answer(guard: Guard, subpath: str) -> Any | None:
         response = playground.html_response("playground.html")
     elif subpath == "/ui/":
         response = RedirectResponse(f"{guard.prefix.rstrip('/')}/ui")
+    elif subpath == "/ui/chat":  # a language model's playground (the page at /ui goes there once it reads the card)
+        response = playground.html_response("chat.html")
     elif subpath.startswith("/ui/static/"):
         response = playground.static_response(subpath.removeprefix("/ui/static/"))
     else:

@@ -419,13 +419,52 @@ def replica_resources(settings: ServeSettings, cluster_gpus: float) -> dict[str,
     return {"num_cpus": settings.num_cpus_per_replica, "num_gpus": gpus}
 
 
+def _deployment_for(args: AppArgs, settings: ServeSettings, version) -> tuple[Any, tuple[Any, ...]]:
+    """The deployment that serves the pinned version and what it is bound with: OpenAI's API
+    (atoll.serving.openai_api, given the storage root and Serve settings as resolved here) for a generative language
+    model, else :class:`ModelServer`."""
+    if _generates(version):
+        from atoll.serving import openai_api
+
+        resolved = args.model_copy(update={"storage": args.storage_root()})
+        return openai_api.LanguageModelServer, (resolved.model_dump(), settings.model_dump())
+    return ModelServer, (args.model_dump(),)
+
+
+def _generates(version) -> bool:
+    return (version.spec.get("task") or (version.input_schema or {}).get("task")) == "text-generation"
+
+
+def _vllm_app(args: AppArgs, settings: ServeSettings, version, cluster_gpus: float):
+    """Ray Serve LLM's OpenAI app for a language model where vLLM is the engine (atoll.serving.llm_engine), else None."""
+    from atoll import registry
+    from atoll.serving import llm_engine
+
+    engine = llm_engine.choose_engine(settings.llm_engine, cluster_gpus=cluster_gpus,
+                                      vllm_available=llm_engine.vllm_installed())
+    if engine != "vllm":
+        return None
+    config = llm_engine.llm_config(model_id=version.name, version_uri=registry.Registry(args.storage_root()).location(version),
+                                   context_length=(version.input_schema or {}).get("context_length"), settings=settings,
+                                   gpus_per_replica=replica_resources(settings, cluster_gpus)["num_gpus"])
+    log.info("serving %s with vLLM (Ray Serve LLM)", version.ref)
+    return llm_engine.openai_app(config)
+
+
 def app(args: dict[str, Any]):
     """Serve application builder (``import_path: atoll.serving.replica:app``): one model, autoscaled replicas."""
     import ray
 
+    from atoll import registry
+
     parsed = AppArgs.model_validate(args).pinned()
     settings = parsed.serve_settings()
-    return ModelServer.options(
+    version = registry.Registry(parsed.storage_root()).get(parsed.model)
+    cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+    if _generates(version) and (vllm := _vllm_app(parsed, settings, version, cluster_gpus)) is not None:
+        return vllm
+    deployment, bound = _deployment_for(parsed, settings, version)
+    return deployment.options(
         autoscaling_config={"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
                             "target_ongoing_requests": settings.target_ongoing_requests},
         # Serve caps a batch at max_ongoing_requests: it must be at least the batch size (checked in specs).
@@ -433,5 +472,5 @@ def app(args: dict[str, Any]):
         max_queued_requests=settings.max_queued_requests,
         # Past the queue: a fast 503 that tells well-behaved clients when to come back.
         backpressure_config={"status_code": 503, "retry_after_s": settings.retry_after_s},
-        ray_actor_options=replica_resources(settings, ray.cluster_resources().get("GPU", 0.0)),
-    ).bind(parsed.model_dump())
+        ray_actor_options=replica_resources(settings, cluster_gpus),
+    ).bind(*bound)

@@ -586,6 +586,10 @@
       }
       return;
     }
+    if (card.task === "text-generation") {  // a language model: its playground is the chat page
+      location.replace(base + "/ui/chat");
+      return;
+    }
     state.card = card;
     $("key-panel").hidden = true;
     renderCard(card);
