@@ -152,6 +152,42 @@ def predict(model: str, input: str, output: str, *, batch_size: int | None = Non
             "predicted": jobs.last_event(events, "predicted")}
 
 
+def evaluate(model: str, data: str, *, runtime: str = "auto", wait: bool = True,
+             on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Evaluate a version on labelled data as `atoll models evaluate` does: a Ray job predicting ``data`` with batch
+    prediction's machinery, scoring it against the version's label column, and storing the record beside the
+    version (:mod:`atoll.evaluation`).
+
+    Returns:
+        ``{"job", "status", "evaluation", "events"}``: ``evaluation`` is the stored record (only ``{"job"}`` with
+        ``wait=False``).
+
+    Raises:
+        RegistryError (unknown version), EvaluationError (a language model), DataError (missing data, no label
+        column, a column of the wrong type): before anything is submitted. JobFailedError: the job failed.
+    """
+    from atoll import batch, evaluation, registry
+    from atoll.serving.predictor import RUNTIMES, choose_runtime
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {runtime}: choose {', '.join(RUNTIMES[:-1])} or {RUNTIMES[-1]}.")
+    spec = cluster.load_spec()
+    version = registry.Registry(spec.atoll.storage).get(model)
+    source = batch.resolve_local(data)
+    evaluation.check(version, source, shown=data)
+    if runtime == "onnx":
+        choose_runtime(runtime, version, "cpu")
+    submission = f"atoll-evaluate-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    cmd = ["python", "-m", "atoll.evaluation", version.ref, "--data", source, "--as-given", data, "--runtime", runtime]
+    job_id = jobs.submit(cmd, working_dir=config.project_root(spec), submission_id=submission,
+                         env={"RAY_DEDUP_LOGS": "0", "ATOLL_JOB_ID": submission})
+    if not wait:
+        return {"job": job_id}
+    events = _follow(job_id, "evaluate", on_event)
+    done = jobs.last_event(events, "evaluated")
+    return {"job": job_id, "status": "SUCCEEDED", "events": events, "evaluation": done["record"] if done else None}
+
+
 deploy = endpoints.deploy
 query = client.query
 undeploy = endpoints.delete

@@ -381,6 +381,48 @@ class OptimizerSpec(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
 
 
+#: What `atoll models evaluate` computes per task (the names a promotion gate may name, ``val_`` prefix optional);
+#: a task missing here is not evaluated yet (a language model).
+_CLASSIFIER_METRICS = ("accuracy", "f1")
+EVALUATED_METRICS: dict[str, tuple[str, ...]] = {
+    "tabular-classification": _CLASSIFIER_METRICS, "text-classification": _CLASSIFIER_METRICS,
+    "image-classification": _CLASSIFIER_METRICS, "tabular-regression": ("rmse", "mae", "r2")}
+
+
+def gate_metric_problem(task: str, metric: str, where: str) -> str | None:
+    """What is wrong with a metric a gate names for ``task`` (one line: the field, the fix); None if nothing."""
+    import difflib
+
+    known = EVALUATED_METRICS.get(task)
+    if known is None:
+        return f"{where}: a {task} model has no evaluation metrics yet, so no gate can judge it"
+    if metric.removeprefix("val_") in known:
+        return None
+    close = difflib.get_close_matches(metric.removeprefix("val_"), known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{where}: unknown metric {metric!r} for a {task} model; {hint}choose {', '.join(known)}"
+
+
+class GateSpec(Strict):
+    """What `atoll models promote NAME:V ALIAS --gate` requires of V besides beating the alias's current version
+    on the task's objective (the same data, the same metric, its direction): metric thresholds on V's evaluation,
+    and how much worse than the current version V may be. The command line's ``--min``/``--max``/
+    ``--max-regression`` add to it (and win for the same metric)."""
+
+    min: dict[str, float] = Field(default_factory=dict, description="Lowest value V's evaluation may show, per "
+                                  "metric: {f1: 0.9} (accuracy, f1 for classifiers; rmse, mae, r2 for regression).")
+    max: dict[str, float] = Field(default_factory=dict, description="Highest value V's evaluation may show, per "
+                                  "metric: {rmse: 60}.")
+    max_regression: float | None = Field(None, ge=0, description="How much worse than the alias's current version "
+                                         "V may be on the task's objective, in its units (0.01: one point of "
+                                         "accuracy); by default V must be strictly better.")
+
+    @field_validator("min", "max")
+    @classmethod
+    def _bare_names(cls, bounds: dict[str, float]) -> dict[str, float]:
+        return {name.removeprefix("val_"): value for name, value in bounds.items()}
+
+
 class TrainSpec(Strict):
     """A training run: data, model, optimiser, schedule, resources, and the registry name."""
 
@@ -405,6 +447,8 @@ class TrainSpec(Strict):
     max_failures: int = Field(1, ge=0, description="Worker-group restarts from the last checkpoint.")
     seed: int = Field(0, description="Seed for weights, shuffling and the split.")
     register_model: bool = Field(True, description="Register the best checkpoint in the model registry.")
+    gate: GateSpec | None = Field(None, description="What `atoll models promote --gate` requires of the "
+                                  "registered version (thresholds on its evaluation, the regression allowed).")
 
     @field_validator("task")
     @classmethod
@@ -423,6 +467,11 @@ class TrainSpec(Strict):
                              f"column (set dataset.features instead)")
         if self.model.type == "xgboost" and (problem := tree_params_problem(self.model.params)):
             raise ValueError(problem)  # gradient-boosted trees (atoll.trees): checked before any work
+        if self.gate is not None:
+            for side in ("min", "max"):
+                for metric in getattr(self.gate, side):
+                    if problem := gate_metric_problem(self.task, metric, f"gate.{side}.{metric}"):
+                        raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

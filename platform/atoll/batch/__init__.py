@@ -49,10 +49,10 @@ def resolve_local(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
-def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite: bool = False) -> dict[str, Any]:
+def check(schema: dict[str, Any], input_uri: str, output_uri: str | None, *, overwrite: bool = False) -> dict[str, Any]:
     """The input's format, rows, the columns kept beside the predictions and (Parquet) every file's footer
     (:func:`atoll.data.parquet_footers`), after checking that the input holds the version's inputs with the
-    right types and that the output may be written.
+    right types and that the output may be written (``output_uri`` None: no output).
 
     Raises:
         DataError: a missing input, a missing or mistyped column (naming it and the fix).
@@ -87,6 +87,8 @@ def check(schema: dict[str, Any], input_uri: str, output_uri: str, *, overwrite:
         if lacking:
             raise DataError(f"--input {input_uri}: {path} has no column {', '.join(lacking[:5])}; every file of "
                             f"the input must hold the model's {len(features)} input columns.")
+    if output_uri is None:  # nothing to write (an evaluation keeps its predictions to itself)
+        return {"format": fmt, "rows": rows, "keys": [c for c in columns if c not in features], "footers": footers}
     if not output_uri.endswith(".parquet"):
         raise ConfigError(f"--output {output_uri}: name a Parquet file (….parquet).")
     fs, path = filesystems.resolve(output_uri, DataError)

@@ -9,7 +9,18 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from atoll.cli.common import ALL_HELP, ConfigOpt, JsonOpt, console, json_option, listing, print_json
+from atoll.cli.common import (
+    ALL_HELP,
+    ConfigOpt,
+    JsonOpt,
+    cluster_config,
+    console,
+    err_console,
+    following,
+    json_option,
+    listing,
+    print_json,
+)
 from atoll.errors import ConfigError, RegistryError
 
 models_app = typer.Typer(help="The model registry: versions, metrics, lineage and aliases.",
@@ -102,8 +113,9 @@ def show(ref: str = typer.Argument(..., help="NAME (latest), NAME:VERSION or NAM
     reg = _open(config)
     mv = reg.get(ref)
     aliases = sorted(a for a, v in reg.aliases(mv.name).items() if v == mv.version)
+    evaluations = reg.evaluations(mv.name, mv.version)
     if as_json:
-        print_json({**mv.to_dict(), "aliases": aliases})
+        print_json({**mv.to_dict(), "aliases": aliases, "evaluations": evaluations})
         return
     head = _section("Version", {"ref": mv.ref, "created": mv.created_at or "-",
                                  "aliases": ", ".join(f"@{a}" for a in aliases) or "-", "uri": mv.uri})
@@ -126,18 +138,119 @@ def show(ref: str = typer.Argument(..., help="NAME (latest), NAME:VERSION or NAM
 
         parts += [Text("Training data", style="bold"), Text(tables.format_profile(profile)), ""]
     body = Group(*parts, _section("Lineage", mv.lineage), "", _section("Exported", exported or None), "",
-                 Text("Files", style="bold"), files)
+                 _evaluations(evaluations), "", Text("Files", style="bold"), files)
     console.print(Panel(body, title=f"[bold]{mv.ref}", expand=False))
+
+
+def _evaluations(records: list[dict[str, Any]]):
+    from atoll import evaluation
+
+    rows = {}
+    for r in records:  # one line each: when, on what (the fingerprint the gate matches), the figures, the job
+        dataset = r.get("dataset") or {}
+        rows[str(r.get("created_at"))] = (f"{evaluation.summary(r)}  on {dataset.get('path')} "
+                                          f"({dataset.get('fingerprint')}, {r.get('rows', 0):,} rows; job "
+                                          f"{r.get('job') or '-'})")
+    return _section("Evaluations", rows or None)
+
+
+def _evaluate(ref: str, data: str, runtime: str = "auto", as_json: bool = False) -> dict[str, Any]:
+    """Submit the evaluation job, follow it with a bar of rows, and return its stored record (exit 1 if it failed)."""
+    from atoll import api, jobs, progress
+
+    job_id = api.evaluate(ref, data, runtime=runtime, wait=False)["job"]
+    err_console.print(f"Submitted evaluate job [bold]{escape(job_id)}[/] ({escape(ref)} on {escape(data)})", soft_wrap=True)
+    with following(job_id):
+        details, events = progress.follow_prediction(job_id)
+    done = jobs.last_event(events, "evaluated")
+    if details["status"] != "SUCCEEDED" or done is None:
+        if as_json:
+            print_json({"job": details, "evaluation": None})
+        progress.job_failed_hint(job_id)
+        raise typer.Exit(1)
+    return done["record"]
+
+
+_RuntimeOpt = typer.Option("auto", "--runtime", help="auto, torch or onnx, as for `atoll predict`.")
 
 
 @models_app.command()
 def promote(ref: str = typer.Argument(..., help="NAME:VERSION to promote (NAME@ALIAS also works)."),
             alias: str = typer.Argument(..., help="Alias to point at it, e.g. production."),
-            config: Path | None = ConfigOpt) -> None:
-    """Point ALIAS at a version (moving it from the version it pointed at)."""
-    mv, before = _open(config).promote(ref, alias)
-    was = "" if before is None else f" (was {mv.name}:{before})"
-    console.print(f"[green]{mv.name}@{alias}[/] → {mv.ref}{was}", highlight=False)
+            gate: bool = typer.Option(False, "--gate", help="Move the alias only if the version beats the alias's "
+                                      "current one on the same evaluation data (the task's objective) and meets "
+                                      "the thresholds (its spec's gate: section, --min, --max, --max-regression)."),
+            min_: list[str] = typer.Option([], "--min", metavar="METRIC=VALUE", help="With --gate: the lowest the "
+                                           "version's evaluation may show, e.g. --min f1=0.9 (repeat)."),
+            max_: list[str] = typer.Option([], "--max", metavar="METRIC=VALUE", help="With --gate: the highest, e.g. "
+                                           "--max rmse=60 (repeat)."),
+            max_regression: float | None = typer.Option(None, "--max-regression", min=0, help="With --gate: how much "
+                                                        "worse than the current version it may be on the objective "
+                                                        "(default: it must be better)."),
+            data: str | None = typer.Option(None, "--data", "-d", help="With --gate: the evaluation data; a side "
+                                            "without an evaluation on it is evaluated first (a Ray job)."),
+            runtime: str = _RuntimeOpt, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Point ALIAS at a version (moving it from the version it pointed at); with --gate, only if it is better."""
+    if not gate:
+        given = [o for o, v in (("--min", min_), ("--max", max_), ("--max-regression", max_regression),
+                                ("--data", data)) if v]
+        if given:
+            raise ConfigError(f"{given[0]} is a condition of the promotion gate: add --gate (`atoll models promote "
+                              f"{ref} {alias} --gate {given[0]} ...`).")
+        mv, before = _open(config).promote(ref, alias)
+        was = "" if before is None else f" (was {mv.name}:{before})"
+        console.print(f"[green]{mv.name}@{alias}[/] → {mv.ref}{was}", highlight=False)
+        return
+    _gated(ref, alias, min_, max_, max_regression, data, runtime, config, as_json)
+
+
+def _gated(ref: str, alias: str, min_: list[str], max_: list[str], max_regression: float | None, data: str | None,
+           runtime: str, config: Path | None, as_json: bool) -> None:
+    from atoll.evaluation import gate
+    from atoll.specs import GateSpec
+
+    cli = GateSpec(min=gate.parse_bounds(min_, "--min"), max=gate.parse_bounds(max_, "--max"),
+                   max_regression=max_regression)
+    with cluster_config(config):
+        result = gate.judge(_open(config), ref, alias, cli=cli, data=data,
+                            evaluate=lambda mv, path: _evaluate(mv.ref, path, runtime))
+    if as_json:
+        print_json(result)
+        return
+    name = ref.split(":")[0].split("@")[0]
+    if not result["moved"] and result["decision"] is None:
+        console.print(f"{name}@{alias} already points at {result['ref']}: nothing to judge.", highlight=False)
+        return
+    was = "" if result["before"] is None else f" (was {name}:{result['before']})"
+    passed = "; ".join(_passed_line(c) for c in result["decision"]["checks"])
+    console.print(f"[green]{name}@{alias}[/] → {result['ref']}{was}: gate passed"
+                  f"{': ' + escape(passed) if passed else ' (no current version, no thresholds)'}", highlight=False)
+
+
+def _passed_line(check: dict[str, Any]) -> str:
+    if check["check"] == "objective":
+        return f"{check['metric']} {check['value']:.6g} vs {check['current']:.6g}"
+    return f"{check['metric']} {check['value']:.6g} {'≥' if check['check'] == 'min' else '≤'} {check['bound']:.6g}"
+
+
+@models_app.command()
+def evaluate(ref: str = typer.Argument(..., help="NAME:VERSION (NAME@ALIAS, or NAME for the latest, also work)."),
+             data: str = typer.Option(..., "--data", "-d", help="Labelled rows: Parquet or CSV (a file or folder, a "
+                                      "path or an object-store URI) with the version's inputs and label column."),
+             runtime: str = _RuntimeOpt, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Score a version on labelled data (a Ray job: batch prediction, then the task's metrics) and keep the record
+    beside it (`atoll models show` lists them; `promote --gate` compares them)."""
+    from atoll import evaluation
+
+    with cluster_config(config):
+        record = _evaluate(ref, data, runtime, as_json)
+    if as_json:
+        print_json(record)
+        return
+    dataset = record["dataset"]
+    console.print(f"Evaluated {record['model']}:{record['version']} on {dataset['path']} ({dataset['fingerprint']}, "
+                  f"{record['rows']:,} rows): {evaluation.summary(record)}\n  atoll models show "
+                  f"{record['model']}:{record['version']}", highlight=False, markup=False, soft_wrap=True)
 
 
 @models_app.command()

@@ -35,7 +35,7 @@ def _resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
 
 
 class Folders:
-    """``<base>/<name>/{versions/N, .staging/ID, aliases.json, .lock}`` on ``fs``.
+    """``<base>/<name>/{versions/N, .staging/ID, evaluations/N, aliases.json, .lock}`` on ``fs``.
 
     Args:
         fs: The filesystem; every read and write of the registry goes through this attribute.
@@ -69,6 +69,10 @@ class Folders:
 
     def staging_root(self, name: str) -> str:
         return posixpath.join(self.model_dir(name), ".staging")
+
+    def evaluations_dir(self, name: str, version: int) -> str:
+        """Where a version's evaluation records go: beside its sealed folder, never in it."""
+        return posixpath.join(self.model_dir(name), "evaluations", str(version))
 
     def aliases_file(self, name: str) -> str:
         return posixpath.join(self.model_dir(name), "aliases.json")

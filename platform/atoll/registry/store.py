@@ -55,6 +55,8 @@ from atoll.registry.versions import ModelVersion, Registration, _check_digest, _
 from atoll.registry.writers import STALE_STAGING_S, _this_writer, _writer_died
 
 _CHUNK = 1 << 20  # bytes per read when streaming a file in or out
+#: :meth:`Registry.set_alias`'s ``expected`` when any current target will do
+ANY: Any = object()
 
 
 @filesystems.speaks_to_the_store("_location")
@@ -373,12 +375,17 @@ class Registry:
                 fout.write(chunk)
         return {"sha256": digest.hexdigest(), "size": size}
 
-    def set_alias(self, name: str, version: int, alias: str) -> None:
+    def set_alias(self, name: str, version: int, alias: str, *, expected: int | None | object = ANY) -> None:
         """Point ``alias`` at ``name:version`` (moving it if it pointed elsewhere), atomically.
 
+        Args:
+            expected: Move it only if it still points at this version (None: only if it points nowhere), checked
+                in the same compare-and-swap as the move; by default wherever it points.
+
         Raises:
-            RegistryError: an unknown model or version, an invalid alias, or (object store) the version was
-                deleted while the alias moved: the alias is left where it was.
+            RegistryError: an unknown model or version, an invalid alias, the alias no longer where ``expected``
+                says, or (object store) the version was deleted while the alias moved: the alias is left where
+                it was.
         """
         _check_name(alias, "alias")
         self._require_version(name, version)  # before locking: no lock file for a mistyped name
@@ -387,6 +394,11 @@ class Registry:
         def point(current: Any) -> dict[str, int]:
             aliases = self._aliases_of(name, current)
             previous["version"] = aliases.get(alias)
+            if expected is not ANY and aliases.get(alias) != expected:
+                now = f"{name}:{aliases[alias]}" if alias in aliases else "nothing"
+                raise RegistryError(f"@{alias} of {name!r} moved to {now} meanwhile (it pointed at "
+                                    f"{'nothing' if expected is None else f'{name}:{expected}'}); it was left "
+                                    f"there: run the command again to judge against it.")
             return {**aliases, alias: int(version)}
 
         with self._folders.lock(name):
@@ -409,20 +421,62 @@ class Registry:
             raise RegistryError(f"cannot point @{alias} at {name}:{version}: it was deleted meanwhile. Pick "
                                 f"another version (`atoll models list {name}`).")
 
-    def promote(self, ref: str, alias: str) -> tuple[ModelVersion, int | None]:
+    def promote(self, ref: str, alias: str, *, expected: int | None | object = ANY) -> tuple[ModelVersion, int | None]:
         """Point ``alias`` at the version ``ref`` names, ``NAME:VERSION`` or ``NAME@ALIAS`` (a bare name, which
         would silently mean the latest, is refused); returns it and the version the alias pointed at before.
+        ``expected``: as for :meth:`set_alias` (a gate's promotion: only from the version it was judged against).
 
         Raises:
-            RegistryError: a bare name, an unknown model or version, or an invalid alias.
+            RegistryError: a bare name, an unknown model or version, an invalid alias, or the alias moved away
+                from ``expected``.
         """
         _, version, source_alias = parse_ref(ref)
         if version is None and source_alias is None:
             versioned_ref(ref, "`atoll models promote`")
         mv = self.get(ref)
-        before = self.aliases(mv.name).get(alias)
-        self.set_alias(mv.name, mv.version, alias)
+        before = self.aliases(mv.name).get(alias) if expected is ANY else expected
+        self.set_alias(mv.name, mv.version, alias, expected=expected)
         return mv, before
+
+    # -- evaluations ------------------------------------------------------------------------------
+
+    def add_evaluation(self, name: str, version: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Store an evaluation of ``name:version`` (what :mod:`atoll.evaluation` measured) beside the version,
+        in ``<name>/evaluations/<version>/``: its sealed folder and manifest are never touched. One file appears
+        whole (a rename on a disk, one PUT on an object store), so a crash mid-write leaves no half record.
+
+        Returns:
+            The record as stored, with its ``id``, ``model``, ``version`` and ``created_at`` (unless given).
+
+        Raises:
+            RegistryError: an unknown version, or a record that is not JSON.
+        """
+        mv = self._require_version(name, version)
+        created = str(record.get("created_at") or _now())
+        record_id = f"{created.replace(':', '').replace('-', '').replace('+0000', 'Z')[:15]}-{uuid.uuid4().hex[:8]}"
+        stored = _jsonable({**record, "id": record_id, "model": mv.name, "version": mv.version,
+                            "created_at": created}, "evaluation")
+        self._folders.write_json_atomic(
+            posixpath.join(self._folders.evaluations_dir(mv.name, mv.version), f"{record_id}.json"), stored)
+        return stored
+
+    def evaluations(self, name: str, version: int) -> list[dict[str, Any]]:
+        """The evaluation records of ``name:version``, oldest first (none: an empty list). A file that is not
+        one (a foreign file, a temporary one a crash left) is skipped.
+
+        Raises:
+            RegistryError: an unknown version.
+        """
+        mv = self._require_version(name, version)
+        found = []
+        for entry in self._folders.listing(self._folders.evaluations_dir(mv.name, mv.version)):
+            if entry.type != pafs.FileType.File or not entry.base_name.endswith(".json"):
+                continue
+            record = self._folders.read_json(entry.path)
+            if isinstance(record, dict) and record.get("version") == mv.version and isinstance(
+                    record.get("metrics"), dict):
+                found.append(record)
+        return sorted(found, key=lambda r: (str(r.get("created_at")), str(r.get("id"))))
 
     def remove_alias(self, name: str, alias: str) -> None:
         """Remove ``alias`` from ``name``.

@@ -63,6 +63,7 @@ class Predictor:
         from atoll.model_types import AllowList
 
         reg = registry.Registry(storage)
+        self.registry = reg  # the card reads the version's evaluation records on every request (they come later)
         self.version = reg.get(ref)
         meta = json.loads(reg.read_file(self.version, "atoll.json"))
         self.schema = self.version.input_schema or meta["input_schema"]
@@ -202,4 +203,18 @@ class Predictor:
     def card(self) -> dict[str, Any]:
         v = self.version
         return {"model": v.name, "version": v.version, "input_schema": self.schema, "metrics": v.metrics,
-                "lineage": v.lineage, "created_at": v.created_at, "exports": v.exports, "runtime": self.runtime}
+                "lineage": v.lineage, "created_at": v.created_at, "exports": v.exports, "runtime": self.runtime,
+                "evaluations": evaluation_summaries(self.registry, v)}
+
+
+def evaluation_summaries(reg, version) -> list[dict[str, Any]]:
+    """A version's evaluation records for its card (`atoll models evaluate`): the data, its fingerprint, the metrics,
+    when; none where they cannot be read (a card never fails for them)."""
+    from atoll.errors import AtollError
+
+    try:
+        records = reg.evaluations(version.name, version.version)
+    except (AtollError, OSError):
+        return []
+    keep = ("dataset", "rows", "metrics", "created_at")
+    return [{k: r.get(k) for k in keep} for r in records]
