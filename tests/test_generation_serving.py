@@ -264,8 +264,8 @@ def lm_app(ray_cluster, tiny_lm):
     version = registry.Registry(os.environ["ATOLL_STORAGE"]).register(
         MODEL, tiny_lm, metrics={"val_loss": 0.12, "val_perplexity": 1.13}, spec=spec(), lineage={},
         input_schema=input_schema())
-    result = run_cli("serve", "deploy", f"{MODEL}:{version.version}", "--app", APP, *SMALL_APP, "--json",
-                     env={"ATOLL_API_KEY": KEY}, timeout=400)
+    result = run_cli("serve", "deploy", f"{MODEL}:{version.version}", "--app", APP, *SMALL_APP, "--log-requests", "1",
+                     "--json", env={"ATOLL_API_KEY": KEY}, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     info = json.loads(result.stdout)
     assert (info["status"], info["keyed"]) == ("RUNNING", True)
@@ -441,3 +441,27 @@ def test_callers_that_leave_mid_stream_or_while_queued_block_nobody(lm_app, clie
     started = time.perf_counter()
     after = client.chat.completions.create(model=MODEL, messages=_chat("Say hi"), temperature=0, timeout=20)
     assert after.choices[0].message.content == CHATS[0][1] and time.perf_counter() - started < 20
+
+
+@pytest.mark.cluster
+def test_the_request_log_keeps_prompts_and_completions_streamed_or_not_and_never_the_key(client, lm_app):
+    from atoll import request_log
+
+    whole = client.chat.completions.create(model=MODEL, messages=_chat("Say hi"), temperature=0, max_tokens=40)
+    streamed = "".join(c.choices[0].text or "" for c in client.completions.create(
+        model=MODEL, prompt="One, two", max_tokens=4, temperature=0, stream=True) if c.choices)
+    def completions(route: str) -> list[str]:  # every completion the log holds for a route
+        rows = logged[(logged["route"] == route) & (logged["status"] == 200)]["outputs"]
+        return [text for o in rows for text in json.loads(o)["completions"]]
+
+    deadline, logged = time.monotonic() + 30, None
+    while time.monotonic() < deadline:  # the writer flushes every few seconds, off the request path
+        logged = request_log.read(os.environ["ATOLL_STORAGE"], APP)
+        if len(logged) and streamed in completions("/v1/completions"):
+            break
+        time.sleep(1)
+    assert streamed in completions("/v1/completions")
+    assert whole.choices[0].message.content in completions("/v1/chat/completions")
+    chat = logged[logged["route"] == "/v1/chat/completions"]
+    assert any(m["content"] == "Say hi" for i in chat["inputs"].dropna() for m in json.loads(i)["messages"])
+    assert not any(KEY in str(v) for v in logged.astype(str).to_numpy().ravel())

@@ -100,7 +100,8 @@ class ServeSettings(Strict):
     PER_APP: ClassVar[tuple[str, ...]] = (
         "min_replicas", "max_replicas", "target_ongoing_requests", "max_ongoing_requests", "max_queued_requests",
         "retry_after_s", "max_batch_size", "batch_wait_timeout_s", "max_rows", "max_body_bytes", "max_request_pixels",
-        "num_cpus_per_replica", "num_gpus_per_replica", "runtime", "llm_engine")
+        "num_cpus_per_replica", "num_gpus_per_replica", "runtime", "llm_engine", "log_requests",
+        "log_retention_hours")
 
     num_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs each replica holds.")
     runtime: Literal["auto", "torch", "onnx"] = Field(
@@ -112,6 +113,12 @@ class ServeSettings(Strict):
         "auto", description="What generates for a language model: vllm (Ray Serve LLM's OpenAI app), transformers "
                             "(Transformers' generate, with the chat playground) or auto (vllm where the cluster has "
                             "GPUs and vLLM is installed, else transformers).")
+
+    log_requests: float = Field(0.0, ge=0, le=1, description="Share of requests each replica keeps in the request "
+                                "log (inputs, outputs, version, latency, status; never headers or keys), written "
+                                "as Parquet under <storage>/request_logs/<app>/ (atoll.request_log); 0: off.")
+    log_retention_hours: float = Field(168.0, gt=0, description="Hours the request log keeps an hour's files; older "
+                                       "hour folders are deleted by the replicas that write the log.")
 
     @model_validator(mode="after")
     def _bounds(self) -> ServeSettings:

@@ -25,6 +25,10 @@ def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS
                                           "app: --set max_batch_size=64 (repeat)."),
            public: bool = typer.Option(False, "--public", help="Serve without an API key even if the app "
                                        "had one (without it, a redeploy keeps the running app's key)."),
+           log_requests: float | None = typer.Option(None, "--log-requests", metavar="FRACTION", help="Keep this "
+                                                     "share of requests (0 < FRACTION <= 1) in the request log under "
+                                                     "the storage root (inputs, outputs, latency; never headers or "
+                                                     "keys); retention: --set log_retention_hours=168."),
            config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Deploy a model version (or roll an app over to it); wait until it is RUNNING."""
     from atoll.config import apply_overrides, load_spec
@@ -32,6 +36,11 @@ def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS
 
     spec = load_spec(config)
     settings = apply_overrides({}, set_)
+    if log_requests is not None:
+        if not 0 < log_requests <= 1:
+            raise ConfigError(f"--log-requests {log_requests:g}: give the share of requests to keep, more than 0 "
+                              f"and at most 1 (e.g. 0.1 for one in ten).")
+        settings["log_requests"] = log_requests
     with err_console.status(f"Deploying {escape(ref)} …"):
         result = endpoints.deploy(ref, app=app, replicas=endpoints.parse_replicas(replicas) if replicas else None,
                                   settings=settings, spec=spec, public=public)
@@ -147,6 +156,40 @@ def _status_view(rows: list[dict[str, Any]], note: str | None) -> Any:
     if note:
         parts.append(Text(note, style="dim"))
     return Group(*parts)
+
+
+@serve_app.command("drift")
+def drift(app: str = typer.Argument(..., help="Application name."),
+          since: float | None = typer.Option(None, "--since", metavar="HOURS", min=0, help="Only requests of the "
+                                             "last HOURS hours (default: all the log keeps)."),
+          threshold: float = typer.Option(0.2, "--threshold", min=0, help="Flag a feature whose population stability "
+                                          "index is above this (0.2: the usual mark of a significant shift)."),
+          plot: Path | None = typer.Option(None, "--plot", help="Also draw training vs live distributions, one "
+                                           "panel per feature, into this PNG."),
+          config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Compare an app's logged inputs (see deploy --log-requests) with its version's training profile: PSI and a
+    chi-square test per feature; features past the threshold are flagged."""
+    from rich.text import Text
+
+    from atoll import drift as drifts
+    from atoll.config import load_spec
+
+    result = drifts.report(app, since_hours=since, threshold=threshold, spec=load_spec(config))
+    if plot is not None:
+        result["plot"] = drifts.plot(result, plot)
+    if as_json:
+        print_json({**result, "features": [{k: v for k, v in f.items() if k not in ("bins", "training_share",
+                                            "live_share")} for f in result["features"]]})
+        return
+    rows = [[f["feature"], f["kind"], f"{f['psi']:.3f}", f"{f['statistic']:.1f}", f"{f['p_value']:.3g}",
+             Text("FLAGGED", style="bold red") if f["flagged"] else Text("-")]
+            for f in sorted(result["features"], key=lambda f: -f["psi"])]
+    console.print(listing(f"Drift of {result['app']} ({result['model']}): {result['requests']} logged requests, "
+                          f"{result['rows']} rows", ["feature", "kind", "PSI", "chi²", "p-value", "flagged"], rows))
+    flagged = ", ".join(result["flagged"]) or "none"
+    console.print(f"Flagged (PSI > {threshold:g}): {flagged}", markup=False, highlight=False)
+    if plot is not None:
+        console.print(f"Plot: {result['plot']}", markup=False, highlight=False)
 
 
 @serve_app.command("delete")

@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from atoll import apikeys
+from atoll import apikeys, request_log
 from atoll.errors import RequestError
 from atoll.serving import metrics, playground
 from atoll.serving.generation import Delta, GenerationRequestError, Generator, Row, Sampling
@@ -475,12 +475,27 @@ class LanguageModelServer:
         self._turn = asyncio.Event()  # set when it ends: every request that waited goes to the queue at once
         self.batches = {"batches": 0, "shared": 0, "largest_requests": 0, "largest_rows": 0, "tokens": 0,
                         "generate_s": 0.0, "sizes": {}}
-        metrics.start_replica(serve.get_replica_context().app_name, self.version.ref)
+        context = serve.get_replica_context()
+        metrics.start_replica(context.app_name, self.version.ref)
+        self.request_log = request_log.start(args["storage"], context.app_name, self.version.name, self.version.version,
+                                             str(getattr(context.replica_id, "unique_id", context.replica_id)),
+                                             self.settings.log_requests, self.settings.log_retention_hours)
         log.info("serving %s (%s, context %d) on %s", self.version.ref, TASK, self.generator.context_length,
                  self.generator.device)
 
     def __del__(self) -> None:
+        if getattr(self, "request_log", None) is not None:  # what the request log still holds is written now
+            self.request_log.close()
         shutil.rmtree(getattr(self, "_folder", ""), ignore_errors=True)
+
+    def _logging(self) -> float | None:
+        """The start time of a request the request log keeps (sampled), else None (logging off: one test)."""
+        return time.perf_counter() if self.request_log is not None and self.request_log.sampled() else None
+
+    def _log(self, logged: tuple[float, str, Any] | None, status: int, outputs: Any) -> None:
+        if logged is not None:
+            started, route, inputs = logged
+            self.request_log.record(route, status, (time.perf_counter() - started) * 1000.0, inputs, outputs)
 
     # ---- Keys, names, bodies
 
@@ -587,6 +602,7 @@ class LanguageModelServer:
     async def completions(self, request: Request):
         if refused := self._refused(request, openai=True):
             return refused
+        started = self._logging()
         try:
             req = parse_completion(await self._payload(request))
             self._check_model(request, req.model)
@@ -597,11 +613,12 @@ class LanguageModelServer:
                 self.generator.check_fits(len(ids), max_tokens, "prompt")
                 prompts.append(ids)
             job = self._job(prompts, req, max_tokens)
-        except GenerationRequestError as exc:
-            return from_generation(exc).response()
-        except OpenAIError as exc:
-            return exc.response()
-        return await self._answer(job, req, chat=False, prompt_tokens=sum(len(p) for p in prompts))
+        except (GenerationRequestError, OpenAIError) as exc:
+            error = from_generation(exc) if isinstance(exc, GenerationRequestError) else exc
+            self._log(started and (started, "/v1/completions", None), error.status, {"error": error.message})
+            return error.response()
+        logged = started and (started, "/v1/completions", {"prompt": req.prompt})
+        return await self._answer(job, req, chat=False, prompt_tokens=sum(len(p) for p in prompts), logged=logged)
 
     def _token_prompt(self, ids: list[int], index: int) -> list[int]:
         vocab = len(self.generator.tokenizer)
@@ -615,6 +632,7 @@ class LanguageModelServer:
     async def chat_completions(self, request: Request):
         if refused := self._refused(request, openai=True):
             return refused
+        started = self._logging()
         try:
             req = parse_chat(await self._payload(request))
             self._check_model(request, req.model)
@@ -623,11 +641,12 @@ class LanguageModelServer:
                                             max(self.generator.room(len(ids)), 1))
             self.generator.check_fits(len(ids), max_tokens, "messages")
             job = self._job([ids], req, max_tokens)
-        except GenerationRequestError as exc:
-            return from_generation(exc).response()
-        except OpenAIError as exc:
-            return exc.response()
-        return await self._answer(job, req, chat=True, prompt_tokens=len(ids))
+        except (GenerationRequestError, OpenAIError) as exc:
+            error = from_generation(exc) if isinstance(exc, GenerationRequestError) else exc
+            self._log(started and (started, "/v1/chat/completions", None), error.status, {"error": error.message})
+            return error.response()
+        logged = started and (started, "/v1/chat/completions", {"messages": req.conversation()})
+        return await self._answer(job, req, chat=True, prompt_tokens=len(ids), logged=logged)
 
     def _job(self, prompts: list[list[int]], req: _Common, max_tokens: int) -> Job:
         rows = len(prompts) * req.choices_per_prompt
@@ -642,11 +661,13 @@ class LanguageModelServer:
                 job.rows.append(Row(ids, max_tokens, req.sampling(), req.stops(), request_id, job.cancelled))
         return job
 
-    async def _answer(self, job: Job, req: _Common, *, chat: bool, prompt_tokens: int):
+    async def _answer(self, job: Job, req: _Common, *, chat: bool, prompt_tokens: int,
+                      logged: tuple[float, str, Any] | None = None):
+        """``logged``: (start, route, inputs) of a request the request log keeps, else None."""
         rid, created, model = new_id(chat), int(time.time()), req.model
         if req.stream:
             writer = ChunkWriter(chat=chat, rid=rid, created=created, model=model, include_usage=req.include_usage)
-            return StreamingResponse(self._stream(job, writer, prompt_tokens), media_type="text/event-stream",
+            return StreamingResponse(self._stream(job, writer, prompt_tokens, logged), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         texts: list[list[str]] = [[] for _ in job.rows]
         ends: list[Delta | None] = [None] * len(job.rows)
@@ -657,16 +678,21 @@ class LanguageModelServer:
                     ends[d.row] = d
         choices = [Choice("".join(t), e.finish_reason if e else "length", e.completion_tokens if e else 0)
                    for t, e in zip(texts, ends, strict=True)]
+        self._log(logged, 200, {"completions": [c.text for c in choices]})
         shape = chat_body if chat else completion_body
         return shape(rid, created, model, choices, prompt_tokens)
 
-    async def _stream(self, job: Job, writer: ChunkWriter, prompt_tokens: int) -> AsyncIterator[bytes]:
+    async def _stream(self, job: Job, writer: ChunkWriter, prompt_tokens: int,
+                      logged: tuple[float, str, Any] | None = None) -> AsyncIterator[bytes]:
         completion_tokens = 0
+        texts: list[list[str]] = [[] for _ in job.rows]  # for the request log only
         yield writer.start(len(job.rows))
         try:
             async for deltas in self._deltas(job):
                 out = []
                 for d in deltas:
+                    if logged is not None:
+                        texts[d.row].append(d.text)
                     if d.text:
                         out.append(writer.text(d.row, d.text))
                     if d.finish_reason:
@@ -677,6 +703,7 @@ class LanguageModelServer:
         except Exception as exc:  # noqa: BLE001 - the 200 is sent: say what happened in the stream
             log.exception("generation failed mid-stream")
             yield writer.error(exc)
+        self._log(logged, 200, {"completions": ["".join(t) for t in texts]})
         if writer.include_usage:
             yield writer.usage(prompt_tokens, completion_tokens)
         yield DONE

@@ -17,6 +17,7 @@ import asyncio
 import copy
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,7 +29,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ConfigDict, Field
 from ray import serve
 
-from atoll import apikeys
+from atoll import apikeys, request_log
 from atoll.errors import AtollError, RequestError
 from atoll.serving import metrics, playground, protocols
 from atoll.serving.names import DEPLOYMENT_NAME
@@ -99,6 +100,17 @@ def _app_name() -> str:
         return serve.get_replica_context().app_name
     except RayServeException:
         return ""
+
+
+def _replica_id() -> str:
+    """This replica's id in Serve (the request log's file names), or "" outside Serve."""
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        replica = serve.get_replica_context().replica_id
+    except RayServeException:
+        return ""
+    return str(getattr(replica, "unique_id", replica))
 
 
 def parse_request(body: bytes, schema: dict[str, Any], *, max_rows: int, max_body_bytes: int,
@@ -204,7 +216,29 @@ class ModelServer:
         self._in_flight = 0  # requests between parsing and their answer (the batch wait adapts to it)
         self._parser = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="atoll-parse")
         metrics.start_replica(_app_name(), self.predictor.version.ref)
+        v = self.predictor.version
+        self.request_log = request_log.start(self.args.storage_root(), _app_name(), v.name, v.version, _replica_id(),
+                                             self.settings.log_requests, self.settings.log_retention_hours)
         log.info("serving %s on %s with %s", self.predictor.version.ref, self.predictor.device, self.predictor.runtime)
+
+    def __del__(self) -> None:
+        # Serve calls this when the replica shuts down: the request log writes what it still holds.
+        if getattr(self, "request_log", None) is not None:
+            self.request_log.close()
+
+    def _logging(self) -> float | None:
+        """The start time of a request the request log keeps (sampled), else None (logging off: one test)."""
+        return time.perf_counter() if self.request_log is not None and self.request_log.sampled() else None
+
+    def _log(self, started: float, route: str, status: int, inputs: Any, outputs: Any) -> None:
+        self.request_log.record(route, status, (time.perf_counter() - started) * 1000.0, inputs, outputs)
+
+    def _logged_inputs(self, prepared: Prepared) -> Any:
+        """What the log keeps of a request's inputs: the parsed rows or texts; of an image its size and mean pixel
+        (as the model sees it), not its pixels."""
+        if self.predictor.task.input_kind != "image":
+            return prepared.inputs
+        return [{"shape": list(np.shape(image)), "mean": float(np.mean(image))} for image in prepared.inputs]
 
     def _refused(self, request: Request) -> JSONResponse | None:
         # The proxy's middleware (atoll.serving.proxy_auth) refuses these first; this check stays for a proxy without it.
@@ -312,14 +346,19 @@ class ModelServer:
     async def predict(self, request: Request):
         if refused := self._refused(request):
             return refused
+        logged = self._logging()
         try:
             prepared = await self._prepared(await self._body(request))
             predictions, probabilities = await self._answer(prepared)
         except RequestError as exc:
+            if logged is not None:
+                self._log(logged, "/predict", exc.status, None, {"error": exc.message})
             return _error(exc.status, exc.message)
         v = self.predictor.version
         answer = {"predictions": predictions, "probabilities": probabilities} if probabilities is not None \
             else {"predictions": predictions}
+        if logged is not None:
+            self._log(logged, "/predict", 200, self._logged_inputs(prepared), answer)
         return {**answer, **prepared.notes, "model": v.name, "version": v.version}
 
     # ---- The Open Inference Protocol v2 (KServe V2 / Triton REST), beside /predict
@@ -355,6 +394,7 @@ class ModelServer:
     async def oip_infer(self, name: str, request: Request):
         if problem := self._oip_model(request, name):
             return problem
+        logged = self._logging()
         try:
             payload, wanted, request_id = await self._off_loop(
                 protocols.oip_request, await self._body(request), request.headers.get(protocols.HEADER_LENGTH),
@@ -366,7 +406,12 @@ class ModelServer:
                                                    schema=self.predictor.schema, wanted=wanted, request_id=request_id,
                                                    notes=prepared.notes)
         except RequestError as exc:
+            if logged is not None:
+                self._log(logged, "/v2/models/{name}/infer", exc.status, None, {"error": exc.message})
             return _error(exc.status, exc.message)
+        if logged is not None:
+            self._log(logged, "/v2/models/{name}/infer", 200, self._logged_inputs(prepared),
+                      {"predictions": predictions, "probabilities": probabilities})
         return Response(body, headers=headers)
 
     # ---- MLflow's scoring protocol
@@ -379,13 +424,19 @@ class ModelServer:
     async def mlflow_invocations(self, request: Request):
         if refused := self._refused(request):
             return refused
+        logged = self._logging()
         try:
             payload = await self._off_loop(protocols.mlflow_request, await self._body(request),
                                            request.headers.get("content-type", ""), self.predictor.schema)
-            predictions, _ = await self._answer(await self._off_loop(self._prepare_payload, payload))
+            prepared = await self._off_loop(self._prepare_payload, payload)
+            predictions, _ = await self._answer(prepared)
         except RequestError as exc:
+            if logged is not None:
+                self._log(logged, "/invocations", exc.status, None, {"error": exc.message})
             body, status = protocols.mlflow_error(exc.status, exc.message)
             return JSONResponse(body, status_code=status)
+        if logged is not None:
+            self._log(logged, "/invocations", 200, self._logged_inputs(prepared), {"predictions": predictions})
         return {"predictions": predictions}
 
     def _predict_joined(self, requests: list[Any]) -> tuple[list[Any], list[list[float]] | None]:

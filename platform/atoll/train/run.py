@@ -221,8 +221,8 @@ def best_checkpoint(result, spec: TrainSpec) -> tuple[Any, dict[str, Any]]:
 
 def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, name: str,
                         lineage: dict[str, Any], foreign: bool = False, examples: str | None = None):
-    """Register a training checkpoint (plus its training-curve picture and ~10 held-out examples for the
-    playground page) as a new model version.
+    """Register a training checkpoint (plus its training-curve picture, ~10 held-out examples for the
+    playground page and the profile of its training inputs for drift checks) as a new model version.
 
     The version holds what serving, export and its card need; the optimiser's state (a pickle, twice the
     weights for Adam) is training state and stays with the run's checkpoints.
@@ -234,7 +234,7 @@ def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, na
             the validation split of the spec's own dataset for a run of this cluster, none when ``foreign``.
     """
     import atoll.train.examples as held_out  # (the parameter `examples` names a dataset)
-    from atoll import plots, registry
+    from atoll import plots, profiles, registry
 
     with checkpoint.as_directory() as ckpt_dir, tempfile.TemporaryDirectory() as staging:
         version_dir = Path(staging) / "version"
@@ -251,6 +251,8 @@ def register_checkpoint(checkpoint, metrics: dict[str, Any], *, storage: str, na
         else:
             add_examples = held_out.add_examples
         schema = add_examples(version_dir, shown, storage)  # examples.json; image shape if any
+        if not foreign and examples is None:  # profile.json: the training inputs, for `atoll serve drift`
+            profiles.write_profile(version_dir, meta["spec"], schema, storage)
         exported = export_artefacts(version_dir, meta, schema)
         return registry.Registry(storage).register(
             name, str(version_dir), metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
