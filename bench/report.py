@@ -5,8 +5,8 @@ per case, against the line where the two are equal), from the JSON lines the ben
     python bench/batch_predict.py | tee -a bench/results/batch_predict.jsonl
     python bench/report.py                       # reads bench/results/*.jsonl
 
-Only each benchmark's latest run is published (the lines that share its last commit and time); a benchmark
-with no saved run is listed as not measured, never filled in from memory.
+Only each case's latest line is published, with the commit it was measured at; a benchmark with no saved run is
+listed as not measured, never filled in from memory.
 """
 
 from __future__ import annotations
@@ -46,14 +46,15 @@ def _case(record: dict) -> str | None:
 
 
 def latest_run(records: list[dict]) -> list[dict]:
-    """The trailing lines of one run: same commit and machine as the last line, each case once."""
-    last, run = records[-1], []
-    for record in reversed(records):
-        if (record.get("commit"), record.get("machine")) != (last.get("commit"), last.get("machine")) \
-                or _case(record) in {_case(r) for r in run}:
-            break
-        run.append(record)
-    return run[::-1]
+    """Each case's latest line (a run of one case, e.g. ``task_quality.py --task generate``, leaves the other cases'
+    figures as they were measured, each with its own commit), in the order the cases first appear."""
+    latest: dict[str | None, dict] = {}
+    for record in records:
+        latest[_case(record)] = record
+    unnamed = latest.get(None)
+    if unnamed is not None and len(latest) > 1 and unnamed.get("commit") != records[-1].get("commit"):
+        del latest[None]  # an older line that names no case: from before the bench named its cases
+    return list(latest.values())
 
 
 def _figure(value) -> str:
@@ -77,7 +78,8 @@ def chart(bench: str, records: list[dict], path: Path) -> Path:
                                           for x in ratios])
     ax.axvline(1, color="black", lw=1)
     ax.bar_label(bars, labels=[f"{x:.2f}x" for x in ratios], padding=3, fontsize=8)
-    ax.set(xlabel=f"ours ÷ baseline ({better} is better)", title=f"{bench} at {records[0].get('commit')}")
+    commits = ', '.join(dict.fromkeys(str(r.get('commit')) for r in records))
+    ax.set(xlabel=f"ours ÷ baseline ({better} is better)", title=f"{bench} at {commits}")
     ax.set_xlim(0, max(ratios + [1]) * 1.25)
     ax.invert_yaxis()
     fig.tight_layout()

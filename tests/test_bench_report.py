@@ -28,6 +28,13 @@ def test_the_page_shows_each_benchmarks_latest_run_and_names_the_unmeasured(tmp_
     assert "aaaaaaa" not in page and "0.05" not in page
     assert "`serve_load`" in page.split("Not measured")[1]
     assert (tmp_path / "bench" / "batch_predict.png").read_bytes()[:4] == b"\x89PNG"
+    # a later run of one case leaves the other case's figure, with the commit it was measured at
+    results.write_text(results.read_text() + "\n" + _line("tabular", 0.2, "ccccccc"))
+    done = subprocess.run([sys.executable, str(BENCH / "report.py"), str(results), "--docs", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "| text | 920 | 1,000 | rows/s | 0.92 | higher | bbbbbbb |" in page and "| tabular | 200 |" in page
+    assert "ccccccc" in page and "0.1 |" not in page
 
 
 def test_no_results_is_one_line_that_says_how_to_make_them(tmp_path):
