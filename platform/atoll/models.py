@@ -25,6 +25,7 @@ from torch import nn
 from atoll.errors import ConfigError
 from atoll.model_types import AllowList
 from atoll.specs import MODEL_TYPE_RE
+from atoll.tasks.base import not_a_local_folder
 
 
 class MLP(nn.Module):
@@ -100,6 +101,14 @@ class BertClassifier(nn.Module):
         return self.bert(input_ids=x, attention_mask=(x != 0).long()).logits
 
 
+def _same_vocabulary(model, vocab: int):
+    """``model``, whose vocabulary must hold its tokenizer's ``vocab`` tokens."""
+    if model.config.vocab_size < vocab:
+        raise ConfigError(f"model.params.pretrained: the model's vocabulary ({model.config.vocab_size}) is smaller "
+                          f"than its tokenizer's ({vocab}); the folder's model and tokenizer do not belong together.")
+    return model
+
+
 def _pretrained_bert(directory: str | None, config_json: str | None, vocab: int, num_classes: int):
     """``BertForSequenceClassification.from_pretrained`` on a local directory (its weights, a new head of
     ``num_classes``), or, where the directory is not at hand (a replica, whose weights come from the
@@ -115,12 +124,8 @@ def _pretrained_bert(directory: str | None, config_json: str | None, vocab: int,
         config.num_labels = num_classes
         model = BertForSequenceClassification(config)
     else:
-        raise ConfigError(f"model.params.pretrained: {directory!r} is not a local directory; name a folder "
-                          f"holding config.json, the weights and tokenizer.json (Atoll never downloads a hub id).")
-    if model.config.vocab_size < vocab:
-        raise ConfigError(f"model.params.pretrained: the model's vocabulary ({model.config.vocab_size}) is smaller "
-                          f"than its tokenizer's ({vocab}); the folder's model and tokenizer do not belong together.")
-    return model
+        raise not_a_local_folder(directory)
+    return _same_vocabulary(model, vocab)
 
 
 class CausalLM(nn.Module):
@@ -203,12 +208,8 @@ def _pretrained_causal_lm(directory: str | None, config_json: str | None, vocab:
         config = AutoConfig.for_model(raw.pop("model_type"), **raw)
         model = AutoModelForCausalLM.from_config(config)
     else:
-        raise ConfigError(f"model.params.pretrained: {directory!r} is not a local directory; name a folder "
-                          f"holding config.json, the weights and tokenizer.json (Atoll never downloads a hub id).")
-    if model.config.vocab_size < vocab:
-        raise ConfigError(f"model.params.pretrained: the model's vocabulary ({model.config.vocab_size}) is smaller "
-                          f"than its tokenizer's ({vocab}); the folder's model and tokenizer do not belong together.")
-    return model
+        raise not_a_local_folder(directory)
+    return _same_vocabulary(model, vocab)
 
 
 #: The attention projections LoRA adapts by default, per architecture (PEFT's own choice otherwise).

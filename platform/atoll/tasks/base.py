@@ -21,6 +21,34 @@ import numpy as np
 BUILTIN_MODELS = ("mlp", "cnn", "hf-bert", "xgboost", "hf-causal-lm")
 
 
+def not_a_local_folder(directory: str | None):
+    """The error for ``model.params.pretrained`` naming no local folder (a hub id is never downloaded)."""
+    from atoll.errors import ConfigError
+
+    return ConfigError(f"model.params.pretrained: {directory!r} is not a local directory; name a folder holding "
+                       f"config.json, the weights and tokenizer.json (Atoll never downloads a hub id).")
+
+
+def pretrained_folder(directory: str):
+    """``model.params.pretrained`` as a local folder holding ``config.json`` and a fast tokenizer (``tokenizer.json``).
+
+    Raises:
+        ConfigError: not a folder, or a file missing (saying how to write them).
+    """
+    from pathlib import Path
+
+    from atoll.errors import ConfigError
+
+    folder = Path(directory).expanduser()
+    if not folder.is_dir():
+        raise not_a_local_folder(directory)
+    missing = [f for f in ("config.json", "tokenizer.json") if not (folder / f).is_file()]
+    if missing:
+        raise ConfigError(f"model.params.pretrained: {directory} has no {' or '.join(missing)}; save the model and "
+                          f"its fast tokenizer there with save_pretrained().")
+    return folder
+
+
 class Task(ABC):
     name: ClassVar[str]
     #: what the playground asks for: "table" (a form of numbers), "image" or "text"

@@ -32,7 +32,7 @@ import numpy as np
 from atoll import data
 from atoll.data import DatasetPlan, FittedState
 from atoll.errors import ConfigError, DataError, RequestError
-from atoll.tasks.base import Task
+from atoll.tasks.base import Task, pretrained_folder
 
 IGNORE = -100  # a target position the loss skips (PyTorch's cross_entropy default ignore_index)
 EOS, CHAT_START, CHAT_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -107,14 +107,7 @@ def pretrained_parts(directory: str) -> tuple[dict[str, str], str]:
     Raises:
         ConfigError: not a folder, or no config.json or fast tokenizer (tokenizer.json) in it.
     """
-    folder = Path(directory).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(f"model.params.pretrained: {directory!r} is not a local directory; name a folder holding "
-                          f"config.json, the weights and tokenizer.json (Atoll never downloads a hub id).")
-    missing = [f for f in ("config.json", "tokenizer.json") if not (folder / f).is_file()]
-    if missing:
-        raise ConfigError(f"model.params.pretrained: {directory} has no {' or '.join(missing)}; save the model and "
-                          f"its fast tokenizer there with save_pretrained().")
+    folder = pretrained_folder(directory)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 

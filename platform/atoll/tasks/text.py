@@ -17,6 +17,7 @@ import numpy as np
 from atoll import data
 from atoll.data import FittedState, encode_classes
 from atoll.errors import DataError, RequestError
+from atoll.tasks.base import pretrained_folder
 from atoll.tasks.classifier import Classifier
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # [PAD] is id 0: the model masks it out
@@ -127,20 +128,12 @@ def pretrained_parts(directory: str) -> tuple[str, str, int]:
             tokenizer whose [PAD] is not id 0 (the model masks id 0 out).
     """
     import json
-    from pathlib import Path
 
     from tokenizers import Tokenizer
 
     from atoll.errors import ConfigError
 
-    folder = Path(directory).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(f"model.params.pretrained: {directory!r} is not a local directory; name a folder holding "
-                          f"config.json, the weights and tokenizer.json (Atoll never downloads a hub id).")
-    missing = [f for f in ("config.json", "tokenizer.json") if not (folder / f).is_file()]
-    if missing:
-        raise ConfigError(f"model.params.pretrained: {directory} has no {' or '.join(missing)}; save the model and "
-                          f"its fast tokenizer there with save_pretrained().")
+    folder = pretrained_folder(directory)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     if tokenizer.token_to_id("[PAD]") not in (0, None):
         raise ConfigError(f"model.params.pretrained: {directory}'s tokenizer pads with id "
