@@ -26,7 +26,7 @@ REFUSED = "missing or wrong API key: send 'Authorization: Bearer <key>'."
 # data; /ui/chat: a language model's). The gallery (route /) keeps only its list of apps behind a key.
 MODEL_APP_PUBLIC = ("/healthz", "/ui", "/ui/", "/ui/chat")
 MODEL_APP_PUBLIC_PREFIXES = ("/ui/static/",)
-GALLERY_KEYED = ("/_gallery/apps",)
+GALLERY_KEYED = ("/_gallery/apps", "/_gallery/traffic")
 
 
 def check_key(key: str, source: str) -> str:

@@ -252,9 +252,9 @@ def status() -> PrometheusInfo | None:
     return info
 
 
-def _get(url: str, path: str, params: dict[str, str]) -> dict[str, Any]:
+def _get(url: str, path: str, params: dict[str, str], timeout: float = 10.0) -> dict[str, Any]:
     try:
-        resp = httpx.get(f"{url}{path}", params=params, timeout=10)
+        resp = httpx.get(f"{url}{path}", params=params, timeout=timeout)
     except httpx.HTTPError as exc:
         raise PrometheusError(f"Prometheus at {url} does not answer ({exc}).") from None
     body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
@@ -337,3 +337,114 @@ def with_traffic(rows: list[dict[str, Any]], figures: dict[tuple[str, str], dict
             live = {name: None for name in ("rps", "p50_ms", "p99_ms", "error_rate", "server_error_rate", "total")}
         out.append({**row, "traffic": live, "other_versions": {m: f for m, f in mine.items() if f.get("rps")}})
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The playground's and the gallery's live chart: req/s and latency over the last minutes, per version
+
+#: The chart's span and resolution: 60 points, about one per report Ray forwards (every ~10 s).
+CHART_WINDOW_S = 600
+CHART_STEP_S = 10
+#: Each point's rate window: several of Ray's reports, so a point is not a single jump of a counter.
+CHART_RATE = "1m"
+#: One Prometheus answer serves every page that asks within this many seconds (open tabs poll every ~10 s).
+CHART_CACHE_S = 5.0
+#: What a page says when it has no chart, and the fix.
+NO_PROMETHEUS = ("no live traffic: no Prometheus is known here (start one with `atoll metrics up` beside the "
+                 "head; elsewhere set RAY_PROMETHEUS_HOST on the nodes).")
+CHART_FIGURES = ("rps", "p50_ms", "p99_ms")
+
+
+def chart_url() -> str | None:
+    """The Prometheus a replica reads its chart from: ``atoll metrics up``'s on this machine (its state file under
+    ``$ATOLL_HOME``, which Ray's workers inherit from ``atoll up``), else ``RAY_PROMETHEUS_HOST`` (where Ray's own
+    dashboard looks), else None."""
+    info = current()
+    if info is not None:
+        return info.url
+    return os.environ.get("RAY_PROMETHEUS_HOST", "").rstrip("/") or None
+
+
+def chart_queries(app: str | None = None, rate: str = CHART_RATE) -> dict[str, str]:
+    """The PromQL of the chart per app and version: requests/s and p50/p99 latency of the routes that ask the model
+    (``/predict``, the protocols', OpenAI's: a page's own polling and card reads are no traffic), all statuses.
+    ``app``: one app's (None: every app's)."""
+    requests, latency = metrics.EXPORTED[metrics.REQUESTS], metrics.EXPORTED[metrics.REQUEST_LATENCY]
+    predict = "|".join(r.replace("{name}", ".+") for r in metrics.PREDICT_ROUTES)
+    select = f'route=~"{predict}"' + (f", application={json.dumps(app)}" if app is not None else "")
+    by = "application, model"
+    quantile = f"sum by ({by}, le) (rate({latency}_bucket{{{select}}}[{rate}]))"
+    return {"rps": f"sum by ({by}) (rate({requests}{{{select}}}[{rate}]))",
+            "p50_ms": f"histogram_quantile(0.5, {quantile})",
+            "p99_ms": f"histogram_quantile(0.99, {quantile})"}
+
+
+def query_range(url: str, promql: str, start: float, end: float, step_s: float, timeout: float = 10.0
+                ) -> list[dict[str, Any]]:
+    """A range query: ``[{"metric": {label: value}, "values": [[unix seconds, float], ...]}]``."""
+    data = _get(url, "/api/v1/query_range", {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}",
+                                             "step": f"{step_s:g}"}, timeout)
+    return [{"metric": r["metric"], "values": [[float(t), float(v)] for t, v in r.get("values", [])]}
+            for r in data.get("result", [])]
+
+
+def chart_series(results: dict[str, list[dict[str, Any]]], start: float, step_s: float, points: int
+                 ) -> dict[str, dict[str, dict[str, list[float | None]]]]:
+    """Range-query results (figure → matrix) on the chart's grid: ``{app: {version: {figure: [value or None] *
+    points}}}``, point ``i`` at ``start + i * step_s``. A missing sample, NaN (no request in the rate window: no
+    latency) and ±Inf are None; every version has every figure."""
+    out: dict[str, dict[str, dict[str, list[float | None]]]] = {}
+    for name, matrix in results.items():
+        for series in matrix:
+            app, model = series["metric"].get("application", ""), series["metric"].get("model", "")
+            figures = out.setdefault(app, {}).setdefault(model, {})
+            values = figures.setdefault(name, [None] * points)
+            for t, v in series["values"]:
+                i = round((t - start) / step_s)
+                if 0 <= i < points:
+                    values[i] = None if math.isnan(v) or math.isinf(v) else v
+    for versions in out.values():
+        for figures in versions.values():
+            for name in CHART_FIGURES:
+                figures.setdefault(name, [None] * points)
+    return out
+
+
+_chart_cache: dict[str | None, tuple[float, dict[str, Any]]] = {}
+
+
+def live_traffic(app: str | None = None, *, window_s: int = CHART_WINDOW_S, step_s: int = CHART_STEP_S,
+                 now: float | None = None) -> dict[str, Any]:
+    """What a playground's (``app``) or the gallery's (None: every app) live chart shows, from the Prometheus of
+    :func:`chart_url`: ``{"available", "why", "window_s", "step_s", "start", "end", "series"}`` where ``series`` is
+    ``{version: {"rps", "p50_ms", "p99_ms"}}`` for an app and ``{app: {version: ...}}`` for every app, each a list
+    of values on the grid ``start, start + step_s, ... end`` (None: no data). Never raises: without Prometheus, or
+    when it fails, ``available`` is False and ``why`` is one line with the fix. Answers are cached for a few seconds
+    (per process), so many open pages make one query."""
+    cached = _chart_cache.get(app) if now is None else None
+    if cached is not None and time.monotonic() - cached[0] < CHART_CACHE_S:
+        return cached[1]
+    body = _live_traffic(app, window_s, step_s, time.time() if now is None else now)
+    if now is None:
+        _chart_cache[app] = (time.monotonic(), body)
+    return body
+
+
+def _live_traffic(app: str | None, window_s: int, step_s: int, now: float) -> dict[str, Any]:
+    end = math.floor(now / step_s) * step_s  # on the step: each point is the same instant in every answer
+    start = end - window_s
+    points = window_s // step_s + 1
+    body: dict[str, Any] = {"available": False, "why": None, "window_s": window_s, "step_s": step_s,
+                            "start": start, "end": end, "series": {}}
+    url = chart_url()
+    if url is None:
+        return {**body, "why": NO_PROMETHEUS}
+    try:
+        results = {name: query_range(url, q, start, end, step_s, timeout=3.0)
+                   for name, q in chart_queries(app).items()}
+        by_app = chart_series(results, start, step_s, points)
+    except PrometheusError as exc:
+        return {**body, "why": f"no live traffic: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - a chart never fails its page: say what happened instead
+        return {**body, "why": f"no live traffic: Prometheus's answer was unreadable ({type(exc).__name__}: {exc})."}
+    return {**body, "available": True, "series": by_app.get(app, {}) if app is not None else by_app}

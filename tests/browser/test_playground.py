@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from atoll import prometheus
 from atoll.serving import playground
 from conftest import APP_KEY as KEY
 from conftest import REPO
@@ -138,6 +139,13 @@ def test_the_page_loads_with_the_model_card_and_nothing_from_elsewhere(digits_ap
     assert page.locator("#curve").evaluate("img => img.decode().then(() => img.naturalWidth)") > 0
     assert page.locator("#examples button").count() == 10
     assert page.is_visible("#grid")  # 64 pixel features: the 8x8 drawing grid, not a form
+    # The live traffic chart (req/s and p99 from Prometheus), or without one the line that says how to start it.
+    page.wait_for_selector("#traffic :is(svg.traffic-chart, .traffic-note)")
+    if page.locator("#traffic .traffic-note").count():  # (a replica may answer from its 5 s cache: ask, not guess)
+        assert prometheus.current() is None, page.text_content("#traffic")
+        expect(page.locator("#traffic .traffic-note")).to_contain_text("atoll metrics up")
+    else:
+        expect(page.locator("#traffic svg.traffic-chart")).to_have_count(2)
     assert rec.errors == []
     assert rec.foreign() == [], rec.foreign()
 
@@ -267,6 +275,7 @@ def test_the_gallery_lists_the_live_apps(digits_app, private_app, session, artif
         assert f"version {digits_app['version']}" in card.text_content()
         assert "val_accuracy" in card.text_content()
     assert page.locator(f"article[data-app='{APP}'] a").get_attribute("href") == f"/{APP}/ui"
+    page.wait_for_selector(f"article[data-app='{APP}'] .traffic :is(.traffic-chart, .traffic-note)")  # its live chart
     page.screenshot(path=str(artifacts / "gallery.png"))
     page.click(f"article[data-app='{APP}'] a")
     page.wait_for_selector("#layout:not([hidden])")

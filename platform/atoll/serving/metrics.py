@@ -80,7 +80,7 @@ _ROUTES = [(re.compile(r"^/v2/models/[^/]+/infer$"), "/v2/models/{name}/infer"),
            (re.compile(r"^/ui/static/.+$"), "/ui/static/{name}")]
 _PLAIN_ROUTES = {"/", "/predict", "/healthz", "/ui", "/examples", "/curve.png", "/openapi.json", "/ping",
                  "/invocations", "/v2/health/live", "/v2/health/ready", "/ui/chat", "/v1/models", "/v1/completions",
-                 "/v1/chat/completions"}
+                 "/v1/chat/completions", "/traffic"}
 
 
 def route_label(subpath: str) -> str:

@@ -437,7 +437,7 @@ api = FastAPI(title="Atoll language model endpoint", docs_url=None, redoc_url=No
               description="OpenAI's completions and chat completions API over a registered Atoll model version.")
 api.add_middleware(metrics.RequestMetrics)
 
-ROUTES = ["GET /healthz", "GET /", "GET /ui", "GET /examples", "GET /v1/models", "POST /v1/completions",
+ROUTES = ["GET /healthz", "GET /", "GET /ui", "GET /examples", "GET /traffic", "GET /v1/models", "POST /v1/completions",
           "POST /v1/chat/completions"]
 #: The threads of a replica that run ``generate``: one (a batch at a time; a seeded group sets torch's seed).
 GENERATE_THREADS = 1
@@ -573,6 +573,10 @@ class LanguageModelServer:
                       "max_tokens": min(COMPLETION_MAX_TOKENS * 4, g.context_length // 2),
                       "format": self.schema.get("format")},
             "examples": self.showcase.examples}
+
+    @api.get("/traffic")
+    def traffic(self, request: Request):
+        return self._refused(request) or playground.app_traffic(serve.get_replica_context().app_name)
 
     # ---- Routes: OpenAI's
 

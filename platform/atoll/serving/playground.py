@@ -15,6 +15,9 @@
   pasted CSV row may hold words and blanks, and the answer shows which levels were unseen.
 * **Gallery** (``GET /``): a tiny Serve app of its own (:data:`GALLERY_APP`, route prefix ``/``, no CPU)
   that lists the live model apps from ``serve.status()``; the page fetches each app's card itself.
+* **Live charts**: each app's ``GET /<app>/traffic`` (behind its key) and the gallery's ``GET /_gallery/traffic``
+  (every app the caller's key may read) answer req/s and p50/p99 latency of the last 10 minutes per version, from
+  the Prometheus of ``atoll metrics up`` (atoll.prometheus.live_traffic); without one, a line with the fix.
 
 Everything a page shows from the API is put in the DOM as text (never ``innerHTML``), and the HTML is
 served with a Content-Security-Policy that allows nothing but this origin.
@@ -217,19 +220,24 @@ class Showcase:
 # The gallery: a Serve app at the HTTP root listing the live model apps
 
 
+def _serve_apps() -> dict[str, dict[str, Any]]:
+    """Serve's details of each app (route prefix, deployed config), or {} where its private API fails."""
+    try:
+        from atoll import ray_compat
+
+        return dict(ray_compat.serve_details().get("applications") or {})
+    except Exception as exc:  # noqa: BLE001 - a private API: callers fall back
+        log.debug("no details from Serve (%s)", exc)
+        return {}
+
+
 def live_apps() -> list[dict[str, Any]]:
     """Model apps from Serve's status: name, status, route prefix (no registry data: the page asks each
     app for its card, with the API key the app may need)."""
     from ray import serve
 
-    prefixes: dict[str, str] = {}
-    try:  # route prefixes are in the controller's details; Atoll's apps are at /<app> anyway
-        from atoll import ray_compat
-
-        details = ray_compat.serve_details()
-        prefixes = {n: a.get("route_prefix") for n, a in (details.get("applications") or {}).items()}
-    except Exception as exc:  # noqa: BLE001 - a private API: fall back to the convention
-        log.debug("no route prefixes from Serve's details (%s); assuming /<app>", exc)
+    # route prefixes are in the controller's details; Atoll's apps are at /<app> anyway
+    prefixes = {n: a.get("route_prefix") for n, a in _serve_apps().items()}
     apps = []
     for name, state in sorted(serve.status().applications.items()):
         if name == GALLERY_APP or DEPLOYMENT_NAME not in (state.deployments or {}):
@@ -237,6 +245,34 @@ def live_apps() -> list[dict[str, Any]]:
         apps.append({"app": name, "status": str(getattr(state.status, "value", state.status)),
                      "route_prefix": prefixes.get(name) or f"/{name}"})
     return apps
+
+
+def app_traffic(app: str) -> dict[str, Any]:
+    """``GET /<app>/traffic`` of a model app (ModelServer and LanguageModelServer alike): its live chart's figures
+    per version (atoll.prometheus.live_traffic), ``available: false`` and the fix where no Prometheus answers."""
+    from atoll import prometheus
+
+    return prometheus.live_traffic(app)
+
+
+def gallery_traffic(authorization: str | None) -> dict[str, Any]:
+    """The gallery's live charts: every app's req/s and latency (atoll.prometheus.live_traffic, one set of queries
+    for all apps), keeping only the apps the caller may read: those without a key, and those whose own key the
+    caller sent (any keyed app's key opens the gallery's list, not another app's figures). Where Serve's details
+    (which name each app's key record) are unreadable, no figures, and ``why`` says so."""
+    from atoll import apikeys, prometheus
+
+    body = prometheus.live_traffic(None)
+    if not body["available"]:
+        return body
+    records = {name: ((app.get("deployed_app_config") or {}).get("args") or {}).get("api_key_hash")
+               for name, app in _serve_apps().items()}
+    if not records:
+        return {**body, "available": False, "series": {},
+                "why": "no live traffic: Serve's details are unreadable here, so whose figures you may see is unknown."}
+    series = {app: versions for app, versions in body["series"].items() if app in records
+              and (not records[app] or apikeys.key_matches(authorization, records[app]))}
+    return {**body, "series": series}
 
 
 @cache
@@ -280,6 +316,12 @@ def _gallery_deployment():
                 apps = live_apps()
                 self._cache = (time.monotonic(), apps)
             return {"apps": apps}
+
+        @gallery_api.get("/_gallery/traffic")
+        def traffic(self, authorization: str | None = Header(default=None)):  # noqa: B008 - FastAPI's idiom
+            if self._hashes and not apikeys.any_key_matches(authorization, self._hashes):
+                return JSONResponse({"error": apikeys.REFUSED}, status_code=401)
+            return gallery_traffic(authorization)
 
         @gallery_api.get("/_gallery/healthz")
         def healthz(self) -> dict[str, str]:

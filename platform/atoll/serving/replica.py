@@ -6,8 +6,8 @@ runs wherever Atoll is installed (every node of a cluster.yaml cluster) without 
 
 Routes under the app's prefix: ``POST /predict``, ``GET /`` (model card), ``GET /healthz``, and FastAPI's
 ``/openapi.json`` and ``/docs``; for the playground page (atoll.serving.playground): ``GET /ui`` and ``/ui/static/*``
-(a public page shell with no model data, the same for every app) and ``GET /examples`` and ``/curve.png``
-(model data, behind the API key like the card and ``/predict``: the page asks for the key). Request
+(a public page shell with no model data, the same for every app) and ``GET /examples``, ``/curve.png`` and
+``/traffic`` (model data, behind the API key like the card and ``/predict``: the page asks for the key). Request
 bodies are parsed as JSON (never unpickled) and validated against the version's input schema; a bad
 request is a 4xx that names the problem.
 """
@@ -275,6 +275,10 @@ class ModelServer:
     @api.get("/curve.png")
     def curve(self, request: Request):
         return self._refused(request) or self.showcase.curve_response()
+
+    @api.get("/traffic")
+    def traffic(self, request: Request):
+        return self._refused(request) or playground.app_traffic(_app_name())
 
     @api.get("/openapi.json", include_in_schema=False)
     def openapi(self, request: Request):

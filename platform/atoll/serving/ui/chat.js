@@ -348,6 +348,7 @@
       : "this model has no chat template: the text continues your prompt";
     $("layout").hidden = false;
     setStatus("");
+    window.AtollTraffic.poll($("traffic"), () => fetch(base + "/traffic", { headers: headers(), cache: "no-store" }));
   }
 
   load();

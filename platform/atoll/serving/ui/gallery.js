@@ -55,10 +55,25 @@
     } catch (e) {
       model.textContent = "the app did not answer";
     }
+    node.append(el("div", "traffic"));  // filled from the gallery's one /_gallery/traffic answer
     const link = el("a", "open", "Open playground →");
     link.href = `${prefix}/ui`;
     node.append(link);
     return node;
+  }
+
+  // Every card's live chart (req/s and p99 of the last 10 minutes) from one answer for all apps.
+  async function traffic(cards) {
+    let body;
+    try {
+      const resp = await fetch("/_gallery/traffic", { headers: headers(), cache: "no-store" });
+      body = resp.ok ? await resp.json() : { available: false, why: `live traffic: the gallery answered ${resp.status}` };
+    } catch (e) {
+      body = { available: false, why: `live traffic: no answer (${e.message})` };
+    }
+    for (const node of cards) {
+      window.AtollTraffic.render(node.querySelector(".traffic"), body, (body.series || {})[node.dataset.app] || {});
+    }
   }
 
   async function refresh() {
@@ -75,6 +90,7 @@
       $("gallery").replaceChildren(...cards);
       $("status").textContent = cards.length ? "" : "No model is deployed. Deploy one with `atoll serve deploy NAME`.";
       $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+      if (cards.length) traffic(cards);
     } catch (e) {
       $("status").textContent = `Could not read Serve's status (${e.message}); retrying.`;
     }

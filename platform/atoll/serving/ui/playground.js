@@ -598,6 +598,7 @@
     $("layout").hidden = false;
     setStatus("");
     if (card.has_curve) loadCurve();
+    window.AtollTraffic.poll($("traffic"), () => api("/traffic"));  // req/s and p99, every 10 s
   }
 
   $("openapi-link").href = base + "/openapi.json";
