@@ -227,9 +227,10 @@ def trained_writer(ray_cluster) -> dict:
                   "model.params.hidden=64", "model.params.vocab_size=800", "model.params.context_length=64")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def writer_app(trained_writer):
-    """That version deployed as app `writer` (OpenAI's API, the chat playground)."""
+    """That version deployed as app `writer` (OpenAI's API, the chat playground), for one module: a language
+    model's replica is not left running beside the rest of the session."""
     yield from _deployed(trained_writer, "writer")
 
 
