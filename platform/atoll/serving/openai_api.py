@@ -445,6 +445,12 @@ GENERATE_THREADS = 1
 #: thread, and each HTTP chunk, costs the replica's event loop and Serve's proxy CPU and the GIL: one per token took
 #: as long as a small model's step). The events in a chunk are still one per token.
 STREAM_INTERVAL_S = 0.02
+#: After a batch ends, how long the next one waits at most for that batch's callers to come back: a client that
+#: streams back to back sends again soon after its last token, but through Serve's proxy with 8 streams on 2 busy
+#: cores that took 30-60 ms. A quarter of the batch's own time at most, so waiting never costs more than a fraction
+#: of the work it groups; only a caller that does not come back makes the others wait.
+REJOIN_S = 0.1
+REJOIN_SHARE = 0.25
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -470,9 +476,13 @@ class LanguageModelServer:
         self.generate_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self._pool = ThreadPoolExecutor(GENERATE_THREADS, thread_name_prefix="atoll-generate")
         self._in_flight = 0
-        self._busy = False  # a batch is on its way to the model or generating: new requests wait for its end
+        self._busy = False  # a batch is on its way, generating or forming: new requests wait for their turn
         self._generating = False
-        self._turn = asyncio.Event()  # set when it ends: every request that waited goes to the queue at once
+        self._turn = asyncio.Event()  # set when the next batch has formed: every request that waited goes at once
+        self._waiting = 0  # requests waiting for the turn
+        self._peak = 0  # the most requests in flight since the running batch started: the callers that come back
+        self._batch_began = 0.0
+        self._forming = False  # the model is free and the last batch's callers are expected back (up to REJOIN_S)
         self.batches = {"batches": 0, "shared": 0, "largest_requests": 0, "largest_rows": 0, "tokens": 0,
                         "generate_s": 0.0, "sizes": {}}
         context = serve.get_replica_context()
@@ -716,18 +726,27 @@ class LanguageModelServer:
         """The job's deltas as the batch hands them over (its rows renumbered 0..n-1 by the batch).
 
         Batches form around the model's work: a request that comes while a batch is on its way or generating waits
-        for that batch to end and then goes to the queue together with every other one that waited meanwhile, so
-        they make one batch. (Serve forms batches as requests come, and a static batch takes no rows in once
-        ``generate`` runs: without this gate, requests that come a few milliseconds apart during a long batch queue
-        as many small batches.) A request with none other in flight goes to the model at once; one that comes to an
-        idle model while others still stream their last text waits up to batch_wait_timeout_s for company.
+        for that batch to end, and then for the batch's callers to come back (a client that streams back to back
+        sends its next request a few milliseconds after its last token): the turn goes when as many requests wait
+        as were in flight during the batch, or REJOIN_S after it ended, whichever is first, and they all go to the
+        queue together as one batch. (Serve forms batches as requests come, and a static batch takes no rows in
+        once ``generate`` runs: without this gate, requests a few milliseconds apart queue as many small batches,
+        and clients settle into groups that take turns.) A request with none other in flight goes to the model at
+        once, and so does one stream's next request (its batch had one caller, and it is back).
         """
         self._in_flight += 1
+        self._peak = max(self._peak, self._in_flight)
         recorder = metrics.recorder()
+        waiting = False
         try:
             waited = self._busy
             if waited:  # (released together: none of them waits again for the others' batch)
-                await self._turn.wait()
+                waiting, turn = True, self._turn
+                self._waiting += 1
+                if self._forming and self._waiting >= self._peak:
+                    self._next_turn()
+                await turn.wait()
+                waiting = False
             self._busy = True
             alone = self._in_flight == 1
             self.generate_batch.set_batch_wait_timeout_s(
@@ -739,6 +758,8 @@ class LanguageModelServer:
         finally:
             job.cancelled.set()  # a caller gone mid-stream: its rows stop at the next step
             self._in_flight -= 1
+            if waiting:
+                self._waiting = max(0, self._waiting - 1)
             recorder.unqueued(job)
             if not job.started and not self._generating:
                 self._next_turn()  # gone before its batch began (Serve drops it): the requests behind it go on
@@ -751,6 +772,8 @@ class LanguageModelServer:
         started = recorder.batch_started(jobs)
         self._count(jobs)
         self._generating = True
+        self._batch_began = time.perf_counter()
+        self._peak = self._in_flight
         for job in jobs:
             job.started = True
         owners: list[tuple[int, int]] = []  # batch row -> (job, the job's own row)
@@ -788,7 +811,7 @@ class LanguageModelServer:
                 for item in items:
                     if item is None:
                         finished = True
-                        self._next_turn()  # the model is free: the requests that waited for it go in now
+                        self._rejoin()  # the model is free: the next batch forms from who waits and who comes back
                     elif isinstance(item, BaseException):
                         raise item
                     else:
@@ -808,9 +831,23 @@ class LanguageModelServer:
                 self._next_turn()
             recorder.batch_done(started)
 
+    def _rejoin(self) -> None:
+        """The batch ended: the next turn goes once as many requests wait as were in flight during it, or after
+        REJOIN_S or REJOIN_SHARE of the batch's time, whichever is shorter (a caller that does not come back costs
+        the others that much, once)."""
+        self._generating = False
+        if self._waiting >= self._peak:
+            self._next_turn()
+            return
+        self._forming = True
+        turn = self._turn
+        wait = min(REJOIN_S, REJOIN_SHARE * (time.perf_counter() - self._batch_began))
+        asyncio.get_running_loop().call_later(wait, lambda: turn is self._turn and self._next_turn())
+
     def _next_turn(self) -> None:
         turn, self._turn = self._turn, asyncio.Event()
-        self._busy = self._generating = False
+        self._busy = self._generating = self._forming = False
+        self._waiting = 0
         turn.set()
 
     def _count(self, jobs: list[Job]) -> None:
