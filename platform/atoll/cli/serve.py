@@ -29,8 +29,15 @@ def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS
                                                      "share of requests (0 < FRACTION <= 1) in the request log under "
                                                      "the storage root (inputs, outputs, latency; never headers or "
                                                      "keys); retention: --set log_retention_hours=168."),
+           canary: float | None = typer.Option(None, "--canary", metavar="PERCENT", help="Run the version beside "
+                                               "the one --app serves and send it this share of its requests (then "
+                                               "`atoll serve promote APP` or `atoll serve rollback APP`)."),
+           auto_rollback: bool = typer.Option(False, "--auto-rollback", help="With --canary: stop the canary's "
+                                              "traffic at once when its error rate exceeds the live version's by 5 "
+                                              "points or its p99 exceeds 1.5x the live p99 + 50 ms (last 60 s, at "
+                                              "least 20 of its requests)."),
            config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
-    """Deploy a model version (or roll an app over to it); wait until it is RUNNING."""
+    """Deploy a model version (or roll an app over to it, or run it as a canary); wait until it is RUNNING."""
     from atoll.config import apply_overrides, load_spec
     from atoll.serving import endpoints
 
@@ -41,6 +48,22 @@ def deploy(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS
             raise ConfigError(f"--log-requests {log_requests:g}: give the share of requests to keep, more than 0 "
                               f"and at most 1 (e.g. 0.1 for one in ten).")
         settings["log_requests"] = log_requests
+    if auto_rollback and canary is None:
+        raise ConfigError("--auto-rollback watches a canary: add --canary PERCENT (e.g. --canary 10).")
+    if canary is not None:
+        if not app:
+            raise ConfigError("--canary needs --app: the live app whose traffic the new version shares.")
+        with err_console.status(f"Starting {escape(ref)} as a canary of {escape(app)} …"):
+            moved = endpoints.deploy_canary(ref, app=app, percent=canary, auto_rollback=auto_rollback,
+                                            settings=settings, spec=spec)
+        if as_json:
+            print_json(moved)
+            return
+        console.print(f"{moved['app']}: {moved['canary']} takes {moved['percent']:g}% of requests, {moved['live']} "
+                      f"the rest{' (auto-rollback on)' if moved['auto_rollback'] else ''}; every answer names its "
+                      f"version (x-atoll-version).\n  then: atoll serve promote {moved['app']}   or   atoll serve "
+                      f"rollback {moved['app']}", soft_wrap=True, highlight=False, markup=False)
+        return
     with err_console.status(f"Deploying {escape(ref)} …"):
         result = endpoints.deploy(ref, app=app, replicas=endpoints.parse_replicas(replicas) if replicas else None,
                                   settings=settings, spec=spec, public=public)
@@ -77,6 +100,37 @@ def deploy_summary(result: dict[str, Any], auth: str) -> str:
             f"  atoll query {result['app']} -d '{{\"inputs\": [[...]]}}'\n"
             f"  curl -s {result['url']}/predict -H 'Content-Type: application/json'{auth} "
             f"-d '{{\"inputs\": [[...]]}}'")
+
+
+@serve_app.command("promote")
+def promote(app: str = typer.Argument(..., help="Application name."), config: Path | None = ConfigOpt,
+            as_json: bool = JsonOpt) -> None:
+    """Move all of an app's traffic to its canary's version (no request fails), and remove the canary."""
+    from atoll.config import load_spec
+    from atoll.serving import endpoints
+
+    with err_console.status(f"Promoting the canary of {escape(app)} …"):
+        moved = endpoints.promote(app, spec=load_spec(config))
+    if as_json:
+        print_json(moved)
+        return
+    console.print(f"{moved['app']} serves {moved['live']} (was {moved['previous']}).", highlight=False, markup=False)
+
+
+@serve_app.command("rollback")
+def rollback(app: str = typer.Argument(..., help="Application name."), config: Path | None = ConfigOpt,
+             as_json: bool = JsonOpt) -> None:
+    """Remove an app's canary: its traffic goes back to the live version (no request fails)."""
+    from atoll.config import load_spec
+    from atoll.serving import endpoints
+
+    with err_console.status(f"Rolling back the canary of {escape(app)} …"):
+        moved = endpoints.rollback(app, spec=load_spec(config))
+    if as_json:
+        print_json(moved)
+        return
+    console.print(f"{moved['app']} serves {moved['live']} only; canary {moved['removed']} removed.",
+                  highlight=False, markup=False)
 
 
 @serve_app.command("status")
@@ -144,8 +198,15 @@ def _status_view(rows: list[dict[str, Any]], note: str | None) -> Any:
         if wide and r["requested"] and r["requested"] != r["model"]:
             model += f" ({r['requested']})"
         cells.append([r["app"], r["status"], model, replicas, *_traffic_cells(r["traffic"]), *([r["url"]] * wide)])
+        can = r.get("canary")
         for other, figures in sorted(r["other_versions"].items()):
-            cells.append(["", "", f"└ {other}", "", *_traffic_cells(figures), *([""] * wide)])
+            if not (can and other == can["model"]):
+                cells.append(["", "", f"└ {other}", "", *_traffic_cells(figures), *([""] * wide)])
+        if can:
+            share = "rolled back" if can["rolled_back"] else f"{can['percent']:g}%"
+            replicas = ", ".join(f"{n} {state.lower()}" for state, n in can["replicas"].items()) or "-"
+            cells.append(["", can["status"], f"└ {can['model']} (canary, {share})", replicas,
+                          *_traffic_cells(r["other_versions"].get(can["model"], {})), *([""] * wide)])
     header = ["app", "status", "model", "replicas", "req/s", "p50 ms", "p99 ms", "errors", *(["url"] * wide)]
     parts: list[Any] = [listing("Serve apps", header, cells, free="replicas")]
     if not wide:
@@ -153,6 +214,10 @@ def _status_view(rows: list[dict[str, Any]], note: str | None) -> Any:
     for r in rows:
         if r["status"] not in ("RUNNING", "DEPLOYING") and r["message"]:
             parts.append(Text.assemble((r["app"], "red"), f": {r['message']}"))
+        if (r.get("canary") or {}).get("rolled_back"):
+            parts.append(Text.assemble((r["app"], "red"), f": canary {r['canary']['model']} rolled back automatically"
+                                       f" ({r['canary']['rolled_back']}); `atoll serve rollback {r['app']}` removes "
+                                       f"its replicas."))
     if note:
         parts.append(Text(note, style="dim"))
     return Group(*parts)

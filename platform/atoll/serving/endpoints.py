@@ -28,8 +28,9 @@ from atoll import apikeys, auth, cluster, jobs, registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import AtollError, ClusterNotUpError, ConfigError, ServingError
 from atoll.filesystems import forwarded_env, is_remote
-from atoll.serving import playground
-from atoll.serving.names import DEPLOYMENT_NAME, MODEL_IMPORT_PATH
+from atoll.serving import canary, playground
+from atoll.serving.canary import canary_app
+from atoll.serving.names import CANARY_SUFFIX, DEPLOYMENT_NAME, MODEL_IMPORT_PATH
 from atoll.specs import ClusterSpec, ServeSettings
 
 IMPORT_PATH = MODEL_IMPORT_PATH
@@ -141,7 +142,7 @@ def with_gallery(apps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The model apps plus the gallery (whose list of apps opens with any model app's key), or nothing
     when no model app is left."""
     models = [a for a in apps if a.get("name") != playground.GALLERY_APP]
-    if not models:
+    if not [a for a in models if not a["name"].endswith(CANARY_SUFFIX)]:
         return []
     hashes = [a["args"]["api_key_hash"] for a in models if (a.get("args") or {}).get("api_key_hash")]
     return [*models, playground.gallery_config(hashes)]
@@ -178,28 +179,14 @@ def curl_auth(settings: ServeSettings, keyed: bool | None = None) -> str:
     return f' -H "Authorization: Bearer ${settings.api_key_env}"'
 
 
-def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None = None,
-           settings: dict[str, Any] | None = None, spec: ClusterSpec | None = None,
-           info: ClusterInfo | None = None, wait: bool = True, timeout: float = 300,
-           public: bool = False) -> dict[str, Any]:
-    """Deploy (or roll over) a registered version as the Serve application ``app`` (default: its name).
-
-    The version is resolved now (``digits@production`` → ``digits:3``) and pinned, so the app serves exactly
-    the version reported here. Other applications on the cluster are left as they are. The app's API key:
-    the one in ``$<api_key_env>`` when set; else a redeployed app keeps the key it had, unless ``public``
-    (see :func:`key_record`; the answer's ``api_key`` says which happened).
-
-    Raises:
-        ConfigError: a setting that is not one of ``ServeSettings.PER_APP``, or a bad app name.
-        RegistryError: unknown model, version or alias (listing what exists).
-        ServingError: Serve refused the app, or it failed to start (with Serve's reason).
-    """
+def _prepared_app(ref: str, *, app: str | None, replicas: tuple[int, int] | None, settings: dict[str, Any] | None,
+                  spec: ClusterSpec, info: ClusterInfo, public: bool) -> tuple[Any, str, dict[str, Any], str | None]:
+    """A deploy's checks and its app config (the user model's code uploaded, the store's location forwarded): the
+    version, the app name, the config without its key record, and the key from the environment."""
     unknown = sorted(set(settings or {}) - set(ServeSettings.PER_APP))  # before any cluster call: fail fast
     if unknown:
         raise ConfigError(f"--set {unknown[0]}: not a per-app Serve setting; choose from "
                           f"{', '.join(ServeSettings.PER_APP)}.")
-    spec = spec or cluster.load_spec()
-    info = info or cluster.current()
     version = registry.Registry(spec.atoll.storage).get(ref)
     app = app or version.name
     if not APP_NAME.match(app):
@@ -217,10 +204,38 @@ def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None
         new["runtime_env"] = {"py_modules": jobs.upload_modules(code, info=info)}
     if is_remote(spec.atoll.storage) and (env := forwarded_env()):
         new.setdefault("runtime_env", {})["env_vars"] = env  # where the object store is, never a key
+    return version, app, new, key
+
+
+def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None = None,
+           settings: dict[str, Any] | None = None, spec: ClusterSpec | None = None,
+           info: ClusterInfo | None = None, wait: bool = True, timeout: float = 300,
+           public: bool = False) -> dict[str, Any]:
+    """Deploy (or roll over) a registered version as the Serve application ``app`` (default: its name).
+
+    The version is resolved now (``digits@production`` → ``digits:3``) and pinned, so the app serves exactly
+    the version reported here. Other applications on the cluster are left as they are. The app's API key:
+    the one in ``$<api_key_env>`` when set; else a redeployed app keeps the key it had, unless ``public``
+    (see :func:`key_record`; the answer's ``api_key`` says which happened).
+
+    Raises:
+        ConfigError: a setting that is not one of ``ServeSettings.PER_APP``, or a bad app name.
+        RegistryError: unknown model, version or alias (listing what exists).
+        ServingError: Serve refused the app, or it failed to start (with Serve's reason); or the app has a
+            canary (promote or roll it back first).
+    """
+    spec = spec or cluster.load_spec()
+    info = info or cluster.current()
+    version, app, new, key = _prepared_app(ref, app=app, replicas=replicas, settings=settings, spec=spec, info=info,
+                                           public=public)
     written: dict[str, Any] = {}
 
     def replace(apps: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         # Decided under the config lock, from the app as the cluster has it now.
+        if canary_app(app) in apps:
+            raise ServingError(f"app {app!r} has a canary ({apps[canary_app(app)]['args']['model']}): move all "
+                               f"traffic to it with `atoll serve promote {app}` or remove it with `atoll serve "
+                               f"rollback {app}` first.")
         record, written["api_key"] = key_record((apps.get(app) or {}).get("args"), key, public=public)
         args = {k: v for k, v in new["args"].items() if k != "api_key_hash"}
         written["config"] = {**new, "args": {**args, "api_key_hash": record} if record else args}
@@ -236,6 +251,127 @@ def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None
     if wait:
         result["status"] = _wait_running(info, app, started, timeout)
     return result
+
+
+# ---- Canaries (the replica's side, and the rules of auto-rollback: atoll.serving.canary)
+
+def canary_route(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The canary settings an app's config gives its live replicas (their ``user_config``), or None."""
+    for deployment in (config or {}).get("deployments") or []:
+        if deployment.get("name") == DEPLOYMENT_NAME:
+            return ((deployment.get("user_config") or {}).get("canary")) or None
+    return None
+
+
+def _routed(config: dict[str, Any], route: dict[str, Any] | None) -> dict[str, Any]:
+    """``config`` with its live replicas' canary settings set to ``route`` (a lightweight update: Serve calls
+    their ``reconfigure``, restarting none)."""
+    others = [d for d in config.get("deployments") or [] if d.get("name") != DEPLOYMENT_NAME]
+    return {**config, "deployments": [*others, {"name": DEPLOYMENT_NAME, "user_config": {"canary": route}}]}
+
+
+def _set_route(info: ClusterInfo, spec: ClusterSpec, app: str, route: dict[str, Any] | None, timeout: float) -> None:
+    started = time.time()
+    _change_apps(info, spec, lambda apps: {**apps, app: _routed(apps[app], route)},
+                 landed=lambda apps: canary_route(apps.get(app)) == route)
+    _wait_running(info, app, started, timeout)
+
+
+def _live_and_canary(info: ClusterInfo, app: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    apps = _deployed(info)
+    if app not in apps:
+        raise ServingError(f"no Serve app {app!r}; apps: {', '.join(sorted(a for a in apps if not a.endswith(CANARY_SUFFIX) and a != playground.GALLERY_APP)) or 'none'}.")
+    if canary_app(app) not in apps:
+        raise ServingError(f"app {app!r} has no canary: start one with `atoll serve deploy NAME:VERSION --app {app} "
+                           f"--canary 10`.")
+    return apps[app], apps[canary_app(app)]
+
+
+def deploy_canary(ref: str, *, app: str, percent: float, auto_rollback: bool = False,
+                  settings: dict[str, Any] | None = None, spec: ClusterSpec | None = None,
+                  info: ClusterInfo | None = None, timeout: float = 300) -> dict[str, Any]:
+    """Run ``ref`` beside the version ``app`` serves and send it ``percent`` % of the app's model calls.
+
+    The canary starts as the app ``APP.canary`` (no HTTP route, the live app's key), and only once it is RUNNING
+    do the live replicas start sending it traffic (a lightweight update of their ``user_config``): no request
+    waits for a canary that is still loading.
+
+    Raises:
+        ConfigError: ``percent`` outside (0, 100).
+        ServingError: no such live app, or it serves ``ref`` already, or has a canary already.
+    """
+    if not 0 < percent < 100:
+        raise ConfigError(f"--canary {percent:g}: give the share of requests for the new version, more than 0 and "
+                          f"less than 100 (e.g. --canary 10); `atoll serve promote {app}` moves all of them.")
+    spec = spec or cluster.load_spec()
+    info = info or cluster.current()
+    version, app, new, _ = _prepared_app(ref, app=app, replicas=None, settings=settings, spec=spec, info=info,
+                                         public=False)
+    apps = _deployed(info)
+    live = apps.get(app)
+    if live is None:
+        raise ServingError(f"no live app {app!r} to run a canary beside: deploy it first, without --canary "
+                           f"(`atoll serve deploy NAME --app {app}`).")
+    if canary_app(app) in apps:
+        raise ServingError(f"app {app!r} has a canary already ({apps[canary_app(app)]['args']['model']}): "
+                           f"`atoll serve promote {app}` or `atoll serve rollback {app}` first.")
+    if live["args"]["model"] == version.ref:
+        raise ServingError(f"app {app!r} serves {version.ref} already: a canary is another version.")
+    name = canary_app(app)
+    args = {k: v for k, v in new["args"].items() if k != "api_key_hash"}
+    if live["args"].get("api_key_hash"):  # the live app's key: the canary answers the same clients
+        args["api_key_hash"] = live["args"]["api_key_hash"]
+    config = {**new, "name": name, "route_prefix": None, "args": args}
+    started = time.time()
+    _change_apps(info, spec, lambda deployed: {**deployed, name: config},
+                 landed=lambda deployed: (deployed.get(name) or {}).get("args") == args)
+    _wait_running(info, name, started, timeout)
+    canary.clear_verdict(spec.atoll.storage, app)
+    route = {"app": name, "model": version.ref, "percent": float(percent), "auto_rollback": bool(auto_rollback)}
+    _set_route(info, spec, app, route, timeout)
+    return {"app": app, "live": live["args"]["model"], "canary": version.ref, "percent": float(percent),
+            "auto_rollback": bool(auto_rollback), "url": endpoint_url(spec, app), "status": "RUNNING"}
+
+
+def promote(app: str, *, spec: ClusterSpec | None = None, info: ClusterInfo | None = None,
+            timeout: float = 300) -> dict[str, Any]:
+    """Move all of ``app``'s traffic to its canary's version, with no failed request: every model call goes to the
+    canary first (a lightweight update), then the live replicas roll over to its version (Serve's rolling update:
+    the old ones keep forwarding until they stop), and only then does the canary's app go."""
+    spec = spec or cluster.load_spec()
+    info = info or cluster.current()
+    live, can = _live_and_canary(info, app)
+    route = {**(canary_route(live) or {"app": canary_app(app), "model": can["args"]["model"]}), "percent": 100.0,
+             "auto_rollback": False}
+    _set_route(info, spec, app, route, timeout)
+    args = {**can["args"]}
+    promoted = {k: v for k, v in {**can, "name": app, "route_prefix": live.get("route_prefix") or f"/{app}",
+                                  "args": args}.items() if k != "deployments"}
+    started = time.time()
+    _change_apps(info, spec, lambda apps: {**apps, app: promoted},
+                 landed=lambda apps: (apps.get(app) or {}).get("args") == args and canary_route(apps.get(app)) is None)
+    _wait_running(info, app, started, timeout)
+    _remove_canary(info, spec, app, timeout)
+    return {"app": app, "live": args["model"], "previous": live["args"]["model"], "status": "RUNNING"}
+
+
+def rollback(app: str, *, spec: ClusterSpec | None = None, info: ClusterInfo | None = None,
+             timeout: float = 300) -> dict[str, Any]:
+    """Remove ``app``'s canary, with no failed request: the live replicas stop sending it traffic first (a
+    lightweight update; what it was answering, it finishes), then its app goes."""
+    spec = spec or cluster.load_spec()
+    info = info or cluster.current()
+    live, can = _live_and_canary(info, app)
+    _set_route(info, spec, app, None, timeout)
+    _remove_canary(info, spec, app, timeout)
+    return {"app": app, "live": live["args"]["model"], "removed": can["args"]["model"], "status": "RUNNING"}
+
+
+def _remove_canary(info: ClusterInfo, spec: ClusterSpec, app: str, timeout: float) -> None:
+    name = canary_app(app)
+    _change_apps(info, spec, lambda apps: {k: v for k, v in apps.items() if k != name},
+                 landed=lambda apps: name not in apps)
+    _wait_gone(info, name, timeout)
 
 
 #: How long a writer waits before checking that no concurrent writer dropped its change: longer than any
@@ -304,34 +440,60 @@ def _wait_running(info: ClusterInfo, app: str, since: float, timeout: float) -> 
 
 
 def status(info: ClusterInfo | None = None, spec: ClusterSpec | None = None) -> list[dict[str, Any]]:
-    """Every Serve application: status, URL, the model version it serves, replicas by state."""
+    """Every Serve application: status, URL, the model version it serves, replicas by state, and its canary (the
+    version, its share, and an auto-rollback's verdict) if it has one."""
     info = info or cluster.current()
     spec = spec or cluster.load_spec()
+    apps = _apps(_details(info))
     rows = []
-    for name, state in sorted(_apps(_details(info)).items()):
-        if name == playground.GALLERY_APP:  # the showcase page, not a model endpoint
+    for name, state in sorted(apps.items()):
+        if name == playground.GALLERY_APP or name.endswith(CANARY_SUFFIX):  # a page; a canary is in its app's row
             continue
-        args = (state.get("deployed_app_config") or {}).get("args") or {}
-        deployment = (state.get("deployments") or {}).get(DEPLOYMENT_NAME) or {}
-        replicas: dict[str, int] = {}
-        for replica in deployment.get("replicas") or []:
-            replicas[replica.get("state", "?")] = replicas.get(replica.get("state", "?"), 0) + 1
+        config = state.get("deployed_app_config") or {}
+        args = config.get("args") or {}
         rows.append({"app": name, "status": state.get("status"), "route_prefix": state.get("route_prefix"),
                      "url": endpoint_url(spec, name), "model": args.get("model"), "requested": args.get("requested"),
-                     "replicas": replicas, "message": (state.get("message") or "").strip()[:300]})
+                     "replicas": _replicas(state), "message": (state.get("message") or "").strip()[:300],
+                     "canary": _canary_row(spec, name, config, apps.get(canary_app(name)))})
     return rows
+
+
+def _replicas(state: dict[str, Any]) -> dict[str, int]:
+    deployment = (state.get("deployments") or {}).get(DEPLOYMENT_NAME) or {}
+    replicas: dict[str, int] = {}
+    for replica in deployment.get("replicas") or []:
+        replicas[replica.get("state", "?")] = replicas.get(replica.get("state", "?"), 0) + 1
+    return replicas
+
+
+def _canary_row(spec: ClusterSpec, app: str, config: dict[str, Any], state: dict[str, Any] | None
+                ) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    route = canary_route(config) or {}
+    model = ((state.get("deployed_app_config") or {}).get("args") or {}).get("model")
+    verdict = canary.read_verdict(spec.atoll.storage, app) if route.get("auto_rollback") else None
+    return {"model": model, "status": state.get("status"), "percent": route.get("percent", 0.0),
+            "auto_rollback": bool(route.get("auto_rollback")), "replicas": _replicas(state),
+            "rolled_back": verdict.get("reason") if verdict and verdict.get("canary") == model else None}
 
 
 def delete(app: str, *, info: ClusterInfo | None = None, spec: ClusterSpec | None = None,
            timeout: float = 120) -> None:
-    """Remove one application (its replicas stop); the others keep serving."""
+    """Remove one application (its replicas stop), and its canary if it has one; the others keep serving."""
     info = info or cluster.current()
     spec = spec or cluster.load_spec()
     apps = _apps(_details(info))
     if app not in apps:
         raise ServingError(f"no Serve app {app!r}; apps: {', '.join(sorted(apps)) or 'none'}.")
-    _change_apps(info, spec, lambda deployed: {k: v for k, v in deployed.items() if k != app},
-                 landed=lambda deployed: app not in deployed)
+    gone = {app, canary_app(app)}
+    _change_apps(info, spec, lambda deployed: {k: v for k, v in deployed.items() if k not in gone},
+                 landed=lambda deployed: not gone & set(deployed))
+    for name in gone:
+        _wait_gone(info, name, timeout)
+
+
+def _wait_gone(info: ClusterInfo, app: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while app in _apps(_details(info)):
         if time.monotonic() > deadline:

@@ -5,3 +5,5 @@ MODEL_IMPORT_PATH = "atoll.serving.replica:app"
 DEPLOYMENT_NAME = "ModelServer"
 GALLERY_APP = "_gallery"  # not a valid `--app` name, so it never collides with a model app
 GALLERY_IMPORT_PATH = "atoll.serving.playground:gallery_app"
+CANARY_SUFFIX = ".canary"  # APP's canary runs as the app APP.canary (a dot: never a valid `--app` name)
+VERSION_HEADER = "x-atoll-version"  # on every answer of a model app: the version that gave it

@@ -41,7 +41,7 @@ from ray import serve
 
 from atoll import apikeys, request_log
 from atoll.errors import RequestError
-from atoll.serving import metrics, playground
+from atoll.serving import canary, metrics, playground
 from atoll.serving.generation import Delta, GenerationRequestError, Generator, Row, Sampling
 from atoll.serving.names import DEPLOYMENT_NAME
 from atoll.specs import ServeSettings
@@ -436,6 +436,7 @@ def rows_in(jobs: list[Job]) -> int:
 api = FastAPI(title="Atoll language model endpoint", docs_url=None, redoc_url=None, openapi_url=None,
               description="OpenAI's completions and chat completions API over a registered Atoll model version.")
 api.add_middleware(metrics.RequestMetrics)
+api.add_middleware(canary.CanarySplit)  # outermost: the version header, a canary's share (atoll.serving.canary)
 
 ROUTES = ["GET /healthz", "GET /", "GET /ui", "GET /examples", "GET /traffic", "GET /v1/models", "POST /v1/completions",
           "POST /v1/chat/completions"]
@@ -455,7 +456,7 @@ REJOIN_SHARE = 0.25
 
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress(api)
-class LanguageModelServer:
+class LanguageModelServer(canary.Forwardable):
     """One replica: the model in memory, requests batched by rows and streamed token by token."""
 
     def __init__(self, args: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -486,8 +487,10 @@ class LanguageModelServer:
         self.batches = {"batches": 0, "shared": 0, "largest_requests": 0, "largest_rows": 0, "tokens": 0,
                         "generate_s": 0.0, "sizes": {}}
         context = serve.get_replica_context()
-        metrics.start_replica(context.app_name, self.version.ref)
-        self.request_log = request_log.start(args["storage"], context.app_name, self.version.name, self.version.version,
+        app_name = canary.public_app(context.app_name)  # a canary's replicas count under the app it serves
+        metrics.start_replica(app_name, self.version.ref)
+        canary.split.serving(app_name, self.version.ref, args["storage"])
+        self.request_log = request_log.start(args["storage"], app_name, self.version.name, self.version.version,
                                              str(getattr(context.replica_id, "unique_id", context.replica_id)),
                                              self.settings.log_requests, self.settings.log_retention_hours)
         log.info("serving %s (%s, context %d) on %s", self.version.ref, TASK, self.generator.context_length,
@@ -586,7 +589,7 @@ class LanguageModelServer:
 
     @api.get("/traffic")
     def traffic(self, request: Request):
-        return self._refused(request) or playground.app_traffic(serve.get_replica_context().app_name)
+        return self._refused(request) or playground.app_traffic(canary.public_app(serve.get_replica_context().app_name))
 
     # ---- Routes: OpenAI's
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.errors import AtollError
-from atoll.serving.names import DEPLOYMENT_NAME, GALLERY_APP, GALLERY_IMPORT_PATH
+from atoll.serving.names import CANARY_SUFFIX, DEPLOYMENT_NAME, GALLERY_APP, GALLERY_IMPORT_PATH
 
 log = logging.getLogger("ray.serve")
 
@@ -240,8 +240,8 @@ def live_apps() -> list[dict[str, Any]]:
     prefixes = {n: a.get("route_prefix") for n, a in _serve_apps().items()}
     apps = []
     for name, state in sorted(serve.status().applications.items()):
-        if name == GALLERY_APP or DEPLOYMENT_NAME not in (state.deployments or {}):
-            continue
+        if name == GALLERY_APP or name.endswith(CANARY_SUFFIX) or DEPLOYMENT_NAME not in (state.deployments or {}):
+            continue  # (a canary has no route: its app's card names both versions' traffic)
         apps.append({"app": name, "status": str(getattr(state.status, "value", state.status)),
                      "route_prefix": prefixes.get(name) or f"/{name}"})
     return apps

@@ -63,6 +63,8 @@ def guards_from_configs(configs: dict[str, Any]) -> list[Guard]:
     for name, config in configs.items():
         conf = _conf(config)
         args, path = conf.get("args") or {}, conf.get("import_path")
+        if conf.get("route_prefix") is None and "route_prefix" in conf:
+            continue  # no HTTP route (a canary: only its app's replicas reach it)
         if path == MODEL_IMPORT_PATH and args.get("api_key_hash"):
             records = (args["api_key_hash"],)
         elif path == GALLERY_IMPORT_PATH and args.get("api_key_hashes"):
@@ -80,7 +82,7 @@ def model_apps_from_configs(configs: dict[str, Any]) -> list[Guard]:
     apps = []
     for name, config in configs.items():
         conf = _conf(config)
-        if conf.get("import_path") == MODEL_IMPORT_PATH:
+        if conf.get("import_path") == MODEL_IMPORT_PATH and conf.get("route_prefix", "/") is not None:
             prefix = (conf.get("route_prefix") or "/").rstrip("/") or "/"
             apps.append(Guard(prefix, False, (), name, str((conf.get("args") or {}).get("model") or "")))
     return sorted(apps, key=lambda g: len(g.prefix), reverse=True)

@@ -31,7 +31,7 @@ from ray import serve
 
 from atoll import apikeys, request_log
 from atoll.errors import AtollError, RequestError
-from atoll.serving import metrics, playground, protocols
+from atoll.serving import canary, metrics, playground, protocols
 from atoll.serving.names import DEPLOYMENT_NAME
 from atoll.serving.predictor import Predictor, Prepared
 from atoll.specs import ServeSettings
@@ -92,12 +92,12 @@ DEFAULT_REQUEST_PIXELS: int = ServeSettings.model_fields["max_request_pixels"].d
 
 
 def _app_name() -> str:
-    """The Serve application this replica serves ("" where the class is built outside Serve, as in tests of
-    its request handling)."""
+    """The Serve application this replica serves, as clients address it (a canary's app, ``APP.canary``, serves
+    ``APP``); "" where the class is built outside Serve, as in tests of its request handling."""
     from ray.serve.exceptions import RayServeException
 
     try:
-        return serve.get_replica_context().app_name
+        return canary.public_app(serve.get_replica_context().app_name)
     except RayServeException:
         return ""
 
@@ -168,6 +168,8 @@ api = FastAPI(title="Atoll model endpoint", docs_url=None, redoc_url=None, opena
               description="Predictions from a registered Atoll model version. POST rows to /predict.")
 # Every request counted by route and status and timed, into Ray's metrics (atoll.serving.metrics).
 api.add_middleware(metrics.RequestMetrics)
+# Outermost: the answering version's header, and a canary's share of the model calls (atoll.serving.canary).
+api.add_middleware(canary.CanarySplit)
 # /predict reads its body itself (size limit, one-line errors), so FastAPI cannot infer its schema: declare it.
 _PREDICT_BODY = {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["inputs"],
@@ -202,7 +204,7 @@ INLINE_TABLE_BYTES = 16 * 1024
 
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress(api)
-class ModelServer:
+class ModelServer(canary.Forwardable):
     """One replica: the model in memory, batched prediction, request validation and the API key."""
 
     def __init__(self, args: dict[str, Any]) -> None:
@@ -216,6 +218,7 @@ class ModelServer:
         self._in_flight = 0  # requests between parsing and their answer (the batch wait adapts to it)
         self._parser = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="atoll-parse")
         metrics.start_replica(_app_name(), self.predictor.version.ref)
+        canary.split.serving(_app_name(), self.predictor.version.ref, self.args.storage_root())
         v = self.predictor.version
         self.request_log = request_log.start(self.args.storage_root(), _app_name(), v.name, v.version, _replica_id(),
                                              self.settings.log_requests, self.settings.log_retention_hours)

@@ -1,0 +1,200 @@
+"""Canary rollouts (issue 35.7): a second version beside the live one in the same app, a weighted share of the
+model calls, promote and rollback with no failed request, and auto-rollback of a canary that fails."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from atoll import registry
+from atoll.serving import canary
+from conftest import SMALL_APP, run_cli
+
+ROW = [0.0] * 64
+APP = "canaried"
+
+
+# ---- The judge, without a cluster
+
+def test_the_judge_waits_for_enough_canary_answers_then_names_what_is_worse() -> None:
+    judge = canary.Judge()
+    for i in range(40):
+        judge.record("live", True, 10.0, now=i)
+    for i in range(canary.MIN_REQUESTS - 1):
+        judge.record("canary", False, 10.0, now=40 + i)
+    assert judge.verdict() is None  # too few to judge
+    judge.record("canary", False, 10.0, now=60)
+    assert judge.verdict().startswith("error rate 100.0% over its last 20 requests vs 0.0%")
+
+    slow = canary.Judge()
+    for i in range(40):
+        slow.record("live", True, 10.0, now=i)
+        slow.record("canary", True, 60.0, now=i)  # 1.5 x 10 + 50 = 65 ms: within the margin
+    assert slow.verdict() is None
+    slow.record("canary", True, 500.0, now=41)
+    assert slow.verdict().startswith("p99 500 ms")
+
+
+def test_the_judge_forgets_answers_older_than_its_window() -> None:
+    judge = canary.Judge(window_s=60)
+    for i in range(30):
+        judge.record("canary", False, 10.0, now=i)
+    for i in range(30):
+        judge.record("canary", True, 10.0, now=100 + i)
+    assert judge.verdict() is None  # the failures were more than a minute ago
+
+
+def test_a_bad_canary_command_is_one_line_before_any_cluster_call() -> None:
+    no_canary = run_cli("serve", "deploy", "digits:1", "--app", APP, "--auto-rollback")
+    assert no_canary.returncode != 0 and "--auto-rollback watches a canary: add --canary" in no_canary.stderr
+    no_app = run_cli("serve", "deploy", "digits:1", "--canary", "10")
+    assert no_app.returncode != 0 and "--canary needs --app" in no_app.stderr
+    assert "Traceback" not in no_canary.stderr + no_app.stderr
+
+
+# ---- On the cluster
+
+class Client:
+    """Back-to-back predictions in a thread: which version answered each (its header), and every failure."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.answers, self.failures = url, [], []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self.stop.is_set():
+                try:
+                    resp = http.post(f"{self.url}/predict", json={"inputs": [ROW]})
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                version = resp.headers.get("x-atoll-version")
+                self.answers.append((version, resp.status_code))
+                if resp.status_code != 200:
+                    self.failures.append((version, resp.status_code, resp.text[:200]))
+
+    def mark(self) -> int:
+        return len(self.answers)
+
+    def wait_for(self, count: int, timeout: float = 60) -> None:
+        start = len(self.answers)
+        _wait_until(lambda: len(self.answers) >= start + count or not self.thread.is_alive(), timeout,
+                    f"{count} answers")
+
+    def since(self, mark: int) -> collections.Counter:
+        return collections.Counter(version for version, _ in self.answers[mark:])
+
+    def __enter__(self) -> Client:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def _copy(reg: registry.Registry, source, folder: Path, *, broken: bool = False) -> str:
+    """A new version of the same model without a second training run (``broken``: weights all NaN, so every
+    answer of its torch runtime is an error)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    local = Path(reg.local_copy(source, folder))
+    (local / "manifest.json").unlink()  # the registry writes its own
+    if broken:
+        weights = load_file(local / "model.safetensors")
+        save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, local / "model.safetensors")
+    new = reg.register(source.name, local, metrics=source.metrics, spec=source.spec, input_schema=source.input_schema,
+                       lineage={"copied_from": source.ref, "broken": broken}, files_from_checkpoint=False)
+    return new.ref
+
+
+def _status() -> dict:
+    rows = json.loads(run_cli("serve", "status", "--json").stdout)
+    return next(r for r in rows if r["app"] == APP)
+
+
+@pytest.mark.cluster
+def test_a_canary_shares_traffic_rolls_back_promotes_and_rolls_back_by_itself(trained_digits, tmp_path) -> None:
+    reg = registry.Registry(os.environ["ATOLL_STORAGE"])
+    live = reg.get(f"digits:{trained_digits['registered']['version']}")
+    deployed = run_cli("serve", "deploy", live.ref, "--app", APP, *SMALL_APP, "--json", timeout=400)
+    assert deployed.returncode == 0, deployed.stderr
+    url = json.loads(deployed.stdout)["url"]
+    better = _copy(reg, live, tmp_path / "better")
+    broken = _copy(reg, live, tmp_path / "broken", broken=True)
+    try:
+        with Client(url) as client:
+            client.wait_for(5)
+            assert client.since(0) == {live.ref: client.mark()}  # every answer names its version
+
+            # 1. A canary at 50%: both versions answer, and nothing fails while it starts
+            started = run_cli("serve", "deploy", better, "--app", APP, "--canary", "50", *SMALL_APP[2:], timeout=400)
+            assert started.returncode == 0, started.stderr
+            assert f"{better} takes 50% of requests" in started.stdout
+            mark = client.mark()
+            client.wait_for(60)
+            shares = client.since(mark)
+            assert set(shares) == {live.ref, better} and min(shares.values()) >= 10, shares
+            row = _status()
+            assert row["model"] == live.ref and row["canary"]["model"] == better
+            assert row["canary"]["percent"] == 50 and row["canary"]["rolled_back"] is None
+
+            # 2. Rollback: the live version alone again, no request lost
+            assert run_cli("serve", "rollback", APP, timeout=400).returncode == 0
+            mark = client.mark()
+            client.wait_for(20)
+            assert client.since(mark) == {live.ref: client.mark() - mark}
+            assert _status()["canary"] is None
+            assert client.failures == []
+
+            # 3. A broken canary with --auto-rollback: its answers fail until the live replica stops sending it any
+            failed_before = len(client.failures)
+            started = run_cli("serve", "deploy", broken, "--app", APP, "--canary", "50", "--auto-rollback",
+                              *SMALL_APP[2:], "--set", "runtime=torch", timeout=400)
+            assert started.returncode == 0, started.stderr
+            _wait_until(lambda: (_status()["canary"] or {}).get("rolled_back"), 60, "verdict")
+            assert len(client.failures) - failed_before >= canary.MIN_REQUESTS  # what it took to judge it
+            time.sleep(0.2)  # an answer on its way back as the verdict fell
+            mark = client.mark()
+            client.wait_for(40)
+            assert client.since(mark) == {live.ref: client.mark() - mark}  # rolled back: none goes to it now
+            assert all(version == broken for version, *_ in client.failures[failed_before:]), client.failures[-3:]
+            row = _status()
+            assert row["canary"]["model"] == broken and row["canary"]["rolled_back"].startswith("error rate 100.0%")
+            shown = run_cli("serve", "status")
+            assert f"canary {broken} rolled back automatically" in " ".join(shown.stdout.split())
+            assert run_cli("serve", "rollback", APP, timeout=400).returncode == 0
+            del client.failures[failed_before:]
+
+            # 4. A canary promoted under load: every request answered, then all by the new version
+            started = run_cli("serve", "deploy", better, "--app", APP, "--canary", "10", *SMALL_APP[2:], timeout=400)
+            assert started.returncode == 0, started.stderr
+            promoted = run_cli("serve", "promote", APP, "--json", timeout=400)
+            assert promoted.returncode == 0, promoted.stderr
+            assert json.loads(promoted.stdout)["live"] == better
+            mark = client.mark()
+            client.wait_for(20)
+            assert client.since(mark) == {better: client.mark() - mark}
+            assert client.failures == []
+        row = _status()
+        assert row["model"] == better and row["canary"] is None
+        refused = run_cli("serve", "rollback", APP)
+        assert refused.returncode == 1 and f"app {APP!r} has no canary" in refused.stderr
+    finally:
+        run_cli("serve", "delete", APP, timeout=200)
