@@ -92,19 +92,18 @@ def test_hour_folders_past_the_retention_are_deleted(tmp_path):
     assert left == [(time.strftime("%Y-%m-%d", recent), time.strftime("%H", recent))]
 
 
-def test_logging_off_is_no_log_and_a_record_costs_microseconds(tmp_path):
+def test_logging_off_is_no_log_and_a_record_stays_in_memory_until_the_flush(tmp_path):
     assert request_log.start(str(tmp_path), "demo", "digits", 1, "r", 0.0, 168) is None
     assert request_log.start(str(tmp_path), "", "digits", 1, "r", 1.0, 168) is None  # a replica outside Serve
     log = _log(tmp_path)
     try:
         rows = np.zeros((1, 64), np.float32)
-        n = 20_000
-        started = time.perf_counter()
+        n = 2_000
         for _ in range(n):
             if log.sampled():
                 log.record("/predict", 200, 1.0, rows, {"predictions": [0]})
-        per_request_us = (time.perf_counter() - started) / n * 1e6
-        assert per_request_us < 20, per_request_us  # ~1 µs here: an append to a list
+        # The request path only appends: nothing touches the storage root before the background flush
+        assert len(log._records) == n and not list(tmp_path.rglob("*.parquet"))
         sampled = request_log.RequestLog(str(tmp_path), "demo", "d", 1, "r", 0.1, 168, flush_s=3600)
         kept = sum(sampled.sampled() for _ in range(20_000))
         sampled.close()

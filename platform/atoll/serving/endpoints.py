@@ -179,14 +179,18 @@ def curl_auth(settings: ServeSettings, keyed: bool | None = None) -> str:
     return f' -H "Authorization: Bearer ${settings.api_key_env}"'
 
 
+def _check_settings(settings: dict[str, Any] | None) -> None:
+    """Per-app settings only: checked before any cluster call, so this is the error a typo gets."""
+    unknown = sorted(set(settings or {}) - set(ServeSettings.PER_APP))
+    if unknown:
+        raise ConfigError(f"--set {unknown[0]}: not a per-app Serve setting; choose from "
+                          f"{', '.join(ServeSettings.PER_APP)}.")
+
+
 def _prepared_app(ref: str, *, app: str | None, replicas: tuple[int, int] | None, settings: dict[str, Any] | None,
                   spec: ClusterSpec, info: ClusterInfo, public: bool) -> tuple[Any, str, dict[str, Any], str | None]:
     """A deploy's checks and its app config (the user model's code uploaded, the store's location forwarded): the
     version, the app name, the config without its key record, and the key from the environment."""
-    unknown = sorted(set(settings or {}) - set(ServeSettings.PER_APP))  # before any cluster call: fail fast
-    if unknown:
-        raise ConfigError(f"--set {unknown[0]}: not a per-app Serve setting; choose from "
-                          f"{', '.join(ServeSettings.PER_APP)}.")
     version = registry.Registry(spec.atoll.storage).get(ref)
     app = app or version.name
     if not APP_NAME.match(app):
@@ -224,6 +228,7 @@ def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None
         ServingError: Serve refused the app, or it failed to start (with Serve's reason); or the app has a
             canary (promote or roll it back first).
     """
+    _check_settings(settings)
     spec = spec or cluster.load_spec()
     info = info or cluster.current()
     version, app, new, key = _prepared_app(ref, app=app, replicas=replicas, settings=settings, spec=spec, info=info,
@@ -303,6 +308,7 @@ def deploy_canary(ref: str, *, app: str, percent: float, auto_rollback: bool = F
     if not 0 < percent < 100:
         raise ConfigError(f"--canary {percent:g}: give the share of requests for the new version, more than 0 and "
                           f"less than 100 (e.g. --canary 10); `atoll serve promote {app}` moves all of them.")
+    _check_settings(settings)
     spec = spec or cluster.load_spec()
     info = info or cluster.current()
     version, app, new, _ = _prepared_app(ref, app=app, replicas=None, settings=settings, spec=spec, info=info,
