@@ -106,31 +106,30 @@ def deploy_summary(result: dict[str, Any], auth: str) -> str:
 def promote(app: str = typer.Argument(..., help="Application name."), config: Path | None = ConfigOpt,
             as_json: bool = JsonOpt) -> None:
     """Move all of an app's traffic to its canary's version (no request fails), and remove the canary."""
-    from atoll.config import load_spec
-    from atoll.serving import endpoints
-
-    with err_console.status(f"Promoting the canary of {escape(app)} …"):
-        moved = endpoints.promote(app, spec=load_spec(config))
-    if as_json:
-        print_json(moved)
-        return
-    console.print(f"{moved['app']} serves {moved['live']} (was {moved['previous']}).", highlight=False, markup=False)
+    _move_canary("promote", app, config, as_json)
 
 
 @serve_app.command("rollback")
 def rollback(app: str = typer.Argument(..., help="Application name."), config: Path | None = ConfigOpt,
              as_json: bool = JsonOpt) -> None:
     """Remove an app's canary: its traffic goes back to the live version (no request fails)."""
+    _move_canary("rollback", app, config, as_json)
+
+
+def _move_canary(move: str, app: str, config: Path | None, as_json: bool) -> None:
     from atoll.config import load_spec
     from atoll.serving import endpoints
 
-    with err_console.status(f"Rolling back the canary of {escape(app)} …"):
-        moved = endpoints.rollback(app, spec=load_spec(config))
+    with err_console.status(f"{'Promoting' if move == 'promote' else 'Rolling back'} the canary of {escape(app)} …"):
+        moved = getattr(endpoints, move)(app, spec=load_spec(config))
     if as_json:
         print_json(moved)
-        return
-    console.print(f"{moved['app']} serves {moved['live']} only; canary {moved['removed']} removed.",
-                  highlight=False, markup=False)
+    elif move == "promote":
+        console.print(f"{moved['app']} serves {moved['live']} (was {moved['previous']}).", highlight=False,
+                      markup=False)
+    else:
+        console.print(f"{moved['app']} serves {moved['live']} only; canary {moved['removed']} removed.",
+                      highlight=False, markup=False)
 
 
 @serve_app.command("status")

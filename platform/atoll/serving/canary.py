@@ -236,7 +236,8 @@ async def _read_body(receive: Any) -> tuple[bytes, bool]:
             return b"".join(chunks), False
 
 
-def _replay(body: bytes, receive: Any) -> Any:
+def _replay(body: bytes, then: Any) -> Any:
+    """An ASGI ``receive`` that gives the whole body, then whatever ``then`` gives (the client's disconnect)."""
     sent = False
 
     async def replayed() -> dict[str, Any]:
@@ -244,7 +245,7 @@ def _replay(body: bytes, receive: Any) -> Any:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # then the client's disconnect, as the app would have seen it
+        return await then()
 
     return replayed
 
@@ -328,15 +329,12 @@ class Forwardable:
     async def forward(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         done = asyncio.Event()
-        sent = False
 
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
+        async def disconnected() -> dict[str, Any]:
             await done.wait()
             return {"type": "http.disconnect"}
+
+        receive = _replay(body, disconnected)
 
         async def send(message: dict[str, Any]) -> None:
             await queue.put(message)
