@@ -15,6 +15,7 @@ import pytest
 from atoll import registry
 from atoll.serving import canary
 from conftest import SMALL_APP, run_cli
+from test_metrics import metrics_up  # noqa: F401 - the module's real Prometheus
 
 ROW = [0.0] * 64
 APP = "canaried"
@@ -130,6 +131,7 @@ def _status() -> dict:
 
 
 @pytest.mark.cluster
+@pytest.mark.usefixtures("metrics_up")
 def test_a_canary_shares_traffic_rolls_back_promotes_and_rolls_back_by_itself(trained_digits, tmp_path) -> None:
     reg = registry.Registry(os.environ["ATOLL_STORAGE"])
     live = reg.get(f"digits:{trained_digits['registered']['version']}")
@@ -154,6 +156,12 @@ def test_a_canary_shares_traffic_rolls_back_promotes_and_rolls_back_by_itself(tr
             row = _status()
             assert row["model"] == live.ref and row["canary"]["model"] == better
             assert row["canary"]["percent"] == 50 and row["canary"]["rolled_back"] is None
+            # Metrics per version, read back from the real Prometheus: the canary's under the app it serves
+            _wait_until(lambda: (_status()["other_versions"].get(better) or {}).get("rps"), 120, "canary req/s")
+            row = _status()
+            assert row["traffic"]["rps"] > 0 and row["other_versions"][better]["rps"] > 0, row
+            shown = run_cli("serve", "status", env={"COLUMNS": "200"}).stdout  # wide: no cell wraps
+            assert f"└ {better} (canary, 50%)" in shown, shown
 
             # 2. Rollback: the live version alone again, no request lost
             assert run_cli("serve", "rollback", APP, timeout=400).returncode == 0
