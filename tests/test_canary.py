@@ -155,6 +155,8 @@ def test_a_canary_shares_traffic_rolls_back_promotes_and_rolls_back_by_itself(tr
             assert set(shares) == {live.ref, better} and min(shares.values()) >= 10, shares
             row = _status()
             assert row["model"] == live.ref and row["canary"]["model"] == better
+            # The embedded cluster's ingress (issue 36): Serve's proxy, as the status and the card say
+            assert row["ingress"] == "proxy" and httpx.get(f"{url}/", timeout=30).json()["ingress"] == "proxy"
             assert row["canary"]["percent"] == 50 and row["canary"]["rolled_back"] is None
             # Metrics per version, read back from the real Prometheus: the canary's under the app it serves
             _wait_until(lambda: (_status()["other_versions"].get(better) or {}).get("rps"), 120, "canary req/s")

@@ -115,7 +115,8 @@ def test_the_pure_layers_import_nothing_above_them():
     assert graph["atoll.tasks"] <= {"atoll.errors", "atoll.tasks.base"}  # names only (the base for typing)
     assert _reachable(graph, "atoll.capacity") <= {"atoll.specs", "atoll.tasks", "atoll.tasks.base", "atoll.errors"}
     assert _reachable(graph, "atoll.config") <= {"atoll.specs", "atoll.capacity", "atoll.errors", "atoll.tasks",
-                                                 "atoll.tasks.base", "atoll.filesystems", "atoll.ray_compat"}
+                                                 "atoll.tasks.base", "atoll.filesystems", "atoll.ray_compat",
+                                                 "atoll.ingress"}
     assert graph["atoll.ray_compat"] == set()  # the adapter over Ray's internals sits below everything
     assert graph["atoll.filesystems"] <= {"atoll.errors", "atoll.specs"}  # paths and the store's variables: no IO above
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
-from atoll import auth
+from atoll import auth, ingress
 
 # cluster.yaml is loaded by atoll.config; these names stay importable from here too, where users look first.
 from atoll.config import DEFAULT_CONFIG, find_config, load_spec, project_root, validate_ray_config  # noqa: F401
@@ -471,6 +471,8 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     # Serve's HTTP proxies refuse requests without a valid API key before they reach a replica's queue.
     env[proxy_auth.ENV_VAR] = proxy_auth.IMPORT_PATH
+    # The embedded cluster keeps Serve's proxy unless cluster.yaml asks for HAProxy (atoll.serving.ingress).
+    env.update(ingress.ray_start_env(spec.atoll.serve.ingress, local=True))
     before = _ray_pids()
     try:
         # Its own session: a Ctrl-C meant for `atoll up` must not kill `ray start` half-way; we clean up below.

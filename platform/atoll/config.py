@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
-from atoll import capacity, filesystems
+from atoll import capacity, filesystems, ingress
 from atoll.errors import ConfigError
 from atoll.specs import NAME_PATTERN, NAME_RULE, AtollSettings, ClusterSpec
 
@@ -368,6 +368,8 @@ def load_spec(path: str | Path | None = None) -> ClusterSpec:
     if os.environ.get(MODEL_TYPES_VAR):  # a job's: the submitting client's list (atoll.jobs.cluster_env)
         settings.model_types = _model_types_from_env(os.environ[MODEL_TYPES_VAR])
     filesystems.configure(settings.s3)  # pyarrow and boto3 in this process reach the store cluster.yaml names
+    if wrong := ingress.check_start_commands(data, settings.serve.ingress):
+        raise ConfigError(f"{source}: {wrong}")
     fields = {k: v for k, v in data.items() if k != "metadata"}
     return ClusterSpec.model_validate({**fields, "atoll": settings, "source": source})
 

@@ -105,10 +105,13 @@ def token_env(spec: ClusterSpec) -> list[dict[str, Any]]:
 
 
 def _env(spec: ClusterSpec) -> list[dict[str, Any]]:
+    from atoll import ingress
     from atoll.serving import proxy_auth
 
     # Serve's proxy on every pod refuses requests without a valid API key before a replica's queue.
     env = [*token_env(spec), {"name": proxy_auth.ENV_VAR, "value": proxy_auth.IMPORT_PATH}]
+    # HAProxy as the ingress on a cluster (auto): every pod's `ray start` needs it in its environment.
+    env += [{"name": k, "value": v} for k, v in ingress.ray_start_env(spec.atoll.serve.ingress, local=False).items()]
     if spec.atoll.k8s.storage:
         env.append({"name": "ATOLL_STORAGE", "value": spec.atoll.k8s.storage})
     return env

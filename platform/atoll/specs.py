@@ -103,6 +103,12 @@ class ServeSettings(Strict):
         "num_cpus_per_replica", "num_gpus_per_replica", "runtime", "llm_engine", "log_requests",
         "log_retention_hours")
 
+    ingress: Literal["auto", "haproxy", "proxy"] = Field(
+        "auto", description="What takes the cluster's HTTP requests: haproxy (Ray's HAProxy, straight to each "
+                            "replica; it binds its stats and metrics ports 8404 and 9101 on every interface), proxy "
+                            "(Serve's Python proxy) or auto (haproxy on `ray up` and KubeRay clusters, whose "
+                            "start commands must then set RAY_SERVE_ENABLE_HA_PROXY=1; proxy on the embedded local "
+                            "cluster). See atoll.ingress.")
     num_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs each replica holds.")
     runtime: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="What runs the model: torch, onnx (ONNX Runtime on the version's model.onnx) or auto "

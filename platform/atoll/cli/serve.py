@@ -217,6 +217,11 @@ def _status_view(rows: list[dict[str, Any]], note: str | None) -> Any:
             parts.append(Text.assemble((r["app"], "red"), f": canary {r['canary']['model']} rolled back automatically"
                                        f" ({r['canary']['rolled_back']}); `atoll serve rollback {r['app']}` removes "
                                        f"its replicas."))
+    serving = {r.get("ingress") for r in rows} - {None}
+    if serving:
+        parts.append(Text("ingress: " + ", ".join(sorted(serving)) + {
+            "haproxy": " (Ray's HAProxy, straight to each replica)", "proxy": " (Serve's Python proxy)"}.get(
+            next(iter(serving)), "") * (len(serving) == 1), style="dim"))
     if note:
         parts.append(Text(note, style="dim"))
     return Group(*parts)

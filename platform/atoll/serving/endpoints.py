@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from atoll import apikeys, auth, cluster, jobs, registry
+from atoll import apikeys, auth, cluster, ingress, jobs, registry
 from atoll.cluster import ClusterInfo
 from atoll.errors import AtollError, ClusterNotUpError, ConfigError, ServingError
 from atoll.filesystems import forwarded_env, is_remote
@@ -70,10 +70,17 @@ def _apps(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return details.get("applications") or {}
 
 
-def serve_config(spec: ClusterSpec, applications: list[dict[str, Any]]) -> dict[str, Any]:
-    """A whole Serve config (the format of ``serve deploy``): the proxy's address and the applications."""
-    return {"proxy_location": "EveryNode",
-            "http_options": {"host": spec.atoll.serve.host, "port": spec.atoll.serve.port},
+def serve_config(spec: ClusterSpec, applications: list[dict[str, Any]], info: ClusterInfo | None = None
+                 ) -> dict[str, Any]:
+    """A whole Serve config (the format of ``serve deploy``): the proxy's address and the applications.
+
+    On a cluster in a cluster's network (``info.mode`` remote) whose ingress is HAProxy, the host is 0.0.0.0: each
+    node's HAProxy sends requests to replicas on the other nodes, whose own HTTP servers bind that host."""
+    host = spec.atoll.serve.host
+    if info is not None and info.mode == "remote" and \
+            ingress.resolve(spec.atoll.serve.ingress, local=False) == ingress.HAPROXY:
+        host = "0.0.0.0"
+    return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": spec.atoll.serve.port},
             "applications": applications}
 
 
@@ -418,7 +425,7 @@ def _change_apps(info: ClusterInfo, spec: ClusterSpec,
     with _config_lock():
         for _ in range(ATTEMPTS):
             apps = change(_deployed(info))
-            _put(info, serve_config(spec, with_gallery(list(apps.values()))))
+            _put(info, serve_config(spec, with_gallery(list(apps.values())), info))
             time.sleep(SETTLE_S)
             if landed(_deployed(info)):
                 return
@@ -450,7 +457,9 @@ def status(info: ClusterInfo | None = None, spec: ClusterSpec | None = None) -> 
     version, its share, and an auto-rollback's verdict) if it has one."""
     info = info or cluster.current()
     spec = spec or cluster.load_spec()
-    apps = _apps(_details(info))
+    details = _details(info)
+    apps = _apps(details)
+    serving = _ingress_serving(info) if apps else None
     rows = []
     for name, state in sorted(apps.items()):
         if name == playground.GALLERY_APP or name.endswith(CANARY_SUFFIX):  # a page; a canary is in its app's row
@@ -460,8 +469,21 @@ def status(info: ClusterInfo | None = None, spec: ClusterSpec | None = None) -> 
         rows.append({"app": name, "status": state.get("status"), "route_prefix": state.get("route_prefix"),
                      "url": endpoint_url(spec, name), "model": args.get("model"), "requested": args.get("requested"),
                      "replicas": _replicas(state), "message": (state.get("message") or "").strip()[:300],
-                     "canary": _canary_row(spec, name, config, apps.get(canary_app(name)))})
+                     "ingress": serving, "canary": _canary_row(spec, name, config, apps.get(canary_app(name)))})
     return rows
+
+
+def _ingress_serving(info: ClusterInfo) -> str | None:
+    """HAProxy or Serve's proxy, from the cluster's live actors; None where the state API does not answer."""
+    from atoll import capacity
+
+    try:
+        client = capacity.state_api(info.dashboard_url, auth.headers())
+        actors = capacity.list_state(client, "actors", [("class_name", "=", ingress.HAPROXY_ACTOR),
+                                                        ("state", "=", "ALIVE")])
+    except Exception:  # noqa: BLE001 - a figure of the status table, not worth failing it for
+        return None
+    return ingress.serving(a.class_name for a in actors)
 
 
 def _replicas(state: dict[str, Any]) -> dict[str, int]:

@@ -34,6 +34,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from atoll import ingress
 from atoll.errors import AtollError
 from atoll.serving.names import CANARY_SUFFIX, DEPLOYMENT_NAME, GALLERY_APP, GALLERY_IMPORT_PATH
 
@@ -203,7 +204,7 @@ class Showcase:
     def card_extras(self, root_path: str) -> dict[str, Any]:
         return {"playground": f"{root_path.rstrip('/')}/ui", "aliases": self.aliases,
                 "spec_summary": spec_summary(self.version.spec), "has_curve": self.curve is not None,
-                "num_examples": len(self.examples)}
+                "num_examples": len(self.examples), "ingress": ingress.here()}
 
     def examples_body(self, schema: dict[str, Any]) -> dict[str, Any]:
         return {"panel": panel(schema, self.examples, self.version.spec), "examples": self.examples}
