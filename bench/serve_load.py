@@ -40,9 +40,12 @@ run only); ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (a fresh Ray in a child process,
 draining period cut to 1 s so that it shuts down quickly; skip with --no-throughput-optimized), compared with
 the plain app measured again once no Ray runs at all. In that mode each replica also opens its own HTTP port
 (direct ingress, on 127.0.0.1): the child measures requests sent straight there too, for the MLP and the text
-model, which is Serve without its Python proxy (what Ray's HAProxy ingress routes to; that ingress binds every
-interface, so Atoll does not turn it on). The text model's direct figure is compared with its plain app as
-measured earlier, while Ray was up.
+model, which is Serve without its Python proxy (what Ray's HAProxy ingress routes to). The text model's direct
+figure is compared with its plain app as measured earlier, while Ray was up. Ray's HAProxy ingress
+(``RAY_SERVE_ENABLE_HA_PROXY=1`` with Atoll's key middleware, as cluster.yaml's ``ray up`` commands start it; skip
+with --no-haproxy): the same child inside a network namespace the bench makes (``unshare -n``, its own loopback),
+since HAProxy binds its stats and metrics ports on every interface; requests through HAProxy's frontend, for the
+MLP and the text model (cases ``mlp, haproxy`` and ``text, haproxy``, against the same run's plain apps).
 
 Where Serve's CPU goes (skip with --no-profile): one more round of Atoll Serve at 32 clients while py-spy
 samples Serve's proxy and the replica (``bench/_profile.py``: each sample counted in the part of its
@@ -572,12 +575,25 @@ def measure_direct(watcher, body: bytes, expected: list[Any], args) -> dict[str,
             "single": phase(watcher, sequential, url, body, args.single, 30)}
 
 
+def can_unshare() -> bool:
+    """Whether this machine lets the bench make a network namespace (`unshare -n`, with `ip` to raise its lo)."""
+    return bool(shutil.which("unshare") and shutil.which("ip")) and \
+        subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
+
+
 def run_throughput_optimized(storage: str, ref: str, body: bytes, expected: list[Any], work: Path,
                              warmup: float, duration: float, single: int,
-                             text: dict[str, Any] | None = None) -> dict[str, Any]:
+                             text: dict[str, Any] | None = None, haproxy: bool = False) -> dict[str, Any]:
+    """The child (a fresh Ray) under RAY_SERVE_THROUGHPUT_OPTIMIZED=1, or with ``haproxy`` under Ray's HAProxy
+    ingress (RAY_SERVE_ENABLE_HA_PROXY=1, Atoll's key middleware as `atoll up` names it) inside a network namespace
+    of its own: HAProxy binds its stats and metrics ports on every interface, reachable from nothing outside it."""
     (work / "body.json").write_bytes(body)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    if haproxy:
+        env.update({"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "atoll.serving.proxy_auth:middlewares"})
+    else:
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     # Direct ingress keeps a draining replica for >= 30 s at shutdown: shorten it for the bench only.
     env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     cmd = [sys.executable, __file__, "--throughput-optimized-child", "--storage", storage, "--model", ref,
@@ -587,6 +603,8 @@ def run_throughput_optimized(storage: str, ref: str, body: bytes, expected: list
         (work / "text_body.json").write_bytes(text["body"])
         cmd += ["--text-model", text["ref"], "--text-body", str(work / "text_body.json"),
                 "--text-expected", json.dumps(text["expected"])]
+    if haproxy:
+        cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420,
                           check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -609,6 +627,8 @@ def main() -> int:
     parser.add_argument("--no-throughput-optimized", action="store_true",
                         help="skip the RAY_SERVE_THROUGHPUT_OPTIMIZED=1 variant")
     parser.add_argument("--no-text", action="store_true", help="skip the text model's case (the small BERT)")
+    parser.add_argument("--no-haproxy", action="store_true", help="skip Ray's HAProxy ingress (run inside a "
+                        "network namespace the bench makes with `unshare -n`)")
     parser.add_argument("--no-profile", action="store_true",
                         help="skip the round profiled with py-spy (where Serve's CPU goes)")
     # internal modes
@@ -716,12 +736,18 @@ def main() -> int:
             watcher.own_session, watcher.paused = None, False  # no Ray of ours now: every raylet is foreign
             # the plain app once more, now that no Ray runs at all (what the fresh Ray is compared with)
             res["baseline_no_ray"] = phase(watcher, closed_loop, base_url, body, CLIENTS, warmup, duration)
+        if not args.no_haproxy and can_unshare():
+            print("variant: Ray's HAProxy ingress (fresh Ray in a child process, in its own network namespace) ...",
+                  flush=True)
+            res["haproxy"] = run_throughput_optimized(storage, ref, body, expected, work, warmup, duration, single_n,
+                                                      (res.get("text") or {}).get("request"), haproxy=True)
     finally:
         stop_ray()
         stop_process(baseline_proc)
         watcher.__exit__(None, None, None)
         shutil.rmtree(work, ignore_errors=True)
     report(res, model, rounds, duration, watcher.note(), args.quick)
+    print_haproxy_lines(res, args.quick)
     if res.get("text"):
         report_text(res["text"], rounds, watcher.note(), args.quick,
                     (res.get("throughput_optimized") or {}).get("text"))
@@ -973,6 +999,33 @@ def print_direct_line(case: str, direct: dict[str, Any] | None, quick: bool) -> 
                            "added_latency_ms": direct["added_latency_ms"],
                            "single_client_p50_ms": direct["single_client_p50_ms"], "bind": direct["bind"],
                            "path": direct["env"]}))
+
+
+def print_haproxy_lines(res: dict[str, Any], quick: bool) -> None:
+    """Ray's HAProxy ingress as cases of their own (``<case>, haproxy``): requests/s through HAProxy's frontend at
+    32 clients against the same run's plain FastAPI (the MLP's measured with no Ray up; the text model's the
+    median of its rounds), and the 1-client p50 added over in-process predict."""
+    hp = res.get("haproxy")
+    if not hp:
+        return
+    if "load" not in hp:
+        print(result_line({"bench": "serve_load", "case": "mlp, haproxy", "error": hp.get("error"), "quick": quick}))
+        return
+    cases = [("mlp", hp, (res.get("baseline_no_ray") or {}).get("rps") or _median(r["rps"] for r in res["baseline"]),
+              res["in_process"]["p50_ms"])]
+    if hp.get("text") and res.get("text"):
+        cases.append(("text", hp["text"], _median(r["rps"] for r in res["text"]["baseline"]),
+                      res["text"]["in_process"]["p50_ms"]))
+    for case, measured, base, inproc in cases:
+        ours = measured["load"]["rps"]
+        print(result_line({"bench": "serve_load", "case": f"{case}, haproxy", "ours": ours, "baseline": base,
+                           "unit": "requests/s", "ratio": ours / base if base else None, "better": "higher",
+                           "quick": quick, "clients": CLIENTS, "p50_ms": measured["load"]["p50_ms"],
+                           "p99_ms": measured["load"]["p99_ms"], "errors": measured["load"]["errors"],
+                           "single_client_p50_ms": measured["single"]["p50_ms"],
+                           "added_latency_ms": measured["single"]["p50_ms"] - inproc,
+                           "path": "RAY_SERVE_ENABLE_HA_PROXY=1, Atoll's key middleware, in a network namespace",
+                           "contention": hp.get("contention")}))
 
 
 _SERVER_ROLES = ("serve_proxy", "serve_replica", "serve_controller", "baseline_uvicorn")
