@@ -262,6 +262,21 @@ def private_cluster_config(tmp_path: Path, port: int, dashboard_port: int) -> tu
     return path, {"ATOLL_HOME": str(tmp_path / "home"), "ATOLL_CLUSTER_CONFIG": str(path)}
 
 
+def copy_version(reg, source, folder: Path, *, broken: bool = False):
+    """A new version of ``source``'s model without a second training run, for rollovers and canaries
+    (``broken``: weights all NaN, so every answer of its torch runtime is an error)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    local = Path(reg.local_copy(source, folder))
+    (local / "manifest.json").unlink()  # the registry writes its own
+    if broken:
+        weights = load_file(local / "model.safetensors")
+        save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, local / "model.safetensors")
+    return reg.register(source.name, local, metrics=source.metrics, spec=source.spec, input_schema=source.input_schema,
+                        lineage={"copied_from": source.ref, "broken": broken}, files_from_checkpoint=False)
+
+
 def processes_with_home(home: str) -> list[int]:
     """Processes that inherited this ATOLL_HOME: everything an `atoll up` with it started."""
     found = []
@@ -283,3 +298,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Fail fast: the tests that need no cluster run first (in a few seconds each), then those on the shared
     cluster, and the end-to-end quickstart last. The sort is stable: modules stay in order within a group."""
     items.sort(key=lambda item: 2 if item.get_closest_marker("quickstart") else int(_needs_a_cluster(item)))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Seconds per test file (setup, call and teardown together), the largest first: where CI's time goes,
+    file by file, so trimming starts from a measurement (the 30-minute budget, README)."""
+    per_file: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                path = report.nodeid.split("::", 1)[0]
+                per_file[path] = per_file.get(path, 0.0) + report.duration
+    if len(per_file) > 1:
+        terminalreporter.write_sep("=", "seconds per test file (largest 20)")
+        for path, seconds in sorted(per_file.items(), key=lambda kv: -kv[1])[:20]:
+            terminalreporter.write_line(f"{seconds:8.1f}s  {path}")

@@ -8,13 +8,12 @@ import json
 import os
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from atoll import registry
 from atoll.serving import canary
-from conftest import SMALL_APP, run_cli
+from conftest import SMALL_APP, copy_version, run_cli
 from test_metrics import metrics_up  # noqa: F401 - the module's real Prometheus
 
 ROW = [0.0] * 64
@@ -109,22 +108,6 @@ def _wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _copy(reg: registry.Registry, source, folder: Path, *, broken: bool = False) -> str:
-    """A new version of the same model without a second training run (``broken``: weights all NaN, so every
-    answer of its torch runtime is an error)."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    local = Path(reg.local_copy(source, folder))
-    (local / "manifest.json").unlink()  # the registry writes its own
-    if broken:
-        weights = load_file(local / "model.safetensors")
-        save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, local / "model.safetensors")
-    new = reg.register(source.name, local, metrics=source.metrics, spec=source.spec, input_schema=source.input_schema,
-                       lineage={"copied_from": source.ref, "broken": broken}, files_from_checkpoint=False)
-    return new.ref
-
-
 def _status() -> dict:
     rows = json.loads(run_cli("serve", "status", "--json").stdout)
     return next(r for r in rows if r["app"] == APP)
@@ -138,8 +121,8 @@ def test_a_canary_shares_traffic_rolls_back_promotes_and_rolls_back_by_itself(tr
     deployed = run_cli("serve", "deploy", live.ref, "--app", APP, *SMALL_APP, "--json", timeout=400)
     assert deployed.returncode == 0, deployed.stderr
     url = json.loads(deployed.stdout)["url"]
-    better = _copy(reg, live, tmp_path / "better")
-    broken = _copy(reg, live, tmp_path / "broken", broken=True)
+    better = copy_version(reg, live, tmp_path / "better").ref
+    broken = copy_version(reg, live, tmp_path / "broken", broken=True).ref
     try:
         with Client(url) as client:
             client.wait_for(5)

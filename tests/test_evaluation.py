@@ -222,10 +222,19 @@ def test_a_crash_mid_write_leaves_no_half_record(reg: Registry, ckpt: Path, monk
     reg.add_evaluation("digits", 1, _record())
     folder = Path(reg._folders.evaluations_dir("digits", 1))
 
-    def crash(src: str, dst: str) -> None:
-        raise OSError("killed before the rename")
+    class CrashesBeforeTheRename:
+        """The registry's filesystem, but the writer dies right after writing the temporary file."""
 
-    monkeypatch.setattr(os, "replace", crash)
+        def __init__(self, fs) -> None:
+            self.fs = fs
+
+        def __getattr__(self, name: str):
+            return getattr(self.fs, name)
+
+        def move(self, src: str, dst: str) -> None:
+            raise OSError("killed before the rename")
+
+    monkeypatch.setattr(reg._folders, "fs", CrashesBeforeTheRename(reg._folders.fs))
     with pytest.raises(OSError, match="killed"):
         reg.add_evaluation("digits", 1, _record(accuracy=0.1, f1=0.1))
     monkeypatch.undo()

@@ -58,10 +58,19 @@ def test_a_writer_killed_between_write_and_rename_leaves_no_file_a_reader_takes(
     log.record("/predict", 200, 1.0, [[1.0]], {"predictions": [0]})
     log.flush()
 
-    def killed(src, dst):
-        raise KeyboardInterrupt  # as if the process died right after writing the temporary file
+    class DiesBeforeTheRename:
+        """The log's filesystem, but the process dies right after writing the temporary file."""
 
-    monkeypatch.setattr(request_log.os, "replace", killed)
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+        def move(self, src, dst):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(log, "fs", DiesBeforeTheRename(log.fs))
     log.record("/predict", 200, 1.0, [[2.0]], {"predictions": [1]})
     with pytest.raises(KeyboardInterrupt):
         log.flush()

@@ -8,7 +8,6 @@ import os
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from atoll import data, jobs, models, registry
 from atoll.serving import endpoints
 from conftest import APP_KEY as KEY
-from conftest import ATOLL, run_cli
+from conftest import ATOLL, copy_version, run_cli
 from conftest import SMALL_APP as SMALL
 
 pytestmark = pytest.mark.cluster
@@ -238,10 +237,7 @@ def test_two_deletes_at_once_both_land_and_the_other_apps_keep_serving(deployed,
 def test_rolling_over_to_a_new_version_drops_no_request(deployed, tmp_path):
     reg = registry.Registry(_storage())
     old = reg.get(f"digits:{deployed['version']}")
-    copy_dir = Path(reg.local_copy(old, tmp_path / "copy"))
-    (copy_dir / "manifest.json").unlink()  # the registry writes its own
-    new = reg.register("digits", copy_dir, metrics=old.metrics, spec=old.spec,
-                       lineage={**old.lineage, "copied_from": old.ref})
+    new = copy_version(reg, old, tmp_path / "copy")
 
     seen, failures, stop = [], [], threading.Event()
 

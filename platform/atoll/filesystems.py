@@ -122,6 +122,22 @@ def is_object_store(fs: pafs.FileSystem) -> bool:
                                 if hasattr(pafs, name)))
 
 
+def write_whole(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees all of it or the file as it was, never half: on a disk
+    under a temporary name beginning with ``.`` (which listings skip) in the same folder, then one rename; on an
+    object store one PUT (an object appears whole when its upload completes)."""
+    if is_object_store(fs):
+        with fs.open_output_stream(path, compression=None) as out:
+            out.write(data)
+        return
+    folder, name = posixpath.split(path)
+    fs.create_dir(folder, recursive=True)
+    tmp = posixpath.join(folder, f".{name}.{os.urandom(4).hex()}.tmp")  # a name of its own per writer
+    with fs.open_output_stream(tmp, compression=None) as out:
+        out.write(data)
+    fs.move(tmp, path)  # a rename: replaces the old file at once
+
+
 def supports_conditional_writes(fs: pafs.FileSystem) -> bool:
     """Whether ``fs`` is S3, where :func:`put_if_absent` and :func:`put_if_unchanged` hold."""
     import pyarrow.fs as pafs

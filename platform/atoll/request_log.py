@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import math
-import os
 import posixpath
 import random
 import re
@@ -125,7 +124,6 @@ class RequestLog:
         self.replica = f"{_safe(replica)}-{uuid.uuid4().hex[:6]}"
         self.flush_s, self.flush_records = flush_s, flush_records
         self.fs, self.base = filesystems.resolve(self.root)
-        self.local = not filesystems.is_remote(self.root)
         self._records: list[tuple[Any, ...]] = []
         self._seq = 0
         self._lock = threading.Lock()  # one flush at a time (the thread's and close()'s)
@@ -207,15 +205,7 @@ class RequestLog:
         name = f"{self.replica}-{self._seq:06d}.parquet"
         folder = posixpath.join(self.base, *hour.split("/"))
         path = posixpath.join(folder, name)
-        if self.local:  # a temporary name readers skip, then one rename: never half a file under the real name
-            os.makedirs(folder, exist_ok=True)
-            tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(buffer.getvalue())
-            os.replace(tmp, path)
-        else:  # one object, visible only once its upload completes
-            with self.fs.open_output_stream(path, compression=None) as fh:
-                fh.write(buffer.getvalue())
+        filesystems.write_whole(self.fs, path, buffer.getvalue())  # never half a file under the real name
         return path
 
     def prune(self, now: float | None = None) -> list[str]:

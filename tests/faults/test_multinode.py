@@ -105,15 +105,10 @@ def test_training_and_replicas_spread_over_nodes_and_a_replica_node_dies_with_st
     listed = json.loads(run_cli("status", "--json", env=env).stdout)
     assert {n["type"] for n in listed["nodes"] if n["alive"]} == {"head", "cpu"} and listed["warnings"] == []
 
-    trained = run_cli("train", *SPREAD_RUN, "--run-name", "spread", "--json", env=env, timeout=600)
-    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
-    registered = json.loads(trained.stdout)["registered"]
-    assert Registry(env["ATOLL_STORAGE"]).get(f"digits:{registered['version']}").uri.startswith(env["ATOLL_STORAGE"])
-    train_nodes = _nodes_of(info, "RayTrainWorker")
-    assert len(train_nodes) == 2, status.placements(info, "RayTrainWorker")  # PACK would fit both on one node
-
-    # A node dies mid-training: SIGKILL the node of one worker once epoch 3 has begun (epoch 2's checkpoint is
-    # in S3). Ray Train restarts the worker group on the nodes left, from that checkpoint.
+    # One training run, spread over two nodes, and one of them dies mid-run: SIGKILL the node of one worker once
+    # epoch 3 has begun (epoch 2's checkpoint is in S3). Ray Train restarts the worker group on the nodes left,
+    # from that checkpoint. (An undisturbed twin run cost ~35 s of CI; the accuracy floor below is the same as
+    # the quickstart's, and tests/faults/test_train_faults.py compares a resumed run with an undisturbed one.)
     submitted = run_cli("train", *SPREAD_RUN, "--run-name", "spread-killed", "--no-wait", "--json", env=env)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job_id = json.loads(submitted.stdout)["id"]
@@ -123,7 +118,8 @@ def test_training_and_replicas_spread_over_nodes_and_a_replica_node_dies_with_st
 
     _wait_for(lambda: max(epochs_seen(), default=-1) >= 3, "epoch 3 of the run to be killed", timeout=300, every=0.3)
     workers = [p for p in status.placements(info, "RayTrainWorker") if p["state"] == "ALIVE"]
-    assert len({p["node_id"] for p in workers}) == 2, workers
+    train_nodes = {p["node_id"] for p in workers}
+    assert len(train_nodes) == 2, workers  # PACK would fit both on one node
     _kill_node(workers[0]["node_id"])
     killed_at = max(epochs_seen())
     _wait_for(lambda: jobs.status(job_id, info=info)["status"] not in ("PENDING", "RUNNING"), "the killed run to end",
@@ -132,12 +128,13 @@ def test_training_and_replicas_spread_over_nodes_and_a_replica_node_dies_with_st
     assert jobs.status(job_id, info=info)["status"] == "SUCCEEDED", jobs.logs(job_id, info=info)[-3000:]
     resumed = [e["epoch"] for e in log if e["event"] == "resumed"]
     assert resumed and 0 < resumed[0] <= killed_at + 1, (resumed, killed_at)  # from a checkpoint, not from scratch
-    (after_kill,) = [e for e in log if e["event"] == "registered"]
-    undisturbed, disturbed = registered["metrics"]["val_accuracy"], after_kill["metrics"]["val_accuracy"]
-    assert abs(disturbed - undisturbed) <= 0.02, (disturbed, undisturbed)
+    (registered,) = [e for e in log if e["event"] == "registered"]
+    assert Registry(env["ATOLL_STORAGE"]).get(f"digits:{registered['version']}").uri.startswith(env["ATOLL_STORAGE"])
+    disturbed = registered["metrics"]["val_accuracy"]
+    assert disturbed >= 0.9, disturbed
     reliability("multinode", f"SIGKILL the node (raylet + workers) of 1 of 2 Train workers at epoch {killed_at} of "
                 f"{EPOCHS}, checkpoints on S3", f"the run resumed at epoch {resumed[0]} on the nodes left and "
-                f"finished at val_accuracy {disturbed:.3f} (undisturbed {undisturbed:.3f})", "pass")
+                f"finished at val_accuracy {disturbed:.3f}", "pass")
 
     # A sweep of 3 one-CPU trials at once: a 1-CPU node holds one, so they run on several nodes.
     swept = run_cli("tune", *SWEEP_RUN, "--json", env=env, timeout=600)

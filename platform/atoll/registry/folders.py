@@ -14,7 +14,6 @@ import json
 import os
 import posixpath
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -102,13 +101,7 @@ class Folders:
 
     def write_json_atomic(self, path: str, data: Any) -> None:
         """Replace a small JSON file so that readers see the old or the new content, never half."""
-        payload = json.dumps(data, indent=2, sort_keys=True).encode()
-        if not self.local:
-            self.write_bytes(path, payload)  # an object PUT is atomic on its own
-            return
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        self.write_bytes(tmp, payload)
-        os.replace(tmp, path)
+        filesystems.write_whole(self.fs, path, json.dumps(data, indent=2, sort_keys=True).encode())
 
     def claim(self, path: str, data: bytes) -> bool:
         """Create the object ``path`` holding ``data`` unless it exists (S3: ``If-None-Match: *``)."""

@@ -85,20 +85,10 @@ def clear_verdict(storage: str, app: str) -> None:
 
 
 def _write_verdict(storage: str, app: str, verdict: dict[str, Any]) -> None:
-    """Written whole: a temporary name then a rename (on an object store, one PUT is whole already)."""
-    from atoll.filesystems import is_remote, resolve
+    from atoll.filesystems import resolve, write_whole
 
     fs, path = resolve(verdict_path(storage, app))
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    data = json.dumps(verdict).encode()
-    if is_remote(storage):
-        with fs.open_output_stream(path) as f:
-            f.write(data)
-        return
-    tmp = f"{path}.{random.getrandbits(32):08x}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+    write_whole(fs, path, json.dumps(verdict).encode())
 
 
 class Judge:

@@ -30,7 +30,7 @@ from atoll.errors import AtollError, ClusterNotUpError, ConfigError, ServingErro
 from atoll.filesystems import forwarded_env, is_remote
 from atoll.serving import canary, playground
 from atoll.serving.canary import canary_app
-from atoll.serving.names import CANARY_SUFFIX, DEPLOYMENT_NAME, MODEL_IMPORT_PATH
+from atoll.serving.names import DEPLOYMENT_NAME, MODEL_IMPORT_PATH, is_model_app
 from atoll.specs import ClusterSpec, ServeSettings
 
 IMPORT_PATH = MODEL_IMPORT_PATH
@@ -63,7 +63,13 @@ def _put(info: ClusterInfo, config: dict[str, Any]) -> None:
         if "imperative" in text.lower() or "serve.run" in text:
             raise ServingError("this cluster's Serve apps were deployed from Python (serve.run), which cannot "
                                "be mixed with declarative deploys; `serve shutdown` them or deploy with Ray.")
-        raise ServingError(f"Serve refused the config ({resp.status_code}): {text[:500]}")
+        raise ServingError(f"Serve refused the config ({resp.status_code}): {_last_line(text)[:500]}")
+
+
+def _last_line(text: str) -> str:
+    """What went wrong, from an answer that may be a whole Python traceback: its last line (the exception)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else text
 
 
 def _apps(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -149,7 +155,7 @@ def with_gallery(apps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The model apps plus the gallery (whose list of apps opens with any model app's key), or nothing
     when no model app is left."""
     models = [a for a in apps if a.get("name") != playground.GALLERY_APP]
-    if not [a for a in models if not a["name"].endswith(CANARY_SUFFIX)]:
+    if not [a for a in models if is_model_app(a["name"])]:
         return []
     hashes = [a["args"]["api_key_hash"] for a in models if (a.get("args") or {}).get("api_key_hash")]
     return [*models, playground.gallery_config(hashes)]
@@ -292,7 +298,8 @@ def _set_route(info: ClusterInfo, spec: ClusterSpec, app: str, route: dict[str, 
 def _live_and_canary(info: ClusterInfo, app: str) -> tuple[dict[str, Any], dict[str, Any]]:
     apps = _deployed(info)
     if app not in apps:
-        raise ServingError(f"no Serve app {app!r}; apps: {', '.join(sorted(a for a in apps if not a.endswith(CANARY_SUFFIX) and a != playground.GALLERY_APP)) or 'none'}.")
+        listed = ", ".join(sorted(filter(is_model_app, apps))) or "none"
+        raise ServingError(f"no Serve app {app!r}; apps: {listed}.")
     if canary_app(app) not in apps:
         raise ServingError(f"app {app!r} has no canary: start one with `atoll serve deploy NAME:VERSION --app {app} "
                            f"--canary 10`.")
@@ -462,7 +469,7 @@ def status(info: ClusterInfo | None = None, spec: ClusterSpec | None = None) -> 
     serving = _ingress_serving(info) if apps else None
     rows = []
     for name, state in sorted(apps.items()):
-        if name == playground.GALLERY_APP or name.endswith(CANARY_SUFFIX):  # a page; a canary is in its app's row
+        if not is_model_app(name):  # a page; a canary is in its app's row
             continue
         config = state.get("deployed_app_config") or {}
         args = config.get("args") or {}

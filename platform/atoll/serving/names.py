@@ -7,3 +7,9 @@ GALLERY_APP = "_gallery"  # not a valid `--app` name, so it never collides with 
 GALLERY_IMPORT_PATH = "atoll.serving.playground:gallery_app"
 CANARY_SUFFIX = ".canary"  # APP's canary runs as the app APP.canary (a dot: never a valid `--app` name)
 VERSION_HEADER = "x-atoll-version"  # on every answer of a model app: the version that gave it
+
+
+def is_model_app(name: str) -> bool:
+    """Whether the Serve app ``name`` is one a user deployed and queries by its route: not the gallery page, not
+    a canary (which answers through its live app)."""
+    return name != GALLERY_APP and not name.endswith(CANARY_SUFFIX)

@@ -36,7 +36,7 @@ from typing import Any
 
 from atoll import ingress
 from atoll.errors import AtollError
-from atoll.serving.names import CANARY_SUFFIX, DEPLOYMENT_NAME, GALLERY_APP, GALLERY_IMPORT_PATH
+from atoll.serving.names import DEPLOYMENT_NAME, GALLERY_APP, GALLERY_IMPORT_PATH, is_model_app
 
 log = logging.getLogger("ray.serve")
 
@@ -241,7 +241,7 @@ def live_apps() -> list[dict[str, Any]]:
     prefixes = {n: a.get("route_prefix") for n, a in _serve_apps().items()}
     apps = []
     for name, state in sorted(serve.status().applications.items()):
-        if name == GALLERY_APP or name.endswith(CANARY_SUFFIX) or DEPLOYMENT_NAME not in (state.deployments or {}):
+        if not is_model_app(name) or DEPLOYMENT_NAME not in (state.deployments or {}):
             continue  # (a canary has no route: its app's card names both versions' traffic)
         apps.append({"app": name, "status": str(getattr(state.status, "value", state.status)),
                      "route_prefix": prefixes.get(name) or f"/{name}"})
