@@ -19,6 +19,10 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "$(grep '^torch==' /
  && rm /tmp/requirements.lock
 COPY --chown=ray:users . /home/ray/atoll
 # The project itself, without touching the pinned dependencies installed above.
-RUN pip install --no-cache-dir --no-deps -e /home/ray/atoll
+RUN pip install --no-cache-dir --no-deps -e /home/ray/atoll \
+ && test -x /home/ray/anaconda3/bin/atoll-haproxy
+# Ray starts HAProxy (the ingress of `ray up` and KubeRay clusters) through Atoll's wrapper: its stats and metrics
+# listeners on loopback, its admin socket 0600, /-/routes refused (atoll.ingress.harden).
+ENV RAY_SERVE_HAPROXY_BINARY_PATH=/home/ray/anaconda3/bin/atoll-haproxy
 # Token auth on, as `atoll up` starts it; the token itself comes from a Secret or file mount, never the image.
 ENV RAY_AUTH_MODE=token HF_HUB_OFFLINE=1

@@ -2,6 +2,7 @@
 
     python bench/llm_serve.py            # 3 alternating rounds of 20 s per side
     python bench/llm_serve.py --quick    # 1 round of 8 s per side (< 3 min on 2 cores)
+    python bench/llm_serve.py --ingress haproxy   # through Ray's HAProxy, inside a network namespace it makes
 
 The model: a Llama-style ``LlamaForCausalLM`` built from a config (hidden 256, 4 layers, 4 heads, MLP 688, context
 512; weights as initialised, since the compute per step is what matters here) with a byte-level BPE tokenizer of
@@ -19,6 +20,11 @@ text.
 Baseline: ``model.generate`` of that same folder (Transformers, KV cache, greedy, the same stop tokens and 64 new
 tokens) called in this process one request at a time on 1 thread, over the same prompts; its time to first token is
 until a ``BaseStreamer`` receives the first new token.
+
+Serve runs as `atoll up` starts it (``atoll.cluster.serve_env``: the key middleware and Serve's tuning). With
+``--ingress haproxy`` the bench runs itself again inside a network namespace it makes (``unshare -n``, its own
+loopback), with Ray's HAProxy ingress as `atoll up` starts it for ``ingress: haproxy`` (``RAY_SERVE_ENABLE_HA_PROXY=1``,
+Atoll's HAProxy wrapper); its cases are named ``..., haproxy``.
 
 Figures: aggregate generated tokens/s with 8 concurrent streams against the baseline's tokens/s (target ≥ 2×); the
 same with 1 stream (target ≥ 0.8×); and the time to first token at 1 stream through the endpoint minus in-process,
@@ -159,8 +165,10 @@ class InProcess:
 def start_serve(storage: str, ref: str) -> float:
     import atoll.serving.replica
     import ray
+    from atoll import cluster
     from ray import serve
 
+    os.environ.update(cluster.serve_env())  # as `atoll up` starts Serve: the key middleware, Serve's tuning
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": HOST, "port": PORT})
     started = time.perf_counter()
@@ -249,10 +257,30 @@ def quantile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
+IN_NAMESPACE = "ATOLL_BENCH_IN_NAMESPACE"
+
+
+def in_namespace() -> int:
+    """This bench again, inside a network namespace of its own with Ray's HAProxy ingress: HAProxy's replicas bind
+    every interface there, reachable from nothing outside it."""
+    import subprocess
+
+    from atoll import ingress
+
+    env = {**os.environ, IN_NAMESPACE: "1", ingress.ENV_VAR: "1", ingress.BINARY_VAR: ingress.wrapper_path() or "",
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}  # a quick shutdown
+    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable, *sys.argv]
+    return subprocess.call(cmd, env=env)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 round of 8 s per side")
+    parser.add_argument("--ingress", choices=("proxy", "haproxy"), default="proxy",
+                        help="what takes the HTTP requests: Serve's proxy, or Ray's HAProxy (in a network namespace)")
     args = parser.parse_args()
+    if args.ingress == "haproxy" and not os.environ.get(IN_NAMESPACE):
+        return in_namespace()
     rounds, seconds, warmup = (1, 8.0, 2.0) if args.quick else (3, 20.0, 3.0)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="atoll-llm-bench-"))
@@ -289,9 +317,11 @@ def main() -> int:
               "model": "llama hidden 256, 4 layers, vocab 2000, float32, 1 thread", "contention": contention,
               "deploy_s": round(deploy_s, 1), "replica_threads": card.get("threads")}
     rows, lines = [], []
+    suffix = ", haproxy" if args.ingress == "haproxy" else ""
+    common["ingress"] = args.ingress
     for case in ("8 streams", "1 stream"):
         ours = tps(case)
-        lines.append({"bench": "llm_serve", "case": case, "ours": ours, "baseline": base_tps, "unit": "tokens/s",
+        lines.append({"bench": "llm_serve", "case": case + suffix, "ours": ours, "baseline": base_tps, "unit": "tokens/s",
                       "ratio": ours / base_tps, "better": "higher", "target": TARGETS[case],
                       "met": ours / base_tps >= TARGETS[case],
                       "requests": sum(r["requests"] for r in sides[case]), **common,
@@ -300,14 +330,14 @@ def main() -> int:
                      f"≥ {TARGETS[case]}x"])
     p50 = (quantile(ours_ttft, 0.5) or 0) - (quantile(base_ttft, 0.5) or 0)
     p99 = (quantile(ours_ttft, 0.99) or 0) - (quantile(base_ttft, 0.99) or 0)
-    lines.append({"bench": "llm_serve", "case": "time to first token, 1 stream", "ours": quantile(ours_ttft, 0.5),
+    lines.append({"bench": "llm_serve", "case": "time to first token, 1 stream" + suffix, "ours": quantile(ours_ttft, 0.5),
                   "baseline": quantile(base_ttft, 0.5), "unit": "ms (p50)", "ratio": None, "better": "lower",
                   "added_p50_ms": p50, "added_p99_ms": p99, "ours_p99_ms": quantile(ours_ttft, 0.99),
                   "baseline_p99_ms": quantile(base_ttft, 0.99), "target_added_ms": TARGETS["ttft_added_ms"],
                   "met": p50 <= TARGETS["ttft_added_ms"] and p99 <= TARGETS["ttft_added_ms"], **common})
     rows.append(["time to first token (p50)", f"{quantile(ours_ttft, 0.5):.1f}", f"{quantile(base_ttft, 0.5):.1f}",
                  "ms", f"+{p50:.1f} ms (p99 +{p99:.1f})", f"≤ +{TARGETS['ttft_added_ms']:.0f} ms"])
-    print_table(f"llm_serve: OpenAI endpoint vs generate in-process ({contention})",
+    print_table(f"llm_serve: OpenAI endpoint ({args.ingress}) vs generate in-process ({contention})",
                 ["case", "endpoint", "in-process", "unit", "ratio / added", "target"], rows)
     for line in lines:
         print(result_line(line))

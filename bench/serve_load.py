@@ -454,8 +454,10 @@ def check_answer(url: str, body: bytes, expected: list[Any]) -> None:
 
 def start_ray() -> None:
     import ray
+    from atoll import cluster
     from ray import serve
 
+    os.environ.update(cluster.serve_env())  # Serve as `atoll up` starts it: the key middleware, Serve's tuning
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": HOST, "port": SERVE_PORT})
 
@@ -589,9 +591,10 @@ def run_throughput_optimized(storage: str, ref: str, body: bytes, expected: list
     of its own: HAProxy binds its stats and metrics ports on every interface, reachable from nothing outside it."""
     (work / "body.json").write_bytes(body)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    if haproxy:
-        env.update({"RAY_SERVE_ENABLE_HA_PROXY": "1",
-                    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "atoll.serving.proxy_auth:middlewares"})
+    if haproxy:  # as `atoll up` starts it with `ingress: haproxy` (start_ray adds the key middleware and tuning)
+        from atoll import ingress
+
+        env.update({ingress.ENV_VAR: "1", ingress.BINARY_VAR: ingress.wrapper_path() or ""})
     else:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     # Direct ingress keeps a draining replica for >= 30 s at shutdown: shorten it for the bench only.

@@ -1,7 +1,8 @@
 """The HTTP ingress (issue 36): Ray's HAProxy on clusters, Serve's proxy on the embedded local cluster, the choice
-in cluster.yaml and what each start path is given; and HAProxy run for real inside a network namespace this test
-makes (its stats and metrics ports bind every interface: reachable from nothing outside the namespace), where a
-keyed app refuses keyless requests before any queue, even under a flood."""
+in cluster.yaml and what each start path is given; Atoll's HAProxy wrapper; and HAProxy run for real inside a
+network namespace this test makes (replicas' servers bind every interface there: reachable from nothing outside the
+namespace), where a keyed app refuses keyless requests before any queue, even under a flood, and every serving
+feature works through it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,7 +21,7 @@ from atoll import cluster, ingress, kuberay
 from atoll.cluster import ClusterInfo
 from atoll.errors import ConfigError
 from atoll.serving import endpoints
-from conftest import REPO
+from conftest import REPO, copy_version
 
 
 @pytest.fixture()
@@ -87,39 +89,69 @@ def test_serve_binds_every_interface_only_for_haproxy_in_a_clusters_network(raw,
     assert endpoints.serve_config(proxy, [], remote)["http_options"]["host"] == "127.0.0.1"
 
 
+def test_atoll_up_gives_serve_its_tuning_unless_the_environment_says_otherwise() -> None:
+    from atoll.serving import proxy_auth
+
+    env = cluster.serve_env({})
+    assert env == {**ingress.SERVE_TUNING, proxy_auth.ENV_VAR: proxy_auth.IMPORT_PATH}
+    assert "RAY_SERVE_USE_GRPC_BY_DEFAULT" not in cluster.serve_env({"RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"})
+
+
+@pytest.mark.cluster
+def test_the_session_clusters_serve_runs_with_the_tuning(ray_cluster) -> None:
+    """Every process `ray start` spawned inherits it (the raylet, then Serve's proxy and replicas)."""
+    import psutil
+
+    environs = [psutil.Process(p["pid"]).environ() for p in ray_cluster.processes if psutil.pid_exists(p["pid"])]
+    assert environs and all(e.get(k) == v for e in environs for k, v in ingress.SERVE_TUNING.items())
+
+
+def test_the_wrapper_hardens_the_config_rays_own_template_renders() -> None:
+    """Ray 2.60's HAProxy template, rendered: every rule of atoll.ingress.harden applies (a Ray whose template
+    changes fails here, not silently on a cluster), and the result still routes and checks health."""
+    import jinja2
+    from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
+
+    env = jinja2.Environment()
+    env.filters["haproxy_fmt"] = lambda text: text
+    config = {"socket_path": "/s/admin.sock", "metrics_port": 9101, "stats_port": 8404, "frontend_host": "0.0.0.0",
+              "frontend_port": 8000, "stats_uri": "/stats"}
+    rendered = env.from_string(HAPROXY_CONFIG_TEMPLATE).render(config=config, route_info={
+        "status": 200, "routes_content_type": "application/json", "routes_message": '{\\"/digits\\":\\"digits\\"}'})
+    hardened, missing = ingress.harden(rendered)
+    assert missing == []
+    assert "stats socket /s/admin.sock mode 600 level admin" in hardened and "mode 666" not in hardened
+    assert "bind 127.0.0.1:9101" in hardened and "bind 127.0.0.1:8404" in hardened
+    assert "bind 0.0.0.0:8000" in hardened  # the frontend stays where Serve's host says
+    assert "digits" not in hardened and "http-request return status 403" in hardened
+    assert ingress.harden("global\n")[1] == ["admin socket mode", "Prometheus listener", "stats listener", "/-/routes"]
+    # Ray starts it with RAY_SERVE_HAPROXY_BINARY_PATH naming the wrapper itself: it must still become HAProxy
+    wrapper = ingress.wrapper_path()
+    ran = subprocess.run([wrapper, "-v"], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, ingress.BINARY_VAR: wrapper})
+    assert ran.returncode == 0 and ran.stdout.startswith("HAProxy version"), ran.stdout + ran.stderr
+
+
+def test_the_local_clusters_haproxy_files_go_in_a_private_folder_short_enough_for_a_socket() -> None:
+    mark = os.urandom(8).hex()
+    env = ingress.private_files(mark)
+    try:
+        folder = ingress.files_dir(mark)
+        assert oct(folder.stat().st_mode & 0o777) == "0o700"
+        assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == str(folder / "admin.sock")
+        node_id = "f" * 56  # Ray puts each node's files under its id
+        assert len(os.path.join(folder, node_id, "admin.sock")) < 108  # a unix socket's path limit
+        with pytest.raises(FileExistsError):  # never one that exists already (another user's, planted)
+            ingress.private_files(mark)
+    finally:
+        ingress.remove_files(mark)
+    assert not ingress.files_dir(mark).exists()
+
+
 # ---- HAProxy for real, inside a network namespace
 
 KEY = "namespace-key-0123456789"
 PORTS = (6390, 8275, 8010)  # GCS, dashboard, Serve
-PROBE = textwrap.dedent('''
-    import asyncio, json, subprocess, time, httpx
-    url, key = "http://127.0.0.1:%d/digits", {"Authorization": "Bearer %s"}
-    row = [0.0] * 64
-    out = {}
-    r = httpx.post(url + "/predict", json={"inputs": [row]}, timeout=30)
-    out["keyless"] = [r.status_code, r.headers.get("x-atoll-refused-by")]
-    r = httpx.post(url + "/predict", json={"inputs": [row]}, headers=key, timeout=30)
-    out["keyed"] = [r.status_code, r.headers.get("x-atoll-version")]
-    out["card"] = httpx.get(url + "/", headers=key, timeout=30).json().get("ingress")
-    out["listeners"] = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout.split()
-
-    async def flood():
-        counts = {"refused": 0, "ok": 0, "failed": 0}
-        stop = time.monotonic() + 6
-        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as c:
-            async def keyless():
-                while time.monotonic() < stop:
-                    r = await c.post(url + "/predict", json={"inputs": [row]})
-                    counts["refused"] += r.status_code == 401
-            async def keyed():
-                while time.monotonic() < stop:
-                    r = await c.post(url + "/predict", json={"inputs": [row]}, headers=key)
-                    counts["ok" if r.status_code == 200 else "failed"] += 1
-            await asyncio.gather(*[keyless() for _ in range(32)], *[keyed() for _ in range(2)])
-        return counts
-    out["flood"] = asyncio.run(flood())
-    print("PROBE " + json.dumps(out))
-''') % (PORTS[2], KEY)
 
 
 def _can_unshare() -> bool:
@@ -129,11 +161,13 @@ def _can_unshare() -> bool:
 
 @pytest.mark.cluster
 @pytest.mark.skipif(not _can_unshare(), reason="no network namespaces here (`unshare -n` refused)")
-def test_haproxy_in_a_namespace_refuses_keyless_requests_before_any_queue_even_under_a_flood(
-        trained_digits, tmp_path) -> None:
+def test_everything_serves_through_haproxy_in_a_namespace_and_keyless_requests_never_queue(
+        trained_digits, trained_writer, tmp_path) -> None:
     """A cluster of its own (the session's runs on the host's loopback; this one on the namespace's), cluster.yaml's
-    ingress set to haproxy, the session's digits version deployed with a key."""
+    ingress set to haproxy; tests/haproxy_probe.py deploys the session's digits model with a key and its language
+    model, and drives every feature through HAProxy (issue 36.2-3)."""
     from atoll import config as atoll_config
+    from atoll import registry
 
     # Its own ports and Ray temp dir: Ray finds the session's cluster through /tmp/ray, which namespaces share
     config = atoll_config.write_local_variant(tmp_path / "cluster.yaml", port=PORTS[0], dashboard_port=PORTS[1],
@@ -141,30 +175,55 @@ def test_haproxy_in_a_namespace_refuses_keyless_requests_before_any_queue_even_u
     raw = yaml.safe_load(config.read_text())
     raw["metadata"]["atoll"]["serve"]["ingress"] = "haproxy"
     config.write_text(yaml.safe_dump(raw))
-    (tmp_path / "probe.py").write_text(PROBE)
+    reg = registry.Registry(os.environ["ATOLL_STORAGE"])
+    live = reg.get(f"digits:{trained_digits['registered']['version']}")
+    following = copy_version(reg, live, tmp_path / "next").ref
+    writer = f"{trained_writer['registered']['name']}:{trained_writer['registered']['version']}"
+    home = str(tmp_path / "home")
+    args = json.dumps({"port": PORTS[2], "key": KEY, "home": home, "live": live.ref, "next": following,
+                       "writer": writer})
     atoll = os.path.join(os.path.dirname(sys.executable), "atoll")
-    ref = f"digits:{trained_digits['registered']['version']}"
     script = textwrap.dedent(f'''
         set -e
         ip link set lo up
-        export ATOLL_HOME={tmp_path}/home ATOLL_CLUSTER_CONFIG={config} RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=1
+        export ATOLL_HOME={home} ATOLL_CLUSTER_CONFIG={config} RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=1
         trap '{atoll} down > /dev/null 2>&1' EXIT
-        {atoll} up --num-cpus 2 > {tmp_path}/up.log 2>&1
-        ATOLL_API_KEY={KEY} {atoll} serve deploy {ref} --replicas 1:1 --set num_cpus_per_replica=0.5 \\
-            > {tmp_path}/deploy.log 2>&1
-        {sys.executable} {tmp_path}/probe.py
+        {atoll} up --num-cpus 4 > {tmp_path}/up.log 2>&1
+        {sys.executable} {REPO}/tests/haproxy_probe.py '{args}'
         {atoll} serve status --json > {tmp_path}/status.json
     ''')
-    done = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, timeout=400,
+    done = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, timeout=500,
                           env={k: v for k, v in os.environ.items() if k not in ("ATOLL_HOME", "RAY_ADDRESS")})
-    logs = "".join((tmp_path / f).read_text() for f in ("up.log", "deploy.log") if (tmp_path / f).exists())
-    assert done.returncode == 0, (done.stdout + done.stderr + logs)[-4000:]
+    up_log = (tmp_path / "up.log").read_text() if (tmp_path / "up.log").exists() else ""
+    assert done.returncode == 0, (done.stdout + done.stderr + up_log)[-4000:]
     probe = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("PROBE "))[6:])
+    print(probe)  # shown with a failure, and with -s
+
+    # 36.2: the key before any queue, even under a flood
     assert probe["keyless"] == [401, "proxy"]  # Atoll's middleware, outside the replica's queue
-    assert probe["keyed"] == [200, ref] and probe["card"] == "haproxy"
-    listening = " ".join(probe["listeners"])
-    assert f"127.0.0.1:{PORTS[2]}" in listening and "0.0.0.0:8404" in listening  # HAProxy's, in the namespace only
+    assert probe["keyed"] == [200, live.ref] and probe["card"] == "haproxy"
+    # Atoll's wrapper (atoll-haproxy): HAProxy's stats and metrics on loopback, not on every interface as Ray binds
+    # them; its admin socket 0600 in a 0700 folder of the cluster's own; no app list without a key
+    listening = probe["listeners"]
+    assert {f"127.0.0.1:{PORTS[2]}", "127.0.0.1:8404", "127.0.0.1:9101"} <= set(listening), listening
+    assert not [a for a in listening if a.rsplit(":", 1)[-1] in ("8404", "9101") and a.startswith(("0.0.0.0", "*"))]
+    files = probe["haproxy_files"]
+    assert files["config"].startswith(str(ingress.files_dir("x").parent / "atoll-haproxy-")), files
+    assert (files["folder_mode"], files["socket_mode"]) == ("0o700", "0o600"), files
+    assert not Path(files["config"]).parent.parent.exists()  # `atoll down` removed it
+    assert probe["routes"] == [403, False]
     flood = probe["flood"]
     assert flood["refused"] > 100 and flood["ok"] / (flood["ok"] + flood["failed"]) >= 0.99, flood
+    # 36.3: the pages, both protocols (OpenAI's streamed), batching, autoscaling, rollover, a replica's death
+    assert probe["pages"] == {"gallery": [200, "text/html"], "apps": ["digits", "writer"], "playground": 200,
+                              "redirect": "/digits/ui", "chat": 200}, probe["pages"]
+    assert probe["v2"] == [200, ["predictions", "probabilities"]], probe["v2"]
+    assert probe["stream_status"] == 200 and probe["stream"]["done"] and probe["stream"]["chunks"] >= 4, probe
+    assert probe["load"]["failed"] == 0 and probe["mean_batch"] > 1.1, probe  # 16 clients share batches (1.4-1.7 here)
+    assert probe["scaled_up_s"] < 60  # (the probe fails outright past 60 s)
+    rollover = probe["rollover"]
+    assert rollover["failed"] == 0 and (rollover["first"], rollover["last"]) == (live.ref, following), rollover
+    kill = probe["kill"]
+    assert kill["failed"] <= 0.01 * kill["answers"], kill
     status = json.loads((tmp_path / "status.json").read_text())
-    assert [row["ingress"] for row in status] == ["haproxy"], status
+    assert {row["app"]: row["ingress"] for row in status} == {"digits": "haproxy", "writer": "haproxy"}, status

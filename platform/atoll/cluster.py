@@ -469,10 +469,13 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
         # Linux); torch's rendezvous store on rank 0 has no such setting and listens on every interface.
         if sys.platform.startswith("linux"):
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    # Serve's HTTP proxies refuse requests without a valid API key before they reach a replica's queue.
-    env[proxy_auth.ENV_VAR] = proxy_auth.IMPORT_PATH
+    env.update(serve_env(env))
     # The embedded cluster keeps Serve's proxy unless cluster.yaml asks for HAProxy (atoll.serving.ingress).
     env.update(ingress.ray_start_env(spec.atoll.serve.ingress, local=True))
+    if env.get(ingress.ENV_VAR) == "1":
+        env.update(ingress.private_files(mark))
+        if wrapper := ingress.wrapper_path():  # loopback admin listeners, a private socket, no /-/routes
+            env.setdefault(ingress.BINARY_VAR, wrapper)
     before = _ray_pids()
     try:
         # Its own session: a Ctrl-C meant for `atoll up` must not kill `ray start` half-way; we clean up below.
@@ -492,8 +495,18 @@ def up(spec: ClusterSpec, *, num_cpus: int | None = None, timeout_s: float = 90.
         # Interrupted (Ctrl-C) or failed half-way: stop whatever this `ray start` left running, so that no
         # cluster is ever up without a record for `atoll down`.
         _stop_marked(mark)
+        ingress.remove_files(mark)
         raise
     return info
+
+
+def serve_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """What Serve needs in ``ray start``'s environment on a cluster `atoll up` starts (the benches start Ray with
+    it too): the API-key middleware, and :data:`atoll.ingress.SERVE_TUNING` where ``environ`` does not set it."""
+    environ = os.environ if environ is None else environ
+    # Serve's HTTP proxies refuse requests without a valid API key before they reach a replica's queue.
+    return {**{k: v for k, v in ingress.SERVE_TUNING.items() if k not in environ},
+            proxy_auth.ENV_VAR: proxy_auth.IMPORT_PATH}
 
 
 def _port_taken(host: str, port: int) -> bool:
@@ -577,6 +590,7 @@ def down() -> list[int] | None:
     if info is None:
         return None
     stopped = _stop_processes(info.processes, info.session_dir, info.mark)
+    ingress.remove_files(info.mark)
     state_path().unlink(missing_ok=True)
     return stopped
 

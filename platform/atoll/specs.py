@@ -81,6 +81,10 @@ class ServeSettings(Strict):
     min_replicas: int = Field(1, ge=0, description="Autoscaling lower bound.")
     max_replicas: int = Field(2, ge=1, description="Autoscaling upper bound.")
     target_ongoing_requests: float = Field(4.0, gt=0, description="Autoscaling target per replica.")
+    upscale_delay_s: float = Field(30.0, ge=0, description="How long the load must stay above the target before "
+                                   "Serve adds a replica (Serve's default).")
+    downscale_delay_s: float = Field(600.0, ge=0, description="How long the load must stay below the target "
+                                     "before Serve removes a replica (Serve's default).")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica holds at once (also "
                                       "caps the batch size).")
     max_queued_requests: int = Field(256, ge=-1, description="Requests queued per caller before 503s "
@@ -98,7 +102,8 @@ class ServeSettings(Strict):
                              "when it is set, every route but /healthz needs 'Authorization: Bearer KEY'.")
     #: Settings one app may override at deploy time (the rest is the proxy's or the client's).
     PER_APP: ClassVar[tuple[str, ...]] = (
-        "min_replicas", "max_replicas", "target_ongoing_requests", "max_ongoing_requests", "max_queued_requests",
+        "min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s",
+        "max_ongoing_requests", "max_queued_requests",
         "retry_after_s", "max_batch_size", "batch_wait_timeout_s", "max_rows", "max_body_bytes", "max_request_pixels",
         "num_cpus_per_replica", "num_gpus_per_replica", "runtime", "llm_engine", "log_requests",
         "log_retention_hours")
@@ -134,6 +139,12 @@ class ServeSettings(Strict):
             raise ValueError(f"max_batch_size ({self.max_batch_size}) cannot exceed max_ongoing_requests "
                              f"({self.max_ongoing_requests}): Serve caps each batch at max_ongoing_requests")
         return self
+
+    def autoscaling_config(self) -> dict[str, float]:
+        """Serve's ``autoscaling_config`` for an app deployed with these settings (both kinds of replica)."""
+        return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s}
 
 
 #: A Kubernetes resource quantity ("4", "500m", "16Gi", "60G"), as the API server's own pattern has it.

@@ -62,8 +62,7 @@ def llm_config(*, model_id: str, version_uri: str, context_length: int | None, s
         "model_loading_config": {"model_id": model_id, "model_source": model_source(version_uri)},
         "accelerator_config": {"kind": "gpu"} if gpus_per_replica else {"kind": "cpu"},
         "deployment_config": {
-            "autoscaling_config": {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
-                                   "target_ongoing_requests": settings.target_ongoing_requests},
+            "autoscaling_config": settings.autoscaling_config(),
             "max_ongoing_requests": settings.max_ongoing_requests},
         "engine_kwargs": engine,
         "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},  # the folder is the model: never a hub download

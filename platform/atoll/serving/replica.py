@@ -523,8 +523,7 @@ def app(args: dict[str, Any]):
         return vllm
     deployment, bound = _deployment_for(parsed, settings, version)
     return deployment.options(
-        autoscaling_config={"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
-                            "target_ongoing_requests": settings.target_ongoing_requests},
+        autoscaling_config=settings.autoscaling_config(),
         # Serve caps a batch at max_ongoing_requests: it must be at least the batch size (checked in specs).
         max_ongoing_requests=settings.max_ongoing_requests,
         max_queued_requests=settings.max_queued_requests,
