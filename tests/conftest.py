@@ -294,9 +294,14 @@ def _needs_a_cluster(item: pytest.Item) -> bool:
                 or "ray_cluster" in getattr(item, "fixturenames", ()))
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: a test that takes the cluster through a fixture is marked
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Fail fast: the tests that need no cluster run first (in a few seconds each), then those on the shared
-    cluster, and the end-to-end quickstart last. The sort is stable: modules stay in order within a group."""
+    cluster, and the end-to-end quickstart last. The sort is stable: modules stay in order within a group. A test
+    that needs the cluster only through a fixture gets the ``cluster`` mark, so ``-m "not cluster"`` leaves it out."""
+    for item in items:
+        if _needs_a_cluster(item) and not item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.cluster)
     items.sort(key=lambda item: 2 if item.get_closest_marker("quickstart") else int(_needs_a_cluster(item)))
 
 

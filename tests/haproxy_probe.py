@@ -19,11 +19,11 @@ from pathlib import Path
 
 import httpx
 import psutil
+from loop_client import ROW, LoopClient
 
 ARGS = json.loads(sys.argv[1])
 BASE = f"http://127.0.0.1:{ARGS['port']}"
 KEY = {"Authorization": f"Bearer {ARGS['key']}"}
-ROW = [0.0] * 64
 ATOLL = str(Path(sys.executable).with_name("atoll"))
 #: Each replica takes half a CPU; up to 2 (autoscaled with a short delay, so the test sees it happen).
 DIGITS = ["--set", "num_cpus_per_replica=0.5", "--set", "target_ongoing_requests=1", "--set", "upscale_delay_s=1",
@@ -71,40 +71,6 @@ def haproxy_files() -> dict[str, str]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return {}
-
-
-class Client:
-    """Back-to-back keyed predictions in a thread: the version of each answer and every failure."""
-
-    def __init__(self) -> None:
-        self.versions: list[str] = []
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        with httpx.Client(timeout=30, headers=KEY) as http:
-            while not self.stop.is_set():
-                try:
-                    resp = http.post(f"{BASE}/digits/predict", json={"inputs": [ROW]})
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                if resp.status_code == 200:
-                    self.versions.append(resp.headers.get("x-atoll-version"))
-                else:
-                    self.failures.append(f"{resp.status_code} {resp.text[:120]}")
-
-    def __enter__(self) -> Client:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
-
-    def answers(self) -> int:
-        return len(self.versions) + len(self.failures)
 
 
 def wait_for(condition, timeout: float, what: str) -> float:
@@ -220,26 +186,25 @@ def main() -> None:
     out["mean_batch"] = round((after[1] - before[1]) / max(after[0] - before[0], 1.0), 2)
 
     # Zero-downtime rollover to the next version, under a client loop (now on 2 fixed replicas).
-    with Client() as client:
-        wait_for(lambda: client.answers() >= 20, 30, "answers before the rollover")
+    with LoopClient(f"{BASE}/digits", KEY) as client:
+        client.wait_for(20, 30)
         atoll("serve", "deploy", ARGS["next"], "--app", "digits", "--replicas", "2:2", *DIGITS)
-        seen = len(client.versions)
-        wait_for(lambda: len(client.versions) >= seen + 20, 60, "answers after the rollover")
-    out["rollover"] = {"answers": client.answers(), "failures": client.failures[:5], "failed": len(client.failures),
-                       "first": client.versions[0], "last": client.versions[-1]}
+        client.wait_for(20, 60)
+    versions = client.versions()
+    out["rollover"] = {"answers": client.sent(), "failures": client.failures[:5], "failed": len(client.failures),
+                       "first": versions[0], "last": versions[-1]}
 
     # A replica SIGKILLed under load: Serve starts another; HAProxy stops sending to the dead one.
     wait_for(lambda: len(replica_pids("digits")) == 2, 60, "2 replica processes")
-    with Client() as client:
-        wait_for(lambda: client.answers() >= 50, 30, "answers before the kill")
+    with LoopClient(f"{BASE}/digits", KEY) as client:
+        client.wait_for(50, 30)
         victim = sorted(replica_pids("digits"))[0]
         os.kill(victim, signal.SIGKILL)
-        killed = client.answers()
         out["replaced_s"] = round(wait_for(
             lambda: len(pids := replica_pids("digits")) == 2 and victim not in pids and replicas("digits") == 2,
             120, "a replacement replica"), 1)
-        wait_for(lambda: client.answers() >= killed + 50, 30, "answers after the replacement")
-    out["kill"] = {"answers": client.answers(), "failed": len(client.failures), "failures": client.failures[:5]}
+        client.wait_for(50, 30)
+    out["kill"] = {"answers": client.sent(), "failed": len(client.failures), "failures": client.failures[:5]}
     print("PROBE " + json.dumps(out))
 
 

@@ -3,10 +3,8 @@ model calls, promote and rollback with no failed request, and auto-rollback of a
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import threading
 import time
 
 import httpx
@@ -14,9 +12,9 @@ import pytest
 from atoll import registry
 from atoll.serving import canary
 from conftest import SMALL_APP, copy_version, run_cli
+from loop_client import LoopClient
 from test_metrics import metrics_up  # noqa: F401 - the module's real Prometheus
 
-ROW = [0.0] * 64
 APP = "canaried"
 
 
@@ -60,47 +58,6 @@ def test_a_bad_canary_command_is_one_line_before_any_cluster_call() -> None:
 
 # ---- On the cluster
 
-class Client:
-    """Back-to-back predictions in a thread: which version answered each (its header), and every failure."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.answers, self.failures = url, [], []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        with httpx.Client(timeout=30) as http:
-            while not self.stop.is_set():
-                try:
-                    resp = http.post(f"{self.url}/predict", json={"inputs": [ROW]})
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                version = resp.headers.get("x-atoll-version")
-                self.answers.append((version, resp.status_code))
-                if resp.status_code != 200:
-                    self.failures.append((version, resp.status_code, resp.text[:200]))
-
-    def mark(self) -> int:
-        return len(self.answers)
-
-    def wait_for(self, count: int, timeout: float = 60) -> None:
-        start = len(self.answers)
-        _wait_until(lambda: len(self.answers) >= start + count or not self.thread.is_alive(), timeout,
-                    f"{count} answers")
-
-    def since(self, mark: int) -> collections.Counter:
-        return collections.Counter(version for version, _ in self.answers[mark:])
-
-    def __enter__(self) -> Client:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
 def _wait_until(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -124,7 +81,7 @@ def test_a_canary_shares_traffic_rolls_back_promotes_and_rolls_back_by_itself(tr
     better = copy_version(reg, live, tmp_path / "better").ref
     broken = copy_version(reg, live, tmp_path / "broken", broken=True).ref
     try:
-        with Client(url) as client:
+        with LoopClient(url) as client:
             client.wait_for(5)
             assert client.since(0) == {live.ref: client.mark()}  # every answer names its version
 

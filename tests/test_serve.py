@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 
 import httpx
@@ -19,6 +18,7 @@ from atoll.serving import endpoints
 from conftest import APP_KEY as KEY
 from conftest import ATOLL, copy_version, run_cli
 from conftest import SMALL_APP as SMALL
+from loop_client import LoopClient
 
 pytestmark = pytest.mark.cluster
 
@@ -239,34 +239,14 @@ def test_rolling_over_to_a_new_version_drops_no_request(deployed, tmp_path):
     old = reg.get(f"digits:{deployed['version']}")
     new = copy_version(reg, old, tmp_path / "copy")
 
-    seen, failures, stop = [], [], threading.Event()
-
-    def client() -> None:
-        with httpx.Client(timeout=30) as http:
-            while not stop.is_set():
-                try:
-                    resp = http.post(f"{deployed['url']}/predict", json={"inputs": [ROW]})
-                    if resp.status_code == 200:
-                        seen.append(resp.json()["version"])
-                    else:
-                        failures.append(f"{resp.status_code}: {resp.text[:200]}")
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-
-    thread = threading.Thread(target=client)
-    thread.start()
-    try:
+    with LoopClient(deployed["url"]) as client:
         result = run_cli("serve", "deploy", f"digits:{new.version}", "--app", "digits", *SMALL, "--json",
                          timeout=400)
         assert result.returncode == 0, result.stderr
-        count = len(seen)
-        while len(seen) < count + 20 and thread.is_alive():  # a few answers from the new replica
-            threading.Event().wait(0.1)
-    finally:
-        stop.set()
-        thread.join()
-    assert failures == []
-    assert seen[0] == old.version and seen[-1] == new.version
+        client.wait_for(20)  # a few answers from the new replica
+    assert client.failures == []
+    seen = client.versions()
+    assert seen[0] == old.ref and seen[-1] == new.ref
     assert [a["model"] for a in endpoints.status() if a["app"] == "digits"] == [f"digits:{new.version}"]
     # Issue 32.3: no alias points at the new version, but a live app pins it; deleting it would leave the next
     # replica start (autoscaling, a lost node) without its model.

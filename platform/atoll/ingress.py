@@ -31,13 +31,13 @@ OPEN_PORTS = (8404, 9101)
 
 #: Serve's own settings for a cluster `atoll up` starts, whichever the ingress: those of Ray's
 #: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 that leave the ingress alone. Proxy to replica over gRPC rather than Ray actor
-#: calls; Serve's request-path logs buffered, and to their files only (not stderr too); the router and the user code
-#: on the replica's own event loop (Atoll's replica runs its model and its parsing in threads already, so nothing
-#: blocks that loop). Measured on the local proxy path (bench/serve_load.py --quick, MLP, 2 cores): 194 -> 255 req/s
-#: at 32 clients, +10.3 -> +6.5 ms at 1 client. A variable already set in the environment wins.
-SERVE_TUNING = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-                "RAY_SERVE_LOG_TO_STDERR": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-                "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+#: calls; Serve's logs to their files only (not stderr too); the router and the user code on the replica's own
+#: event loop (Atoll's replica runs its model and its parsing in threads already, so nothing blocks that loop).
+#: Not its log buffer (RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1000): `atoll serve logs` would show a request only
+#: once 1,000 more had come. Measured on the local proxy path: docs/benchmarks.md. A variable already set in the
+#: environment wins.
+SERVE_TUNING = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_LOG_TO_STDERR": "0",
+                "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
 def resolve(setting: str, *, local: bool) -> str:
