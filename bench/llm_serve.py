@@ -267,10 +267,15 @@ def in_namespace() -> int:
 
     from atoll import ingress
 
+    mark = os.urandom(8).hex()  # HAProxy's files in a private folder of their own, as `atoll up` keeps them
     env = {**os.environ, IN_NAMESPACE: "1", ingress.ENV_VAR: "1", ingress.BINARY_VAR: ingress.wrapper_path() or "",
+           **ingress.private_files(mark),
            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}  # a quick shutdown
     cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable, *sys.argv]
-    return subprocess.call(cmd, env=env)
+    try:
+        return subprocess.call(cmd, env=env)
+    finally:
+        ingress.remove_files(mark)
 
 
 def main() -> int:

@@ -594,7 +594,9 @@ def run_throughput_optimized(storage: str, ref: str, body: bytes, expected: list
     if haproxy:  # as `atoll up` starts it with `ingress: haproxy` (start_ray adds the key middleware and tuning)
         from atoll import ingress
 
-        env.update({ingress.ENV_VAR: "1", ingress.BINARY_VAR: ingress.wrapper_path() or ""})
+        mark = os.urandom(8).hex()  # HAProxy's files in a private folder of their own, as `atoll up` keeps them
+        env.update({ingress.ENV_VAR: "1", ingress.BINARY_VAR: ingress.wrapper_path() or "",
+                    **ingress.private_files(mark)})
     else:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     # Direct ingress keeps a draining replica for >= 30 s at shutdown: shorten it for the bench only.
@@ -608,8 +610,12 @@ def run_throughput_optimized(storage: str, ref: str, body: bytes, expected: list
                 "--text-expected", json.dumps(text["expected"])]
     if haproxy:
         cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420,
-                          check=False)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420,
+                              check=False)
+    finally:
+        if haproxy:
+            ingress.remove_files(mark)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         (work / "to_child.log").write_text(proc.stdout + proc.stderr)
