@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,9 +85,18 @@ def invoke(*args: str, **kw):
 
 def run_cli(*args: str, timeout: float = 300, cwd: Path = REPO, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
-    """Run the real `atoll` console script as a user would."""
-    return subprocess.run([ATOLL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    """Run the real `atoll` console script as a user would (its seconds are kept for the run's summary)."""
+    start = time.monotonic()
+    try:
+        return subprocess.run([ATOLL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+    finally:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+        CLI_SECONDS.append((time.monotonic() - start, " ".join(args[:3]), test))
+
+
+#: (seconds, the command's first words, the test running it) of every `run_cli`: where a slow test's time goes.
+CLI_SECONDS: list[tuple[float, str, str]] = []
 
 
 #: Epochs of the session's digits run; the fault tests train the same spec and compare with it.
@@ -318,3 +328,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_sep("=", "seconds per test file (largest 20)")
         for path, seconds in sorted(per_file.items(), key=lambda kv: -kv[1])[:20]:
             terminalreporter.write_line(f"{seconds:8.1f}s  {path}")
+    if len(CLI_SECONDS) > 1:
+        terminalreporter.write_sep("=", f"slowest atoll commands (20 of {len(CLI_SECONDS)}, "
+                                        f"{sum(c[0] for c in CLI_SECONDS):.0f} s in all)")
+        for seconds, command, test in sorted(CLI_SECONDS, reverse=True)[:20]:
+            terminalreporter.write_line(f"{seconds:8.1f}s  atoll {command}  ({test[:100]})")

@@ -45,6 +45,21 @@ def wait_for(condition, timeout: float, what: str, every: float = 0.5):
     pytest.fail(f"{what} not within {timeout:.0f} s; last: {last!r}")
 
 
+def wait_for_value(fetch, want, timeout: float, what: str, every: float = 1):
+    """Polls ``fetch()`` until it equals ``want``; fails naming the values it saw (and when) after ``timeout``."""
+    start, seen = time.monotonic(), []
+    while True:
+        value = fetch()
+        if value == want:
+            print(f"{what}: {want!r} at {time.monotonic() - start:.1f} s after {seen!r}")  # shown with -s or on failure
+            return value
+        if not seen or seen[-1][1] != value:
+            seen.append((round(time.monotonic() - start, 1), value))
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"{what} != {want!r} within {timeout:.0f} s; seen (s, value): {seen!r}")
+        time.sleep(every)
+
+
 # ------------------------------------------------------------------------------------------------
 # No cluster: definitions, recording, config, math
 
@@ -361,7 +376,7 @@ def test_traffic_is_counted_per_status_and_timed_in_a_real_prometheus(metrics_up
     # a first round makes every series, the second is what the status table's req/s sees.
     seconds = _send(metrics_app, good=12, bad=3, keyless=5)
     want = {"2xx": 12.0, "4xx": 3.0, "401": 5.0}  # the 401s are the proxy's, the rest the replica's
-    wait_for(lambda: _counts(url) == want or None, 90, f"counts {want} in Prometheus (last {_counts(url)})", 1)
+    wait_for_value(lambda: _counts(url), want, 90, "counts in Prometheus")
 
     latency, model_call = metrics.EXPORTED[metrics.REQUEST_LATENCY], metrics.EXPORTED[metrics.MODEL_LATENCY]
     select = f'application="{APP}", route="/predict", status="2xx"'
@@ -379,13 +394,13 @@ def test_traffic_is_counted_per_status_and_timed_in_a_real_prometheus(metrics_up
     # Every good request went through a batch (and waited for it), no bad one did; one model call per batch.
     # (They are reported on the replica's own schedule: waited on too.)
     # One client, one request at a time: 12 batches of one (whose sizes' sum Ray exports exact, see BATCH_BUCKETS).
-    wait_for(lambda: batch_figures() == [12, 12, 12, 12] or None, 60, f"12 batches of one (last {batch_figures()})", 1)
+    wait_for_value(batch_figures, [12, 12, 12, 12], 60, "12 batches of one")
     calls = prometheus.query(url, f'sum by (model) ({model_call}_count{{application="{APP}"}})')
     assert calls[0]["metric"]["model"] == model
 
     _send(metrics_app, good=12, bad=3, keyless=5)
     doubled = {k: 2 * v for k, v in want.items()}
-    wait_for(lambda: _counts(url) == doubled or None, 90, f"counts {doubled} (last {_counts(url)})", 1)
+    wait_for_value(lambda: _counts(url), doubled, 90, "counts after the second round")
     result = run_cli("serve", "status", "--json")
     assert result.returncode == 0, result.stderr
     row = next(r for r in json.loads(result.stdout) if r["app"] == APP)
