@@ -424,6 +424,12 @@ def test_a_setting_no_app_may_override_is_refused_before_any_cluster_is_asked(tm
         endpoints.deploy("digits:1", settings={"max_batchsize": 64})
     result = invoke("serve", "deploy", "digits:1", "--set", "max_batchsize=64")
     assert isinstance(result.exception, ConfigError) and "not a per-app Serve setting" in str(result.exception)
+    # A known setting's bad value too: one line naming it and its fix, never pydantic's traceback.
+    with pytest.raises(ConfigError, match=r"^--set: upscale_delay_s: Input should be greater than or equal to 0 "
+                                          r"\(got -1\); e.g. upscale_delay_s: 30.0$"):
+        endpoints.deploy("digits:1", settings={"upscale_delay_s": -1})
+    with pytest.raises(ConfigError, match=r"^--set: max_batch_size: .*integer.* \(got 'x'\)"):
+        endpoints.deploy_canary("digits:2", app="digits", percent=10, settings={"max_batch_size": "x"})
 
 
 def test_deploy_prints_live_links_and_the_key_header_by_name(monkeypatch) -> None:

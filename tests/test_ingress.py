@@ -106,7 +106,7 @@ def test_the_session_clusters_serve_runs_with_the_tuning(ray_cluster) -> None:
     assert environs and all(e.get(k) == v for e in environs for k, v in ingress.SERVE_TUNING.items())
 
 
-def test_the_wrapper_hardens_the_config_rays_own_template_renders() -> None:
+def test_the_wrapper_hardens_the_config_rays_own_template_renders(tmp_path) -> None:
     """Ray 2.60's HAProxy template, rendered: every rule of atoll.ingress.harden applies (a Ray whose template
     changes fails here, not silently on a cluster), and the result still routes and checks health."""
     import jinja2
@@ -125,11 +125,16 @@ def test_the_wrapper_hardens_the_config_rays_own_template_renders() -> None:
     assert "bind 0.0.0.0:8000" in hardened  # the frontend stays where Serve's host says
     assert "digits" not in hardened and "http-request return status 403" in hardened
     assert ingress.harden("global\n")[1] == ["admin socket mode", "Prometheus listener", "stats listener", "/-/routes"]
-    # Ray starts it with RAY_SERVE_HAPROXY_BINARY_PATH naming the wrapper itself: it must still become HAProxy
-    wrapper = ingress.wrapper_path()
-    ran = subprocess.run([wrapper, "-v"], capture_output=True, text=True, timeout=30,
+    assert ingress.harden(hardened) == (hardened, [])  # again (a restarted HAProxy): the same, nothing "missing"
+    # Ray starts it with RAY_SERVE_HAPROXY_BINARY_PATH naming the wrapper itself: it must still become HAProxy,
+    # having rewritten the config in place (whole, no temporary file left).
+    wrapper, path = ingress.wrapper_path(), tmp_path / "haproxy.cfg"
+    path.write_text(rendered + "\n")  # as Ray writes it
+    ran = subprocess.run([wrapper, "-v", "-f", str(path)], capture_output=True, text=True, timeout=30,
                          env={**os.environ, ingress.BINARY_VAR: wrapper})
     assert ran.returncode == 0 and ran.stdout.startswith("HAProxy version"), ran.stdout + ran.stderr
+    assert path.read_text() == hardened + "\n" and [p.name for p in tmp_path.iterdir()] == ["haproxy.cfg"]
+    assert "atoll-haproxy" not in ran.stderr  # nothing reported missing
 
 
 def test_the_local_clusters_haproxy_files_go_in_a_private_folder_short_enough_for_a_socket() -> None:

@@ -206,8 +206,12 @@ def test_delete_refused_while_aliased_then_allowed(reg: Registry, ckpt: Path) ->
         reg.delete("digits", 2)
     assert reg.get("digits:2").version == 2  # still there
     reg.set_alias("digits", 1, "production")
+    for version in (1, 2):
+        reg.add_evaluation("digits", version, {"metrics": {"accuracy": 0.9}, "data": "held-out.parquet"})
     reg.delete("digits", 2)
     assert [mv.version for mv in reg.list_versions("digits")] == [1]
+    evaluations = Path(reg.root) / "registry" / "digits" / "evaluations"
+    assert [p.name for p in evaluations.iterdir()] == ["1"] and len(reg.evaluations("digits", 1)) == 1
     assert reg.get("digits").version == 1
     with pytest.raises(RegistryError, match="no version 2: it was deleted at .*; versions: 1"):
         reg.get("digits:2")

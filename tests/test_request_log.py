@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -120,6 +121,36 @@ def test_logging_off_is_no_log_and_a_record_stays_in_memory_until_the_flush(tmp_
     finally:
         log._records.clear()
         log.close()
+
+
+def test_a_hanging_store_keeps_the_buffer_bounded_and_counts_what_it_drops(tmp_path, monkeypatch):
+    log = _log(tmp_path, flush_records=5, max_buffered=20)
+    release, writing = threading.Event(), threading.Event()
+    real_write = log._write
+
+    def hanging_write(hour, rows):  # the store takes the upload and never answers, until released
+        writing.set()
+        release.wait(30)
+        raise OSError("the store timed out")
+
+    monkeypatch.setattr(log, "_write", hanging_write)
+    try:
+        for _ in range(5):
+            log.record("/predict", 200, 1.0, [[0.0]], {"predictions": [0]})
+        assert writing.wait(10)  # the writer's thread holds those 5 in a write that hangs
+        for _ in range(100):
+            log.record("/predict", 200, 1.0, [[0.0]], {"predictions": [0]})
+        assert len(log._records) == 20 and log.dropped == 80
+        release.set()  # the write fails: of its 5, none fit beside the 20 waiting
+        deadline = time.monotonic() + 10
+        while log.dropped < 85 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.dropped == 85 and len(log._records) <= 20
+    finally:
+        release.set()
+        monkeypatch.setattr(log, "_write", real_write)
+        log.close()
+    assert sum(len(pq.read_table(f)) for f in log.written) == 20  # the store back: what was kept is written
 
 
 def test_the_settings_are_per_app_and_checked():

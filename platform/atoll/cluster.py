@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
-from atoll import auth, ingress
+from atoll import auth, ingress, local_state
 
 # cluster.yaml is loaded by atoll.config; these names stay importable from here too, where users look first.
 from atoll.config import DEFAULT_CONFIG, find_config, load_spec, project_root, validate_ray_config  # noqa: F401
@@ -45,13 +45,8 @@ if TYPE_CHECKING:
 # Where things are: the state file and the addresses of a running cluster
 
 
-def atoll_home() -> Path:
-    """Atoll's local state directory (``$ATOLL_HOME`` or ``~/.atoll``)."""
-    return Path(os.environ.get("ATOLL_HOME") or "~/.atoll").expanduser()
-
-
 def state_path() -> Path:
-    return atoll_home() / "cluster.json"
+    return local_state.home() / "cluster.json"
 
 
 @dataclasses.dataclass
@@ -520,7 +515,7 @@ def _port_taken(host: str, port: int) -> bool:
 def _start_failure(proc: subprocess.CompletedProcess[str], gcs_port: int) -> str:
     """One line for a failed ``ray start``: its most telling line, with its whole output kept in a file."""
     output = (proc.stderr or "") + (proc.stdout or "")
-    log = atoll_home() / "ray-start.log"
+    log = local_state.home() / "ray-start.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(output)
     lines = [line.strip() for line in output.splitlines() if line.strip()]

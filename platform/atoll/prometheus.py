@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from atoll import local_state
 from atoll.errors import AtollError
 from atoll.serving import metrics
 
@@ -62,7 +63,7 @@ class PrometheusInfo:
 
 def home() -> Path:
     """Where Prometheus keeps its config, data, log and state: ``$ATOLL_HOME/prometheus``."""
-    return Path(os.environ.get("ATOLL_HOME") or "~/.atoll").expanduser() / "prometheus"
+    return local_state.home() / "prometheus"
 
 
 def binary() -> str:
@@ -95,19 +96,6 @@ def config_text(sd_file: str | Path, scrape_interval_s: float = SCRAPE_INTERVAL_
             f"    file_sd_configs:\n"
             f"      - files: [{json.dumps(str(sd_file))}]\n"
             f"        refresh_interval: 5s\n")
-
-
-def _private_file(path: Path, text: str) -> None:
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-def _private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-    return path
 
 
 def port_free(port: int) -> bool:
@@ -172,15 +160,15 @@ def up(session_dir: str | None, *, port: int | None = None, scrape_interval_s: f
         raise PrometheusError("`atoll metrics up` runs beside the cluster's head (it reads Ray's service-discovery "
                               "file there); for a remote cluster, point a Prometheus on its head at "
                               f"<ray temp dir>/{SD_FILE} (see the README, \"Metrics\").")
-    folder = _private_dir(home())
-    data = _private_dir(folder / "data")
+    folder = local_state.private_dir(home())
+    data = local_state.private_dir(folder / "data")
     sd_file = sd_file_of(session_dir)
     config = folder / "prometheus.yml"
-    _private_file(config, config_text(sd_file, scrape_interval_s))
+    local_state.private_file(config, config_text(sd_file, scrape_interval_s))
     chosen = choose_port(port)
     log = folder / "prometheus.log"
     if not log.exists():
-        _private_file(log, "")
+        local_state.private_file(log, "")
     cmd = [exe, f"--config.file={config}", f"--storage.tsdb.path={data}",
            f"--web.listen-address=127.0.0.1:{chosen}", "--storage.tsdb.retention.time=15d"]
     with open(log, "ab") as out:
@@ -206,7 +194,7 @@ def up(session_dir: str | None, *, port: int | None = None, scrape_interval_s: f
             _stop(process.pid)
             raise PrometheusError(f"Prometheus did not answer on {info.url} within {timeout:.0f} s; see {log}.")
         time.sleep(0.2)
-    _private_file(folder / "state.json", json.dumps(info.to_dict()))
+    local_state.private_file(folder / "state.json", json.dumps(info.to_dict()))
     return info
 
 

@@ -46,7 +46,8 @@ LOG_DIR = "request_logs"
 #: Seconds between flushes, and records that wake the writer early.
 FLUSH_S = 5.0
 FLUSH_RECORDS = 1000
-#: Records held at most while the store refuses writes (the oldest are dropped past it: memory stays bounded).
+#: Records held at most while the store is slow or refuses writes: past it a replica counts and drops new ones
+#: (memory stays bounded however long the store hangs).
 MAX_BUFFERED = 100_000
 #: Seconds between the writer's sweeps of hour folders past the retention.
 PRUNE_EVERY_S = 600.0
@@ -117,12 +118,15 @@ class RequestLog:
     """
 
     def __init__(self, storage: str, app: str, model: str, version: int, replica: str, fraction: float,
-                 retention_hours: float, *, flush_s: float = FLUSH_S, flush_records: int = FLUSH_RECORDS) -> None:
+                 retention_hours: float, *, flush_s: float = FLUSH_S, flush_records: int = FLUSH_RECORDS,
+                 max_buffered: int = MAX_BUFFERED) -> None:
         self.root = app_dir(storage, app)
         self.app, self.model, self.version, self.fraction = app, model, int(version), float(fraction)
         self.retention_s = float(retention_hours) * 3600.0
         self.replica = f"{_safe(replica)}-{uuid.uuid4().hex[:6]}"
-        self.flush_s, self.flush_records = flush_s, flush_records
+        self.flush_s, self.flush_records, self.max_buffered = flush_s, flush_records, max_buffered
+        self.dropped = 0  # records not kept because the buffer was full (the writer warns of them)
+        self._warned_dropped = 0
         self.fs, self.base = filesystems.resolve(self.root)
         self._records: list[tuple[Any, ...]] = []
         self._seq = 0
@@ -141,7 +145,11 @@ class RequestLog:
         return self.fraction >= 1.0 or random.random() < self.fraction
 
     def record(self, route: str, status: int, latency_ms: float, inputs: Any, outputs: Any) -> None:
-        """Keep one request: an append (the JSON and the Parquet are made by the writer's thread)."""
+        """Keep one request: an append (the JSON and the Parquet are made by the writer's thread); dropped and
+        counted when ``max_buffered`` are waiting already (the store is slow or down)."""
+        if len(self._records) >= self.max_buffered:
+            self.dropped += 1
+            return
         self._records.append((time.time(), route, status, latency_ms, inputs, outputs))
         if len(self._records) >= self.flush_records:
             self._wake.set()
@@ -159,6 +167,10 @@ class RequestLog:
                     self.prune()
             except Exception as exc:  # noqa: BLE001 - the log must never take the replica down
                 log.warning("request log: could not write to %s: %s", self.root, exc)
+            if self.dropped > self._warned_dropped:
+                log.warning("request log: %d records dropped so far: %d were waiting for %s", self.dropped,
+                            self.max_buffered, self.root)
+                self._warned_dropped = self.dropped
 
     def flush(self) -> list[str]:
         """Write the records kept so far, one file per UTC hour they fall in. Returns the files written."""
@@ -176,7 +188,10 @@ class RequestLog:
                     hours.pop(0)
             except BaseException:  # the hours not written are tried again at the next flush
                 left = [r for h in hours for r in by_hour[h]]
-                self._records[:0] = left[-MAX_BUFFERED:]
+                room = max(self.max_buffered - len(self._records), 0)
+                kept = left[len(left) - room:] if room else []  # the newest of them, as many as fit
+                self.dropped += len(left) - len(kept)
+                self._records[:0] = kept
                 raise
             finally:
                 self.written += written

@@ -204,6 +204,13 @@ class Folders:
             else:
                 self.fs.delete_file(entry.path)
 
+    def remove_dir(self, path: str) -> None:
+        """Delete a folder with everything in it; nothing to do when there is none."""
+        try:
+            self.fs.delete_dir(path)
+        except FileNotFoundError:
+            pass
+
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Serialize alias updates and deletes of one model on a local filesystem (an object store: no-op; S3's

@@ -543,6 +543,7 @@ class Registry:
                 raise RegistryError(f"cannot delete {name}:{version}: @{moved[0]} was just pointed at it. Move "
                                     f"the alias first (`atoll models promote {name}:OTHER {moved[0]}`).")
             self._folders.empty_dir(vdir, keep=MANIFEST)
+            self._folders.remove_dir(self._folders.evaluations_dir(name, version))  # they measured what is gone
 
     # -- files ------------------------------------------------------------------------------------
 

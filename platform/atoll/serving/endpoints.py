@@ -24,8 +24,9 @@ from typing import Any
 
 import httpx
 
-from atoll import apikeys, auth, cluster, ingress, jobs, registry
+from atoll import apikeys, auth, cluster, ingress, jobs, local_state, registry
 from atoll.cluster import ClusterInfo
+from atoll.config import load_model
 from atoll.errors import AtollError, ClusterNotUpError, ConfigError, ServingError
 from atoll.filesystems import forwarded_env, is_remote
 from atoll.serving import canary, playground
@@ -192,26 +193,29 @@ def curl_auth(settings: ServeSettings, keyed: bool | None = None) -> str:
     return f' -H "Authorization: Bearer ${settings.api_key_env}"'
 
 
-def _check_settings(settings: dict[str, Any] | None) -> None:
-    """Per-app settings only: checked before any cluster call, so this is the error a typo gets."""
+def _checked_settings(spec: ClusterSpec, settings: dict[str, Any] | None,
+                      replicas: tuple[int, int] | None = None) -> tuple[dict[str, Any], ServeSettings]:
+    """An app's overrides of cluster.yaml's Serve settings, and the settings they make: names and values checked
+    before any cluster call, so a typo or a bad value gets its own error (not "no cluster is up")."""
     unknown = sorted(set(settings or {}) - set(ServeSettings.PER_APP))
     if unknown:
         raise ConfigError(f"--set {unknown[0]}: not a per-app Serve setting; choose from "
                           f"{', '.join(ServeSettings.PER_APP)}.")
+    overrides = dict(settings or {})
+    if replicas:
+        overrides["min_replicas"], overrides["max_replicas"] = replicas
+    return overrides, load_model(ServeSettings, {**spec.atoll.serve.model_dump(), **overrides}, "--set")
 
 
-def _prepared_app(ref: str, *, app: str | None, replicas: tuple[int, int] | None, settings: dict[str, Any] | None,
+def _prepared_app(ref: str, *, app: str | None, overrides: dict[str, Any], merged: ServeSettings,
                   spec: ClusterSpec, info: ClusterInfo, public: bool) -> tuple[Any, str, dict[str, Any], str | None]:
     """A deploy's checks and its app config (the user model's code uploaded, the store's location forwarded): the
-    version, the app name, the config without its key record, and the key from the environment."""
+    version, the app name, the config without its key record, and the key from the environment. ``overrides`` and
+    ``merged``: from :func:`_checked_settings`."""
     version = registry.Registry(spec.atoll.storage).get(ref)
     app = app or version.name
     if not APP_NAME.match(app):
         raise ConfigError(f"--app {app!r}: use letters, digits, '-' and '_' (it becomes the URL path /{app}).")
-    overrides = dict(settings or {})
-    if replicas:
-        overrides["min_replicas"], overrides["max_replicas"] = replicas
-    merged = ServeSettings.model_validate({**spec.atoll.serve.model_dump(), **overrides})  # fail here, not in Serve
     key = api_key(merged)
     key_record(None, key, public=public)  # a contradiction fails before any upload
     new = app_config(app, version.ref, storage=spec.atoll.storage, requested=ref, settings=overrides,
@@ -241,10 +245,10 @@ def deploy(ref: str, *, app: str | None = None, replicas: tuple[int, int] | None
         ServingError: Serve refused the app, or it failed to start (with Serve's reason); or the app has a
             canary (promote or roll it back first).
     """
-    _check_settings(settings)
     spec = spec or cluster.load_spec()
+    overrides, merged = _checked_settings(spec, settings, replicas)
     info = info or cluster.current()
-    version, app, new, key = _prepared_app(ref, app=app, replicas=replicas, settings=settings, spec=spec, info=info,
+    version, app, new, key = _prepared_app(ref, app=app, overrides=overrides, merged=merged, spec=spec, info=info,
                                            public=public)
     written: dict[str, Any] = {}
 
@@ -322,10 +326,10 @@ def deploy_canary(ref: str, *, app: str, percent: float, auto_rollback: bool = F
     if not 0 < percent < 100:
         raise ConfigError(f"--canary {percent:g}: give the share of requests for the new version, more than 0 and "
                           f"less than 100 (e.g. --canary 10); `atoll serve promote {app}` moves all of them.")
-    _check_settings(settings)
     spec = spec or cluster.load_spec()
+    overrides, merged = _checked_settings(spec, settings)
     info = info or cluster.current()
-    version, app, new, _ = _prepared_app(ref, app=app, replicas=None, settings=settings, spec=spec, info=info,
+    version, app, new, _ = _prepared_app(ref, app=app, overrides=overrides, merged=merged, spec=spec, info=info,
                                          public=False)
     apps = _deployed(info)
     live = apps.get(app)
@@ -408,7 +412,7 @@ def _config_lock() -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: the check-and-repair below still applies
         yield
         return
-    path = cluster.atoll_home() / "serve-config.lock"
+    path = local_state.home() / "serve-config.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

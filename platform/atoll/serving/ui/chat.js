@@ -5,51 +5,12 @@
 "use strict";
 
 (() => {
-  const KEY_STORE = "atoll-api-key";  // the same key as the other playgrounds and the gallery
-  const $ = (id) => document.getElementById(id);
+  const { $, el, storedKey, authHeaders, ApiError, errorText, setStatus, facts } = window.AtollUI;
 
   // The app's prefix from the page's own path: /<app>/ui/chat -> /<app>
   const base = location.pathname.replace(/\/+$/, "").replace(/\/ui\/chat$/, "");
   const state = { card: null, panel: null, messages: [], controller: null, keyNeeded: false };
 
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function storedKey() {
-    try { return sessionStorage.getItem(KEY_STORE) || ""; } catch (e) { return ""; }
-  }
-
-  class ApiError extends Error {
-    constructor(status, message) { super(message); this.status = status; }
-  }
-
-  function errorText(body, resp) {
-    if (body && body.error && typeof body.error.message === "string") return body.error.message;  // OpenAI's shape
-    if (body && typeof body.error === "string") return body.error;
-    if (body && typeof body.detail === "string") return body.detail;
-    return resp.statusText || "request failed";
-  }
-
-  function headers(extra) {
-    const out = Object.assign({}, extra || {});
-    const key = storedKey();
-    if (key) out.Authorization = "Bearer " + key;
-    return out;
-  }
-
-  async function getJSON(path) {
-    const resp = await fetch(base + path, { headers: headers(), cache: "no-store" });
-    let body = null;
-    try { body = await resp.json(); } catch (e) { body = null; }
-    if (!resp.ok) throw new ApiError(resp.status, errorText(body, resp));
-    return body;
-  }
-
-  function setStatus(text) { $("status").textContent = text || ""; }
 
   function showError(text) {
     $("error").textContent = text;
@@ -58,57 +19,17 @@
 
   // ---- API key -------------------------------------------------------------------------------
 
+  const askForKey = window.AtollUI.keyPanel(() => load());
+
   function showKeyPrompt(reason) {
     state.keyNeeded = true;
-    $("layout").hidden = true;
-    $("key-panel").hidden = false;
-    $("key-reason").textContent = reason;
-    setStatus("");
-    $("key-input").value = "";
-    $("key-input").focus();
+    askForKey(reason);
   }
-
-  $("key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const key = $("key-input").value.trim();
-    if (!key) return;
-    sessionStorage.setItem(KEY_STORE, key);
-    $("key-panel").hidden = true;
-    load();
-  });
-
-  $("forget-key").addEventListener("click", () => {
-    sessionStorage.removeItem(KEY_STORE);
-    location.reload();
-  });
 
   // ---- The model card ------------------------------------------------------------------------
 
-  function fmt(value) {
-    if (typeof value === "number") return Number.isInteger(value) ? String(value) : String(Number(value.toFixed(4)));
-    if (value === null || value === undefined) return "–";
-    if (typeof value === "object") return JSON.stringify(value);
-    return String(value);
-  }
-
-  function facts(dl, rows) {
-    dl.replaceChildren();
-    for (const [name, value] of rows) {
-      if (value === undefined || value === null || value === "") continue;
-      dl.append(el("dt", "", name), el("dd", "", fmt(value)));
-    }
-    if (!dl.children.length) dl.append(el("dt", "", "–"), el("dd", "", "none recorded"));
-  }
-
   function renderCard(card) {
-    document.title = `${card.model}:${card.version} · Atoll chat`;
-    $("app-name").textContent = base.replace(/^\//, "") || card.model;
-    $("card-title").textContent = card.model;
-    const badges = $("badges");
-    badges.replaceChildren(el("span", "badge accent", `version ${card.version}`));
-    for (const alias of card.aliases || []) badges.append(el("span", "badge", `@${alias}`));
-    if (state.keyNeeded || storedKey()) badges.append(el("span", "badge warn", "API key"));
-    $("created").textContent = card.created_at ? `registered ${card.created_at.replace("T", " ").slice(0, 19)} UTC` : "";
+    window.AtollUI.cardHead(card, base, "Atoll chat", state.keyNeeded);
     facts($("model-facts"), [
       ["task", card.task], ["context", card.context_length ? `${card.context_length} tokens` : undefined],
       ["chat template", card.chat ? "yes" : "no (plain completions)"], ["device", card.device],
@@ -241,7 +162,7 @@
     let first = null, reply = "", finish = null, usage = null;
     try {
       const resp = await fetch(base + route, { method: "POST", cache: "no-store", signal: state.controller.signal,
-        headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body) });
+        headers: authHeaders({ "Content-Type": "application/json" }), body: JSON.stringify(body) });
       if (!resp.ok) {
         let err = null;
         try { err = await resp.json(); } catch (e) { err = null; }
@@ -300,37 +221,13 @@
   });
   $("temperature").addEventListener("input", () => { $("temperature-value").textContent = $("temperature").value; });
 
-  async function copy(button, code) {
-    try {
-      await navigator.clipboard.writeText($(code).textContent);
-      $(button).textContent = "Copied";
-    } catch (e) {
-      const range = document.createRange();
-      range.selectNodeContents($(code));
-      const selection = getSelection();
-      selection.removeAllRanges();
-      selection.addRange(range);
-      $(button).textContent = "Selected";
-    }
-    setTimeout(() => { $(button).textContent = "Copy"; }, 1500);
-  }
-  $("copy-curl").addEventListener("click", () => copy("copy-curl", "curl"));
-  $("copy-python").addEventListener("click", () => copy("copy-python", "python"));
+  window.AtollUI.copyButton("copy-curl", "curl");
+  window.AtollUI.copyButton("copy-python", "python");
 
   async function load() {
-    setStatus("Loading the model card …");
-    let card, examples;
-    try {
-      card = await getJSON("/");
-      examples = await getJSON("/examples");
-    } catch (e) {
-      if (e.status === 401) {
-        showKeyPrompt(storedKey() ? `The key was refused: ${e.message}` : e.message);
-      } else {
-        setStatus(`Could not load the model card (${e.status || "network"}): ${e.message}`);
-      }
-      return;
-    }
+    const loaded = await window.AtollUI.loadCard(base, showKeyPrompt);
+    if (!loaded) return;
+    const { card, examples } = loaded;
     if (card.task !== "text-generation") {  // a model that answers /predict: the classic playground
       location.replace(base + "/ui");
       return;
@@ -348,7 +245,7 @@
       : "this model has no chat template: the text continues your prompt";
     $("layout").hidden = false;
     setStatus("");
-    window.AtollTraffic.poll($("traffic"), () => fetch(base + "/traffic", { headers: headers(), cache: "no-store" }));
+    window.AtollTraffic.poll($("traffic"), () => fetch(base + "/traffic", { headers: authHeaders(), cache: "no-store" }));
   }
 
   load();

@@ -2,21 +2,7 @@
 "use strict";
 
 (() => {
-  const KEY_STORE = "atoll-api-key";
-  const $ = (id) => document.getElementById(id);
-
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function headers() {
-    let key = "";
-    try { key = sessionStorage.getItem(KEY_STORE) || ""; } catch (e) { key = ""; }
-    return key ? { Authorization: "Bearer " + key } : {};
-  }
+  const { KEY_STORE, $, el, authHeaders } = window.AtollUI;
 
   function headline(metrics) {
     for (const name of ["val_accuracy", "accuracy", "val_loss"]) {
@@ -38,7 +24,7 @@
     const metricName = el("div", "muted small");
     node.append(model, metric, metricName);
     try {
-      const resp = await fetch(`${prefix}/`, { headers: headers(), cache: "no-store" });
+      const resp = await fetch(`${prefix}/`, { headers: authHeaders(), cache: "no-store" });
       if (resp.status === 401) {
         model.textContent = "API key required: the playground asks for it.";
       } else if (resp.ok) {
@@ -66,7 +52,7 @@
   async function traffic(cards) {
     let body;
     try {
-      const resp = await fetch("/_gallery/traffic", { headers: headers(), cache: "no-store" });
+      const resp = await fetch("/_gallery/traffic", { headers: authHeaders(), cache: "no-store" });
       body = resp.ok ? await resp.json() : { available: false, why: `live traffic: the gallery answered ${resp.status}` };
     } catch (e) {
       body = { available: false, why: `live traffic: no answer (${e.message})` };
@@ -78,7 +64,7 @@
 
   async function refresh() {
     try {
-      const resp = await fetch("/_gallery/apps", { headers: headers(), cache: "no-store" });
+      const resp = await fetch("/_gallery/apps", { headers: authHeaders(), cache: "no-store" });
       if (resp.status === 401) {  // keyed apps on this cluster: their list needs one of their keys
         $("status").textContent = "The models on this cluster need an API key; the list opens with any of them.";
         $("key-form").hidden = false;

@@ -3,108 +3,29 @@
 "use strict";
 
 (() => {
-  const KEY_STORE = "atoll-api-key";
-  const $ = (id) => document.getElementById(id);
+  const { $, el, storedKey, authHeaders, errorText, setStatus, facts } = window.AtollUI;
 
   // The app's prefix from the page's own path: /<app>/ui (or /<app>/ui/) -> /<app>
   const base = location.pathname.replace(/\/+$/, "").replace(/\/ui$/, "");
   const state = { card: null, panel: null, examples: [], values: [], truth: null, erase: false, keyNeeded: false };
 
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function storedKey() {
-    try { return sessionStorage.getItem(KEY_STORE) || ""; } catch (e) { return ""; }
-  }
-
-  class ApiError extends Error {
-    constructor(status, message) { super(message); this.status = status; }
-  }
-
-  function errorText(body, resp) {
-    if (body && typeof body.error === "string") return body.error;
-    if (body && typeof body.detail === "string") return body.detail;
-    if (body && Array.isArray(body.detail)) return body.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
-    return resp.statusText || "request failed";
-  }
-
   async function api(path, options = {}) {
-    const headers = Object.assign({}, options.headers || {});
-    const key = storedKey();
-    if (key) headers.Authorization = "Bearer " + key;
-    return fetch(base + path, Object.assign({}, options, { headers, cache: "no-store" }));
+    return fetch(base + path, Object.assign({}, options, { headers: authHeaders(options.headers), cache: "no-store" }));
   }
-
-  async function getJSON(path) {
-    const resp = await api(path);
-    let body = null;
-    try { body = await resp.json(); } catch (e) { body = null; }
-    if (!resp.ok) throw new ApiError(resp.status, errorText(body, resp));
-    return body;
-  }
-
-  function setStatus(text) { $("status").textContent = text || ""; }
 
   // ---- API key -------------------------------------------------------------------------------
 
+  const askForKey = window.AtollUI.keyPanel(() => load());
+
   function showKeyPrompt(reason) {
     state.keyNeeded = true;
-    $("layout").hidden = true;
-    $("key-panel").hidden = false;
-    $("key-reason").textContent = reason;
-    setStatus("");
-    $("key-input").value = "";
-    $("key-input").focus();
+    askForKey(reason);
   }
-
-  $("key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const key = $("key-input").value.trim();
-    if (!key) return;
-    sessionStorage.setItem(KEY_STORE, key);
-    $("key-panel").hidden = true;
-    load();
-  });
-
-  $("forget-key").addEventListener("click", () => {
-    sessionStorage.removeItem(KEY_STORE);
-    location.reload();
-  });
 
   // ---- The model card ------------------------------------------------------------------------
 
-  function fmt(value) {
-    if (typeof value === "number") return Number.isInteger(value) ? String(value) : String(Number(value.toFixed(4)));
-    if (value === null || value === undefined) return "–";
-    if (typeof value === "object") return JSON.stringify(value);
-    return String(value);
-  }
-
-  function facts(dl, rows) {
-    dl.replaceChildren();
-    for (const [name, value] of rows) {
-      if (value === undefined || value === null || value === "") continue;
-      dl.append(el("dt", "", name), el("dd", "", fmt(value)));
-    }
-    if (!dl.children.length) dl.append(el("dt", "", "–"), el("dd", "", "none recorded"));
-  }
-
   function renderCard(card) {
-    document.title = `${card.model}:${card.version} · Atoll playground`;
-    $("app-name").textContent = base.replace(/^\//, "") || card.model;
-    $("card-title").textContent = card.model;
-    const badges = $("badges");
-    badges.replaceChildren(el("span", "badge accent", `version ${card.version}`));
-    for (const alias of card.aliases || []) badges.append(el("span", "badge", `@${alias}`));
-    if (card.requested && card.requested !== `${card.model}:${card.version}`) {
-      badges.append(el("span", "badge", `deployed as ${card.requested}`));
-    }
-    if (state.keyNeeded || storedKey()) badges.append(el("span", "badge warn", "API key"));
-    $("created").textContent = card.created_at ? `registered ${card.created_at.replace("T", " ").slice(0, 19)} UTC` : "";
+    window.AtollUI.cardHead(card, base, "Atoll playground", state.keyNeeded);
     // Validation metrics first, then training, then the rest (throughput, timings).
     const rank = (k) => (k.startsWith("val_") ? 0 : /^train_(accuracy|loss)$/.test(k) ? 1 : 2);
     const metrics = Object.entries(card.metrics || {}).filter(([k]) => !["epoch", "timestamp"].includes(k))
@@ -555,37 +476,14 @@
     predict(state.panel.kind === "image" || row.length !== n
       ? row : Object.fromEntries(state.panel.features.map((f, i) => [f, row[i]])));
   });
-  $("copy-curl").addEventListener("click", async () => {
-    try {
-      await navigator.clipboard.writeText($("curl").textContent);
-      $("copy-curl").textContent = "Copied";
-    } catch (e) {
-      const range = document.createRange();
-      range.selectNodeContents($("curl"));
-      const sel = window.getSelection();
-      sel.removeAllRanges();
-      sel.addRange(range);
-      $("copy-curl").textContent = "Selected";
-    }
-    setTimeout(() => { $("copy-curl").textContent = "Copy"; }, 1500);
-  });
+  window.AtollUI.copyButton("copy-curl", "curl");
 
   // ---- Start -----------------------------------------------------------------------------------
 
   async function load() {
-    setStatus("Loading the model card …");
-    let card, examples;
-    try {
-      card = await getJSON("/");
-      examples = await getJSON("/examples");
-    } catch (e) {
-      if (e.status === 401) {
-        showKeyPrompt(storedKey() ? `The key was refused: ${e.message}` : e.message);
-      } else {
-        setStatus(`Could not load the model card (${e.status || "network"}): ${e.message}`);
-      }
-      return;
-    }
+    const loaded = await window.AtollUI.loadCard(base, showKeyPrompt);
+    if (!loaded) return;
+    const { card, examples } = loaded;
     if (card.task === "text-generation") {  // a language model: its playground is the chat page
       location.replace(base + "/ui/chat");
       return;

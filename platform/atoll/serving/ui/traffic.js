@@ -1,6 +1,6 @@
 // Atoll live traffic: a small chart of an app's requests/s and p99 latency over the last 10 minutes, one line per
 // version, drawn as inline SVG from the app's GET /traffic (or the gallery's GET /_gallery/traffic). Shared by the
-// playground, the chat playground and the gallery. No inline style (the pages' policy forbids it): the look is in
+// playground, the chat playground and the gallery (after common.js). No inline style (the pages' policy forbids it): the look is in
 // playground.css; text from the API goes in as text.
 "use strict";
 
@@ -10,12 +10,7 @@ window.AtollTraffic = (() => {
   const EVERY_MS = 10000;
   const timers = new Map();
 
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
+  const { el } = window.AtollUI;
 
   function svg(tag, attrs, text) {
     const node = document.createElementNS(NS, tag);
