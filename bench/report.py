@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("train_throughput", "serve_load", "tune_asha", "data_ingest", "batch_predict", "task_quality",
-           "trees_throughput", "autoscale", "llm_serve")
+           "trees_throughput", "autoscale", "llm_serve", "parquet_read")
 
 
 def read_lines(paths: list[Path]) -> dict[str, list[dict]]:

@@ -402,6 +402,9 @@ def _remove_canary(info: ClusterInfo, spec: ClusterSpec, app: str, timeout: floa
 #: other client's read-change-write of the Serve config takes.
 SETTLE_S = 1.5
 ATTEMPTS = 5
+#: Seconds between reads of an app's state while waiting for it to run or go: a deploy ends within this of Serve
+#: saying RUNNING (one read of Serve's status costs the dashboard a few milliseconds).
+POLL_S = 0.25
 
 
 @contextlib.contextmanager
@@ -460,7 +463,7 @@ def _wait_running(info: ClusterInfo, app: str, since: float, timeout: float) -> 
         if time.monotonic() > deadline:
             raise ServingError(f"app {app!r} is not RUNNING after {timeout:.0f} s (status {status}); the cluster "
                                f"may lack resources for its replicas: see `atoll status`.")
-        time.sleep(1)
+        time.sleep(POLL_S)
 
 
 def status(info: ClusterInfo | None = None, spec: ClusterSpec | None = None) -> list[dict[str, Any]]:
@@ -537,7 +540,7 @@ def _wait_gone(info: ClusterInfo, app: str, timeout: float) -> None:
     while app in _apps(_details(info)):
         if time.monotonic() > deadline:
             raise ServingError(f"app {app!r} is still being deleted after {timeout:.0f} s; see `atoll serve status`.")
-        time.sleep(1)
+        time.sleep(POLL_S)
 
 
 def apps_serving(reg: registry.Registry, name: str, version: int, *, info: ClusterInfo | None = None) -> list[str]:
