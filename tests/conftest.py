@@ -329,7 +329,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         for path, seconds in sorted(per_file.items(), key=lambda kv: -kv[1])[:20]:
             terminalreporter.write_line(f"{seconds:8.1f}s  {path}")
     if len(CLI_SECONDS) > 1:
-        terminalreporter.write_sep("=", f"slowest atoll commands (20 of {len(CLI_SECONDS)}, "
+        terminalreporter.write_sep("=", f"slowest atoll commands ({min(20, len(CLI_SECONDS))} of {len(CLI_SECONDS)}, "
                                         f"{sum(c[0] for c in CLI_SECONDS):.0f} s in all)")
         for seconds, command, test in sorted(CLI_SECONDS, reverse=True)[:20]:
             terminalreporter.write_line(f"{seconds:8.1f}s  atoll {command}  ({test[:100]})")
