@@ -41,8 +41,10 @@ def atoll(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def replicas(app: str) -> int:
+    """``app``'s RUNNING replicas (its replicas by state kept in ``out``: a failed wait shows them)."""
     rows = json.loads(atoll("serve", "status", "--json").stdout)
-    return next(r for r in rows if r["app"] == app)["replicas"].get("RUNNING", 0)
+    out[f"{app}_replicas"] = next(r for r in rows if r["app"] == app)["replicas"]
+    return out[f"{app}_replicas"].get("RUNNING", 0)
 
 
 def replica_pids(app: str) -> list[int]:
@@ -83,9 +85,12 @@ def wait_for(condition, timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
-async def flood(seconds: float, keyless: int, keyed: int, halt: threading.Event | None = None) -> dict[str, int]:
-    """``keyless`` and ``keyed`` clients back to back for ``seconds`` (or until ``halt``): what each got."""
-    counts = {"refused": 0, "ok": 0, "failed": 0}
+async def flood(seconds: float, keyless: int, keyed: int, halt: threading.Event | None = None,
+                counts: dict[str, int] | None = None) -> dict[str, int]:
+    """``keyless`` and ``keyed`` clients back to back for ``seconds`` (or until ``halt``): what each got (counted
+    into ``counts`` as they come, when given)."""
+    counts = counts if counts is not None else {}
+    counts.update({"refused": 0, "ok": 0, "failed": 0})
     stop = time.monotonic() + seconds
     halt = halt or threading.Event()
     body = {"inputs": [ROW]}
@@ -175,9 +180,11 @@ def main() -> None:
     # in flight per replica, after 1 s), and the replicas' batches hold several requests.
     before = batch_sizes()
     halt = threading.Event()
-    load = threading.Thread(target=lambda: out.__setitem__("load", asyncio.run(flood(90, 0, 16, halt))), daemon=True)
+    out["load"] = {}  # counted as the clients go: a failed wait shows whether the load was there
+    load = threading.Thread(target=lambda: asyncio.run(flood(150, 0, 16, halt, out["load"])), daemon=True)
     load.start()
-    out["scaled_up_s"] = round(wait_for(lambda: replicas("digits") >= 2, 60, "a second replica"), 1)
+    # ~11 s here (Serve's metrics, the 1 s delay, a replica's start); CI once ran past 60 s
+    out["scaled_up_s"] = round(wait_for(lambda: replicas("digits") >= 2, 120, "a second replica"), 1)
     time.sleep(2)  # both replicas under load
     halt.set()
     load.join()
